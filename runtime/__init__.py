@@ -1,0 +1,35 @@
+"""agora's runtime: supervision tree, daemon, control channel, registry, agents, tasks,
+journal, scaling, tracing and the CLI.
+
+Layering: ``shm`` <- ``runtime`` <- ``coordination`` <- cli.  ``runtime`` may import
+``shm`` and the standard library plus multiprocess, psutil, numpy, orjson and click;
+never ``coordination`` (the coordinator process imports coordination lazily, through
+the allocation-policy and voting interfaces).
+"""
+
+from runtime.envelope import TraceContext
+from runtime.errors import (
+    AgoraError,
+    BrokenError,
+    ClosedError,
+    Conflict,
+    DaemonNotRunning,
+    DeadlineExceeded,
+    InvalidInput,
+    InvalidPipeline,
+    MailboxFull,
+    NotFound,
+    PermissionDenied,
+    ProtocolError,
+    ResourceExhausted,
+    Unavailable,
+    UnknownCapability,
+    UnknownCommand,
+)
+
+__all__ = [
+    "AgoraError", "BrokenError", "ClosedError", "Conflict", "DaemonNotRunning",
+    "DeadlineExceeded", "InvalidInput", "InvalidPipeline", "MailboxFull", "NotFound",
+    "PermissionDenied", "ProtocolError", "ResourceExhausted", "TraceContext", "Unavailable",
+    "UnknownCapability", "UnknownCommand",
+]
