@@ -1,0 +1,147 @@
+"""Reputation per (agent, capability): how reliably an agent has done this kind of work.
+
+Each finished contract is an :class:`Observation` of three signals in [0, 1]: success
+(1 completed, 0 breached), timeliness (1 on time, 0 late) and quality (delivered, 0 when
+it failed).  Each signal is a decaying weighted average::
+
+    signal = (prior_weight * prior + sum(w_i * x_i)) / (prior_weight + sum(w_i))
+    w_i    = 0.5 ** (age_i / half_life)
+
+and the reputation is the weighted mean of the three signals (:class:`ReputationConfig`
+``weights``).  The prior never decays, so an agent unseen for a long time drifts back
+towards the prior rather than keeping an old verdict forever, and a new agent starts at
+the prior (default 0.5: neither trusted nor distrusted).  Only the ``window`` most recent
+observations per key are kept (bounded memory for long-lived daemons).
+
+Pure: every query takes ``now``; nothing is read or written but this object.  The
+snapshot is JSON-able and :meth:`Reputation.from_snapshot` rebuilds the same state.
+Observations stamped after ``now`` count as age 0 (clocks of different processes).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from coordination.contracts import BreachReason, Contract, ContractState
+from runtime.errors import InvalidInput
+
+__all__ = ["Observation", "ReputationConfig", "Reputation", "observation_from_contract"]
+
+
+def _unit(value: Any, what: str) -> float:
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise InvalidInput(f"expected {what} in [0, 1] (or a bool), got: {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Observation:
+    at: float
+    success: float
+    timely: float
+    quality: float
+
+    def __post_init__(self) -> None:
+        for name in ("success", "timely", "quality"):
+            object.__setattr__(self, name, _unit(getattr(self, name), name))
+
+    def to_json(self) -> list[float]:
+        return [self.at, self.success, self.timely, self.quality]
+
+
+@dataclass(frozen=True)
+class ReputationConfig:
+    """half_life in seconds (default 1 h); window: observations kept per key (default 50);
+    prior and prior_weight: the starting belief and how many observations it is worth;
+    weights of (success, timely, quality)."""
+
+    half_life: float = 3600.0
+    window: int = 50
+    prior: float = 0.5
+    prior_weight: float = 1.0
+    weights: tuple[float, float, float] = (0.5, 0.2, 0.3)
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.half_life) and self.half_life > 0):
+            raise InvalidInput(f"expected half_life > 0 seconds, got: {self.half_life!r}")
+        if not (isinstance(self.window, int) and self.window >= 1):
+            raise InvalidInput(f"expected window >= 1 observations, got: {self.window!r}")
+        _unit(self.prior, "prior")
+        if not (math.isfinite(self.prior_weight) and self.prior_weight > 0):
+            raise InvalidInput(f"expected prior_weight > 0, got: {self.prior_weight!r}")
+        if len(self.weights) != 3 or min(self.weights) < 0 or sum(self.weights) <= 0:
+            raise InvalidInput(f"expected 3 non-negative weights (success, timely, quality) "
+                               f"not all 0, got: {self.weights!r}")
+
+
+def observation_from_contract(contract: Contract) -> Observation:
+    """What a settled contract says about its agent."""
+    settled = contract.state in (ContractState.COMPLETED, ContractState.BREACHED)
+    if not settled or contract.ended_at is None:
+        raise InvalidInput(f"contract {contract.id!r} is {contract.state.value}, not settled",
+                           hint="record reputation after complete/breach")
+    quality = contract.delivered_quality if contract.delivered_quality is not None else 0.0
+    return Observation(contract.ended_at, contract.state is ContractState.COMPLETED,
+                       contract.breach is not BreachReason.TIMEOUT, quality)
+
+
+class Reputation:
+    """Decaying reputation per (agent, capability)."""
+
+    def __init__(self, config: ReputationConfig = ReputationConfig()) -> None:
+        self.config = config
+        self._history: dict[tuple[str, str], deque[Observation]] = {}
+
+    def record(self, agent: str, capability: str, observation: Observation) -> None:
+        key = (agent, capability)
+        if key not in self._history:
+            self._history[key] = deque(maxlen=self.config.window)
+        self._history[key].append(observation)
+
+    def signals(self, agent: str, capability: str, now: float) -> tuple[float, float, float]:
+        """The decayed (success, timely, quality) averages, prior included."""
+        c = self.config
+        total_w, sums = c.prior_weight, [c.prior_weight * c.prior] * 3
+        for obs in self._history.get((agent, capability), ()):
+            w = 0.5 ** (max(0.0, now - obs.at) / c.half_life)
+            total_w += w
+            for i, x in enumerate((obs.success, obs.timely, obs.quality)):
+                sums[i] += w * x
+        s, t, q = (v / total_w for v in sums)
+        return s, t, q
+
+    def score(self, agent: str, capability: str, now: float) -> float:
+        """Reputation in [0, 1]; the prior for an agent never seen with this capability."""
+        weights = self.config.weights
+        parts = self.signals(agent, capability, now)
+        return sum(w * p for w, p in zip(weights, parts)) / sum(weights)
+
+    def ranked(self, capability: str, agents: Iterable[str], now: float) -> list[tuple[str, float]]:
+        """Agents by reputation for ``capability``, best first (ties: agent id)."""
+        scored = [(a, self.score(a, capability, now)) for a in agents]
+        return sorted(scored, key=lambda p: (-p[1], p[0]))
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        c = self.config
+        entries = [{"agent": a, "capability": cap, "score": self.score(a, cap, now),
+                    "observations": [o.to_json() for o in hist]}
+                   for (a, cap), hist in sorted(self._history.items())]
+        config = {"half_life": c.half_life, "window": c.window, "prior": c.prior,
+                  "prior_weight": c.prior_weight, "weights": list(c.weights)}
+        return {"at": now, "config": config, "entries": entries}
+
+    @classmethod
+    def from_snapshot(cls, snap: dict[str, Any]) -> Reputation:
+        cfg = dict(snap["config"])
+        cfg["weights"] = tuple(cfg["weights"])
+        rep = cls(ReputationConfig(**cfg))
+        for entry in snap["entries"]:
+            for at, s, t, q in entry["observations"]:
+                rep.record(entry["agent"], entry["capability"], Observation(at, s, t, q))
+        return rep
