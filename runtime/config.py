@@ -1,0 +1,154 @@
+"""Configuration: ``agora.toml`` (read with tomllib) and the run directory's layout.
+
+::
+
+    [daemon]
+    registry = "partitioned"      # or "local" (in the coordinator; for tests, embedding)
+    partitions = 4                # registry partition processes
+    allocation = "least-loaded"   # "static" | "least-loaded" | "market"
+    drain_s = 10.0                # graceful stop: how long running tasks may finish
+    arena_mib = 256               # payload arena (anonymous shared memory, made at start)
+
+    [context]                     # published into shared memory at start
+    embeddings = "data/embeddings.npy"
+
+    [pools.summarize]
+    agent = "mypkg.agents:Summarizer"   # import path, imported in the agent after fork
+    size = 2                      # initial size; min/max bound the scaler
+    min = 1
+    max = 8
+    mailbox_messages = 1000       # queued tasks per pool before submit pushes back
+    mailbox_bytes = 16777216
+    max_tasks = 0                 # recycle an agent after N tasks (0 = never)
+    [pools.summarize.capabilities.summarize]
+    cost = 1.0                    # declared price basis for bids
+    quality = 0.8                 # declared capability score
+
+Unknown keys are refused with the key named: a typo must not silently change nothing.
+Relative paths are relative to the config file's directory.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtime import paths
+from runtime.errors import InvalidInput
+
+__all__ = ["Config", "PoolConfig", "RunPaths", "load_config", "parse_config"]
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where a daemon's sockets live: a private directory per home (see runtime.paths)."""
+
+    dir: str
+    control: str
+    root_sock: str
+    agents_sock: str
+    events: str
+
+    def registry(self, i: int) -> str:
+        return os.path.join(self.dir, f"reg.{i}.sock")
+
+    @classmethod
+    def for_home(cls, home: Path | str) -> RunPaths:
+        d = str(paths.socket_dir(home))
+        return cls(d, os.path.join(d, "ctl.sock"), os.path.join(d, "root.sock"),
+                   os.path.join(d, "agents.sock"), os.path.join(d, "events.sock"))
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    name: str
+    agent: str
+    size: int = 2
+    min: int = 1
+    max: int = 8
+    mailbox_messages: int = 1000
+    mailbox_bytes: int = 16 << 20
+    max_tasks: int = 0
+    capabilities: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    home: Path
+    pools: tuple[PoolConfig, ...] = ()
+    contexts: dict[str, str] = field(default_factory=dict)
+    registry: str = "partitioned"
+    partitions: int = 4
+    allocation: str = "least-loaded"
+    drain_s: float = 10.0
+    arena_mib: int = 256
+
+    def pool(self, name: str) -> PoolConfig:
+        for p in self.pools:
+            if p.name == name:
+                return p
+        raise InvalidInput(f"no pool named {name!r}", hint=f"pools: {[p.name for p in self.pools]}")
+
+
+_DAEMON_KEYS = {"registry": str, "partitions": int, "allocation": str, "drain_s": (int, float),
+                "arena_mib": int}
+_POOL_KEYS = {"agent": str, "size": int, "min": int, "max": int, "mailbox_messages": int,
+              "mailbox_bytes": int, "max_tasks": int, "capabilities": dict}
+
+
+def _typed(section: str, table: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    for k, v in table.items():
+        if k not in schema:
+            raise InvalidInput(f"unknown key {section}.{k} in the config",
+                               hint=f"known keys: {sorted(schema)}")
+        if not isinstance(v, schema[k]) or isinstance(v, bool):
+            raise InvalidInput(f"{section}.{k}: expected {schema[k]}, got {v!r}")
+    return table
+
+
+def _pool(name: str, table: dict[str, Any]) -> PoolConfig:
+    t = _typed(f"pools.{name}", dict(table), _POOL_KEYS)
+    if "agent" not in t:
+        raise InvalidInput(f"pools.{name}.agent is missing", hint="e.g. agent = 'mypkg.agents:MyAgent'")
+    caps = {str(c): {k: float(v) for k, v in (d or {}).items()} for c, d in t.get("capabilities", {}).items()}
+    pc = PoolConfig(name=name, **{**t, "capabilities": caps})
+    if not (0 <= pc.min <= pc.size <= pc.max) or pc.max < 1:
+        raise InvalidInput(f"pools.{name}: expected 0 <= min <= size <= max and max >= 1, "
+                           f"got min={pc.min} size={pc.size} max={pc.max}")
+    return pc
+
+
+def parse_config(raw: dict[str, Any], home: Path, base: Path, **overrides: Any) -> Config:
+    unknown = set(raw) - {"daemon", "pools", "context"}
+    if unknown:
+        raise InvalidInput(f"unknown config sections {sorted(unknown)}",
+                           hint="sections: [daemon], [context], [pools.NAME]")
+    daemon = _typed("daemon", dict(raw.get("daemon", {})), _DAEMON_KEYS)
+    daemon.update({k: v for k, v in overrides.items() if v is not None})
+    pools = tuple(_pool(n, t) for n, t in raw.get("pools", {}).items())
+    contexts = {n: str((base / p).resolve()) for n, p in raw.get("context", {}).items()}
+    cfg = Config(home=home, pools=pools, contexts=contexts, **daemon)
+    if cfg.registry not in ("partitioned", "local"):
+        raise InvalidInput(f"daemon.registry: expected 'partitioned' or 'local', got {cfg.registry!r}")
+    if cfg.allocation not in ("static", "least-loaded", "market"):
+        raise InvalidInput(f"daemon.allocation: expected static, least-loaded or market, got {cfg.allocation!r}")
+    if not 1 <= cfg.partitions <= 64:
+        raise InvalidInput(f"expected daemon.partitions to be an integer in 1..64, got: {cfg.partitions}")
+    return cfg
+
+
+def load_config(home: str | Path | None = None, config_file: str | Path | None = None,
+                **overrides: Any) -> Config:
+    """Read the config (``config_file`` or ``<home>/agora.toml`` if it exists)."""
+    home_path = paths.home_dir(home)
+    file = Path(config_file) if config_file else home_path / "agora.toml"
+    raw: dict[str, Any] = {}
+    if config_file or file.exists():
+        try:
+            raw = tomllib.loads(file.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise InvalidInput(f"cannot read config {file}: {e}") from e
+    return parse_config(raw, home_path, file.parent.resolve(), **overrides)

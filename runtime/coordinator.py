@@ -1,0 +1,304 @@
+"""The coordinator process: control socket, journal, dispatch (and, through them, the
+market, voting and scaling).
+
+One thread, one ``selectors`` loop; a turn of the loop reads as its table of contents::
+
+    wait for sockets or the next timer
+    -> serve ready sockets (client requests, agent hellos/results/answers, EOF = death)
+    -> fire due timers (retries, deadlines, auction windows, vote deadlines)
+    -> admit submissions waiting for mailbox room
+    -> dispatch queued tasks to agents (allocation policy)
+    -> commit the journal (group commit: every write of this turn, one fsync)
+    -> send replies (only now: a task id is never acknowledged before it is durable)
+    -> send task batches to agents, flush events
+
+Clients never reach an agent or the root directly: the coordinator is their only door.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from runtime import paths
+from runtime._control import Commands, Deferred
+from runtime._protocol import ProtocolError, parse_request, peer_uid
+from runtime._server import Conn, InternalReader, encode_internal, listen_unix
+from runtime.config import Config, RunPaths
+from runtime.dispatch import POLICIES, Scheduler, TaskRun
+from runtime.envelope import TraceContext
+from runtime.errors import AgoraError, to_wire
+from runtime.events import Emitter
+from runtime.journal import Journal
+from runtime.registry_service import open_registry
+from runtime.telemetry import install_stop_wakeup
+
+__all__ = ["Coordinator", "coordinator_main"]
+
+
+class Coordinator:
+    def __init__(self, cfg: Config, run: RunPaths, root_pid: int | None = None,
+                 extra: dict[str, Any] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.cfg, self.run, self.root_pid, self.clock = cfg, run, root_pid, clock
+        self.extra = extra or {}
+        self.emit = Emitter(run.events, "coordinator")
+        self.journal = Journal(cfg.home)
+        self.registry = open_registry(cfg, run, self.extra)
+        self.scheduler = Scheduler(self.journal, self._policy(), self.emit, clock,
+                                   membership=self.registry)
+        self.scheduler.on_final = self._task_final
+        self.sel = selectors.DefaultSelector()
+        self.replies: list[tuple[Conn, dict[str, Any]]] = []
+        self.waiters: dict[str, list[Callable[[dict[str, Any]], None]]] = {}
+        self.turn_hooks: list[Callable[[], None]] = []
+        self.commands = Commands(self)
+        self.stopping = False
+
+    def _policy(self) -> Any:
+        if self.cfg.allocation == "market":
+            from coordination.market import MarketPolicy
+            return MarketPolicy(self)
+        return POLICIES[self.cfg.allocation]()
+
+    # -- start -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        paths.ensure_socket_dir(self.cfg.home)
+        self.control = listen_unix(self.run.control)
+        self.agents_listener = listen_unix(self.run.agents_sock)
+        for lst, kind in ((self.control, "client"), (self.agents_listener, "agent")):
+            lst.setblocking(False)
+            self.sel.register(lst, selectors.EVENT_READ, ("listen", kind))
+        self.publish_contexts()
+        self.resume()
+
+    def publish_contexts(self) -> None:
+        """The root names the coordinator owner of this run's context segments; the
+        config's contexts are published before any agent starts (pools come after us)."""
+        from shm.context import ContextStore
+        from shm.segment import RunId
+        self.contexts = ContextStore(RunId.parse(self.extra["run_id"]), self.cfg.home)
+        for name, path in self.cfg.contexts.items():
+            info = self.contexts.put_file(name, path)
+            self.emit("context.published", name=name, version=info.version, bytes=info.nbytes)
+
+    def resume(self) -> None:
+        """Tasks accepted before a restart and not finished go back to their queues
+        (``Journal.unfinished`` closes the attempts that were running as crashed)."""
+        resumed = 0
+        for rec in self.journal.unfinished():
+            task = self.commands.task_run(rec)
+            if rec.state == "queued":
+                self.scheduler.enqueue(task)
+            elif rec.state == "retry_wait":
+                self.scheduler.tasks[task.id] = task
+                self.scheduler._schedule_retry(task)
+            resumed += rec.state != "blocked"
+        self.emit("coordinator.resumed", tasks=resumed)
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def serve_forever(self, wake_fd: int | None = None) -> None:
+        if wake_fd is not None:
+            self.sel.register(wake_fd, selectors.EVENT_READ, ("wake", None))
+        while not self.stopping:
+            self.turn(self._timeout())
+        self.drain_and_close()
+
+    def turn(self, timeout: float | None) -> None:
+        ready = self.sel.select(timeout)
+        with self.journal.transaction():  # group commit: one COMMIT for the whole turn
+            for key, _ in ready:
+                self.on_ready(key)
+            self.scheduler.fire_timers()
+            for hook in list(self.turn_hooks):
+                hook()
+            self.scheduler.dispatch()
+        self.send_replies()
+        self.send_task_batches()
+        self.emit.maybe_flush()
+
+    def _timeout(self) -> float | None:
+        ts = [t for t in (self.scheduler.next_timer_in(), self.emit.flush_due_in(),
+                          self.commands.next_deadline_in()) if t is not None]
+        return min(ts) if ts else None
+
+    def on_ready(self, key: selectors.SelectorKey) -> None:
+        kind, detail = key.data
+        if kind == "listen":
+            self.accept(key.fileobj, detail)
+        elif kind == "client":
+            self.on_client(detail)
+        elif kind == "agent":
+            self.on_agent(detail)
+        elif kind == "wake":
+            os.read(key.fd, 64)
+            self.stopping = True
+
+    # -- clients -----------------------------------------------------------------------
+
+    def accept(self, listener: socket.socket, kind: str) -> None:
+        try:
+            sock, _ = listener.accept()
+        except BlockingIOError:
+            return
+        uid = peer_uid(sock)
+        if uid != os.getuid():
+            self.emit("control.refused", peer_uid=uid, socket=kind)
+            sock.close()
+            return
+        conn = Conn(sock) if kind == "client" else Conn(sock, InternalReader(), encode_internal)
+        self.sel.register(sock, selectors.EVENT_READ, (kind, conn))
+
+    def on_client(self, conn: Conn) -> None:
+        try:
+            frames = conn.read_frames()
+        except AgoraError as e:  # bad bytes: say why, then hang up (the stream is lost)
+            conn.send({"v": 1, "id": None, "error": to_wire(e)})
+            self.close_conn(conn)
+            return
+        if frames is None:
+            self.close_conn(conn)
+            return
+        for obj in frames:
+            self.request(conn, obj)
+
+    def request(self, conn: Conn, obj: Any) -> None:
+        rid = obj.get("id") if isinstance(obj, dict) else None
+        try:
+            req = parse_request(obj)
+            result = self.commands.run(req.cmd, req.args, req.trace, conn)
+        except ProtocolError as e:
+            self.reply(conn, {"v": 1, "id": rid, "error": to_wire(e)})
+            return
+        except AgoraError as e:
+            self.reply(conn, {"v": 1, "id": rid, "error": to_wire(e)})
+            return
+        if isinstance(result, Deferred):
+            result.bind(lambda msg, rid=rid: self.reply(conn, {"v": 1, "id": rid, **msg}))
+        else:
+            self.reply(conn, {"v": 1, "id": rid, "ok": result})
+
+    def reply(self, conn: Conn, msg: dict[str, Any]) -> None:
+        self.replies.append((conn, msg))
+
+    def send_replies(self) -> None:
+        replies, self.replies = self.replies, []
+        for conn, msg in replies:
+            if not conn.closed:
+                conn.send(msg)
+                if conn.out:
+                    self._want_write(conn)
+
+    def _want_write(self, conn: Conn) -> None:
+        # rare (a reply larger than the socket buffer): block briefly rather than juggle
+        # write interest; the peer is a local client reading its reply.
+        conn.sock.setblocking(True)
+        conn.sock.settimeout(5.0)
+        try:
+            conn.sock.sendall(conn.out)
+            conn.out.clear()
+        except OSError:
+            self.close_conn(conn)
+        else:
+            conn.sock.setblocking(False)
+
+    def close_conn(self, conn: Conn) -> None:
+        if not conn.closed or conn.sock.fileno() >= 0:
+            try:
+                self.sel.unregister(conn.sock)
+            except (KeyError, ValueError):
+                pass
+            conn.close()
+        self.commands.conn_closed(conn)
+
+    # -- agents ------------------------------------------------------------------------
+
+    def on_agent(self, conn: Conn) -> None:
+        try:
+            frames = conn.read_frames()
+        except AgoraError:
+            frames = None
+        if frames is None:
+            self.close_conn(conn)
+            agent_id = conn.state.get("agent")
+            if agent_id:
+                self.scheduler.agent_died(agent_id)
+                self.commands.agent_gone(agent_id)
+            return
+        for msg in frames:
+            self.agent_message(conn, msg)
+
+    def agent_message(self, conn: Conn, msg: dict[str, Any]) -> None:
+        t = msg.get("t")
+        if t == "results":
+            self.scheduler.results(conn.state["agent"], msg["results"], msg.get("queue", 0))
+        elif t == "answer":
+            self.commands.answer(conn.state.get("agent"), msg)
+        elif t == "hello":
+            conn.state["agent"] = msg["agent"]
+            link = self.scheduler.agent_joined(msg["agent"], msg["pool"], msg["pid"], msg["caps"],
+                                               lambda m, c=conn: c.send(m))
+            self.commands.agent_joined(link)
+
+    def send_task_batches(self) -> None:
+        for agent_id, tasks in self.scheduler.take_outbox().items():
+            link = self.scheduler.agents.get(agent_id)
+            if link is not None:
+                link.send({"t": "tasks", "tasks": tasks})
+
+    # -- results and shutdown ----------------------------------------------------------
+
+    def _task_final(self, task: TaskRun, rec: Any) -> None:
+        for notify in self.waiters.pop(task.id, []):
+            notify(rec)
+        if rec.pipeline_id:
+            self.pipeline_progress(rec.pipeline_id)
+
+    def pipeline_progress(self, pipeline_id: str) -> None:
+        """A step ended: the journal has unblocked (or cancelled) what follows it."""
+        p = self.journal.get_pipeline(pipeline_id)
+        for task_id in p.steps.values():
+            if task_id not in self.scheduler.tasks:
+                rec = self.journal.get(task_id)
+                if rec.state == "queued":
+                    self.scheduler.enqueue(self.commands.task_run(rec))
+        if p.state != "running":
+            self.emit("pipeline." + p.state, None if p.trace_id is None else
+                      TraceContext(p.trace_id, p.trace_id[:16]), pipeline_id=pipeline_id)
+            for notify in self.waiters.pop(pipeline_id, []):
+                notify(p)
+
+    def wait_for(self, task_id: str, notify: Callable[[dict[str, Any]], None]) -> None:
+        self.waiters.setdefault(task_id, []).append(notify)
+
+    def drain_and_close(self) -> None:
+        """Stop accepting; let running tasks finish for up to drain_s; the rest stays
+        in the journal as accepted and resumes on the next start."""
+        self.emit("coordinator.draining", running=sum(len(a.inflight) for a in self.scheduler.agents.values()))
+        self.sel.unregister(self.control)
+        self.control.close()
+        deadline = self.clock() + self.cfg.drain_s
+        while any(a.inflight for a in self.scheduler.agents.values()) and self.clock() < deadline:
+            self.turn(min(0.05, max(0.0, deadline - self.clock())))
+        self.journal.close()  # running attempts stay open: the next start requeues them
+        self.contexts.close()
+        self.emit("coordinator.stopped")
+        self.emit.close()
+
+
+def coordinator_main(ctx: Any, cfg: Config, run: RunPaths) -> None:
+    wake = install_stop_wakeup()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    coord = Coordinator(cfg, run, root_pid=ctx.root_pid, extra=ctx.extra)
+    coord.start()
+    ctx.ready()
+    coord.serve_forever(wake)
+
+
