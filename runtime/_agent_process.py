@@ -18,6 +18,8 @@ Messages (orjson frames, see runtime._protocol):
       "queue": n}
   <- {"t": "ask", "rid", "kind": "bid"|"vote"|"propose", "request": {...}}
   -> {"t": "answer", "rid", "answer": value | None, "error": str (hook raised)}
+  -> {"t": "call", "rid", "op", "args"}       the agent asks (locks, leases, barriers...)
+  <- {"t": "reply", "rid", "ok": value} | {"t": "reply", "rid", "error": {...}}
 
 EOF from the coordinator means it is gone: the agent exits (the supervisor's
 rest_for_one restarts the pools after a new coordinator anyway).
@@ -26,6 +28,7 @@ rest_for_one restarts the pools after a new coordinator anyway).
 from __future__ import annotations
 
 import importlib
+import itertools
 import os
 import socket
 import threading
@@ -38,7 +41,7 @@ from runtime._server import InternalReader, encode_internal
 from runtime.agent import Agent, AgentContext, TaskHandle
 from runtime.config import Config, RunPaths
 from runtime.envelope import TraceContext
-from runtime.errors import InvalidInput, Unavailable
+from runtime.errors import InvalidInput, Unavailable, from_wire
 from runtime.events import Emitter
 
 __all__ = ["agent_main", "import_agent", "AgentRunner"]
@@ -100,6 +103,8 @@ class AgentRunner:
         self.cond = threading.Condition()
         self.send_lock = threading.Lock()
         self.gone = False
+        self._calls: dict[int, list[Any]] = {}  # rid -> [event, reply]
+        self._call_ids = itertools.count(1)
 
     def send(self, msg: dict[str, Any]) -> None:
         data = encode_internal(msg)
@@ -119,6 +124,9 @@ class AgentRunner:
         with self.cond:
             self.gone = True
             self.cond.notify()
+        for waiter in list(self._calls.values()):  # nobody will answer now
+            waiter[1] = {"error": {"code": "UNAVAILABLE", "message": "the coordinator went away"}}
+            waiter[0].set()
 
     def on_message(self, msg: dict[str, Any]) -> None:
         if msg.get("t") == "tasks":
@@ -128,6 +136,27 @@ class AgentRunner:
                 self.cond.notify()
         elif msg.get("t") == "ask":
             self.answer(msg)
+        elif msg.get("t") == "reply":
+            waiter = self._calls.get(msg.get("rid"))
+            if waiter is not None:
+                waiter[1] = msg
+                waiter[0].set()
+
+    def call(self, op: str, args: dict[str, Any], timeout: float = 30.0) -> Any:
+        """Ask the coordinator (from any thread of the agent); raises its typed error."""
+        rid = next(self._call_ids)
+        waiter: list[Any] = [threading.Event(), None]
+        self._calls[rid] = waiter
+        try:
+            self.send({"t": "call", "rid": rid, "op": op, "args": args})
+            if not waiter[0].wait(timeout):
+                raise Unavailable(f"the coordinator did not answer {op!r} within {timeout} s")
+        finally:
+            self._calls.pop(rid, None)
+        reply = waiter[1]
+        if "error" in reply:
+            raise from_wire(reply["error"])
+        return reply.get("ok")
 
     def answer(self, msg: dict[str, Any]) -> None:
         hook = {"bid": self.agent.bid, "vote": self.agent.vote, "propose": self.agent.propose}[msg["kind"]]
@@ -186,6 +215,7 @@ def agent_main(ctx: Any, cfg: Config, run: RunPaths, pool: str, index: int) -> N
     agent.setup(actx)
     sock = _connect(run.agents_sock, time.monotonic() + 10)
     runner = AgentRunner(agent, sock, emit, agent_id)
+    actx.call = runner.call
     caps = {c: pc.capabilities.get(c, {}) for c in agent.handlers}
     runner.send({"t": "hello", "agent": agent_id, "pool": pool, "index": index,
                  "pid": os.getpid(), "caps": caps})

@@ -204,9 +204,6 @@ class Commands:
     def agent_joined(self, link: Any) -> None:
         self.capabilities.update(link.caps)
 
-    def agent_gone(self, agent_id: str) -> None:
-        pass
-
     def submit(self, args: dict[str, Any], trace: TraceContext | None) -> Any:
         only(args, "task", "wait_s")
         d = self.submit_many({"tasks": [arg(args, "task", dict)],
@@ -340,12 +337,6 @@ class Commands:
         return read_events(self.coord.cfg.home, type_prefix=arg(args, "type", str, None),
                            agent=arg(args, "agent", str, None), since=arg(args, "since", (int, float), None),
                            trace_id=arg(args, "trace_id", str, None), limit=arg(args, "limit", int, 200))
-
-    def answer(self, agent_id: str | None, msg: dict[str, Any]) -> None:
-        """An agent answered an ``ask`` (bid, ballot, proposal): the asker's business."""
-        handler = self.coord.asks.pop(msg.get("rid"), None) if hasattr(self.coord, "asks") else None
-        if handler is not None:
-            handler(agent_id, msg)
 
 
 def _flatten(node: dict[str, Any], prefix: str = "") -> list[dict[str, Any]]:

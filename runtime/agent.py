@@ -69,6 +69,11 @@ class AgentContext:
         self.declared = declared
         self._contexts = contexts
         self.emit = emit
+        self.call: Callable[..., Any] = _not_connected
+
+    # ``call(op, args, timeout=30.0)`` asks the coordinator from any thread of the agent
+    # (coordination primitives: ``ctx.call("lock.acquire", {"name": "db", "ttl": 5})``);
+    # it is connected once the agent has said hello, i.e. after ``setup`` returns.
 
     def array(self, name: str) -> Any:
         """A read-only numpy view of shared context ``name`` (no copy)."""
@@ -76,6 +81,11 @@ class AgentContext:
 
     def bytes(self, name: str) -> memoryview:
         return self._contexts.bytes(name)
+
+
+def _not_connected(*_: Any, **__: Any) -> Any:
+    from runtime.errors import Unavailable
+    raise Unavailable("the agent is not connected to the coordinator yet (setup() is still running)")
 
 
 class TaskHandle:

@@ -17,6 +17,8 @@ Clients never reach an agent or the root directly: the coordinator is their only
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import os
 import selectors
 import signal
@@ -32,7 +34,7 @@ from runtime._server import Conn, InternalReader, encode_internal, listen_unix
 from runtime.config import Config, RunPaths
 from runtime.dispatch import POLICIES, Scheduler, TaskRun
 from runtime.envelope import TraceContext
-from runtime.errors import AgoraError, to_wire
+from runtime.errors import AgoraError, UnknownCommand, to_wire
 from runtime.events import Emitter
 from runtime.journal import Journal
 from runtime.registry_service import open_registry
@@ -57,6 +59,12 @@ class Coordinator:
         self.replies: list[tuple[Conn, dict[str, Any]]] = []
         self.waiters: dict[str, list[Callable[[dict[str, Any]], None]]] = {}
         self.turn_hooks: list[Callable[[], None]] = []
+        self.asks: dict[int, tuple[str, Callable[[str | None, dict[str, Any]], None]]] = {}
+        self._ask_ids = itertools.count(1)
+        self.timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._timer_ids = itertools.count()
+        self.agent_listeners: list[Any] = []  # objects with agent_joined(link) / agent_died(id)
+        self.agent_ops: dict[str, Callable[[str, dict[str, Any], Any], Any]] = {}
         self.commands = Commands(self)
         self.stopping = False
 
@@ -116,6 +124,7 @@ class Coordinator:
         with self.journal.transaction():  # group commit: one COMMIT for the whole turn
             for key, _ in ready:
                 self.on_ready(key)
+            self.fire_timers()
             self.scheduler.fire_timers()
             for hook in list(self.turn_hooks):
                 hook()
@@ -125,8 +134,9 @@ class Coordinator:
         self.emit.maybe_flush()
 
     def _timeout(self) -> float | None:
+        mine = max(0.0, self.timers[0][0] - self.clock()) if self.timers else None
         ts = [t for t in (self.scheduler.next_timer_in(), self.emit.flush_due_in(),
-                          self.commands.next_deadline_in()) if t is not None]
+                          self.commands.next_deadline_in(), mine) if t is not None]
         return min(ts) if ts else None
 
     def on_ready(self, key: selectors.SelectorKey) -> None:
@@ -230,7 +240,8 @@ class Coordinator:
             agent_id = conn.state.get("agent")
             if agent_id:
                 self.scheduler.agent_died(agent_id)
-                self.commands.agent_gone(agent_id)
+                for listener in self.agent_listeners:
+                    listener.agent_died(agent_id)
             return
         for msg in frames:
             self.agent_message(conn, msg)
@@ -240,12 +251,59 @@ class Coordinator:
         if t == "results":
             self.scheduler.results(conn.state["agent"], msg["results"], msg.get("queue", 0))
         elif t == "answer":
-            self.commands.answer(conn.state.get("agent"), msg)
+            asked = self.asks.pop(msg.get("rid"), None)
+            if asked is not None:
+                asked[1](conn.state.get("agent"), msg)
+        elif t == "call":
+            self.agent_call(conn, msg)
         elif t == "hello":
             conn.state["agent"] = msg["agent"]
             link = self.scheduler.agent_joined(msg["agent"], msg["pool"], msg["pid"], msg["caps"],
                                                lambda m, c=conn: c.send(m))
             self.commands.agent_joined(link)
+            for listener in self.agent_listeners:
+                listener.agent_joined(link)
+
+    # -- services for coordination modules ---------------------------------------------
+
+    def ask(self, agent_id: str, kind: str, request: dict[str, Any],
+            on_answer: Callable[[str | None, dict[str, Any]], None]) -> bool:
+        """Ask an agent's control path (``bid``/``vote``/``propose`` hook); the answer
+        comes back through ``on_answer(agent_id, {"answer": ..., "error"?: ...})``.
+        False if the agent is not connected.  Unanswered asks are the asker's to time out."""
+        link = self.scheduler.agents.get(agent_id)
+        if link is None:
+            return False
+        rid = next(self._ask_ids)
+        self.asks[rid] = (agent_id, on_answer)
+        link.send({"t": "ask", "rid": rid, "kind": kind, "request": request})
+        return True
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        heapq.heappush(self.timers, (self.clock() + delay, next(self._timer_ids), fn))
+
+    def fire_timers(self) -> None:
+        now = self.clock()
+        while self.timers and self.timers[0][0] <= now:
+            heapq.heappop(self.timers)[2]()
+
+    def agent_call(self, conn: Conn, msg: dict[str, Any]) -> None:
+        """An agent asks the coordinator (locks, leases, barriers...): ``agent_ops[op]``
+        returns a value, a Deferred, or raises; the reply goes back on the agent's socket."""
+        rid, op = msg.get("rid"), msg.get("op")
+        agent_id = conn.state.get("agent")
+        fn = self.agent_ops.get(op)
+        try:
+            if fn is None:
+                raise UnknownCommand(f"unknown agent operation {op!r}", hint=f"known: {sorted(self.agent_ops)}")
+            out = fn(agent_id, msg.get("args") or {}, msg.get("trace"))
+        except AgoraError as e:
+            conn.send({"t": "reply", "rid": rid, "error": to_wire(e)})
+            return
+        if isinstance(out, Deferred):
+            out.bind(lambda m: conn.send({"t": "reply", "rid": rid, **m}) if not conn.closed else None)
+        else:
+            conn.send({"t": "reply", "rid": rid, "ok": out})
 
     def send_task_batches(self) -> None:
         for agent_id, tasks in self.scheduler.take_outbox().items():
