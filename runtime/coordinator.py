@@ -40,7 +40,14 @@ from runtime.journal import Journal
 from runtime.registry_service import open_registry
 from runtime.telemetry import install_stop_wakeup
 
-__all__ = ["Coordinator", "coordinator_main"]
+__all__ = ["Coordinator", "coordinator_main", "SERVICES"]
+
+#: Services the coordinator installs at start, in order.  Each module has
+#: ``install(coord)`` registering its commands (``coord.commands.extend``), agent
+#: operations (``coord.agent_ops``), agent listeners, turn hooks and timers.  runtime may
+#: not import coordination at module level (layering); these are imported here, lazily.
+SERVICES = ("coordination.market", "coordination.consensus", "coordination.primitives",
+            "runtime.scaler", "runtime.observe")
 
 
 class Coordinator:
@@ -84,7 +91,20 @@ class Coordinator:
             lst.setblocking(False)
             self.sel.register(lst, selectors.EVENT_READ, ("listen", kind))
         self.publish_contexts()
+        self.install_services()
         self.resume()
+
+    def install_services(self) -> None:
+        import importlib
+        self.services = {}
+        for name in SERVICES:
+            try:
+                module = importlib.import_module(name)
+            except ModuleNotFoundError as e:
+                if e.name != name:
+                    raise
+                continue  # a service not built in this tree (development only)
+            self.services[name] = module.install(self)
 
     def publish_contexts(self) -> None:
         """The root names the coordinator owner of this run's context segments; the
