@@ -7,6 +7,8 @@
     partitions = 4                # registry partition processes
     allocation = "least-loaded"   # "static" | "least-loaded" | "market"
     drain_s = 10.0                # graceful stop: how long running tasks may finish
+    agent_inflight = 1            # tasks sent to one agent before it answers (1: no prefetch,
+                                  # so a short task never queues behind a long one in an agent)
     arena_mib = 256               # payload arena (anonymous shared memory, made at start)
 
     [context]                     # published into shared memory at start
@@ -84,6 +86,7 @@ class Config:
     partitions: int = 4
     allocation: str = "least-loaded"
     drain_s: float = 10.0
+    agent_inflight: int = 1
     arena_mib: int = 256
 
     def pool(self, name: str) -> PoolConfig:
@@ -94,7 +97,7 @@ class Config:
 
 
 _DAEMON_KEYS = {"registry": str, "partitions": int, "allocation": str, "drain_s": (int, float),
-                "arena_mib": int}
+                "arena_mib": int, "agent_inflight": int}
 _POOL_KEYS = {"agent": str, "size": int, "min": int, "max": int, "mailbox_messages": int,
               "mailbox_bytes": int, "max_tasks": int, "capabilities": dict}
 
@@ -135,6 +138,8 @@ def parse_config(raw: dict[str, Any], home: Path, base: Path, **overrides: Any) 
         raise InvalidInput(f"daemon.registry: expected 'partitioned' or 'local', got {cfg.registry!r}")
     if cfg.allocation not in ("static", "least-loaded", "market"):
         raise InvalidInput(f"daemon.allocation: expected static, least-loaded or market, got {cfg.allocation!r}")
+    if not 1 <= cfg.agent_inflight <= 1024:
+        raise InvalidInput(f"expected daemon.agent_inflight in 1..1024, got: {cfg.agent_inflight}")
     if not 1 <= cfg.partitions <= 64:
         raise InvalidInput(f"expected daemon.partitions to be an integer in 1..64, got: {cfg.partitions}")
     return cfg

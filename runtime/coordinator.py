@@ -60,7 +60,7 @@ class Coordinator:
         self.journal = Journal(cfg.home)
         self.registry = open_registry(cfg, run, self.extra)
         self.scheduler = Scheduler(self.journal, self._policy(), self.emit, clock,
-                                   membership=self.registry)
+                                   capacity=cfg.agent_inflight, membership=self.registry)
         self.scheduler.on_final = self._task_final
         self.sel = selectors.DefaultSelector()
         self.replies: list[tuple[Conn, dict[str, Any]]] = []

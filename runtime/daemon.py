@@ -203,10 +203,21 @@ class Daemon:
         os.read(wake_r, 64)
         self.stopping = True
 
+    @staticmethod
+    def _drain_first(tree: Tree) -> None:
+        """A graceful stop drains before the reverse-order stop: the coordinator gets its
+        SIGTERM while the agents still run, lets running tasks finish (up to drain_s) and
+        leaves the rest accepted in the journal; then the tree stops in reverse order."""
+        try:
+            tree.find("root/core").child("coordinator").stop()
+        except AgoraError:
+            pass  # the core already gave up: nothing to drain
+
     def _shutdown(self, listener: socket.socket, lock: PidLock) -> None:
         self.emit("daemon.stopping")
         tree = getattr(self, "tree", None)
         if tree is not None:
+            self._drain_first(tree)
             tree.stop()
         for conn in list(self.conns):
             self._drop(conn)
