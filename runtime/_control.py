@@ -127,6 +127,9 @@ class Commands:
             "submit": self.submit, "submit_many": self.submit_many, "result": self.result,
             "tasks": self.tasks, "attempts": self.attempts, "cancel": self.cancel,
             "pipeline": self.pipeline, "pipeline_result": self.pipeline_result,
+            "context_put": self.context_put, "context_ls": self.context_ls,
+            "context_rm": self.context_rm, "registry_ls": self.registry_ls,
+            "registry_get": self.registry_get,
             "agents": self.agents, "events": self.events,
         }
         coord.turn_hooks.append(self.turn)
@@ -324,6 +327,48 @@ class Commands:
         tid = arg(args, "id", str)
         done = self.coord.scheduler.cancel(tid)
         return {"id": tid, "state": self.coord.journal.get(tid).state, "cancelled": done}
+
+    # -- shared context and registry ----------------------------------------------------
+
+    def context_put(self, args: dict[str, Any], trace: Any) -> Any:
+        """Publish a file (.npy as an array, anything else as bytes) as a new version.
+        The daemon reads the path itself: it runs as the same user on the same machine,
+        and a context may be far larger than a control frame."""
+        only(args, "name", "path")
+        path = arg(args, "path", str)
+        if not os.path.isfile(path):
+            raise NotFound(f"no file {path!r} (the daemon resolves it; pass an absolute path)")
+        info = self.coord.contexts.put_file(arg(args, "name", str), path)
+        self.coord.emit("context.published", name=info.name, version=info.version, bytes=info.nbytes)
+        return info.to_json()
+
+    def context_ls(self, args: dict[str, Any], trace: Any) -> Any:
+        only(args)
+        return [i.to_json() for i in self.coord.contexts.list()]
+
+    def context_rm(self, args: dict[str, Any], trace: Any) -> Any:
+        only(args, "name")
+        name = arg(args, "name", str)
+        self.coord.contexts.remove(name)
+        self.coord.emit("context.removed", name=name)
+        return {"removed": name}
+
+    def registry_ls(self, args: dict[str, Any], trace: Any) -> Any:
+        only(args, "capability", "where", "order_by", "limit")
+        from runtime.registry import parse_filters
+        where = parse_filters(arg(args, "where", list, []))
+        entries = self.coord.registry.select(capability=arg(args, "capability", str, None), where=where,
+                                             order_by=arg(args, "order_by", str, None),
+                                             limit=arg(args, "limit", int, None))
+        return [e.to_wire() for e in entries]
+
+    def registry_get(self, args: dict[str, Any], trace: Any) -> Any:
+        only(args, "key")
+        key = arg(args, "key", str)
+        entry = self.coord.registry.lookup(key)
+        if entry is None:
+            raise NotFound(f"no registry entry {key!r}", hint="`agora registry ls` lists the keys")
+        return entry.to_wire()
 
     def agents(self, args: dict[str, Any], trace: Any) -> Any:
         only(args)

@@ -213,8 +213,7 @@ def wait_with_progress(ctx: click.Context, tid: str, quiet: bool = False) -> dic
     spin = "|/-\\"
     i = 0
     while True:
-        rec = call(ctx, "result", timeout=10.0, id=tid, wait=True, timeout_s=0.25) \
-            if False else _poll_result(ctx, tid)
+        rec = _poll_result(ctx, tid)
         if rec["state"] in ("succeeded", "failed", "dead_lettered", "cancelled", "deadline_exceeded"):
             if not quiet and sys.stderr.isatty():
                 click.echo("\r" + " " * 60 + "\r", nl=False, err=True)
@@ -240,6 +239,85 @@ def _show_result(rec: dict[str, Any], as_json: bool) -> None:
         else f"{r['id']} {r['state']} after {r.get('attempts')} attempt(s): {r.get('error')}"))
     if rec["state"] != "succeeded":
         sys.exit(1)
+
+
+@cli.command()
+@click.argument("pipeline_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--wait", is_flag=True, help="Wait until every step has ended.")
+@click.option("--timeout", "timeout_s", default=600.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def pipeline(ctx: click.Context, pipeline_file: str, wait: bool, timeout_s: float, as_json: bool) -> None:
+    """Submit a pipeline (a DAG of steps in a JSON file); validated at submit."""
+    p = call(ctx, "pipeline", spec=read_json_arg("@" + pipeline_file))
+    if wait:
+        p = call(ctx, "pipeline_result", timeout=timeout_s + 10, id=p["id"], wait=True, timeout_s=timeout_s)
+
+    def human(d: dict[str, Any]) -> None:
+        click.echo(f"{d['id']} {d.get('state', 'submitted')}")
+        for s in d.get("steps", []) if isinstance(d.get("steps"), list) else []:
+            click.echo(f"  {s['step_id']:<16} {s['state']:<14} attempts={s['attempts']}")
+    out(p, as_json, human)
+
+
+@cli.group()
+def context() -> None:
+    """Shared read-only context (numpy arrays and blobs in shared memory)."""
+
+
+@context.command("put")
+@click.argument("name")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.pass_context
+def context_put(ctx: click.Context, name: str, file: str) -> None:
+    """Publish FILE (.npy -> array, else bytes) as a new version of NAME."""
+    info = call(ctx, "context_put", name=name, path=str(Path(file).resolve()))
+    click.echo(f"{info['name']} v{info['version']} {info['nbytes']} bytes")
+
+
+@context.command("ls")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def context_ls(ctx: click.Context, as_json: bool) -> None:
+    """Published contexts."""
+    out(call(ctx, "context_ls"), as_json, lambda rows: [click.echo(
+        f"{r['name']:<20} v{r['version']:<4} {r['kind']:<6} {r['nbytes']:>12} bytes") for r in rows])
+
+
+@context.command("rm")
+@click.argument("name")
+@click.pass_context
+def context_rm(ctx: click.Context, name: str) -> None:
+    """Unpublish NAME (agents holding a view keep it until they let go)."""
+    call(ctx, "context_rm", name=name)
+    click.echo(f"removed {name}")
+
+
+@cli.group()
+def registry() -> None:
+    """The registry: who is alive and what each can do."""
+
+
+@registry.command("ls")
+@click.option("--capability", default=None)
+@click.option("--where", multiple=True, help="A filter such as 'load<0.5' or 'pool=echo'.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def registry_ls(ctx: click.Context, capability: str | None, where: tuple[str, ...], as_json: bool) -> None:
+    """Entries, optionally offering a capability and matching filters."""
+    rows = call(ctx, "registry_ls", capability=capability, where=list(where))
+    out(rows, as_json, lambda rs: [click.echo(
+        f"{r['key']:<24} owner={r['owner']:<8} v{r['version']:<4} {','.join(r['capabilities'])} "
+        f"{orjson.dumps(r['metadata']).decode()}") for r in rs])
+
+
+@registry.command("get")
+@click.argument("key")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def registry_get(ctx: click.Context, key: str, as_json: bool) -> None:
+    """One entry."""
+    out(call(ctx, "registry_get", key=key), True)
 
 
 @cli.command()
@@ -337,4 +415,7 @@ def main(argv: list[str] | None = None) -> int:
 from runtime import cli_run  # noqa: E402,F401  (registers run/demo on the group)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m runtime.cli` runs this file as __main__: go through the real module so
+    # that commands registered on it by other modules (run, demo, ...) are there.
+    from runtime.cli import main as _main
+    sys.exit(_main())

@@ -65,11 +65,13 @@ def run_job(c: Any, job: Any, timeout_s: float = 300.0) -> dict[str, Any]:
     t0 = time.monotonic()
     if "steps" in job:
         p = c.call("pipeline", spec=job)
-        done = c.call("pipeline_result", id=p["id"], wait=True, timeout_s=timeout_s)
+        done = c.call("pipeline_result", timeout=timeout_s + 10, id=p["id"], wait=True,
+                      timeout_s=timeout_s)
         return {"kind": "pipeline", "elapsed_s": round(time.monotonic() - t0, 3), **done}
     tasks = job["tasks"] if "tasks" in job else [job]
     ids = c.call("submit_many", tasks=tasks)
-    results = [c.call("result", id=i, wait=True, timeout_s=timeout_s) for i in ids]
+    results = [c.call("result", timeout=timeout_s + 10, id=i, wait=True, timeout_s=timeout_s)
+               for i in ids]
     return {"kind": "tasks", "elapsed_s": round(time.monotonic() - t0, 3), "tasks": results}
 
 
