@@ -16,7 +16,7 @@ from typing import Any
 from runtime import paths
 import orjson
 
-from runtime._protocol import HEADER, FrameReader, ProtocolError, encode_frame
+from runtime._protocol import HEADER, MAX_FRAME, FrameReader, ProtocolError, encode_frame
 
 __all__ = ["listen_unix", "remove_run_dir", "Conn", "encode_internal", "InternalReader"]
 
@@ -24,6 +24,20 @@ __all__ = ["listen_unix", "remove_run_dir", "Conn", "encode_internal", "Internal
 #: header + orjson, without the control channel's per-value walk (which costs more than the
 #: encoding itself on large inputs).  Only a size bound is kept.
 INTERNAL_MAX_FRAME = 1 << 30
+
+
+def encode_reply(obj: Any) -> bytes:
+    """Our own replies to clients: orjson refuses what JSON cannot say (ints beyond 64 bits,
+    cycles, deep nesting); the client enforces the protocol's limits on receipt.  Skips the
+    per-value walk that inbound frames need (it cost more than the encoding itself)."""
+    try:
+        body = orjson.dumps(obj)
+    except (TypeError, ValueError) as e:
+        raise ProtocolError(f"cannot encode a reply as JSON: {e}") from e
+    if len(body) > MAX_FRAME:
+        raise ProtocolError(f"a reply of {len(body)} bytes exceeds the {MAX_FRAME}-byte frame limit",
+                            hint="ask for less (a smaller --limit), or fetch large data another way")
+    return HEADER.pack(len(body)) + body
 
 
 def encode_internal(obj: Any) -> bytes:

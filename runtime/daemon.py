@@ -38,7 +38,7 @@ from runtime._server import listen_unix, remove_run_dir
 from runtime.child_spec import ChildSpec, Restart, Strategy, SupervisorSpec
 from runtime.config import Config, RunPaths, load_config
 from runtime.errors import AgoraError, InvalidInput, Unavailable, to_wire
-from runtime.events import Emitter
+from runtime.events import Emitter, set_tracing
 from runtime.supervisor import Tree
 from runtime.telemetry import telemetry_main
 
@@ -98,6 +98,7 @@ class Daemon:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.run = RunPaths.for_home(cfg.home)
+        set_tracing(cfg.tracing)  # before any Emitter here or in a child (runtime.events)
         self.emit = Emitter(self.run.events, "root")
         self.stopping = False
         self.conns: dict[socket.socket, FrameReader] = {}
@@ -213,11 +214,21 @@ class Daemon:
         except AgoraError:
             pass  # the core already gave up: nothing to drain
 
+    def _stop_core(self, tree: Tree) -> None:
+        """Everything but telemetry, then flush our own events while telemetry still
+        listens: a graceful stop loses no event (only telemetry's own stop goes unlogged)."""
+        try:
+            tree.find("root/core").stop()
+        except AgoraError:
+            pass  # no core (it failed to start): nothing to stop before telemetry
+        self.emit.flush()
+
     def _shutdown(self, listener: socket.socket, lock: PidLock) -> None:
         self.emit("daemon.stopping")
         tree = getattr(self, "tree", None)
         if tree is not None:
             self._drain_first(tree)
+            self._stop_core(tree)
             tree.stop()
         for conn in list(self.conns):
             self._drop(conn)
@@ -249,6 +260,9 @@ def wait_until_up(client_factory, deadline: float, proc: Any = None) -> None:
         try:
             with client_factory() as c:
                 c.call("ping")
+                # the root answers the tree's status only once its start-up is complete,
+                # i.e. every initial agent has said hello: then capabilities are known
+                c.call("status", timeout=max(1.0, deadline - time.monotonic()))
                 return
         except AgoraError as e:
             last = e

@@ -382,17 +382,25 @@ class Journal:
 
     def start_attempt(self, task_id: str, agent: str) -> int:
         """Mark the task running and record a new attempt; return its number (1-based)."""
+        return self.start_attempts([(task_id, agent)])[0]
+
+    def start_attempts(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
+        """``start_attempt`` for each (task_id, agent), all or nothing, one transaction
+        (the coordinator starts every attempt of a dispatch turn at once)."""
         now = self.clock()
+        sql = (f"UPDATE tasks SET state = 'running', attempts = attempts + 1, updated = ?, "
+               f"not_before = NULL WHERE id = ? AND state IN {_in(sources('start'))} RETURNING attempts")
+        numbers = []
         with self.transaction():
-            row = self.conn.execute(
-                f"UPDATE tasks SET state = 'running', attempts = attempts + 1, updated = ?, "
-                f"not_before = NULL WHERE id = ? AND state IN {_in(sources('start'))} RETURNING attempts",
-                (now, task_id)).fetchone()
-            if row is None:
-                self._raise_illegal(task_id, "start")
-            self.conn.execute("INSERT INTO attempts (task_id, attempt, agent, started) VALUES (?, ?, ?, ?)",
-                              (task_id, row[0], agent, now))
-        return int(row[0])
+            for task_id, _agent in pairs:
+                row = self.conn.execute(sql, (now, task_id)).fetchone()
+                if row is None:
+                    self._raise_illegal(task_id, "start")
+                numbers.append(int(row[0]))
+            self.conn.executemany(
+                "INSERT INTO attempts (task_id, attempt, agent, started) VALUES (?, ?, ?, ?)",
+                [(t, n, a, now) for (t, a), n in zip(pairs, numbers)])
+        return numbers
 
     def _raise_illegal(self, task_id: str, event: str) -> None:
         state = self._one("SELECT state FROM tasks WHERE id = ?", (task_id,))
@@ -416,12 +424,15 @@ class Journal:
             if not self._end_attempt(task_id, attempt, outcome, error, now):
                 return Finish(task_id, attempt, False, self._state(task_id))
             if outcome == "succeeded":
-                recorded = self._record_result(task_id, result, now)
+                recorded, pid = self._record_result(task_id, result, now)
+                if recorded:  # the hot path: no further reads
+                    if pid is not None:
+                        self._advance_pipeline(pid, now)
+                    return Finish(task_id, attempt, True, "succeeded")
             else:
-                recorded = False
                 self._apply_failure(task_id, attempt, outcome, error, now)
             self._advance_pipeline_of(task_id, now)
-            return Finish(task_id, attempt, recorded, self._state(task_id))
+            return Finish(task_id, attempt, False, self._state(task_id))
 
     def finish_many(self, items: Iterable[tuple[str, int, str, Any, Any]]) -> list[Finish]:
         """``finish_attempt`` for each (task_id, attempt, outcome, result, error), one COMMIT.
@@ -447,12 +458,13 @@ class Journal:
                            int(prev[0] is not None), task_id, attempt))
         return True
 
-    def _record_result(self, task_id: str, result: Any, now: float) -> bool:
-        cur = self.conn.execute(
+    def _record_result(self, task_id: str, result: Any, now: float) -> tuple[bool, str | None]:
+        """(recorded, pipeline id): the guarded UPDATE is the exactly-once point."""
+        row = self.conn.execute(
             f"UPDATE tasks SET result = ?, error = NULL, state = 'succeeded', updated = ?, "
-            f"not_before = NULL WHERE id = ? AND result IS NULL AND state IN {_in(sources('succeed'))}",
-            (_dumps(result), now, task_id))
-        return cur.rowcount == 1
+            f"not_before = NULL WHERE id = ? AND result IS NULL AND state IN {_in(sources('succeed'))} "
+            "RETURNING pipeline_id", (_dumps(result), now, task_id)).fetchone()
+        return (row is not None, row[0] if row is not None else None)
 
     def _apply_failure(self, task_id: str, attempt: int, outcome: str, error: Any, now: float) -> None:
         row = self.conn.execute("SELECT state, attempts, max_attempts FROM tasks WHERE id = ?",

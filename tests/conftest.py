@@ -24,6 +24,22 @@ def _shm_entries() -> set[str]:
         return set()
 
 
+def _owned_by_a_stranger(name: str) -> bool:
+    """A segment of a live run that is not ours (another test session on this machine)."""
+    try:
+        pid = int(name.split(".")[1].split("-")[0])
+    except (IndexError, ValueError):
+        return False
+    if pid == os.getpid() or not psutil.pid_exists(pid):
+        return False
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and os.getpid() not in {
+            p.pid for p in proc.parents()}
+    except psutil.Error:
+        return False
+
+
 def _children() -> list[psutil.Process]:
     try:
         return psutil.Process().children(recursive=True)
@@ -74,7 +90,7 @@ def agora_env(tmp_path, monkeypatch):
             except psutil.Error:
                 pass
         _wait_gone(time.monotonic() + 2.0)
-    new_shm = _shm_entries() - shm_before
+    new_shm = {n for n in _shm_entries() - shm_before if not _owned_by_a_stranger(n)}
     if new_shm:
         problems.append(f"/dev/shm segments left: {sorted(new_shm)}")
         for n in new_shm:
