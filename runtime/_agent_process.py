@@ -37,6 +37,7 @@ import traceback
 from collections import deque
 from typing import Any
 
+from runtime._payload import Payloads
 from runtime._server import InternalReader, encode_internal
 from runtime.agent import Agent, AgentContext, TaskHandle
 from runtime.config import Config, RunPaths
@@ -94,7 +95,9 @@ class _Contexts:
 class AgentRunner:
     """The two paths of one agent process around one socket."""
 
-    def __init__(self, agent: Agent, sock: socket.socket, emit: Emitter, agent_id: str) -> None:
+    def __init__(self, agent: Agent, sock: socket.socket, emit: Emitter, agent_id: str,
+                 payloads: Payloads | None = None) -> None:
+        self.payloads = payloads or Payloads(None, 0)
         self.agent = agent
         self.sock = sock
         self.emit = emit
@@ -198,14 +201,15 @@ class AgentRunner:
         handle = TaskHandle(t["id"], t["attempt"], t["cap"], trace, self.emit)
         out: dict[str, Any] = {"id": t["id"], "attempt": t["attempt"]}
         try:
-            out["ok"] = self.agent.handler(t["cap"])(t["input"], handle)
+            value = self.agent.handler(t["cap"])(self.payloads.unpack(t, "input"), handle)
+            self.payloads.pack(value, "ok", out)
         except Exception as e:  # the attempt failed; the retry policy decides what follows
             out["error"] = {"type": type(e).__name__, "message": str(e),
                             "traceback": traceback.format_exc(limit=20)}
         return out
 
 
-def agent_main(ctx: Any, cfg: Config, run: RunPaths, pool: str, index: int) -> None:
+def agent_main(ctx: Any, cfg: Config, run: RunPaths, pool: str, index: int, slot: int) -> None:
     pc = cfg.pool(pool)
     agent_id = f"{pool}.{index}"
     emit = Emitter(run.events, f"agent:{agent_id}")
@@ -214,7 +218,10 @@ def agent_main(ctx: Any, cfg: Config, run: RunPaths, pool: str, index: int) -> N
     agent.ctx = actx
     agent.setup(actx)
     sock = _connect(run.agents_sock, time.monotonic() + 10)
-    runner = AgentRunner(agent, sock, emit, agent_id)
+    arena = ctx.extra.get("arena")
+    if arena is not None:
+        arena.reset_slot(slot)  # a predecessor's blocks (if it died) are stale from now on
+    runner = AgentRunner(agent, sock, emit, agent_id, Payloads(arena, slot))
     actx.call = runner.call
     caps = {c: pc.capabilities.get(c, {}) for c in agent.handlers}
     runner.send({"t": "hello", "agent": agent_id, "pool": pool, "index": index,

@@ -79,7 +79,7 @@ def read_pid(home: Path) -> int | None:
         return None
 
 
-def tree_spec(cfg: Config, run: RunPaths) -> SupervisorSpec:
+def tree_spec(cfg: Config, run: RunPaths, extra: dict[str, Any]) -> SupervisorSpec:
     """The daemon's supervision tree for a config."""
     from runtime.coordinator import coordinator_main
     from runtime.pools import pools_spec
@@ -87,7 +87,7 @@ def tree_spec(cfg: Config, run: RunPaths) -> SupervisorSpec:
 
     telemetry = ChildSpec("telemetry", telemetry_main, (str(cfg.home), run.events), shutdown=5.0)
     coordinator = ChildSpec("coordinator", coordinator_main, (cfg, run), shutdown=cfg.drain_s + 5)
-    core = SupervisorSpec("core", (registry_spec(cfg, run), coordinator, pools_spec(cfg, run)),
+    core = SupervisorSpec("core", (registry_spec(cfg, run), coordinator, pools_spec(cfg, run, extra["slots"])),
                           strategy=Strategy.REST_FOR_ONE, intensity=5, period=10.0)
     return SupervisorSpec("root", (telemetry, core), intensity=5, period=10.0)
 
@@ -111,7 +111,8 @@ class Daemon:
         try:
             from runtime.resources import prepare_root
             self.child_extra = prepare_root(self.cfg, self.run, self.emit)
-            self.tree = Tree(tree_spec(self.cfg, self.run), emit=self.emit, child_extra=self.child_extra)
+            self.tree = Tree(tree_spec(self.cfg, self.run, self.child_extra), emit=self.emit,
+                             child_extra=self.child_extra)
             self.tree.start()
             self.emit("daemon.started", home=str(self.cfg.home))
             self.emit.flush()
@@ -177,12 +178,20 @@ class Daemon:
         from runtime.pools import agent_spec
         if cmd == "tree":
             return self.tree.status()
+        slots = self.child_extra["slots"]
         if cmd == "start_agent":
-            sup = self.tree.find(f"root/core/pools/pool:{args['pool']}")
-            child = sup.start_child(agent_spec(self.cfg, self.run, args["pool"], int(args["index"])))
+            pool, index = args["pool"], int(args["index"])
+            sup = self.tree.find(f"root/core/pools/pool:{pool}")
+            try:
+                child = sup.start_child(agent_spec(self.cfg, self.run, pool, index, slots))
+            except AgoraError:
+                slots.give_back(f"{pool}.{index}")
+                raise
             return {"pid": child.pid, "id": child.id}
         if cmd == "terminate_child":
             self.tree.find(args["supervisor"]).terminate_child(args["child"])
+            if args["child"].startswith("agent:"):
+                slots.give_back(args["child"][len("agent:"):])
             return True
         if cmd == "shutdown":
             self.stopping = True

@@ -13,6 +13,8 @@ Agents are dynamic children: the coordinator asks the root to start and stop the
 
 from __future__ import annotations
 
+from typing import Any
+
 from runtime._agent_process import agent_main
 from runtime.child_spec import ChildSpec, Restart, SupervisorSpec
 from runtime.config import Config, RunPaths
@@ -24,16 +26,18 @@ def pool_path(pool: str) -> str:
     return f"root/core/pools/pool:{pool}"
 
 
-def agent_spec(cfg: Config, run: RunPaths, pool: str, index: int) -> ChildSpec:
-    return ChildSpec(f"agent:{pool}.{index}", agent_main, (cfg, run, pool, index),
+def agent_spec(cfg: Config, run: RunPaths, pool: str, index: int, slots: Any) -> ChildSpec:
+    """An agent's spec; its payload-arena slot is taken now, in the root, before the fork."""
+    slot = slots.take(pool, f"{pool}.{index}")
+    return ChildSpec(f"agent:{pool}.{index}", agent_main, (cfg, run, pool, index, slot),
                      restart=Restart.PERMANENT, shutdown=2.0,
                      title=f"agora:{pool}.{index}")
 
 
-def pools_spec(cfg: Config, run: RunPaths) -> SupervisorSpec:
+def pools_spec(cfg: Config, run: RunPaths, slots: Any) -> SupervisorSpec:
     pools = tuple(
         SupervisorSpec(f"pool:{p.name}",
-                       tuple(agent_spec(cfg, run, p.name, i) for i in range(p.size)),
+                       tuple(agent_spec(cfg, run, p.name, i, slots) for i in range(p.size)),
                        intensity=max(5, 2 * p.max), period=10.0, restart=Restart.TRANSIENT)
         for p in cfg.pools)
     return SupervisorSpec("pools", pools, intensity=len(pools) + 3, period=10.0)

@@ -3,6 +3,8 @@
 * Sweeps /dev/shm segments of dead runs (a daemon killed with -9 left them; RELIABILITY 6).
 * Makes the registry's shared tables (anonymous MAP_SHARED: inherited by every child,
   invisible in /dev/shm, gone with the last process that maps them: they cannot leak).
+* Maps the payload arena (anonymous shared memory too) and numbers its slots: slot 0 for
+  the coordinator, a slot per agent (``runtime._payload.SlotTable``).
 * Names this run (``shm.segment.RunId``): context segments carry it in their names; the
   coordinator, which the root names owner of the context store, lists them in the run's
   manifest, and the root removes whatever the manifest still lists when it stops.
@@ -23,7 +25,12 @@ def prepare_root(cfg: Config, run: RunPaths, emit: Any) -> dict[str, Any]:
     swept = sweep(str(cfg.home))
     if swept:
         emit("shm.swept", segments=swept)
+    from runtime._payload import SlotTable
+    from shm.arena import Arena
     extra: dict[str, Any] = {"run_id": str(RunId.new())}
+    slots = SlotTable([(p.name, p.max) for p in cfg.pools])
+    extra["slots"] = slots
+    extra["arena"] = Arena.create(cfg.arena_mib << 20, slots.size)
     if cfg.registry == "partitioned":
         from runtime._registry_table import make_tables
         from runtime.registry_service import TABLE_CAPACITY
@@ -36,6 +43,8 @@ def release_root(extra: dict[str, Any] | None) -> None:
         return
     for table in extra.get("registry_tables", ()):
         table.close()
+    if extra.get("arena") is not None:
+        extra["arena"].close()
     _unlink_run(extra["run_id"])
 
 

@@ -155,3 +155,15 @@ def test_acknowledged_submissions_survive_kill_9_of_the_daemon(agora_env):
         assert states == ["succeeded"] * len(acked), f"seed {seed}"
     finally:
         stop(agora_env, proc)
+
+
+def test_large_inputs_and_results_travel_through_the_arena(agora_env):
+    big = {"blob": "x" * 300_000, "n": list(range(1000))}
+    with running_daemon(agora_env, config(size=1)) as (c, _):
+        rec = c.call("submit", task={"capability": "echo", "input": big}, result=True)
+        assert rec["state"] == "succeeded" and rec["result"]["echo"] == big
+        small = c.call("submit", task={"capability": "add", "input": {"a": 1, "b": 1}}, result=True)
+        assert small["result"] == 2
+        stats = c.call("status")["payloads"]
+        assert stats["sent_by_handle"] == 1 and stats["received_by_handle"] == 1, stats
+        assert stats["inline_fallbacks"] == 0
