@@ -7,6 +7,8 @@ never ``coordination`` (the coordinator process imports coordination lazily, thr
 the allocation-policy and voting interfaces).
 """
 
+from runtime.agent import Agent, AgentContext, TaskHandle, capability
+from runtime.client import Client
 from runtime.envelope import TraceContext
 from runtime.errors import (
     AgoraError,
@@ -28,6 +30,7 @@ from runtime.errors import (
 )
 
 __all__ = [
+    "Agent", "AgentContext", "TaskHandle", "capability", "Client",
     "AgoraError", "BrokenError", "ClosedError", "Conflict", "DaemonNotRunning",
     "DeadlineExceeded", "InvalidInput", "InvalidPipeline", "MailboxFull", "NotFound",
     "PermissionDenied", "ProtocolError", "ResourceExhausted", "TraceContext", "Unavailable",
