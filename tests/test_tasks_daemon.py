@@ -167,3 +167,16 @@ def test_large_inputs_and_results_travel_through_the_arena(agora_env):
         stats = c.call("status")["payloads"]
         assert stats["sent_by_handle"] == 1 and stats["received_by_handle"] == 1, stats
         assert stats["inline_fallbacks"] == 0
+
+
+def test_mailbox_is_bounded_in_bytes_too(agora_env):
+    cfg = config(size=1).replace("max = 4", "max = 4\nmailbox_bytes = 50000")
+    with running_daemon(agora_env, cfg) as (c, _):
+        blocker = c.call("submit", task={"capability": "sleep", "input": {"s": 1.0}})
+        wait_state(c, blocker, {"running"})
+        first = c.call("submit", task={"capability": "echo", "input": "y" * 40_000})
+        with pytest.raises(MailboxFull) as e:
+            c.call("submit", task={"capability": "echo", "input": "z" * 20_000}, wait_s=0.2)
+        assert e.value.details["queued_bytes"] >= 40_000
+        late = c.call("submit", task={"capability": "echo", "input": "w" * 20_000}, wait_s=20)
+        assert c.call("wait_all", ids=[first, late], timeout_s=30) == {"succeeded": 2}
