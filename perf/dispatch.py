@@ -23,23 +23,13 @@ agents.  Both daemons run with the journal's default durability (see docs/DECISI
 
 from __future__ import annotations
 
-import argparse
-import os
 import random
-import shutil
 import statistics
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import multiprocess  # noqa: E402
-import orjson  # noqa: E402
-
-from tests.daemon_util import spawn, stop, wait_up  # noqa: E402
-from runtime.client import Client  # noqa: E402
+import multiprocess
+import orjson
+from _common import Daemon, emit_json, parse_args, pct
 
 POOL = """
 [daemon]
@@ -53,11 +43,6 @@ mailbox_messages = 100000
 [pools.w.capabilities.add]
 cost = 1.0
 """
-
-
-def pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
 def _echo_server(conn) -> None:
@@ -84,22 +69,8 @@ def pipe_rtt(n: int) -> list[float]:
     return out
 
 
-class Daemon:
-    def __init__(self, size: int, inflight: int) -> None:
-        self.home = Path(tempfile.mkdtemp(prefix="agora-perf-"))
-        self.proc = spawn(self.home, POOL.format(size=size, inflight=inflight))
-        wait_up(self.home, self.proc)
-        self.client = Client(str(self.home), timeout=120)
-
-    def close(self) -> None:
-        self.client.close()
-        stop(self.home, self.proc)
-        shutil.rmtree(self.home, ignore_errors=True)
-
-
 def task_rtt(n: int, rng: random.Random) -> list[float]:
-    d = Daemon(size=2, inflight=1)
-    try:
+    with Daemon(POOL.format(size=2, inflight=1)) as d:
         out = []
         for i in range(n + 20):
             task = {"capability": "add", "input": {"a": rng.randrange(1000), "b": i}}
@@ -110,13 +81,10 @@ def task_rtt(n: int, rng: random.Random) -> list[float]:
             if i >= 20:  # warm-up excluded
                 out.append(dt)
         return out
-    finally:
-        d.close()
 
 
 def throughput(agents: int, total: int, batch: int, rng: random.Random) -> float:
-    d = Daemon(size=agents, inflight=64)
-    try:
+    with Daemon(POOL.format(size=agents, inflight=64)) as d:
         tasks = [{"capability": "add", "input": {"a": rng.randrange(1000), "b": i}} for i in range(total)]
         t0 = time.perf_counter()
         ids: list[str] = []
@@ -126,18 +94,11 @@ def throughput(agents: int, total: int, batch: int, rng: random.Random) -> float
         dt = time.perf_counter() - t0
         assert counts == {"succeeded": total}, counts
         return total / dt
-    finally:
-        d.close()
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--json", action="store_true")
-    a = ap.parse_args()
+    a = parse_args(__doc__)
     rng = random.Random(a.seed)
-    os.environ.setdefault("AGORA_RUNTIME_DIR", tempfile.mkdtemp(prefix="agora-perf-rt-"))
     pipe = pipe_rtt(500 if a.quick else 3000)
     rtt = task_rtt(200 if a.quick else 1000, rng)
     total = 5000 if a.quick else 30000
@@ -159,8 +120,7 @@ def main() -> None:
         print("ray: importable, but this script does not start it outside a loopback-only namespace")
     except ImportError:
         print("ray: not importable, comparison skipped")
-    if a.json:
-        print(orjson.dumps(res).decode())
+    emit_json(a, res)
 
 
 if __name__ == "__main__":

@@ -19,23 +19,16 @@ Targets (issue 5): detect p50 <= 5 ms, reroute p99 <= 50 ms.
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
-import shutil
 import signal
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _common import Daemon, emit_json, parse_args, pct
 
-import orjson  # noqa: E402
-
-from runtime.client import Client  # noqa: E402
-from runtime.eventlog import read_events  # noqa: E402
-from tests.daemon_util import spawn, stop, wait_up  # noqa: E402
+from runtime.client import Client
+from runtime.eventlog import read_events
 
 CONFIG = """
 [daemon]
@@ -47,11 +40,6 @@ max = 64
 [pools.w.capabilities.sleep]
 cost = 1.0
 """
-
-
-def pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
 def wait_for(pred, timeout: float, what: str):
@@ -97,29 +85,17 @@ def trial(c: Client, home: Path, rng: random.Random) -> tuple[float, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--json", action="store_true")
-    a = ap.parse_args()
+    a = parse_args(__doc__)
     rng = random.Random(a.seed)
-    os.environ.setdefault("AGORA_RUNTIME_DIR", tempfile.mkdtemp(prefix="agora-perf-rt-"))
-    home = Path(tempfile.mkdtemp(prefix="agora-perf-"))
-    proc = spawn(home, CONFIG)
     trials = 30 if a.quick else 120
     detect, reroute = [], []
-    try:
-        wait_up(home, proc)
-        with Client(str(home), timeout=60) as c:
-            for i in range(trials):
-                d, r = trial(c, home, rng)
-                detect.append(d)
-                reroute.append(r)
-                if i % 20 == 19:
-                    time.sleep(2.5)  # stay inside the pool's restart intensity (2 x max in 10 s)
-    finally:
-        stop(home, proc)
-        shutil.rmtree(home, ignore_errors=True)
+    with Daemon(CONFIG) as d:
+        for i in range(trials):
+            dt, rt = trial(d.client, d.home, rng)
+            detect.append(dt)
+            reroute.append(rt)
+            if i % 20 == 19:
+                time.sleep(2.5)  # stay inside the pool's restart intensity (2 x max in 10 s)
     res = {"detect_p50_ms": round(pct(detect, 50), 3), "reroute_p50_ms": round(pct(reroute, 50), 3),
            "reroute_p99_ms": round(pct(reroute, 99), 3), "trials": trials, "seed": a.seed}
     print(f"{'measure':30} {'ms':>9}  target")
@@ -129,8 +105,7 @@ def main() -> None:
     print(f"{'reroute p99':30} {res['reroute_p99_ms']:9.3f}  <= 50  "
           f"{'pass' if res['reroute_p99_ms'] <= 50 else 'FAIL'}")
     print(f"{trials} trials, seed {a.seed}; the reference system: 32 s to detect, recovery by hand")
-    if a.json:
-        print(orjson.dumps(res).decode())
+    emit_json(a, res)
 
 
 if __name__ == "__main__":

@@ -18,32 +18,22 @@ Targets (issue 2): restart p50 <= 5 ms and p99 <= 20 ms; tree ready <= 250 ms.
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import signal
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _common import emit_json, parse_args, pct
 
-import orjson  # noqa: E402
-
-from runtime.child_spec import ChildSpec, SupervisorSpec  # noqa: E402
-from runtime.supervisor import Tree  # noqa: E402
+from runtime.child_spec import ChildSpec, SupervisorSpec
+from runtime.supervisor import Tree
 
 
 def idle(ctx):
     ctx.ready()
     while True:
         signal.pause()
-
-
-def pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
 def fork_floor(n: int) -> list[float]:
@@ -91,11 +81,7 @@ def tree_ready(n_children: int, repeats: int) -> list[float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--json", action="store_true")
-    a = ap.parse_args()
+    a = parse_args(__doc__)
     rng = random.Random(a.seed)
     kills = 50 if a.quick else 300
     floor = fork_floor(50 if a.quick else 200)
@@ -119,8 +105,7 @@ def main() -> None:
         print(f"{name:34} {v:9.3f} {target:>8}  {verdict}")
     print(f"restart p50 / fork floor = {res['restart_p50_ms'] / res['fork_floor_ms']:.1f}x "
           f"({kills} kills, seed {a.seed})")
-    if a.json:
-        print(orjson.dumps(res).decode())
+    emit_json(a, res)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import mmap
 import os
 import random
+import time
 import struct
 
 import multiprocess
@@ -167,11 +168,16 @@ def consistent(e: Entry) -> bool:
     return e.capabilities == caps and e.metadata == meta and e.owner == 1
 
 
-def writer(mm, committed, seed: int, steps: int) -> None:
+def writer(mm, committed, seed: int, steps: int, seconds: float = 4.0) -> None:
+    """``steps`` writes, or fewer if ``seconds`` run out first (a loaded machine must
+    not push the readers past the test's bound: they read until the writer is done)."""
     rng = random.Random(seed)
     w = TableWriter(mm)
     version = 0
+    stop_at = time.monotonic() + seconds
     for _ in range(steps):
+        if time.monotonic() > stop_at:
+            break
         i = rng.randrange(len(KEYS))
         version += 1
         committed[-3] = i  # in flight: the table may show this write before committed[i]

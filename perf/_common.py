@@ -1,0 +1,70 @@
+"""What every perf script shares: the command line, percentiles, a private daemon, and the
+closing JSON line.  Not a benchmark itself (the before-stop hook skips ``perf/_*``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import orjson  # noqa: E402
+
+
+def parse_args(doc: str | None, **extra: Any) -> argparse.Namespace:
+    """``--quick``, ``--seed N``, ``--json`` (plus ``extra`` as name -> add_argument kwargs)."""
+    ap = argparse.ArgumentParser(description=(doc or "").split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a shorter run with the same figures")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--json", action="store_true", help="end with one JSON object on a line")
+    for name, kw in extra.items():
+        ap.add_argument(name, **kw)
+    return ap.parse_args()
+
+
+def pct(xs: list[float], p: float) -> float:
+    """The p-th percentile (nearest rank) of a non-empty list."""
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def private_runtime_dir() -> None:
+    """Sockets of the daemons this script starts go in a directory of their own."""
+    os.environ.setdefault("AGORA_RUNTIME_DIR", tempfile.mkdtemp(prefix="agora-perf-rt-"))
+
+
+class Daemon:
+    """A daemon in a temporary home for one measurement; ``close`` stops it and cleans up."""
+
+    def __init__(self, config_text: str, timeout: float = 120.0) -> None:
+        from runtime.client import Client
+        from tests.daemon_util import spawn, wait_up
+        private_runtime_dir()
+        self.home = Path(tempfile.mkdtemp(prefix="agora-perf-"))
+        self.proc = spawn(self.home, config_text)
+        wait_up(self.home, self.proc)
+        self.client = Client(str(self.home), timeout=timeout)
+
+    def close(self) -> None:
+        from tests.daemon_util import stop
+        self.client.close()
+        stop(self.home, self.proc)
+        shutil.rmtree(self.home, ignore_errors=True)
+
+    def __enter__(self) -> Daemon:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def emit_json(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    if args.json:
+        print(orjson.dumps(result).decode())
