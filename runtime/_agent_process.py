@@ -209,7 +209,18 @@ class AgentRunner:
         return out
 
 
+def _volunteer_for_the_oom_killer() -> None:
+    """RELIABILITY 9: when memory runs out the kernel should pick an agent, never the
+    supervisor or the coordinator.  Raising one's own score needs no privilege."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("500")
+    except OSError:
+        pass  # not Linux, or /proc read-only: the default scores apply
+
+
 def agent_main(ctx: Any, cfg: Config, run: RunPaths, pool: str, index: int, slot: int) -> None:
+    _volunteer_for_the_oom_killer()
     pc = cfg.pool(pool)
     agent_id = f"{pool}.{index}"
     emit = Emitter(run.events, f"agent:{agent_id}")

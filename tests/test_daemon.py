@@ -228,3 +228,12 @@ def test_restart_after_kill_resumes_unfinished_and_sweeps(agora_env, tmp_path):
         r = c.call("submit", task={"capability": "colsum", "input": {"name": "v"}})
         out = c.call("result", id=r, wait=True, timeout_s=30)["result"]
         assert out == {"sum": float(sum(range(1000))), "writeable": False}
+
+
+def test_agents_volunteer_for_the_oom_killer_before_the_supervisor(agora_env):
+    with running_daemon(agora_env, config(size=1)) as (c, proc):
+        agent = c.call("agents")[0]
+        with open(f"/proc/{agent['pid']}/oom_score_adj") as f:
+            assert int(f.read()) == 500
+        with open(f"/proc/{proc.pid}/oom_score_adj") as f:
+            assert int(f.read()) < 500

@@ -216,3 +216,16 @@ def test_sigkill_of_the_root_leaves_no_process_of_the_tree():
     _, alive = psutil.wait_procs(children, timeout=2.0)
     alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not alive, f"orphans still alive 2 s after the root died: {alive}"
+
+
+def test_many_crash_restart_cycles_leave_no_zombie_and_no_fd_behind(make_tree):
+    spec = SupervisorSpec("root", (worker("a"), worker("b")), intensity=1000, period=60)
+    tree = make_tree(spec)
+    kill_and_handle(tree, pids(tree)["a"])  # first restart allocates what later ones reuse
+    fds_before = len(os.listdir("/proc/self/fd"))
+    for i in range(150):
+        kill_and_handle(tree, pids(tree)["ab"[i % 2]])
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+    zombies = [p for p in psutil.Process().children() if p.status() == psutil.STATUS_ZOMBIE]
+    assert not zombies
+    assert tree.root.restarts == 151
