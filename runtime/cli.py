@@ -90,15 +90,18 @@ def up(ctx: click.Context, foreground: bool, config_file: str | None, registry: 
     home = ctx.obj["home"]
     if foreground:
         from runtime.daemon import run_daemon
-        sys.exit(_guard(run_daemon, home, config_file, registry=registry, allocation=allocation))
-    pid = _guard(start_detached, home, config_file, registry, allocation, wait_s)
-    click.echo(f"agora daemon up (pid {pid}, home {home})")
+        raise click.exceptions.Exit(_guard(run_daemon, home, config_file, registry=registry,
+                                           allocation=allocation))
+    proc = _guard(start_detached, home, config_file, registry, allocation, wait_s)
+    proc.returncode = 0  # detached on purpose: this process will not wait for it
+    click.echo(f"agora daemon up (pid {proc.pid}, home {home})")
 
 
 def start_detached(home: str, config_file: str | None, registry: str | None,
-                   allocation: str | None, wait_s: float) -> int:
+                   allocation: str | None, wait_s: float) -> subprocess.Popen:
+    """Start ``agora up --foreground`` in its own session; return once it serves."""
     from runtime.client import Client
-    from runtime.daemon import read_pid, wait_until_up
+    from runtime.daemon import wait_until_up
     Path(home).mkdir(parents=True, exist_ok=True, mode=0o700)
     argv = [sys.executable, "-m", "runtime.cli", "--home", home, "up", "--foreground"]
     for flag, val in (("--config", config_file), ("--registry", registry), ("--allocation", allocation)):
@@ -113,8 +116,9 @@ def start_detached(home: str, config_file: str | None, registry: str | None,
     except AgoraError:
         if proc.poll() is None:
             proc.terminate()
+        proc.wait(10)
         raise
-    return read_pid(Path(home)) or proc.pid
+    return proc
 
 
 @cli.command()
@@ -238,7 +242,7 @@ def _show_result(rec: dict[str, Any], as_json: bool) -> None:
         orjson.dumps(r["result"], option=orjson.OPT_INDENT_2).decode() if r["state"] == "succeeded"
         else f"{r['id']} {r['state']} after {r.get('attempts')} attempt(s): {r.get('error')}"))
     if rec["state"] != "succeeded":
-        sys.exit(1)
+        raise click.exceptions.Exit(1)
 
 
 @cli.command()
@@ -400,7 +404,7 @@ def events(ctx: click.Context, type_: str | None, agent: str | None, since: floa
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        cli.main(args=argv, prog_name="agora", standalone_mode=False)
+        rc = cli.main(args=argv, prog_name="agora", standalone_mode=False)
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.ClickException as e:
@@ -409,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.Abort:
         click.echo("aborted", err=True)
         return 130
-    return 0
+    return rc if isinstance(rc, int) else 0  # click returns an Exit's code without raising
 
 
 from runtime import cli_run  # noqa: E402,F401  (registers run/demo on the group)

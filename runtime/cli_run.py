@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,24 +39,30 @@ FINAL = ("succeeded", "failed", "dead_lettered", "cancelled", "deadline_exceeded
 def embedded(config_text: str | None, config_file: str | None = None, wait_s: float = 60.0):
     """A private daemon for the duration of the block; yields a connected Client."""
     from runtime.client import Client
-    from runtime.daemon import read_pid, wait_gone
     home = Path(tempfile.mkdtemp(prefix="agora-run-"))
     try:
         if config_text is not None:
             (home / "agora.toml").write_text(config_text)
-        start_detached(str(home), config_file, None, None, wait_s)
-        pid = read_pid(home)
-        with Client(str(home), timeout=60.0) as c:
-            try:
+        proc = start_detached(str(home), config_file, None, None, wait_s)
+        try:
+            with Client(str(home), timeout=60.0) as c:
                 yield c, home
-            finally:
-                try:
-                    c.call("down")
-                except AgoraError:
-                    pass
-        wait_gone(home, pid, time.monotonic() + 60.0)
+        finally:
+            _stop(home, proc)
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+def _stop(home: Path, proc: Any) -> None:
+    """Graceful down; SIGKILL (the tree follows its root) if it overstays; always reaped."""
+    from runtime.client import Client
+    try:
+        with Client(str(home), timeout=10.0) as c:
+            c.call("down")
+        proc.wait(60)
+    except (AgoraError, subprocess.TimeoutExpired):
+        proc.kill()
+        proc.wait(10)
 
 
 def run_job(c: Any, job: Any, timeout_s: float = 300.0) -> dict[str, Any]:
@@ -113,7 +120,7 @@ def run_cmd(job_file: str, config_file: str | None, as_json: bool) -> None:
         res = _guard(run_job, c, job)
     (click.echo(orjson.dumps(res).decode()) if as_json else _print_run(res))
     if _failed(res):
-        sys.exit(1)
+        raise click.exceptions.Exit(1)
 
 
 @cli.command("demo")
@@ -142,4 +149,4 @@ def demo_cmd(as_json: bool) -> None:
     finally:
         shutil.rmtree(corpus_dir, ignore_errors=True)
     if _failed(res):
-        sys.exit(1)
+        raise click.exceptions.Exit(1)
