@@ -145,6 +145,10 @@ class LeaseTable:
         """The current lease of ``resource`` (possibly expired and not yet reaped)."""
         return self._leases.get(resource)
 
+    def resources(self) -> list[str]:
+        """Every resource that is held or waited for, sorted."""
+        return sorted(set(self._leases) | set(self._waiters))
+
     def waiters(self, resource: str) -> tuple[str, ...]:
         return tuple(w.holder for w in self._waiters.get(resource, ()))
 

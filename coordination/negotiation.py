@@ -249,7 +249,7 @@ class Negotiation:
         if name in self._parts:
             raise InvalidInput(f"compromise name {name!r} is already an option",
                                hint="give the compromise a new name")
-        unknown = [p for p in parts if p not in self._parts]
+        unknown = [p for p in parts if not isinstance(p, str) or p not in self._parts]
         if unknown or len(set(parts)) != len(parts) or len(parts) < 2:
             raise InvalidInput(f"compromise {name!r} must combine at least two distinct options "
                                f"on the table; got {list(parts)}",

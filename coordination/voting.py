@@ -176,7 +176,9 @@ def _entries(voter: Any, ballot: Any, shape: str) -> tuple[Any, ...]:
 
 def _validated(known: frozenset[str], voter: Any, ballot: Any, shape: str) -> tuple[str, ...]:
     items = _entries(voter, ballot, shape)
-    unknown = [o for o in items if o not in known]
+    # non-strings first: an unhashable entry (a dict from a buggy vote() hook) would raise
+    # TypeError on the membership test below, and must be refused like any bad ballot
+    unknown = [o for o in items if not isinstance(o, str) or o not in known]
     if unknown:
         raise InvalidInput(f"voter {voter!r} voted for unknown option(s) {unknown!r}",
                            hint=f"the options are {sorted(known)}", voter=str(voter))
