@@ -107,6 +107,7 @@ class AgentRunner:
         self.send_lock = threading.Lock()
         self.gone = False
         self._calls: dict[int, list[Any]] = {}  # rid -> [event, reply]
+        self._running = threading.local()  # the trace of the task this thread runs
         self._call_ids = itertools.count(1)
 
     def send(self, msg: dict[str, Any]) -> None:
@@ -150,8 +151,12 @@ class AgentRunner:
         rid = next(self._call_ids)
         waiter: list[Any] = [threading.Event(), None]
         self._calls[rid] = waiter
+        msg = {"t": "call", "rid": rid, "op": op, "args": args}
+        trace = getattr(self._running, "trace", None)
+        if trace is not None:  # a call made by a handler belongs to its task's trace
+            msg["trace"] = trace.to_wire()
         try:
-            self.send({"t": "call", "rid": rid, "op": op, "args": args})
+            self.send(msg)
             if not waiter[0].wait(timeout):
                 raise Unavailable(f"the coordinator did not answer {op!r} within {timeout} s")
         finally:
@@ -200,12 +205,15 @@ class AgentRunner:
         trace = TraceContext.from_wire(t.get("trace"))
         handle = TaskHandle(t["id"], t["attempt"], t["cap"], trace, self.emit)
         out: dict[str, Any] = {"id": t["id"], "attempt": t["attempt"]}
+        self._running.trace = trace
         try:
             value = self.agent.handler(t["cap"])(self.payloads.unpack(t, "input"), handle)
             self.payloads.pack(value, "ok", out)
         except Exception as e:  # the attempt failed; the retry policy decides what follows
             out["error"] = {"type": type(e).__name__, "message": str(e),
                             "traceback": traceback.format_exc(limit=20)}
+        finally:
+            self._running.trace = None
         return out
 
 

@@ -416,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     return rc if isinstance(rc, int) else 0  # click returns an Exit's code without raising
 
 
-from runtime import cli_run  # noqa: E402,F401  (registers run/demo on the group)
+# Command modules register themselves on the group (one concept per module).
+from runtime import cli_consensus, cli_run  # noqa: E402,F401
 
 if __name__ == "__main__":
     # `python -m runtime.cli` runs this file as __main__: go through the real module so
