@@ -311,6 +311,10 @@ class _SealedAuction(_Auction):
         assert self.opened_at is not None
         return self.opened_at + self.window
 
+    def bids(self) -> list[Bid]:
+        """The bids accepted so far, in arrival order (what evaluation scores at close)."""
+        return list(self._bids.values())
+
     def submit(self, bidder: str, bid: Any, now: float, score: float | None = None) -> Ack:
         """``bid``: an int price, or None to decline; ``score``: an evaluation score."""
         if score is not None and not (isinstance(score, (int, float)) and math.isfinite(score)):

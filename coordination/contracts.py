@@ -5,6 +5,7 @@ States and legal transitions (anything else raises :class:`IllegalTransition`)::
     awarded --start--> running --complete--> completed            => pay the price
        |                  |
        +---- breach ------+--> breached(failed | timeout | quality) => penalty, exclusion
+       +---- cancel ------+--> cancelled (the client withdrew the task) => refund, no penalty
 
 Every transition is a pure function ``(contract, now, ...) -> (contract, Settlement)``
 on frozen values; the coordinator applies the settlement to the ledger (escrow release
@@ -34,7 +35,7 @@ from runtime.errors import Conflict, InvalidInput
 
 __all__ = [
     "ContractState", "BreachReason", "QualityTerms", "PenaltyPolicy", "Contract",
-    "Settlement", "IllegalTransition", "award", "start", "complete", "breach", "expire",
+    "Settlement", "IllegalTransition", "award", "start", "complete", "breach", "cancel", "expire",
     "excluded_agents",
 ]
 
@@ -44,6 +45,7 @@ class ContractState(enum.Enum):
     RUNNING = "running"
     COMPLETED = "completed"
     BREACHED = "breached"
+    CANCELLED = "cancelled"
 
 
 class BreachReason(enum.Enum):
@@ -114,7 +116,7 @@ class Settlement:
 
     contract_id: str
     agent: str
-    action: str               # "pay" | "penalty"
+    action: str               # "pay" | "penalty" | "refund"
     amount: int
     exclude: bool
 
@@ -159,6 +161,15 @@ def breach(contract: Contract, reason: BreachReason, now: float,
     ended = replace(contract, state=ContractState.BREACHED, breach=reason, ended_at=now)
     penalty = policy.penalty(contract.price)
     return ended, Settlement(contract.id, contract.agent, "penalty", penalty, True)
+
+
+def cancel(contract: Contract, now: float) -> tuple[Contract, Settlement]:
+    """awarded | running -> cancelled: the client withdrew the task (cancel request, or the
+    task ended for a reason that is nobody's fault); the price goes back, no penalty, no
+    exclusion, and reputation learns nothing from it."""
+    _require(contract, (ContractState.AWARDED, ContractState.RUNNING), "cancel")
+    ended = replace(contract, state=ContractState.CANCELLED, ended_at=now)
+    return ended, Settlement(contract.id, contract.agent, "refund", 0, False)
 
 
 def complete(contract: Contract, now: float, delivered_quality: float = 1.0,

@@ -17,6 +17,14 @@ connection's busy timeout (``sqlite3.connect(timeout=...)``, default 5 s).  WAL 
 the journal's business (the owner of the database sets ``PRAGMA journal_mode=WAL``);
 the ledger works in either mode.
 
+Inside someone else's transaction (decision): by default the ledger refuses a connection
+that is already inside a transaction (it could not promise its own atomic commit).  With
+``Ledger(conn, nested=True)`` -- the coordinator, whose whole loop turn is one journal
+transaction -- each operation runs in a ``SAVEPOINT`` instead: a refused movement rolls
+back to the savepoint and raises, the rest of the turn goes on, and the turn's COMMIT makes
+the payment durable together with the task state it pays for.  Outside a transaction a
+nested ledger behaves exactly like a standalone one.
+
 Amounts are integers in milli-credits (1 credit = 1000 mc) so that sums never drift.
 
 Escrow (decided here; the spec leaves the scheme open).  On award the coordinator calls
@@ -147,9 +155,11 @@ class Ledger:
     """Double-entry credits in the given SQLite connection (one Ledger per connection;
     use one connection per thread, as sqlite3 requires)."""
 
-    def __init__(self, conn: sqlite3.Connection, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, conn: sqlite3.Connection, clock: Callable[[], float] = time.time, *,
+                 nested: bool = False) -> None:
         self._conn = conn
         self._clock = clock
+        self._nested = nested
         with self._write() as cur:
             for statement in _statements():
                 cur.execute(statement)
@@ -169,9 +179,13 @@ class Ledger:
     @contextmanager
     def _transaction(self, begin: str) -> Iterator[sqlite3.Cursor]:
         if self._conn.in_transaction:
+            if self._nested:
+                yield from self._savepoint()
+                return
             raise InvalidInput(
                 "the ledger's connection is inside a transaction already",
-                hint="commit or roll back first, or give the ledger its own connection")
+                hint="commit or roll back first, give the ledger its own connection, or "
+                     "open it with nested=True to write inside the caller's transaction")
         cur = self._conn.cursor()
         cur.execute(begin)
         try:
@@ -182,6 +196,21 @@ class Ledger:
         else:
             self._conn.commit()
         finally:
+            cur.close()
+
+    def _savepoint(self) -> Iterator[sqlite3.Cursor]:
+        """Inside the owner's transaction (the coordinator's turn): a SAVEPOINT, so a refused
+        movement undoes only itself; the owner's COMMIT makes the rest durable together
+        with the task state it belongs to.  The owner already holds the write lock."""
+        cur = self._conn.cursor()
+        cur.execute("SAVEPOINT agora_ledger")
+        try:
+            yield cur
+        except BaseException:
+            cur.execute("ROLLBACK TO agora_ledger")
+            raise
+        finally:
+            cur.execute("RELEASE agora_ledger")
             cur.close()
 
     # -- accounts ---------------------------------------------------------------------------
@@ -230,6 +259,12 @@ class Ledger:
     def floor(self, account: str) -> int | None:
         with self._read() as cur:
             return self._account(cur, account)[1]
+
+    def accounts(self) -> list[dict[str, Any]]:
+        """Every account with its balance and floor (``None``: no floor), by name."""
+        sql = "SELECT name, balance, floor FROM ledger_accounts ORDER BY name"
+        with self._read() as cur:
+            return [{"name": n, "balance_mc": b, "floor_mc": f} for n, b, f in cur.execute(sql)]
 
     def issued(self) -> int:
         """Total credits ever minted by grant()."""
@@ -339,15 +374,16 @@ class Ledger:
             return taken
 
     def settle(self, settlement: Settlement, trace_id: str | None = None) -> int:
-        """Apply a contract Settlement: ``pay`` -> release, ``penalty`` -> refund.  Returns
+        """Apply a contract Settlement: ``pay`` -> release, ``penalty``/``refund`` -> refund
+        (a cancelled contract's refund takes no penalty).  Returns
         the credits the agent received (pay) or lost (penalty)."""
         if settlement.action == "pay":
             self.release(settlement.contract_id, trace_id)
             return settlement.amount
-        if settlement.action == "penalty":
+        if settlement.action in ("penalty", "refund"):
             return self.refund(settlement.contract_id, settlement.amount, trace_id)
         raise InvalidInput(f"unknown settlement action {settlement.action!r}",
-                           hint="expected pay or penalty")
+                           hint="expected pay, penalty or refund")
 
     def escrow(self, contract_id: str) -> Escrow:
         with self._read() as cur:
@@ -361,6 +397,13 @@ class Ledger:
             raise NotFound(f"no escrow for contract {contract_id!r}",
                            hint="hold() creates it on award")
         return Escrow(*row)
+
+    def held(self) -> list[Escrow]:
+        """Escrows not settled yet, oldest first (after a restart: contracts of a past run)."""
+        sql = ("SELECT contract_id, payer, payee, price, bond, state FROM ledger_escrows "
+               "WHERE state = 'held' ORDER BY opened_at")
+        with self._read() as cur:
+            return [Escrow(*row) for row in cur.execute(sql)]
 
     def _held(self, cur: sqlite3.Cursor, contract_id: str) -> Escrow:
         e = self._escrow(cur, contract_id)

@@ -104,6 +104,14 @@ class Reputation:
             self._history[key] = deque(maxlen=self.config.window)
         self._history[key].append(observation)
 
+    def count(self, agent: str, capability: str) -> int:
+        """Observations kept for (agent, capability) (at most ``window``)."""
+        return len(self._history.get((agent, capability), ()))
+
+    def keys(self) -> list[tuple[str, str]]:
+        """Every (agent, capability) with observations, sorted."""
+        return sorted(self._history)
+
     def signals(self, agent: str, capability: str, now: float) -> tuple[float, float, float]:
         """The decayed (success, timely, quality) averages, prior included."""
         c = self.config

@@ -1,0 +1,216 @@
+#!/usr/bin/env python3
+"""Allocation policies on a heterogeneous pool, and market auction latency.
+
+    python perf/allocation.py [--quick] [--seed N] [--json]
+
+Part 1 -- one workload, three daemons started in this run (``allocation = static``,
+``least-loaded``, ``market``), same pool of one capability ``work`` (tests/agents_market.py):
+
+    fast x2        10 ms per task
+    slow x2       100 ms per task
+    unreliable x1  10 ms per task, fails half of the tasks (by a stable hash of the task id)
+
+all declaring the same cost (1 credit) and quality (0.8): nothing but behaviour tells them
+apart.  A closed-loop driver keeps ``--concurrency`` tasks (8) outstanding, each task
+submitted with ``max_attempts = 1``, so "success rate" means *first-try* success.  Each
+policy first runs the same warm-up (``--warmup`` tasks, not measured: the market learns
+reputations and service times there, the other policies learn nothing), then the measured
+tasks.  Figures: ``throughput_per_s`` (measured tasks finished, failed ones included, per
+second of wall time), ``p95_ms`` (submit -> result seen by the client) and
+``success_rate``, per policy.
+
+Registry order (what ``static`` follows) is the agents' ids sorted; pools are named so
+that ``--order unreliable-first`` (default) lists the unreliable agent, then the slow ones,
+then the fast ones -- the case the reference's static allocation was criticised for;
+``slow-first`` and ``fast-first`` are the other cases (with the fast agents first, static
+does as well as anything).  Every daemon runs with ``agent_inflight = 4`` (up to 4 tasks
+sent to an agent ahead): with room at busy agents a policy can prefer a fast agent's queue
+over an idle slow one.  ``--seed`` salts which tasks the unreliable agent fails.  The "work done by" column shows which agents each policy used.
+
+Part 2 -- auction latency (cfp sent -> award decided, measured by the coordinator on its
+monotonic clock and reported in ``market`` as ``auction_ms``) against 4, 16 and 64 idle
+bidders (Fast agents), tasks submitted one at a time: ``auction_p50_ms``.
+
+Targets (issue "Market coordination"): market throughput >= 1.5x static; market success
+rate >= 99.5% while static shows the unreliable agent's failures; auction p50 <= 2 ms with
+16 bidders.  The registry is ``local`` (in the coordinator) so that the partitioned
+backend's own costs do not enter these figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import orjson  # noqa: E402
+
+from runtime.client import Client  # noqa: E402
+from tests.daemon_util import spawn, stop, wait_up  # noqa: E402
+
+POLICIES = ("static", "least-loaded", "market")
+#: tasks the coordinator may send an agent before it answers: with room at busy agents, a
+#: policy can prefer a fast agent's queue over an idle slow agent (1 would force every
+#: policy to use any idle agent, however slow or unreliable)
+INFLIGHT = 4
+
+POOL = """
+[pools.{name}]
+agent = "tests.agents_market:{cls}"
+size = {size}
+max = {size}
+[pools.{name}.capabilities.work]
+cost = 1.0
+quality = 0.8
+"""
+
+
+def config(allocation: str, pools: list[tuple[str, str, int]]) -> str:
+    head = (f'[daemon]\nallocation = "{allocation}"\nregistry = "local"\ndrain_s = 3.0\n'
+            f'agent_inflight = {INFLIGHT}\n')
+    return head + "".join(POOL.format(name=n, cls=c, size=s) for n, c, s in pools)
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))] if xs else float("nan")
+
+
+class daemon:
+    """One daemon in a fresh home, stopped (and the home removed) on exit."""
+
+    def __init__(self, cfg: str) -> None:
+        self.home = Path(tempfile.mkdtemp(prefix="agora-perf-"))
+        self.cfg = cfg
+
+    def __enter__(self) -> Path:
+        self.proc = spawn(self.home, self.cfg)
+        wait_up(self.home, self.proc, timeout=120)
+        return self.home
+
+    def __exit__(self, *exc: object) -> None:
+        stop(self.home, self.proc)
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+def wait_agents(home: Path, n: int, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    with Client(str(home), timeout=10) as c:
+        while len(c.call("agents")) < n:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"only {len(c.call('agents'))} of {n} agents joined in {timeout} s")
+            time.sleep(0.05)
+
+
+def drive(home: Path, total: int, concurrency: int, salt: int) -> tuple[list[dict], float]:
+    """Closed loop: ``concurrency`` clients, each submit -> wait -> next, ``total`` tasks."""
+    lock, counter, rows = threading.Lock(), iter(range(total)), []
+    errors: list[BaseException] = []
+
+    def client_loop() -> None:
+        try:
+            with Client(str(home), timeout=60) as c:
+                while True:
+                    with lock:
+                        n = next(counter, None)
+                    if n is None:
+                        return
+                    t0 = time.perf_counter()
+                    tid = c.call("submit", task={"capability": "work", "input": {"n": n, "salt": salt, "fast_ms": FAST_MS,
+                                                                    "slow_ms": SLOW_MS},
+                                                 "options": {"max_attempts": 1}})
+                    rec = c.call("result", id=tid, wait=True, timeout_s=60)
+                    rows.append({"ms": (time.perf_counter() - t0) * 1000, "state": rec["state"],
+                                 "by": (rec.get("result") or {}).get("by", "failed")})
+        except BaseException as e:  # surfaced below: a perf run must not hide a driver error
+            errors.append(e)
+
+    threads = [threading.Thread(target=client_loop) for _ in range(concurrency)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return rows, time.perf_counter() - t0
+
+
+ORDERS = {"unreliable-first": [("a-unreliable", "Unreliable", 1), ("b-slow", "Slow", 2),
+                               ("c-fast", "Fast", 2)],
+          "slow-first": [("a-slow", "Slow", 2), ("b-unreliable", "Unreliable", 1), ("c-fast", "Fast", 2)],
+          "fast-first": [("a-fast", "Fast", 2), ("b-slow", "Slow", 2), ("c-unreliable", "Unreliable", 1)]}
+FAST_MS, SLOW_MS = 10, 100
+
+
+def run_policy(policy: str, args: argparse.Namespace) -> dict:
+    with daemon(config(policy, ORDERS[args.order])) as home:
+        wait_agents(home, 5)
+        drive(home, args.warmup, args.concurrency, args.seed)
+        rows, wall = drive(home, args.tasks, args.concurrency, args.seed)
+    ok = sum(r["state"] == "succeeded" for r in rows)
+    return {"throughput_per_s": len(rows) / wall, "p95_ms": pct([r["ms"] for r in rows], 95),
+            "success_rate": ok / len(rows), "work_by": dict(Counter(r["by"] for r in rows))}
+
+
+def auction_latency(bidders: int, tasks: int) -> float:
+    with daemon(config("market", [("bidder", "Fast", bidders)])) as home:
+        wait_agents(home, bidders)
+        with Client(str(home), timeout=60) as c:
+            c.call("market_config", window_ms=20)  # generous: rounds close when all answered
+            for n in range(tasks):
+                tid = c.call("submit", task={"capability": "work", "input": {"n": n, "fast_ms": 0}})
+                c.call("result", id=tid, wait=True, timeout_s=60)
+            auctions = c.call("market", limit=tasks)["auctions"]
+    full = [a["auction_ms"] for a in auctions if len(a["bids"]) == bidders]
+    return statistics.median(full) if full else float("nan")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer tasks (a smoke run)")
+    ap.add_argument("--seed", type=int, default=0, help="salts which tasks the unreliable agent fails")
+    ap.add_argument("--order", choices=sorted(ORDERS), default="unreliable-first",
+                    help="registry order")
+    ap.add_argument("--json", action="store_true", help="one JSON object on the last line")
+    ap.add_argument("--concurrency", type=int, default=8)
+    args = ap.parse_args()
+    args.tasks, args.warmup = (300, 60) if args.quick else (1500, 100)
+    auction_tasks = 40 if args.quick else 150
+
+    results = {p: run_policy(p, args) for p in POLICIES}
+    latency = {str(n): auction_latency(n, auction_tasks) for n in (4, 16, 64)}
+
+    print(f"{args.tasks} tasks (+{args.warmup} warm-up), {args.concurrency} outstanding, "
+          f"max_attempts=1, seed {args.seed}, registry order {args.order}")
+    print(f"{'policy':<14} {'tasks/s':>9} {'p95 ms':>9} {'success':>9}  work done by")
+    for p, r in results.items():
+        print(f"{p:<14} {r['throughput_per_s']:>9.1f} {r['p95_ms']:>9.2f} {r['success_rate']:>9.2%}  "
+              f"{r['work_by']}")
+    base = results["static"]["throughput_per_s"]
+    print(f"market / static throughput: {results['market']['throughput_per_s'] / base:.2f}x "
+          f"(target >= 1.5x); least-loaded / static: "
+          f"{results['least-loaded']['throughput_per_s'] / base:.2f}x")
+    print("auction latency, cfp -> award (p50 ms): "
+          + "  ".join(f"{n} bidders {v:.3f}" for n, v in latency.items()) + "  (target <= 2 ms at 16)")
+    if args.json:
+        print(orjson.dumps({
+            "throughput_per_s": {p: round(r["throughput_per_s"], 2) for p, r in results.items()},
+            "p95_ms": {p: round(r["p95_ms"], 3) for p, r in results.items()},
+            "success_rate": {p: round(r["success_rate"], 5) for p, r in results.items()},
+            "auction_p50_ms": {n: round(v, 4) for n, v in latency.items()},
+            "market_vs_static": round(results["market"]["throughput_per_s"] / base, 3),
+            "seed": args.seed, "order": args.order, "tasks": args.tasks, "warmup": args.warmup}).decode())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
