@@ -383,23 +383,25 @@ def agents(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def events(ctx: click.Context, type_: str | None, agent: str | None, since: float | None,
            limit: int, follow: bool) -> None:
-    """The event log (JSON lines)."""
-    last = since
+    """The event log (JSON lines); --follow reads on by file position, losing nothing."""
+    c = client(ctx)
+    for ev in call(ctx, "events", type=type_, agent=agent, since=since, limit=limit):
+        click.echo(orjson.dumps(ev).decode())
+    if not follow:
+        return
+    cursor = None
     while True:
         try:
-            rows = client(ctx).call("events", type=type_, agent=agent, since=last, limit=limit)
+            page = c.call("events_after", cursor=cursor, type=type_, agent=agent)
         except AgoraError as e:
-            if follow and e.code in ("DAEMON_NOT_RUNNING", "UNAVAILABLE"):
+            if e.code in ("DAEMON_NOT_RUNNING", "UNAVAILABLE"):
                 return  # the daemon stopped: a follow ends cleanly
             raise CliError(e) from e
-        for ev in rows:
-            if last is None or ev["ts"] > last:
-                click.echo(orjson.dumps(ev).decode())
-        if rows:
-            last = max(last or 0, rows[-1]["ts"])
-        if not follow:
-            return
-        time.sleep(0.25)
+        for ev in page["events"]:  # (the first call, cursor None, only takes the position)
+            click.echo(orjson.dumps(ev).decode())
+        cursor = page["cursor"]
+        if not page["events"]:
+            time.sleep(0.25)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -417,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # Command modules register themselves on the group (one concept per module).
-from runtime import cli_consensus, cli_run  # noqa: E402,F401
+from runtime import cli_consensus, cli_market, cli_observe, cli_run  # noqa: E402,F401
 
 if __name__ == "__main__":
     # `python -m runtime.cli` runs this file as __main__: go through the real module so

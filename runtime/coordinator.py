@@ -30,7 +30,8 @@ from typing import Any
 from runtime import paths
 from runtime._control import Commands, Deferred
 from runtime._protocol import ProtocolError, parse_request, peer_uid
-from runtime._server import Conn, InternalReader, encode_internal, listen_unix
+from runtime._payload import Payloads
+from runtime._server import Conn, InternalReader, encode_internal, encode_reply, listen_unix
 from runtime.config import Config, RunPaths
 from runtime.dispatch import POLICIES, Scheduler, TaskRun
 from runtime.envelope import TraceContext
@@ -41,6 +42,8 @@ from runtime.registry_service import open_registry
 from runtime.telemetry import install_stop_wakeup
 
 __all__ = ["Coordinator", "coordinator_main", "SERVICES"]
+
+ASK_TTL_S = 60.0  # an ask unanswered for this long is forgotten (its asker timed it out)
 
 #: Services the coordinator installs at start, in order.  Each module has
 #: ``install(coord)`` registering its commands (``coord.commands.extend``), agent
@@ -57,17 +60,20 @@ class Coordinator:
         self.cfg, self.run, self.root_pid, self.clock = cfg, run, root_pid, clock
         self.extra = extra or {}
         self.emit = Emitter(run.events, "coordinator")
-        self.journal = Journal(cfg.home)
+        self.journal = Journal(cfg.home, durability="full" if cfg.durability == "power" else "normal")
         self.registry = open_registry(cfg, run, self.extra)
         self.scheduler = Scheduler(self.journal, self._policy(), self.emit, clock,
                                    capacity=cfg.agent_inflight, membership=self.registry)
         self.scheduler.on_final = self._task_final
+        self.scheduler.payloads = Payloads(self.extra.get("arena"), 0)
         self.sel = selectors.DefaultSelector()
         self.replies: list[tuple[Conn, dict[str, Any]]] = []
         self.waiters: dict[str, list[Callable[[dict[str, Any]], None]]] = {}
         self.turn_hooks: list[Callable[[], None]] = []
         self.asks: dict[int, tuple[str, Callable[[str | None, dict[str, Any]], None]]] = {}
         self._ask_ids = itertools.count(1)
+        self._asks_mark = 0
+        self._asks_timer = False
         self.timers: list[tuple[float, int, Callable[[], None]]] = []
         self._timer_ids = itertools.count()
         self.agent_listeners: list[Any] = []  # objects with agent_joined(link) / agent_died(id)
@@ -142,7 +148,9 @@ class Coordinator:
     def turn(self, timeout: float | None) -> None:
         ready = self.sel.select(timeout)
         with self.journal.transaction():  # group commit: one COMMIT for the whole turn
-            for key, _ in ready:
+            # (an empty write transaction costs a BEGIN and a COMMIT of nothing: no fsync)
+            # agents first: a hello or a result that arrived with a request is seen before it
+            for key, _ in sorted(ready, key=lambda kv: kv[0].data[0] != "agent"):
                 self.on_ready(key)
             self.fire_timers()
             self.scheduler.fire_timers()
@@ -183,7 +191,7 @@ class Coordinator:
             self.emit("control.refused", peer_uid=uid, socket=kind)
             sock.close()
             return
-        conn = Conn(sock) if kind == "client" else Conn(sock, InternalReader(), encode_internal)
+        conn = Conn(sock, encode=encode_reply) if kind == "client" else Conn(sock, InternalReader(), encode_internal)
         self.sel.register(sock, selectors.EVENT_READ, (kind, conn))
 
     def on_client(self, conn: Conn) -> None:
@@ -221,10 +229,14 @@ class Coordinator:
     def send_replies(self) -> None:
         replies, self.replies = self.replies, []
         for conn, msg in replies:
-            if not conn.closed:
+            if conn.closed:
+                continue
+            try:
                 conn.send(msg)
-                if conn.out:
-                    self._want_write(conn)
+            except ProtocolError as e:  # a reply we cannot encode: say so instead
+                conn.send({"v": 1, "id": msg.get("id"), "error": to_wire(e)})
+            if conn.out:
+                self._want_write(conn)
 
     def _want_write(self, conn: Conn) -> None:
         # rare (a reply larger than the socket buffer): block briefly rather than juggle
@@ -259,6 +271,7 @@ class Coordinator:
             self.close_conn(conn)
             agent_id = conn.state.get("agent")
             if agent_id:
+                self._forget_asks_of(agent_id)
                 self.scheduler.agent_died(agent_id)
                 for listener in self.agent_listeners:
                     listener.agent_died(agent_id)
@@ -297,7 +310,23 @@ class Coordinator:
         rid = next(self._ask_ids)
         self.asks[rid] = (agent_id, on_answer)
         link.send({"t": "ask", "rid": rid, "kind": kind, "request": request})
+        if not self._asks_timer:
+            self._asks_timer = True
+            self.call_later(ASK_TTL_S, self._expire_asks)
         return True
+
+    def _expire_asks(self) -> None:
+        """Asks nobody answered for ASK_TTL_S (a hung hook) are forgotten: their askers
+        have timed them out long before; the map must not grow without bound."""
+        first_live = next(self._ask_ids)  # ids are increasing: everything older than the
+        self.asks = {rid: a for rid, a in self.asks.items() if rid > self._asks_mark}
+        self._asks_mark = first_live      # previous mark has waited at least ASK_TTL_S
+        self._asks_timer = bool(self.asks)
+        if self._asks_timer:
+            self.call_later(ASK_TTL_S, self._expire_asks)
+
+    def _forget_asks_of(self, agent_id: str) -> None:
+        self.asks = {rid: a for rid, a in self.asks.items() if a[0] != agent_id}
 
     def call_later(self, delay: float, fn: Callable[[], None]) -> None:
         heapq.heappush(self.timers, (self.clock() + delay, next(self._timer_ids), fn))
@@ -377,6 +406,11 @@ def coordinator_main(ctx: Any, cfg: Config, run: RunPaths) -> None:
     coord = Coordinator(cfg, run, root_pid=ctx.root_pid, extra=ctx.extra)
     coord.start()
     ctx.ready()
-    coord.serve_forever(wake)
+    profile_to = os.environ.get("AGORA_PROFILE_COORDINATOR")  # developers: where time goes
+    if not profile_to:
+        coord.serve_forever(wake)
+        return
+    import cProfile
+    cProfile.runctx("coord.serve_forever(wake)", globals(), locals(), profile_to)
 
 
