@@ -50,7 +50,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from coordination.voting import (
-    LEXICOGRAPHIC, BallotBox, CastRecord, Outcome, Quorum, ballot_shape,
+    LEXICOGRAPHIC,
+    BallotBox,
+    CastRecord,
+    Outcome,
+    Quorum,
+    ballot_shape,
 )
 from runtime.errors import ClosedError, Conflict, DeadlineExceeded, InvalidInput, PermissionDenied
 

@@ -25,7 +25,8 @@ then the fast ones -- the case the reference's static allocation was criticised 
 ``slow-first`` and ``fast-first`` are the other cases (with the fast agents first, static
 does as well as anything).  Every daemon runs with ``agent_inflight = 4`` (up to 4 tasks
 sent to an agent ahead): with room at busy agents a policy can prefer a fast agent's queue
-over an idle slow one.  ``--seed`` salts which tasks the unreliable agent fails.  The "work done by" column shows which agents each policy used.
+over an idle slow one.  ``--seed`` salts which tasks the unreliable agent fails.  The "work
+done by" column shows which agents each policy used.
 
 Part 2 -- auction latency (cfp sent -> award decided, measured by the coordinator on its
 monotonic clock and reported in ``market`` as ``auction_ms``) against 4, 16 and 64 idle
@@ -124,8 +125,8 @@ def drive(home: Path, total: int, concurrency: int, salt: int) -> tuple[list[dic
                     if n is None:
                         return
                     t0 = time.perf_counter()
-                    tid = c.call("submit", task={"capability": "work", "input": {"n": n, "salt": salt, "fast_ms": FAST_MS,
-                                                                    "slow_ms": SLOW_MS},
+                    work = {"n": n, "salt": salt, "fast_ms": FAST_MS, "slow_ms": SLOW_MS}
+                    tid = c.call("submit", task={"capability": "work", "input": work,
                                                  "options": {"max_attempts": 1}})
                     rec = c.call("result", id=tid, wait=True, timeout_s=60)
                     rows.append({"ms": (time.perf_counter() - t0) * 1000, "state": rec["state"],

@@ -90,7 +90,7 @@ def measure_round(mode: str, where: str, n: int) -> dict[str, float]:
 
 
 def release(agents) -> None:
-    for p, conn in agents:
+    for _p, conn in agents:
         try:
             conn.send_bytes(b"go")
         except OSError:
@@ -150,8 +150,10 @@ def report(results, context_mib: int, quick: bool, seed: int, as_json: bool) -> 
           f"(got {shared['16']['pss_total']:.0f}): {'PASS' if pss_ok else 'FAIL'}")
     if as_json:
         print(json.dumps({
-            "uss_per_agent_mib": {m: {n: round(r["uss_mean"], 2) for n, r in rows.items()} for m, rows in results.items()},
-            "pss_total_mib": {m: {n: round(r["pss_total"], 2) for n, r in rows.items()} for m, rows in results.items()},
+            "uss_per_agent_mib": {m: {n: round(r["uss_mean"], 2) for n, r in rows.items()}
+                                  for m, rows in results.items()},
+            "pss_total_mib": {m: {n: round(r["pss_total"], 2) for n, r in rows.items()}
+                              for m, rows in results.items()},
             "context_mib": context_mib, "quick": quick, "seed": seed,
             "targets": {"uss_per_agent_mib": uss_target, "pss_total_16_mib": pss_target},
             "pass": {"uss": uss_ok, "pss": pss_ok}}))

@@ -139,7 +139,8 @@ def main() -> int:
 
 def report(results: dict[str, dict[str, float]], rounds: dict[str, int], args) -> bool:
     print(f"payload transfer child -> parent, median of {rounds} rounds, seed {args.seed}")
-    print(f"{'size':<6} {'arena GB/s':>11} {'pipe GB/s':>10} {'memcpy GB/s':>12} {'arena/pipe':>11} {'arena/memcpy':>13}")
+    print(f"{'size':<6} {'arena GB/s':>11} {'pipe GB/s':>10} {'memcpy GB/s':>12} "
+          f"{'arena/pipe':>11} {'arena/memcpy':>13}")
     for key in SIZES:
         a, p, m = (results[k][key] for k in ("arena", "pipe", "memcpy"))
         print(f"{key:<6} {a:>11.2f} {p:>10.2f} {m:>12.2f} {a / p:>10.1f}x {a / m:>12.2f}x")

@@ -96,7 +96,8 @@ def main() -> None:
     }
     rows = [
         ("fork+exit+wait floor", res["fork_floor_ms"], "-", "baseline"),
-        ("restart p50 (SIGKILL -> ready)", res["restart_p50_ms"], "<= 5", "pass" if res["restart_p50_ms"] <= 5 else "FAIL"),
+        ("restart p50 (SIGKILL -> ready)", res["restart_p50_ms"], "<= 5",
+         "pass" if res["restart_p50_ms"] <= 5 else "FAIL"),
         ("restart p99", res["restart_p99_ms"], "<= 20", "pass" if res["restart_p99_ms"] <= 20 else "FAIL"),
         ("tree of 20 ready", res["tree_ready_ms"], "<= 250", "pass" if res["tree_ready_ms"] <= 250 else "FAIL"),
     ]

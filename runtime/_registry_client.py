@@ -28,9 +28,9 @@ import struct
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+from zlib import crc32
 
 import orjson
-from zlib import crc32
 
 from runtime._partitioning import key_hash
 from runtime._registry_local import validate_registration

@@ -13,9 +13,9 @@ import shutil
 import socket
 from typing import Any
 
-from runtime import paths
 import orjson
 
+from runtime import paths
 from runtime._protocol import HEADER, MAX_FRAME, FrameReader, ProtocolError, encode_frame
 
 __all__ = ["listen_unix", "remove_run_dir", "Conn", "encode_internal", "InternalReader"]

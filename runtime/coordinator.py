@@ -29,8 +29,8 @@ from typing import Any
 
 from runtime import paths
 from runtime._control import Commands, Deferred
-from runtime._protocol import ProtocolError, parse_request, peer_uid
 from runtime._payload import Payloads
+from runtime._protocol import ProtocolError, parse_request, peer_uid
 from runtime._server import Conn, InternalReader, encode_internal, encode_reply, listen_unix
 from runtime.config import Config, RunPaths
 from runtime.dispatch import POLICIES, Scheduler, TaskRun

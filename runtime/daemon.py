@@ -31,11 +31,10 @@ from typing import Any
 
 from multiprocess.connection import wait
 
-from runtime import paths
 from runtime._process import root_private_fds, set_process_name
 from runtime._protocol import FrameReader, encode_frame, peer_uid
 from runtime._server import listen_unix, remove_run_dir
-from runtime.child_spec import ChildSpec, Restart, Strategy, SupervisorSpec
+from runtime.child_spec import ChildSpec, Strategy, SupervisorSpec
 from runtime.config import Config, RunPaths, load_config
 from runtime.errors import AgoraError, InvalidInput, Unavailable, to_wire
 from runtime.events import Emitter, set_tracing

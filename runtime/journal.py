@@ -473,7 +473,8 @@ class Journal:
             return  # a late failure of an old attempt: recorded in attempts, nothing else
         event = outcome_event(outcome, attempt, row[2])
         state = transition("running", event)
-        not_before = now + retry_delay(attempt, self.retry_base, self.retry_cap, self.rng)             if state == "retry_wait" else None
+        not_before = (now + retry_delay(attempt, self.retry_base, self.retry_cap, self.rng)
+                      if state == "retry_wait" else None)
         if event == "dead_letter":
             error = {"code": "DEAD_LETTERED", "last_error": error,
                      "message": f"attempt {attempt} of {row[2]} did not finish (the agent died or "

@@ -46,7 +46,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Union, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
@@ -87,7 +87,7 @@ class Entry:
 
 #: What ``register`` accepts as the entry: an Entry (its key/version/owner are ignored)
 #: or a mapping with ``capabilities`` and optional ``metadata``.
-EntryLike = Union[Entry, Mapping[str, Any]]
+EntryLike = Entry | Mapping[str, Any]
 
 
 def encode_entry(e: Entry) -> bytes:

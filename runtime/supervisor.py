@@ -38,7 +38,7 @@ from typing import Any
 
 from multiprocess.connection import wait
 
-from runtime._process import Lifeline, fork_child, forget
+from runtime._process import Lifeline, forget, fork_child
 from runtime.child_spec import ChildSpec, Restart, Strategy, SupervisorSpec
 from runtime.errors import BrokenError, InvalidInput, NotFound
 from runtime.restart_budget import add_restart

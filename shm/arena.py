@@ -40,8 +40,9 @@ import ast
 import mmap
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import psutil
@@ -146,7 +147,8 @@ class Arena:
         free = available()
         if size > free:
             raise ResourceExhausted(
-                f"cannot map a payload arena of {size / _MIB:.1f} MiB: only {free / _MIB:.1f} MiB of memory is available",
+                f"cannot map a payload arena of {size / _MIB:.1f} MiB: "
+                f"only {free / _MIB:.1f} MiB of memory is available",
                 hint="configure a smaller arena (fewer slots or less per slot)", requested=size, available=free)
         mm = mmap.mmap(-1, size, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
         _ARENA_HDR.pack_into(mm, 0, _MAGIC, slots, slot_size)

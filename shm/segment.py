@@ -30,6 +30,7 @@ Decisions (the spec is silent on these):
 
 from __future__ import annotations
 
+import _posixshmem  # CPython's own binding of shm_open/shm_unlink (used by shared_memory)
 import errno
 import itertools
 import json
@@ -37,10 +38,10 @@ import mmap
 import os
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
-import _posixshmem  # CPython's own binding of shm_open/shm_unlink (used by shared_memory)
 import psutil
 
 from .errors import InvalidArgument, ReadOnlyView, ResourceExhausted, SegmentBusy, SegmentNotFound

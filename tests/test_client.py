@@ -254,7 +254,7 @@ def test_leaving_a_stream_early_closes_the_connection():
             seen.append(None)
 
     with serve(handler) as seen, Client(timeout=WAIT) as c:
-        for item in c.stream("events"):
+        for item in c.stream("events"):  # noqa: B007 (read after the loop)
             with pytest.raises(InvalidInput, match="stream is in progress"):
                 c.call("ping")
             break

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from runtime import paths
 from runtime.cli import cli
 from runtime.client import Client
-from runtime.errors import DaemonNotRunning, InvalidInput, Unavailable, UnknownCommand
+from runtime.errors import DaemonNotRunning, InvalidInput, UnknownCommand
 from tests.daemon_util import config, kill_tree, running_daemon, spawn, stop, wait_up
 
 

@@ -108,11 +108,11 @@ class Loop:
 
     def answer(self, agent_id: str, answer: Any, error: str | None = None) -> None:
         """The agent's pending ask gets ``answer`` (a bid dict or None)."""
-        for i, (aid, req, cb) in enumerate(self.asks):
+        for i, (aid, _req, cb) in enumerate(self.asks):
             if aid == agent_id:
                 del self.asks[i]
                 msg = {"answer": answer, **({"error": error} if error else {})}
-                self.turn(lambda: cb(agent_id, msg))
+                self.turn(lambda cb=cb, msg=msg: cb(agent_id, msg))
                 return
         raise AssertionError(f"no pending ask for {agent_id}")
 

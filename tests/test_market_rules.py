@@ -69,7 +69,7 @@ def test_criteria_that_do_not_discriminate_give_everyone_one():
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 10**6), *[st.floats(0, 1)] * 3), min_size=1, max_size=6))
 def test_scores_lie_in_unit_interval(rows):
-    offers = [Offer(f"b{i}", p, q, l, r) for i, (p, q, l, r) in enumerate(rows)]
+    offers = [Offer(f"b{i}", p, q, load, r) for i, (p, q, load, r) in enumerate(rows)]
     assert all(0.0 <= e.score <= 1.0 + 1e-12 for e in evaluate(offers))
 
 
@@ -186,7 +186,7 @@ def test_reliable_agents_rank_above_unreliable_ones():
 
 def test_reputation_decays_back_towards_the_prior():
     rep = Reputation(CFG)
-    for i in range(5):
+    for _ in range(5):
         rep.record("a", "sum", Observation(0.0, False, False, 0.0))
     fresh, later, much_later = (rep.score("a", "sum", t) for t in (0.0, 100.0, 2000.0))
     assert fresh < later < much_later < 0.5

@@ -8,8 +8,16 @@ from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
 from coordination.negotiation import (
-    AlternatingOffers, Negotiation, PriceStrategy, bargain, boulware, conceder, linear,
-    offer_at, step, time_dependent,
+    AlternatingOffers,
+    Negotiation,
+    PriceStrategy,
+    bargain,
+    boulware,
+    conceder,
+    linear,
+    offer_at,
+    step,
+    time_dependent,
 )
 from runtime.errors import ClosedError, Conflict, DeadlineExceeded, InvalidInput, PermissionDenied
 

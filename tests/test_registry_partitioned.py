@@ -14,12 +14,12 @@ import time
 
 import orjson
 import pytest
+from test_registry_conformance import BOUND, FORK, ME, Owner, Partitions, spec
 
 from runtime._partitioning import partition_of
 from runtime._registry_partition import encode_frame
 from runtime.errors import InvalidInput, Unavailable
 from runtime.registry import Entry, make_backend
-from test_registry_conformance import BOUND, FORK, ME, Owner, Partitions, spec
 
 
 @pytest.fixture

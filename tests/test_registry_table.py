@@ -8,8 +8,8 @@ from __future__ import annotations
 import mmap
 import os
 import random
-import time
 import struct
+import time
 
 import multiprocess
 import numpy as np
@@ -197,11 +197,15 @@ def writer(mm, committed, seed: int, steps: int, seconds: float = 4.0) -> None:
 def reader(mm, committed, seed: int, out_fd: int) -> None:
     rng = random.Random(seed)
     r = TableReader(mm)
-    reads, errors = 0, []
+    reads, errors, contended = 0, [], 0
     while committed[-1] == 0 or reads < 1000:
         i = rng.randrange(len(KEYS))
         c0 = int(committed[i])
-        e = r.lookup(KEYS[i])
+        try:
+            e = r.lookup(KEYS[i])
+        except TornRead:  # the writer was preempted mid-write for longer than the reader
+            contended += 1  # spins: retryable (the client then asks the partition)
+            continue
         in_flight = int(committed[-3]) == i  # read before c1: see check_read
         c1, last = int(committed[i]), int(committed[-2])
         reads += 1
@@ -209,7 +213,7 @@ def reader(mm, committed, seed: int, out_fd: int) -> None:
         if reads % 97 == 0:
             scanned = r.scan(f"c{rng.randrange(3)}")
             errors += [f"torn scan {x}" for x in scanned if not consistent(x)]
-    os.write(out_fd, orjson.dumps({"reads": reads, "errors": errors[:5]}))
+    os.write(out_fd, orjson.dumps({"reads": reads, "errors": errors[:5], "contended": contended}))
     os._exit(0)
 
 

@@ -176,7 +176,7 @@ def test_close_with_live_views_is_busy_then_succeeds():
         view.release()
         seg.close()
         with pytest.raises(SegmentNotFound):
-            seg.buf
+            _ = seg.buf
     finally:
         seg.unlink()
 

@@ -10,8 +10,19 @@ from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
 from coordination.voting import (
-    METHODS, BallotBox, Quorum, approval, ballot_shape, borda, irv, majority, plurality,
-    priority_order, schulze, tally, weighted,
+    METHODS,
+    BallotBox,
+    Quorum,
+    approval,
+    ballot_shape,
+    borda,
+    irv,
+    majority,
+    plurality,
+    priority_order,
+    schulze,
+    tally,
+    weighted,
 )
 from runtime.errors import ClosedError, DeadlineExceeded, InvalidInput, PermissionDenied
 
