@@ -21,6 +21,13 @@ Ranking, deterministic: lower ``load``, then higher ``reputation``, then the sma
 ``key`` (string order).  A missing ``load`` counts as 0 (an agent that registered and has
 not reported load yet is idle); a missing ``reputation`` counts as 0.5 (neutral).
 
+:class:`PowerOfTwoPolicy` puts ``power_of_two`` behind the dispatcher's policy interface
+(``choose(task, candidates) -> AgentLink | None``; ``allocation = "p2c"`` in agora.toml).
+The coordinator knows every agent's in-flight count exactly, so the policy reads that
+(it is the same figure the scaler publishes as the registry's ``load`` metadata for other
+readers, without the staleness); its random source is seeded once per coordinator from
+``os.urandom`` unless one is injected (tests inject a seeded ``random.Random``).
+
 An empty candidate list raises ``NotFound`` (the caller turns it into
 ``UnknownCapability`` or waits for the pool to grow; it knows which).  A malformed entry
 raises ``InvalidInput`` naming it.
@@ -43,6 +50,7 @@ __all__ = [
     "power_of_two",
     "POLICIES",
     "choose",
+    "PowerOfTwoPolicy",
 ]
 
 Entry = Mapping[str, Any]
@@ -115,3 +123,20 @@ def choose(policy: str, candidates: Sequence[Entry], rng: random.Random) -> Entr
             hint="fix the pool's `balancing` setting in agora.toml",
         ) from None
     return select(candidates, rng)
+
+
+class PowerOfTwoPolicy:
+    """Dispatch policy ``p2c``: the less loaded of two agents drawn at random."""
+
+    name = "p2c"
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self.rng = rng if rng is not None else random.Random()
+
+    def choose(self, task: Any, candidates: Sequence[Any]) -> Any:
+        """``candidates`` are scheduler AgentLinks (``id``, ``inflight``); None if empty."""
+        if not candidates:
+            return None
+        by_key = {link.id: link for link in candidates}
+        entries = [{"key": link.id, "load": len(link.inflight)} for link in candidates]
+        return by_key[power_of_two(entries, self.rng)["key"]]

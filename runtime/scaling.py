@@ -37,7 +37,11 @@ How a decision is taken (in this order):
    again and ``cooldown_down`` before shrinking (both measured from the last resize in
    either direction, so a scale-down never follows a scale-up within ``cooldown_down``).
 6. Size.  The target is ``ceil(demand / target_utilisation)``, moved at most
-   ``max_step_up`` / ``max_step_down`` agents per decision, clamped to the bounds.
+   ``max_step_up`` / ``max_step_down`` agents per decision, clamped to the bounds.  A
+   scale-down never goes below that target: under down pressure with the pool already at
+   it (e.g. 2 agents, demand 0.9, target 0.75) the pool holds, because one agent fewer
+   would run above the target and scale straight back up (seen as flapping at the end
+   of a ramp down in perf/scaling.py).
 7. Memory.  No scale-up while ``available_memory < memory_floor``; otherwise the
    increase is capped so that the new agents (``agent_memory`` bytes each) leave at
    least ``memory_floor`` bytes available.
@@ -53,6 +57,15 @@ Defaults (sizes in agents, times in seconds, memory in bytes)::
     max_step_up 2, max_step_down 1, memory_floor 256 MiB,
     forecast False, forecast_alpha 0.5, forecast_beta 0.3, forecast_horizon 10.0,
     recycle_after_tasks None (off), memory_ceiling None (off)
+
+Pool config (``agora.toml``): ``min``/``max`` of ``[pools.NAME]`` are ``min_size``/
+``max_size``, ``max_tasks`` (0 = off) is ``recycle_after_tasks``, ``memory_ceiling_mib``
+(0 = off) is ``memory_ceiling``; the ``[pools.NAME.scaling]`` table holds the rest, under
+the field names above, with memory in MiB (``memory_floor_mib``), plus two keys of the
+scaler's own: ``autoscale`` (bool, default false: the policy only runs for pools that ask
+for it; recycling and ``agora scale`` work either way) and ``retire_timeout_s`` (default
+30.0: how long a retiring agent may take to finish its tasks before it is terminated and
+its tasks re-routed).  :func:`pool_scaling` reads them; unknown keys are refused.
 
 Scaling up is quick and scaling down slow (as Kubernetes' HPA does): a pool that is too
 small loses latency at once, one that is too large only costs memory.
@@ -77,6 +90,8 @@ __all__ = [
     "should_recycle",
     "holt_update",
     "holt_forecast",
+    "PoolScaling",
+    "pool_scaling",
 ]
 
 _MiB = 1024 * 1024
@@ -370,7 +385,9 @@ def _choose(
     wanted = math.ceil(demand / config.target_utilisation - 1e-9)
     if up:
         return _grow(inputs, config, max(wanted, inputs.size + 1))
-    return _shrink(inputs, config, min(wanted, inputs.size - 1))
+    if wanted >= inputs.size:  # one agent fewer would run above target_utilisation: it flaps
+        return inputs.size, HOLD
+    return _shrink(inputs, config, wanted)
 
 
 def decide(
@@ -411,3 +428,59 @@ def should_recycle(tasks_done: int, memory: int | None, config: ScalingConfig) -
     if config.memory_ceiling is not None and memory is not None and memory > config.memory_ceiling:
         return "memory_ceiling"
     return None
+
+
+# ---------------------------------------------------------------- pool config
+
+
+@dataclass(frozen=True)
+class PoolScaling:
+    """A pool's scaling settings as read from agora.toml (see the module docstring)."""
+
+    config: ScalingConfig
+    autoscale: bool = False
+    retire_timeout: float = 30.0
+
+
+_TABLE_ONLY = {"autoscale", "retire_timeout_s", "memory_floor_mib"}
+_FROM_POOL = {"min_size", "max_size", "recycle_after_tasks", "memory_ceiling", "memory_floor"}
+
+
+def _table_keys() -> set[str]:
+    return {f.name for f in fields(ScalingConfig)} - _FROM_POOL | _TABLE_ONLY
+
+
+def pool_scaling(pool: Any) -> PoolScaling:
+    """The scaling settings of a ``runtime.config.PoolConfig``; InvalidInput names the key."""
+    table = dict(pool.scaling)
+    unknown = sorted(set(table) - _table_keys())
+    if unknown:
+        raise InvalidInput(
+            f"unknown key(s) {unknown} in [pools.{pool.name}.scaling]",
+            hint=f"known keys: {sorted(_table_keys())}",
+        )
+    autoscale = table.pop("autoscale", False)
+    retire = table.pop("retire_timeout_s", 30.0)
+    if not isinstance(autoscale, bool) or not _positive_number(retire):
+        raise InvalidInput(
+            f"expected pools.{pool.name}.scaling.autoscale to be a bool and retire_timeout_s "
+            f"a number > 0, got: autoscale={autoscale!r}, retire_timeout_s={retire!r}"
+        )
+    floor_mib = table.pop("memory_floor_mib", 256)
+    config = ScalingConfig(
+        min_size=pool.min,
+        max_size=pool.max,
+        recycle_after_tasks=pool.max_tasks or None,
+        memory_ceiling=pool.memory_ceiling_mib * _MiB or None,
+        memory_floor=int(floor_mib * _MiB) if _number(floor_mib) else floor_mib,
+        **table,
+    )
+    return PoolScaling(config, autoscale, float(retire))
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _positive_number(x: Any) -> bool:
+    return _number(x) and x > 0
