@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import psutil
 
 from runtime._protocol import recv_frame, send_frame
@@ -67,10 +68,14 @@ class Deferred:
         self.deadline = deadline
         self.on_expire = on_expire
         self._cb: Callable[[dict[str, Any]], None] | None = None
+        self._msg: dict[str, Any] | None = None
         self.done = False
 
     def bind(self, cb: Callable[[dict[str, Any]], None]) -> None:
+        """Where the reply goes; a Deferred finished before it was bound delivers now."""
         self._cb = cb
+        if self.done and self._msg is not None:
+            cb(self._msg)
 
     def resolve(self, value: Any) -> None:
         self._finish({"ok": value})
@@ -79,8 +84,11 @@ class Deferred:
         self._finish({"error": to_wire(exc)})
 
     def _finish(self, msg: dict[str, Any]) -> None:
-        if not self.done and self._cb is not None:
-            self.done = True
+        if self.done:
+            return
+        self.done = True
+        self._msg = msg
+        if self._cb is not None:
             self._cb(msg)
 
 
@@ -120,13 +128,14 @@ class Commands:
         self.started = time.time()
         self.root = RootLink(coord.run.root_sock)
         self.deferred: list[Deferred] = []
-        self.pending_submits: list[tuple[Deferred, list[Any], TraceContext]] = []
+        self.pending_submits: list[tuple[Deferred, list[Any], list[int], TraceContext]] = []
         self.capabilities: set[str] = {c for p in coord.cfg.pools for c in p.capabilities}
         self.table: dict[str, Callable[..., Any]] = {
             "ping": self.ping, "status": self.status, "ps": self.ps, "down": self.down,
             "submit": self.submit, "submit_many": self.submit_many, "result": self.result,
             "tasks": self.tasks, "attempts": self.attempts, "cancel": self.cancel,
             "pipeline": self.pipeline, "pipeline_result": self.pipeline_result,
+            "wait_all": self.wait_all,
             "context_put": self.context_put, "context_ls": self.context_ls,
             "context_rm": self.context_rm, "registry_ls": self.registry_ls,
             "registry_get": self.registry_get,
@@ -176,6 +185,7 @@ class Commands:
         return {"home": str(self.coord.cfg.home), "root_pid": self.coord.root_pid,
                 "uptime_s": round(time.time() - self.started, 3), "tree": self.root.call("tree"),
                 "allocation": self.coord.cfg.allocation, "agents": len(sched.agents),
+                "payloads": sched.payloads.stats,
                 "tasks": self.coord.journal.counts()}
 
     def ps(self, args: dict[str, Any], trace: Any) -> Any:
@@ -208,14 +218,55 @@ class Commands:
         self.capabilities.update(link.caps)
 
     def submit(self, args: dict[str, Any], trace: TraceContext | None) -> Any:
-        only(args, "task", "wait_s")
+        """One task; with ``result: true`` the reply is the finished task, not its id
+        (one request for the whole round trip; the id is durable before the task runs)."""
+        only(args, "task", "wait_s", "result")
+        want_result = arg(args, "result", bool, False)
         d = self.submit_many({"tasks": [arg(args, "task", dict)],
                               "wait_s": arg(args, "wait_s", (int, float), 5.0)}, trace)
-        if isinstance(d, Deferred):
-            inner = Deferred()
-            d.bind(lambda msg: inner._finish({"ok": msg["ok"][0]} if "ok" in msg else msg))
-            return inner
-        return d[0]
+        if not isinstance(d, Deferred):
+            return self._then_result(d[0]) if want_result else d[0]
+        inner = Deferred()
+        d.bind(lambda msg: inner._finish(msg) if "ok" not in msg else (
+            self._then_result(msg["ok"][0]).bind(inner._finish) if want_result
+            else inner.resolve(msg["ok"][0])))
+        return inner
+
+    def _then_result(self, tid: str) -> Deferred:
+        d = Deferred()
+        rec = self.coord.journal.get(tid)
+        if rec.state in TERMINAL:  # an idempotency key named a task that already ended
+            d.resolve(_public(rec))
+            return d
+        self.coord.wait_for(tid, lambda r: d.resolve(_public(r)))
+        return d
+
+    def wait_all(self, args: dict[str, Any], trace: Any) -> Any:
+        """Reply when every task of ``ids`` has ended: counts by final state."""
+        only(args, "ids", "timeout_s")
+        ids = arg(args, "ids", list)
+        counts: dict[str, int] = {}
+        pending = set()
+        for tid in ids:
+            rec = self.coord.journal.get(str(tid))
+            if rec.state in TERMINAL:
+                counts[rec.state] = counts.get(rec.state, 0) + 1
+            else:
+                pending.add(rec.id)
+        if not pending:
+            return counts
+        timeout = arg(args, "timeout_s", (int, float), None)
+        d = self._defer(timeout, lambda: DeadlineExceeded(
+            f"{len(pending)} of {len(ids)} tasks still running after {timeout} s"))
+
+        def one_done(rec: Any) -> None:
+            counts[rec.state] = counts.get(rec.state, 0) + 1
+            pending.discard(rec.id)
+            if not pending:
+                d.resolve(counts)
+        for tid in pending:
+            self.coord.wait_for(tid, one_done)
+        return d
 
     def submit_many(self, args: dict[str, Any], trace: TraceContext | None) -> Any:
         """Validate all, then admit (durable at the end of this turn) or wait for room."""
@@ -224,52 +275,80 @@ class Commands:
         wait_s = float(arg(args, "wait_s", (int, float), 5.0))
         now, caps = time.time(), self._known_caps()
         specs = [parse_task(t, now=now, capabilities=caps) for t in raw]
+        sizes = [len(orjson.dumps(spec.input)) for spec in specs]  # mailbox bytes
         trace = trace or TraceContext.new_trace()
-        if self._has_room(specs):
-            return self._accept(specs, trace)
+        if self._has_room(specs, sizes):
+            return self._accept(specs, sizes, trace)
         d = self._defer(wait_s, lambda: MailboxFull(
             f"the mailbox for {specs[0].capability!r} stayed full for {wait_s} s",
-            queued=self.coord.scheduler.queued(specs[0].capability)))
-        self.pending_submits.append((d, specs, trace))
+            queued=self.coord.scheduler.queued(specs[0].capability),
+            queued_bytes=self.coord.scheduler.queued_bytes.get(specs[0].capability, 0)))
+        self.pending_submits.append((d, specs, sizes, trace))
         return d
 
     def _mailbox_limit(self, capability: str) -> tuple[int, int]:
         pools = [p for p in self.coord.cfg.pools if capability in p.capabilities] or list(self.coord.cfg.pools)
         return (sum(p.mailbox_messages for p in pools) or 1000, sum(p.mailbox_bytes for p in pools) or 1 << 24)
 
-    def _has_room(self, specs: list[Any]) -> bool:
-        by_cap: dict[str, int] = {}
-        for s in specs:
-            by_cap[s.capability] = by_cap.get(s.capability, 0) + 1
+    def _has_room(self, specs: list[Any], sizes: list[int]) -> bool:
+        """Bounded in messages and in bytes (of input JSON), per capability's pools."""
+        need: dict[str, list[int]] = {}
+        for spec, size in zip(specs, sizes):
+            n = need.setdefault(spec.capability, [0, 0])
+            n[0] += 1
+            n[1] += size
         sched = self.coord.scheduler
-        return all(sched.queued(c) + n <= self._mailbox_limit(c)[0] for c, n in by_cap.items())
+        for cap, (msgs, size) in need.items():
+            max_msgs, max_bytes = self._mailbox_limit(cap)
+            if sched.queued(cap) + msgs > max_msgs:
+                return False
+            queued_bytes = sched.queued_bytes.get(cap, 0)
+            if queued_bytes and queued_bytes + size > max_bytes:
+                return False  # (an empty mailbox takes one oversized batch: no deadlock)
+        return True
 
     def _admit_pending(self) -> None:
         still = []
-        for d, specs, trace in self.pending_submits:
+        for d, specs, sizes, trace in self.pending_submits:
             if d.done:
                 continue
-            if self._has_room(specs):
-                d.resolve(self._accept(specs, trace))
+            if self._has_room(specs, sizes):
+                d.resolve(self._accept(specs, sizes, trace))
             else:
-                still.append((d, specs, trace))
+                still.append((d, specs, sizes, trace))
         self.pending_submits = still
 
-    def _accept(self, specs: list[Any], trace: TraceContext) -> list[str]:
+    def _accept(self, specs: list[Any], sizes: list[int], trace: TraceContext) -> list[str]:
         traces = [trace if len(specs) == 1 else trace.child() for _ in specs]
-        ids = self.coord.journal.submit_many(specs, trace_ids=[t.trace_id for t in traces])
-        for spec, tid, tr in zip(specs, ids, traces):
-            rec = self.coord.journal.get(tid)
-            if rec.state == "queued" and tid not in self.coord.scheduler.tasks:
-                self.coord.scheduler.enqueue(self.task_run(rec, tr))
-                self.coord.emit("task.submitted", tr, task_id=tid, capability=spec.capability)
+        journal, sched = self.coord.journal, self.coord.scheduler
+        ids = journal.submit_many(specs, trace_ids=[t.trace_id for t in traces])
+        for spec, tid, tr, size in zip(specs, ids, traces, sizes):
+            if spec.idempotency_key is None:  # certainly new: no need to read it back
+                task = self._new_run(tid, spec, tr, size)
+            else:
+                rec = journal.get(tid)
+                if rec.state != "queued" or tid in sched.tasks:
+                    continue  # the key named a task already known
+                task = self.task_run(rec, tr)
+            sched.enqueue(task)
+            self.coord.emit("task.submitted", tr, task_id=tid, capability=spec.capability)
         return ids
+
+    @staticmethod
+    def _new_run(tid: str, spec: Any, trace: TraceContext, size: int) -> Any:
+        from runtime.dispatch import TaskRun
+        deadline = time.monotonic() + (spec.deadline - time.time()) if spec.deadline else None
+        return TaskRun(tid, spec.capability, spec.input, trace, max_attempts=spec.max_attempts,
+                       priority=spec.priority, deadline=deadline, size=size)
 
     def task_run(self, rec: Any, trace: TraceContext | None = None) -> Any:
         """The scheduler's view of a journal record (deadline moved to the monotonic clock)."""
         from runtime.dispatch import TaskRun
         deadline = time.monotonic() + (rec.deadline - time.time()) if rec.deadline else None
-        tr = trace or TraceContext(rec.trace_id or os.urandom(8).hex(), os.urandom(8).hex())
+        # no span given (a pipeline step unblocked later, a task resumed after a restart):
+        # a pipeline step's span is a child of its pipeline's span (see pipeline())
+        tr = trace or TraceContext(rec.trace_id or os.urandom(8).hex(), os.urandom(8).hex(),
+                                   rec.trace_id[:16] if rec.pipeline_id and rec.trace_id else None)
         return TaskRun(rec.id, rec.capability, rec.input, tr, max_attempts=rec.max_attempts,
                        priority=rec.priority, deadline=deadline, pipeline_id=rec.pipeline_id,
                        attempts=rec.attempts)
@@ -291,7 +370,10 @@ class Commands:
         only(args, "spec")
         from runtime.pipeline import parse_pipeline
         spec = parse_pipeline(arg(args, "spec", dict), now=time.time(), capabilities=self._known_caps())
-        trace = trace or TraceContext.new_trace()
+        given = trace or TraceContext.new_trace()
+        # the pipeline's span id is derived from its trace id, so steps queued later and
+        # the final pipeline event (Coordinator.pipeline_progress) find it again
+        trace = TraceContext(given.trace_id, given.trace_id[:16], given.span_id if trace else None)
         pid, steps = self.coord.journal.submit_pipeline(spec, trace_id=trace.trace_id)
         for task_id in steps.values():
             rec = self.coord.journal.get(task_id)

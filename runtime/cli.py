@@ -81,7 +81,7 @@ def cli(ctx: click.Context, home: str | None) -> None:
 @click.option("--foreground", is_flag=True, help="Stay attached (logs to stderr).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True))
 @click.option("--registry", type=click.Choice(["partitioned", "local"]), default=None)
-@click.option("--allocation", type=click.Choice(["static", "least-loaded", "market"]), default=None)
+@click.option("--allocation", type=click.Choice(["static", "least-loaded", "p2c", "market"]), default=None)
 @click.option("--wait", "wait_s", default=30.0, show_default=True, help="Seconds to wait for start-up.")
 @click.pass_context
 def up(ctx: click.Context, foreground: bool, config_file: str | None, registry: str | None,
@@ -419,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # Command modules register themselves on the group (one concept per module).
-from runtime import cli_consensus, cli_market, cli_observe, cli_run  # noqa: E402,F401
+from runtime import cli_consensus, cli_market, cli_observe, cli_run, cli_scale  # noqa: E402,F401
 
 if __name__ == "__main__":
     # `python -m runtime.cli` runs this file as __main__: go through the real module so

@@ -5,11 +5,15 @@
     [daemon]
     registry = "partitioned"      # or "local" (in the coordinator; for tests, embedding)
     partitions = 4                # registry partition processes
-    allocation = "least-loaded"   # "static" | "least-loaded" | "market"
+    allocation = "least-loaded"   # "static" | "least-loaded" | "p2c" | "market"
     drain_s = 10.0                # graceful stop: how long running tasks may finish
+    durability = "process"        # "process": a commit survives kill -9 of any process
+                                  # (WAL, synchronous=NORMAL); "power": also a power loss
+                                  # (synchronous=FULL, one fsync per group commit)
     agent_inflight = 1            # tasks sent to one agent before it answers (1: no prefetch,
                                   # so a short task never queues behind a long one in an agent)
     arena_mib = 256               # payload arena (anonymous shared memory, made at start)
+    tracing = true                # false: no process emits events (to measure their cost)
 
     [context]                     # published into shared memory at start
     embeddings = "data/embeddings.npy"
@@ -22,6 +26,9 @@
     mailbox_messages = 1000       # queued tasks per pool before submit pushes back
     mailbox_bytes = 16777216
     max_tasks = 0                 # recycle an agent after N tasks (0 = never)
+    memory_ceiling_mib = 0        # recycle an agent whose USS exceeds this (0 = never)
+    [pools.summarize.scaling]     # autoscaler knobs; keys and defaults: runtime.scaling
+    autoscale = true
     [pools.summarize.capabilities.summarize]
     cost = 1.0                    # declared price basis for bids
     quality = 0.8                 # declared capability score
@@ -74,6 +81,8 @@ class PoolConfig:
     mailbox_messages: int = 1000
     mailbox_bytes: int = 16 << 20
     max_tasks: int = 0
+    memory_ceiling_mib: int = 0
+    scaling: dict[str, Any] = field(default_factory=dict)  # see runtime.scaling.pool_scaling
     capabilities: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
@@ -87,7 +96,9 @@ class Config:
     allocation: str = "least-loaded"
     drain_s: float = 10.0
     agent_inflight: int = 1
+    durability: str = "process"
     arena_mib: int = 256
+    tracing: bool = True
 
     def pool(self, name: str) -> PoolConfig:
         for p in self.pools:
@@ -97,9 +108,11 @@ class Config:
 
 
 _DAEMON_KEYS = {"registry": str, "partitions": int, "allocation": str, "drain_s": (int, float),
-                "arena_mib": int, "agent_inflight": int}
+                "arena_mib": int, "agent_inflight": int, "durability": str,
+                "tracing": bool}
 _POOL_KEYS = {"agent": str, "size": int, "min": int, "max": int, "mailbox_messages": int,
-              "mailbox_bytes": int, "max_tasks": int, "capabilities": dict}
+              "mailbox_bytes": int, "max_tasks": int, "capabilities": dict,
+              "memory_ceiling_mib": int, "scaling": dict}
 
 
 def _typed(section: str, table: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
@@ -107,7 +120,7 @@ def _typed(section: str, table: dict[str, Any], schema: dict[str, Any]) -> dict[
         if k not in schema:
             raise InvalidInput(f"unknown key {section}.{k} in the config",
                                hint=f"known keys: {sorted(schema)}")
-        if not isinstance(v, schema[k]) or isinstance(v, bool):
+        if not isinstance(v, schema[k]) or (isinstance(v, bool) and schema[k] is not bool):
             raise InvalidInput(f"{section}.{k}: expected {schema[k]}, got {v!r}")
     return table
 
@@ -121,6 +134,8 @@ def _pool(name: str, table: dict[str, Any]) -> PoolConfig:
     if not (0 <= pc.min <= pc.size <= pc.max) or pc.max < 1:
         raise InvalidInput(f"pools.{name}: expected 0 <= min <= size <= max and max >= 1, "
                            f"got min={pc.min} size={pc.size} max={pc.max}")
+    from runtime.scaling import pool_scaling
+    pool_scaling(pc)  # refuse bad [pools.NAME.scaling] knobs at load time, not in the coordinator
     return pc
 
 
@@ -136,8 +151,11 @@ def parse_config(raw: dict[str, Any], home: Path, base: Path, **overrides: Any) 
     cfg = Config(home=home, pools=pools, contexts=contexts, **daemon)
     if cfg.registry not in ("partitioned", "local"):
         raise InvalidInput(f"daemon.registry: expected 'partitioned' or 'local', got {cfg.registry!r}")
-    if cfg.allocation not in ("static", "least-loaded", "market"):
-        raise InvalidInput(f"daemon.allocation: expected static, least-loaded or market, got {cfg.allocation!r}")
+    if cfg.allocation not in ("static", "least-loaded", "p2c", "market"):
+        raise InvalidInput(f"daemon.allocation: expected static, least-loaded, p2c or market, "
+                           f"got {cfg.allocation!r}")
+    if cfg.durability not in ("process", "power"):
+        raise InvalidInput(f"daemon.durability: expected 'process' or 'power', got {cfg.durability!r}")
     if not 1 <= cfg.agent_inflight <= 1024:
         raise InvalidInput(f"expected daemon.agent_inflight in 1..1024, got: {cfg.agent_inflight}")
     if not 1 <= cfg.partitions <= 64:

@@ -33,10 +33,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from runtime._payload import Payloads
+from runtime.balancing import PowerOfTwoPolicy
 from runtime.envelope import TraceContext
+from runtime.errors import AgoraError
 from runtime.task import TERMINAL
 
-__all__ = ["Scheduler", "TaskRun", "AgentLink", "StaticPolicy", "LeastLoadedPolicy", "POLICIES"]
+__all__ = ["Scheduler", "TaskRun", "AgentLink", "StaticPolicy", "LeastLoadedPolicy", "POLICIES",
+           "DEFERRED"]
 
 
 
@@ -52,6 +56,7 @@ class TaskRun:
     priority: int = 0
     deadline: float | None = None  # monotonic
     pipeline_id: str | None = None
+    input_handle: Any = None  # the arena block of a large input, while an agent holds it
     attempts: int = 0
     state: str = "queued"
     agent: str | None = None
@@ -74,6 +79,12 @@ class AgentLink:
     queue_reported: int = 0
 
 
+#: What an asynchronous policy's ``choose`` returns when it took the task (market: an
+#: auction runs): the task leaves its queue, so it does not block the tasks behind it,
+#: and the policy later calls ``assign(task, agent)`` or ``enqueue(task)`` itself.
+DEFERRED: Any = type("Deferred", (), {"__repr__": lambda self: "DEFERRED"})()
+
+
 class StaticPolicy:
     """Registry order: the first capable agent that has room (the reference's allocation)."""
 
@@ -92,7 +103,8 @@ class LeastLoadedPolicy:
         return min(candidates, key=lambda a: (len(a.inflight), a.order), default=None)
 
 
-POLICIES: dict[str, Callable[[], Any]] = {"static": StaticPolicy, "least-loaded": LeastLoadedPolicy}
+POLICIES: dict[str, Callable[[], Any]] = {"static": StaticPolicy, "least-loaded": LeastLoadedPolicy,
+                                          "p2c": PowerOfTwoPolicy}
 
 
 class Scheduler:
@@ -102,12 +114,15 @@ class Scheduler:
                  capacity: int = 4, membership: Any = None) -> None:
         self.journal = journal
         self.registry = membership
+        self.payloads = Payloads(None, 0)  # the coordinator sets its arena side
         self._by_cap: dict[str, list[str]] = {}  # capability index read from the registry
+        self._unregistered: set[str] = set()
         self.policy = policy
         self.emit = emit
         self.clock = clock
         self.capacity = capacity
         self.tasks: dict[str, TaskRun] = {}
+        self.queued_bytes: dict[str, int] = {}  # input bytes waiting per capability (mailbox)
         self.queues: dict[str, list[tuple[int, int, str]]] = {}
         self.agents: dict[str, AgentLink] = {}
         self.outbox: dict[str, list[dict[str, Any]]] = {}
@@ -115,6 +130,10 @@ class Scheduler:
         self._seq = itertools.count()
         self._order = itertools.count()
         self.on_final: Callable[[TaskRun, Any], None] = lambda t, rec: None
+        # every attempt's end as the journal judged it (the market settles contracts here)
+        self.on_attempt_end: Callable[[TaskRun, int, Any, bool], None] = lambda t, a, fin, c: None
+        # task id -> who takes that task's results instead (a consensus step's k candidate runs)
+        self.result_sinks: dict[str, Callable[[AgentLink | None, dict[str, Any]], None]] = {}
 
     # -- agents ------------------------------------------------------------------------
 
@@ -122,9 +141,8 @@ class Scheduler:
                      send: Callable[[dict[str, Any]], None]) -> AgentLink:
         link = AgentLink(agent_id, pool, pid, caps, send, next(self._order))
         self.agents[agent_id] = link
-        if self.registry is not None:
-            self.registry.register(agent_id, {"capabilities": sorted(caps), "metadata": {
-                "pool": pool, "load": 0, "health": "ok"}}, pid)
+        self._unregistered.add(agent_id)
+        self._register_pending()
         self._by_cap.clear()
         self.emit("agent.joined", agent=agent_id, pid=pid, capabilities=sorted(caps))
         return link
@@ -137,19 +155,51 @@ class Scheduler:
             return []
         self._by_cap.clear()
         self.emit("agent.died", agent=agent_id, pid=link.pid, inflight=len(link.inflight))
+        self._forget_registration(link)
         error = {"code": "AGENT_DIED", "message": f"agent {agent_id} (pid {link.pid}) died mid-task"}
         moved = []
         for tid, attempt in link.inflight.items():
             fin = self.journal.finish_attempt(tid, attempt, "crashed", error=error)
             task = self.tasks.get(tid)
             if task is not None:
+                self.payloads.discard(task.input_handle)  # it died before reading its input
+            if task is not None:
                 self.follow(task, attempt, fin, crashed=True)
                 moved.append(task)
         return moved
 
+    def _register_pending(self) -> None:
+        """Put joined agents in the registry; one whose partition is restarting is retried
+        on a later turn (it is not a candidate until then: candidates come from the index)."""
+        for agent_id in list(self._unregistered):
+            link = self.agents.get(agent_id)
+            if link is None or self.registry is None:
+                self._unregistered.discard(agent_id)
+                continue
+            try:
+                self.registry.register(agent_id, {"capabilities": sorted(link.caps), "metadata": {
+                    "pool": link.pool, "load": 0, "health": "ok"}}, link.pid)
+            except AgoraError as e:
+                self.emit("registry.unavailable", agent=agent_id, error=e.message)
+                return
+            self._unregistered.discard(agent_id)
+            self._by_cap.clear()
+
+    def _forget_registration(self, link: AgentLink) -> None:
+        """The coordinator saw the death first-hand: tell the registry (partitions also
+        watch the owner's pidfd; a local backend only learns it here)."""
+        if self.registry is None:
+            return
+        try:
+            self.registry.remove_owner(link.pid)
+        except AgoraError as e:  # a partition restarting: it verifies owners when it is back
+            self.emit("registry.unavailable", agent=link.id, error=e.message)
+
     # -- tasks -------------------------------------------------------------------------
 
     def enqueue(self, task: TaskRun, front: bool = False) -> None:
+        if task.state != "queued" or task.id not in self.tasks:
+            self.queued_bytes[task.capability] = self.queued_bytes.get(task.capability, 0) + task.size
         task.state = "queued"
         task.seq = -next(self._seq) if front else next(self._seq)
         self.tasks[task.id] = task
@@ -160,15 +210,22 @@ class Scheduler:
     def queued(self, capability: str) -> int:
         return len(self.queues.get(capability, ()))
 
+    def _leaves_queue(self, task: TaskRun) -> None:
+        """Mailbox accounting: a queued task is leaving its queue (started, deferred, ended)."""
+        if task.state == "queued":
+            self.queued_bytes[task.capability] -= task.size
+
     def capable(self, capability: str) -> list[str]:
         """Agents offering ``capability``, in registry order, from the registry's capability
         index (re-read only when membership changed: a select is a shared-memory read)."""
         ids = self._by_cap.get(capability)
         if ids is None:
-            if self.registry is None:
-                ids = [a.id for a in self.agents.values() if capability in a.caps]
-            else:
+            try:
+                if self.registry is None:
+                    raise AgoraError("no registry")
                 ids = [e.key for e in self.registry.select(capability=capability)]
+            except AgoraError:  # (a read that fell back to a dead partition): own view, uncached
+                return [a.id for a in self.agents.values() if capability in a.caps]
             self._by_cap[capability] = ids
         return ids
 
@@ -181,8 +238,11 @@ class Scheduler:
         return out
 
     def dispatch(self) -> int:
-        """Give queued tasks to agents until queues or room run out; returns tasks sent."""
-        sent = 0
+        """Give queued tasks to agents until queues or room run out; returns tasks sent.
+        Every attempt of the turn starts in one journal batch."""
+        picks: list[tuple[TaskRun, AgentLink]] = []
+        if self._unregistered:
+            self._register_pending()
         for cap, q in self.queues.items():
             while q:
                 task = self.tasks.get(q[0][2])
@@ -191,23 +251,42 @@ class Scheduler:
                     continue
                 cands = [a for a in self.candidates(cap) if a.id not in task.excluded]
                 agent = self.policy.choose(task, cands)
+                if agent is DEFERRED:  # an asynchronous policy took it (an auction runs)
+                    heapq.heappop(q)
+                    self._leaves_queue(task)
+                    task.state = "deferred"
+                    continue
                 if agent is None:
                     break
                 heapq.heappop(q)
-                self.assign(task, agent)
-                sent += 1
-        return sent
+                self._reserve(task, agent)
+                picks.append((task, agent))
+        if picks:
+            self._start(picks)
+        return len(picks)
 
     def assign(self, task: TaskRun, agent: AgentLink) -> None:
-        task.attempts = self.journal.start_attempt(task.id, agent.id)
+        """Start one attempt now (policies that decide later, e.g. after an auction)."""
+        self._reserve(task, agent)
+        self._start([(task, agent)])
+
+    def _reserve(self, task: TaskRun, agent: AgentLink) -> None:
+        self._leaves_queue(task)
         task.state, task.agent = "running", agent.id
-        agent.inflight[task.id] = task.attempts
-        span = task.trace.child()
-        self.emit("task.attempt", span, task_id=task.id, attempt=task.attempts, agent=agent.id,
-                  policy=self.policy.name)
-        self.outbox.setdefault(agent.id, []).append(
-            {"id": task.id, "attempt": task.attempts, "cap": task.capability,
-             "input": task.input, "trace": span.to_wire()})
+        agent.inflight[task.id] = 0  # room taken now; the attempt number follows
+
+    def _start(self, picks: list[tuple[TaskRun, AgentLink]]) -> None:
+        numbers = self.journal.start_attempts([(t.id, a.id) for t, a in picks])
+        for (task, agent), attempt in zip(picks, numbers):
+            task.attempts = attempt
+            agent.inflight[task.id] = attempt
+            span = task.trace.child()
+            self.emit("task.attempt", span, task_id=task.id, attempt=attempt, agent=agent.id,
+                      policy=self.policy.name)
+            frame = {"id": task.id, "attempt": attempt, "cap": task.capability,
+                     "trace": span.to_wire()}
+            task.input_handle = self.payloads.pack(task.input, "input", frame)
+            self.outbox.setdefault(agent.id, []).append(frame)
 
     def take_outbox(self) -> dict[str, list[dict[str, Any]]]:
         out, self.outbox = self.outbox, {}
@@ -222,18 +301,24 @@ class Scheduler:
 
     def _result(self, link: AgentLink | None, r: dict[str, Any]) -> None:
         tid, attempt = r["id"], r["attempt"]
+        sink = self.result_sinks.get(tid)
+        if sink is not None:
+            sink(link, r)
+            return
         if link is not None and link.inflight.get(tid) == attempt:
             del link.inflight[tid]
             link.done += 1
         ok = "error" not in r
         fin = self.journal.finish_attempt(tid, attempt, "succeeded" if ok else "failed",
-                                          result=r.get("ok"), error=r.get("error"))
+                                          result=self.payloads.unpack(r, "ok") if ok else None,
+                                          error=r.get("error"))
         task = self.tasks.get(tid)
         if task is not None:
             self.follow(task, attempt, fin)
 
     def follow(self, task: TaskRun, attempt: int, fin: Any, crashed: bool = False) -> None:
         """Mirror the journal's verdict on an attempt (it alone decides states)."""
+        self.on_attempt_end(task, attempt, fin, crashed)
         if fin.state == "succeeded":
             if fin.recorded:  # the one result that counts (maybe of an older attempt)
                 self._forget_inflight(task)
@@ -265,6 +350,7 @@ class Scheduler:
             link.inflight.pop(task.id, None)
 
     def _final(self, task: TaskRun, state: str) -> None:
+        self._leaves_queue(task)
         task.state = state
         self.tasks.pop(task.id, None)
         rec = self.journal.get(task.id)
