@@ -127,7 +127,7 @@ class Coordinator:
         (``Journal.unfinished`` closes the attempts that were running as crashed)."""
         resumed = 0
         for rec in self.journal.unfinished():
-            task = self.commands.task_run(rec)
+            task = self.commands.tasks.task_run(rec)
             if rec.state == "queued":
                 self.scheduler.enqueue(task)
             elif rec.state == "retry_wait":
@@ -375,7 +375,7 @@ class Coordinator:
             if task_id not in self.scheduler.tasks:
                 rec = self.journal.get(task_id)
                 if rec.state == "queued":
-                    self.scheduler.enqueue(self.commands.task_run(rec))
+                    self.scheduler.enqueue(self.commands.tasks.task_run(rec))
         if p.state != "running":
             self.emit("pipeline." + p.state, None if p.trace_id is None else
                       TraceContext(p.trace_id, p.trace_id[:16]), pipeline_id=pipeline_id)
