@@ -12,15 +12,7 @@ from hypothesis import strategies as st
 from coordination.barriers import BROKEN, RELEASED, WAITING, Barrier, BarrierBroken
 from coordination.clocks import LamportClock, Order, VectorClock
 from runtime.errors import BrokenError, DeadlineExceeded, InvalidInput
-
-
-class FakeClock:
-    def __init__(self, t: float = 0.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
+from tests.helpers import FakeClock
 
 # ---------------------------------------------------------------- barriers
 

@@ -12,20 +12,13 @@ from runtime.dispatch import LeastLoadedPolicy, Scheduler, StaticPolicy
 from runtime.envelope import TraceContext
 from runtime.journal import Journal
 from runtime.task import parse_task
-
-
-class Clock:
-    def __init__(self):
-        self.t = 1000.0
-
-    def __call__(self):
-        return self.t
+from tests.helpers import FakeClock
 
 
 @pytest.fixture
 def world(tmp_path):
     journal = Journal(tmp_path, retry_base=0.01, retry_cap=0.01)
-    clock = Clock()
+    clock = FakeClock(1000.0)
     events = []
     finals = {}
 

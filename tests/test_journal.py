@@ -12,9 +12,7 @@ import random
 import select
 import signal
 import sqlite3
-import sys
 import time
-import traceback
 
 import pytest
 
@@ -22,21 +20,14 @@ from runtime.errors import InvalidInput, NotFound
 from runtime.journal import Journal, next_id
 from runtime.pipeline import parse_pipeline
 from runtime.task import IllegalTransition, TaskSpec, parse_task
+from tests.helpers import FakeClock, fork_running, reap
 
 WAIT = 20.0  # bound for any wait on a child; reached only on a deadlock
 
 
-class FakeClock:
-    def __init__(self, t: float = 1_700_000_000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
 @pytest.fixture
 def clock():
-    return FakeClock()
+    return FakeClock(1_700_000_000.0)
 
 
 @pytest.fixture
@@ -51,26 +42,6 @@ def specs(n: int, **kw) -> list[TaskSpec]:
 
 
 # -- child processes ----------------------------------------------------------------------
-
-def fork_child(body) -> tuple[int, int]:
-    """Fork; the child runs body(write_fd) and exits 0 (1 on an exception)."""
-    r, w = os.pipe()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:  # child: never return into pytest
-        code = 1
-        try:
-            os.close(r)
-            body(w)
-            code = 0
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    os.close(w)
-    return pid, r
-
 
 class LineReader:
     """Complete lines from a pipe, with bounded waits; keeps a partial line for later."""
@@ -94,19 +65,6 @@ class LineReader:
 
 def read_lines(fd: int, want: int | None = None) -> list[str]:
     return LineReader(fd).lines(want)
-
-
-def reap(pid: int) -> int:
-    """Wait (bounded) for the child; return its wait status."""
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return status
-        time.sleep(0.01)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    pytest.fail(f"child {pid} did not exit within {WAIT}s")
 
 
 def write_line(fd: int, text: str) -> None:
@@ -145,7 +103,7 @@ def _submit_then(how: str, state_dir):
 
 @pytest.mark.parametrize("how", ["exit", "sigkill"])
 def test_acknowledged_ids_survive_death_right_after_ack(tmp_path, how):
-    pid, r = fork_child(_submit_then(how, tmp_path / "s"))
+    pid, r = fork_running(_submit_then(how, tmp_path / "s"))
     lines = read_lines(r)
     os.close(r)
     status = reap(pid)
@@ -167,7 +125,7 @@ def test_acknowledged_ids_survive_sigkill_mid_stream(tmp_path):
             for task_id in j.submit_many([TaskSpec("work", {"n": n, "k": k}) for k in range(20)]):
                 write_line(w, task_id)
 
-    pid, r = fork_child(body)
+    pid, r = fork_running(body)
     reader = LineReader(r)
     acked = reader.lines(want=rng.randrange(20, 2000))
     os.kill(pid, signal.SIGKILL)
@@ -198,7 +156,7 @@ def test_unfinished_after_crash_mid_attempt(tmp_path):
         write_line(w, str(j.start_attempt(task_id, "agent.1")))
         os.kill(os.getpid(), signal.SIGKILL)
 
-    pid, r = fork_child(body)
+    pid, r = fork_running(body)
     assert read_lines(r) == ["1"]
     os.close(r)
     reap(pid)
@@ -295,7 +253,7 @@ def test_exactly_once_when_two_processes_finish_at_once(tmp_path):
                 write_line(w, f"{task_id} {int(f.recorded)}")
         return body
 
-    children = [fork_child(racer(1)), fork_child(racer(2))]
+    children = [fork_running(racer(1)), fork_running(racer(2))]
     for _, r in children:
         assert read_lines(r, want=1) == ["ready"]
     os.write(go_w, b"gg")

@@ -21,19 +21,12 @@ from coordination.leases import (
     StaleFence,
 )
 from runtime.errors import Conflict, InvalidInput
-
-
-class FakeClock:
-    def __init__(self, t: float = 100.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
+from tests.helpers import FakeClock
 
 
 @pytest.fixture
 def clock():
-    return FakeClock()
+    return FakeClock(100.0)
 
 
 @pytest.fixture
@@ -247,7 +240,7 @@ def apply(model: Model, op: tuple) -> None:
 @settings(max_examples=150, deadline=None)
 @given(st.lists(ops, max_size=40))
 def test_random_sequences_keep_one_holder_and_increasing_tokens(sequence):
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     model = Model(LeaseTable(clock), clock)
     for op in sequence:
         apply(model, op)

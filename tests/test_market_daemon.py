@@ -24,21 +24,14 @@ from runtime.dispatch import Scheduler
 from runtime.errors import InvalidInput
 from runtime.journal import Journal
 from runtime.task import parse_task
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
+from tests.helpers import FakeClock
 
 
 class Loop:
     """The coordinator services MarketPolicy uses, driven by hand."""
 
     def __init__(self, home: Any) -> None:
-        self.clock = Clock()
+        self.clock = FakeClock(100.0)
         self.journal = Journal(home, retry_base=1e-6, retry_cap=1e-6)  # retries due at once
         self.events: list[tuple[str, Any, dict[str, Any]]] = []
         self.asks: list[tuple[str, dict[str, Any], Any]] = []

@@ -20,17 +20,10 @@ from coordination.negotiation import (
     time_dependent,
 )
 from runtime.errors import ClosedError, Conflict, DeadlineExceeded, InvalidInput, PermissionDenied
+from tests.helpers import FakeClock
 
 PROPS = settings(max_examples=80, deadline=None)
 PARTIES = ["ann", "bob", "cat", "dan"]
-
-
-class FakeClock:
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def vote_all(neg, ballots):

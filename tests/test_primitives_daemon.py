@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.daemon_util import config, running_daemon
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -41,19 +42,6 @@ def _lines(path: Path) -> list[list[str]]:
     if not path.exists():
         return []
     return [ln.split() for ln in path.read_text().splitlines() if ln.strip()]
-
-
-def _wait_for(pred, what: str, timeout: float = 30.0):
-    """Poll with backoff until ``pred()`` is truthy (bounded)."""
-    deadline, delay = time.monotonic() + timeout, 0.002
-    while True:
-        got = pred()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
 
 
 def _holder_to_kill(path: Path, killed: set[int]):
@@ -93,7 +81,7 @@ def test_lock_holders_killed_in_a_loop_never_overlap(agora_env):
              "options": {"max_attempts": 5}} for _ in range(n_tasks)])
         kill_times: dict[int, float] = {}
         for _ in range(kills):
-            token, pid = _wait_for(lambda: _holder_to_kill(out, set(kill_times)), "a lock holder")
+            token, pid = eventually(lambda: _holder_to_kill(out, set(kill_times)), "a lock holder")
             kill_times[pid] = time.monotonic()
             os.kill(pid, signal.SIGKILL)
         results = [c.call("result", id=i, wait=True, timeout_s=60, timeout=65) for i in ids]
@@ -123,7 +111,7 @@ def test_check_sections_catches_overlap_and_stale_tokens():
 
 
 def wait_agents(c, pool: str, n: int) -> None:
-    _wait_for(lambda: sum(a["pool"] == pool for a in c.call("agents")) >= n,
+    eventually(lambda: sum(a["pool"] == pool for a in c.call("agents")) >= n,
               f"{n} agents of {pool}")
 
 
@@ -160,7 +148,7 @@ def test_barrier_election_counter_vclock_and_death(agora_env):
         waiting = c.call("submit", task={
             "capability": "barrier", "options": {"max_attempts": 1},
             "input": {"name": "b2", "parties": members, "timeout": 20}})
-        _wait_for(lambda: any(e.get("barrier") == "b2" for e in _events(c, "barrier.arrived")),
+        eventually(lambda: any(e.get("barrier") == "b2" for e in _events(c, "barrier.arrived")),
                   "the first arrival at b2")
         dying = c.call("submit", task={
             "capability": "barrier", "options": {"max_attempts": 1},
@@ -180,11 +168,11 @@ def test_barrier_election_counter_vclock_and_death(agora_env):
         term = first[0]["term"]
         os.kill(first[0]["pid"], signal.SIGKILL)
         old = first[0]["agent"]
-        row = _wait_for(lambda: [r for r in c.call("leaders")
+        row = eventually(lambda: [r for r in c.call("leaders")
                                  if r["group"] == "g" and r["leader"] not in (None, old)],
                         "a new leader of g")[0]
         assert row["term"] == term + 1
-        _wait_for(lambda: any(e.get("group") == "g" and e.get("term") == term + 1
+        eventually(lambda: any(e.get("group") == "g" and e.get("term") == term + 1
                               and e.get("trace_id") for e in _events(c, "election.leader")),
                   "the election event")
 

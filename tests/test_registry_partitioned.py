@@ -10,7 +10,6 @@ import select
 import signal
 import socket
 import struct
-import time
 
 import orjson
 import pytest
@@ -20,6 +19,7 @@ from runtime._partitioning import partition_of
 from runtime._registry_partition import encode_frame
 from runtime.errors import InvalidInput, Unavailable
 from runtime.registry import Entry, make_backend
+from tests.helpers import eventually
 
 
 @pytest.fixture
@@ -34,19 +34,6 @@ def owner():
     o = Owner()
     yield o
     o.stop()
-
-
-def eventually(check, what: str, bound: float = BOUND):
-    """Poll ``check()`` with backoff until it is truthy; fail after ``bound`` seconds."""
-    deadline, delay = time.monotonic() + bound, 0.001
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: still false after {bound} s")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
 
 
 def keys_of(p: int, n: int, how_many: int, prefix: str = "k") -> list[str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import random
-import time
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,23 +26,11 @@ from runtime.errors import InvalidInput
 from runtime.scaler import Scaler
 from runtime.scaling import pool_scaling
 from tests.daemon_util import config, running_daemon
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.timeout(120)
 
 LOCAL = 'registry = "local"\ndrain_s = 3.0'
-
-
-def wait_until(what: str, probe: Callable[[], Any], timeout: float = 30.0) -> Any:
-    """Poll ``probe`` with backoff until it returns something truthy (bounded)."""
-    deadline, delay = time.monotonic() + timeout, 0.01
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; last value: {value!r}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.2)
 
 
 def echo_agents(c: Any) -> list[dict[str, Any]]:
@@ -69,12 +56,11 @@ def run_cli(home: Path, *args: str) -> Any:
 
 def test_manual_scale_up_then_down_lets_retiring_agents_finish(agora_env: Path) -> None:
     with running_daemon(agora_env, config(size=1, daemon=LOCAL)) as (c, _):
-        wait_until("1 echo agent", lambda: len(echo_agents(c)) == 1)
+        eventually(lambda: len(echo_agents(c)) == 1, "1 echo agent")
         run_cli(agora_env, "scale", "echo", "4")
-        wait_until("4 echo agents", lambda: len(echo_agents(c)) == 4)
+        eventually(lambda: len(echo_agents(c)) == 4, "4 echo agents")
         ids = [c.call("submit", task={"capability": "sleep", "input": {"s": 1.5}}) for _ in range(4)]
-        wait_until("one task on each agent",
-                   lambda: all(a["inflight"] == 1 for a in echo_agents(c)))
+        eventually(lambda: all(a["inflight"] == 1 for a in echo_agents(c)), "one task on each agent")
         out = run_cli(agora_env, "scale", "echo", "1")
         assert "4 -> 1" in out
         draining = [a for a in echo_agents(c) if a["draining"]]
@@ -82,9 +68,9 @@ def test_manual_scale_up_then_down_lets_retiring_agents_finish(agora_env: Path) 
         done = results(c, ids)
         assert [r["state"] for r in done] == ["succeeded"] * 4
         assert [r["attempts"] for r in done] == [1] * 4  # finished where they ran: none re-routed
-        wait_until("one echo agent left", lambda: len(echo_agents(c)) == 1)
-        retired = wait_until("3 retired events", lambda: len(events(c, "scaling.retired")) == 3
-                             and events(c, "scaling.retired"))
+        eventually(lambda: len(echo_agents(c)) == 1, "one echo agent left")
+        retired = eventually(lambda: len(events(c, "scaling.retired")) == 3
+                             and events(c, "scaling.retired"), "3 retired events")
         assert all(e["drained"] and e["reason"] == "manual" for e in retired)
         pools = c.call("pools")
         assert pools[0]["pool"] == "echo" and pools[0]["target"] == 1 and pools[0]["size"] == 1
@@ -95,7 +81,7 @@ def test_recycling_after_max_tasks_loses_no_task(agora_env: Path) -> None:
     extra = "max_tasks = 5\n"
     text = config(size=2, daemon=LOCAL).replace("max = 4\n", "max = 4\n" + extra)
     with running_daemon(agora_env, text) as (c, _):
-        wait_until("2 echo agents", lambda: len(echo_agents(c)) == 2)
+        eventually(lambda: len(echo_agents(c)) == 2, "2 echo agents")
         tasks = [{"capability": "sleep", "input": {"s": 0.02}} for _ in range(40)]
         ids = c.call("submit_many", tasks=tasks)
         done = results(c, ids)
@@ -103,11 +89,11 @@ def test_recycling_after_max_tasks_loses_no_task(agora_env: Path) -> None:
         assert all(r["attempts"] == 1 for r in done)  # nothing crashed or re-routed
         pids = {r["result"]["pid"] for r in done}
         assert len(pids) > 2  # replacements did part of the work
-        retired = wait_until("recycle events", lambda: events(c, "scaling.retired"))
+        retired = eventually(lambda: events(c, "scaling.retired"), "recycle events")
         assert {e["reason"] for e in retired} == {"max_tasks"}
         assert all(e["drained"] for e in retired)
-        wait_until("pool back at size 2", lambda: len(echo_agents(c)) == 2
-                   and not c.call("pools")[0]["retiring"])
+        eventually(lambda: len(echo_agents(c)) == 2
+                   and not c.call("pools")[0]["retiring"], "pool back at size 2")
 
 
 def test_autoscale_grows_under_load_and_shrinks_when_idle(agora_env: Path) -> None:
@@ -115,13 +101,13 @@ def test_autoscale_grows_under_load_and_shrinks_when_idle(agora_env: Path) -> No
                "cooldown_up = 0.2\ncooldown_down = 0.3\nmax_step_up = 2\n")
     text = config(size=1, daemon=LOCAL).replace("max = 4\n", "max = 4\nmin = 1\n") + scaling
     with running_daemon(agora_env, text) as (c, _):
-        wait_until("1 echo agent", lambda: len(echo_agents(c)) == 1)
+        eventually(lambda: len(echo_agents(c)) == 1, "1 echo agent")
         ids = c.call("submit_many", tasks=[{"capability": "sleep", "input": {"s": 0.3}}
                                            for _ in range(24)])
-        wait_until("the pool grew to 4", lambda: c.call("pools")[0]["size"] == 4)
+        eventually(lambda: c.call("pools")[0]["size"] == 4, "the pool grew to 4")
         assert all(r["state"] == "succeeded" for r in results(c, ids))
-        wait_until("the pool shrank to 1", lambda: c.call("pools")[0]["target"] == 1
-                   and len(echo_agents(c)) == 1)
+        eventually(lambda: c.call("pools")[0]["target"] == 1
+                   and len(echo_agents(c)) == 1, "the pool shrank to 1")
         decisions = events(c, "scaling.decision")
         ups = [d for d in decisions if d["reason"] == "scale_up"]
         assert ups and all("queue_depth" in d["inputs"] for d in ups)

@@ -8,9 +8,7 @@ import json
 import os
 import select
 import signal
-import sys
 import time
-import traceback
 
 import multiprocess
 import numpy as np
@@ -24,6 +22,7 @@ from shm._sweeper import sweep
 from shm.context import ContextReader, ContextStore
 from shm.errors import ContextNotFound, InvalidArgument, ResourceExhausted
 from shm.segment import SHM_DIR, Manifest, RunId
+from tests.helpers import fork_running, reap
 
 WAIT = 10.0
 
@@ -221,23 +220,6 @@ def test_forked_readers_map_it_and_leave_it_in_place(store, state_dir):
     assert shm_exists(info.segment)
 
 
-def _fork(body):
-    r, w = os.pipe()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(r)
-            body(w)
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            os._exit(1)
-    os.close(w)
-    return pid, r
-
-
 def _read_all(fd: int) -> bytes:
     data, deadline = b"", time.monotonic() + WAIT
     while True:
@@ -248,19 +230,6 @@ def _read_all(fd: int) -> bytes:
             os.close(fd)
             return data
         data += chunk
-
-
-def _reap(pid: int) -> int:
-    deadline, delay = time.monotonic() + WAIT, 0.001
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return status
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    pytest.fail(f"child {pid} did not exit within {WAIT}s")
 
 
 def _publish_then_die_before_the_catalog(state_dir: str):
@@ -278,9 +247,9 @@ def _publish_then_die_before_the_catalog(state_dir: str):
 
 
 def _crashed_publisher(state_dir):
-    pid, r = _fork(_publish_then_die_before_the_catalog(str(state_dir)))
+    pid, r = fork_running(_publish_then_die_before_the_catalog(str(state_dir)))
     run = RunId.parse(json.loads(_read_all(r))["run"])
-    status = _reap(pid)
+    status = reap(pid)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
     listed = Manifest.read(os.path.join(state_dir, f"shm.{run}.ctx.json"))["segments"]
     return run, listed

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-import traceback
 
 import multiprocess
 import pytest
@@ -22,32 +21,13 @@ from hypothesis import strategies as st
 from shm._sweeper import run_is_dead, sweep
 from shm.errors import InvalidArgument, ReadOnlyView, ResourceExhausted, SegmentBusy, SegmentNotFound
 from shm.segment import SHM_DIR, Manifest, RunId, Segment, parse_segment_name, segment_name
+from tests.helpers import fork_running, reap
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WAIT = 10.0  # bound on every wait; only reached on a deadlock
 
 
 # -- helpers: forked children with bounded waits ----------------------------------------
-def fork_child(body):
-    """Run body(write_fd) in a forked child; returns (pid, read_fd).  The child never returns."""
-    r, w = os.pipe()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.close(r)
-            body(w)
-            code = 0
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    os.close(w)
-    return pid, r
-
-
 def read_line(fd: int) -> str:
     data = b""
     deadline = time.monotonic() + WAIT
@@ -58,20 +38,6 @@ def read_line(fd: int) -> str:
         assert chunk, f"child closed the pipe early (got {data!r})"
         data += chunk
     return data.decode().strip()
-
-
-def reap(pid: int) -> int:
-    """Wait (bounded) for a child; returns its wait status."""
-    deadline, delay = time.monotonic() + WAIT, 0.001
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return status
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    pytest.fail(f"child {pid} did not exit within {WAIT}s")
 
 
 def block_forever(_w: int) -> None:
@@ -337,7 +303,7 @@ def _own_run_with_segments(state_dir: str, count: int):
 
 
 def test_kill_9_owner_then_sweep_removes_its_segments(state_dir):
-    pid, r = fork_child(_own_run_with_segments(str(state_dir), 3))
+    pid, r = fork_running(_own_run_with_segments(str(state_dir), 3))
     names = json.loads(read_line(r))
     os.close(r)
     assert all(shm_exists(n) for n in names)
@@ -351,7 +317,7 @@ def test_kill_9_owner_then_sweep_removes_its_segments(state_dir):
 
 
 def test_sweep_without_state_dir_uses_pids_only(state_dir):
-    pid, r = fork_child(_own_run_with_segments(str(state_dir), 1))
+    pid, r = fork_running(_own_run_with_segments(str(state_dir), 1))
     names = json.loads(read_line(r))
     os.close(r)
     os.kill(pid, signal.SIGKILL)

@@ -25,6 +25,7 @@ from coordination.voting import (
     weighted,
 )
 from runtime.errors import ClosedError, DeadlineExceeded, InvalidInput, PermissionDenied
+from tests.helpers import FakeClock
 
 PROPS = settings(max_examples=60, deadline=None)
 
@@ -36,14 +37,6 @@ def expand(groups):
         for i in range(count):
             ballots[f"v{g}.{i}"] = list(ranking)
     return ballots
-
-
-class FakeClock:
-    def __init__(self, now: float = 100.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # ---------------------------------------------------------------- textbook elections
@@ -208,7 +201,7 @@ def test_quorum_not_met_has_no_winner():
 # ---------------------------------------------------------------- ballot box
 
 def test_ballot_box_replaces_revotes_and_logs_every_cast():
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     box = BallotBox("lunch?", ["pizza", "sushi"], "plurality", electorate=["a", "b", "c"],
                     clock=clock)
     box.cast("a", "pizza")
@@ -227,7 +220,7 @@ def test_ballot_box_replaces_revotes_and_logs_every_cast():
 
 
 def test_ballot_box_refusals():
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     box = BallotBox("q", "AB", "approval", electorate=["a"], deadline=105.0, clock=clock)
     with pytest.raises(PermissionDenied, match="'z' is not in the electorate"):
         box.cast("z", ["A"])
