@@ -34,8 +34,13 @@ class Payloads:
         self.threshold = threshold
         self.stats = {"sent_by_handle": 0, "received_by_handle": 0, "inline_fallbacks": 0}
 
-    def pack(self, value: Any, key: str, out: dict[str, Any]) -> Handle | None:
-        """Put ``value`` into ``out`` as ``out[key]`` or, when large, ``out[key + "_h"]``."""
+    def pack(self, value: Any, key: str, out: dict[str, Any], size: int = 0) -> Handle | None:
+        """Put ``value`` into ``out`` as ``out[key]`` or, when large, ``out[key + "_h"]``.
+        ``size``: the value's JSON length when the caller knows it (then small values are
+        not encoded twice; the frame encodes them anyway)."""
+        if 0 < size < self.threshold:
+            out[key] = value
+            return None
         data = orjson.dumps(value)  # also refuses, here and clearly, what is not JSON
         if self.writer is not None:
             if len(data) >= self.threshold:

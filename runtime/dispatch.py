@@ -285,7 +285,7 @@ class Scheduler:
                       policy=self.policy.name)
             frame = {"id": task.id, "attempt": attempt, "cap": task.capability,
                      "trace": span.to_wire()}
-            task.input_handle = self.payloads.pack(task.input, "input", frame)
+            task.input_handle = self.payloads.pack(task.input, "input", frame, task.size)
             self.outbox.setdefault(agent.id, []).append(frame)
 
     def take_outbox(self) -> dict[str, list[dict[str, Any]]]:
