@@ -7,23 +7,18 @@ from __future__ import annotations
 import os
 import random
 import signal
-import time
 
 import pytest
 
 from runtime.client import Client
 from runtime.errors import InvalidPipeline, MailboxFull, UnknownCapability
 from tests.daemon_util import config, kill_tree, running_daemon, spawn, stop, wait_up
+from tests.helpers import eventually
 
 
 def wait_state(c, tid, states, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rec = c.call("result", id=tid)
-        if rec["state"] in states:
-            return rec
-        time.sleep(0.01)
-    raise AssertionError(f"task {tid} did not reach {states} within {timeout} s: {rec}")
+    return eventually(lambda: (r := c.call("result", id=tid))["state"] in states and r,
+                      f"task {tid} to reach {states}", timeout)
 
 
 def test_agent_killed_mid_task_reroutes_with_one_result(agora_env, tmp_path):
@@ -32,10 +27,9 @@ def test_agent_killed_mid_task_reroutes_with_one_result(agora_env, tmp_path):
         tid = c.call("submit", task={"capability": "sleep",
                                      "input": {"s": 0.5, "pid_file": str(pid_file)}})
         wait_state(c, tid, {"running"})
-        deadline = time.monotonic() + 10
-        while not pid_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.005)
-        victim = int(pid_file.read_text().split()[0])
+        line = eventually(lambda: pid_file.exists() and pid_file.read_text().strip(),
+                          "the agent to write its pid")  # (the file exists before it is written)
+        victim = int(line.split()[0])
         os.kill(victim, signal.SIGKILL)
         rec = c.call("result", id=tid, wait=True, timeout_s=30)
         assert rec["state"] == "succeeded" and rec["attempts"] == 2
@@ -43,17 +37,8 @@ def test_agent_killed_mid_task_reroutes_with_one_result(agora_env, tmp_path):
         attempts = c.call("attempts", id=tid)
         assert [a["outcome"] for a in attempts] == ["crashed", "succeeded"]
         assert attempts[0]["error"]["code"] == "AGENT_DIED"
-        events = c.call("events", type="task.rerouted")
-        assert any(e["task_id"] == tid for e in events) or _eventually(c, "task.rerouted", tid)
-
-
-def _eventually(c, type_, tid, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(e.get("task_id") == tid for e in c.call("events", type=type_)):
-            return True
-        time.sleep(0.05)
-    return False
+        eventually(lambda: any(e.get("task_id") == tid for e in c.call("events", type="task.rerouted")),
+                   "the task.rerouted event")
 
 
 def test_poison_task_is_dead_lettered_and_the_pool_keeps_serving(agora_env):
