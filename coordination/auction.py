@@ -18,6 +18,11 @@ English and Dutch clocks, ``None`` for "I decline".  A refusal that is normal ma
 as ``Ack(accepted=False, reason=...)`` and kept in the result's ``rejected`` list; misuse
 (wrong type, auction not open, clock going backwards) raises a typed error.
 
+Two helpers serve live drivers (coordination.market): a sealed auction's ``payment(ranked)``
+prices an award offered down the ranking when the winner cannot take it, and
+``DutchAuction.tick_for(limit)`` turns a bidder's stated limit into the tick at which it
+takes, so that a clock of ~1 ms ticks need not ask every agent at every tick.
+
 Directions
     ``SALE``: agents bid for a scarce resource; the highest bid wins; English clocks
     ascend, Dutch clocks descend.  ``PROCUREMENT``: agents offer prices for doing a task;
@@ -371,6 +376,14 @@ class _SealedAuction(_Auction):
             return self._make_result(now, None, None, in_order, "no eligible bids")
         return self._make_result(now, ranked[0], self._price(ranked), in_order, None)
 
+    def payment(self, ranked: list[Bid]) -> int:
+        """What the first of ``ranked`` (best first, as :func:`rank` orders them) pays or is
+        paid when the others are the competition: the rule ``close`` applies, exposed so
+        that a driver whose winner cannot take the award can offer it down the ranking."""
+        if not ranked:
+            raise InvalidInput(f"auction {self.auction_id!r}: no bid to price")
+        return self._price(list(ranked))
+
     def _price(self, ranked: list[Bid]) -> int:
         raise NotImplementedError
 
@@ -440,6 +453,20 @@ class EnglishAuction(_Auction):
     @property
     def round(self) -> int:
         return len(self._rounds)
+
+    @property
+    def rounds(self) -> tuple[RoundRecord, ...]:
+        """The rounds ended so far, oldest first."""
+        return tuple(self._rounds)
+
+    @property
+    def active(self) -> frozenset[str] | None:
+        """Who is asked in the current round (None: everyone, round 0 without ``invited``)."""
+        return self._active
+
+    def answered(self, bidder: str) -> bool:
+        """Whether ``bidder`` has answered the current round."""
+        return bidder in self._answers
 
     @property
     def price(self) -> int:
@@ -569,6 +596,20 @@ class DutchAuction(_Auction):
     def _tick_end(self, tick: int) -> float:
         assert self.opened_at is not None
         return self.opened_at + (tick + 1) * self.tick
+
+    def tick_start(self, tick: int) -> float:
+        """When ``tick`` begins (the boundary belongs to the new tick)."""
+        return self._tick_end(tick - 1)
+
+    def tick_for(self, limit: int) -> int | None:
+        """The first tick whose price a bidder with this limit takes: the first price >=
+        ``limit`` in procurement (the lowest payment it works for), <= ``limit`` in a sale
+        (the most it pays); None when the clock stops before reaching it.  Lets a bidder
+        state its limit once instead of answering every tick (a proxy for the clock)."""
+        _check_price(limit, "a limit price")
+        gap = limit - self.start if self.direction is Direction.PROCUREMENT else self.start - limit
+        tick = max(0, -(-gap // self.step))  # ceil: the first tick at or past the limit
+        return tick if tick <= self.last_tick else None
 
     def _take(self, bidder: str, bid: Any, now: float) -> Ack:
         if bid is not None and not isinstance(bid, bool):

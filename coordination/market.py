@@ -1,13 +1,15 @@
-"""Market allocation in the running coordinator: contract net over live agents.
+"""Market allocation in the running coordinator: contract net over live agents, with
+any of the four auction kinds of coordination.auction driven live.
 
 ::
 
     dispatch ── choose(task, candidates) ──> MarketPolicy ── returns DEFERRED (task leaves its queue)
-                                              │  cfp: coord.ask(agent, "bid", ...) to every invited agent
-                                              │  timer: coord.call_later(window, close)
-    agent control threads ── answers ───────> on_bid ── all invited answered? close now (early)
-                                              │
-                              close ── evaluate(price, quality, load, reputation) ── rank
+                                              │  the kind's driver opens its pure auction and asks:
+                                              │  coord.ask(agent, "bid", cfp) -> the agent's bid() hook
+                                              │  timers: coord.call_later(until, wake) (window, round, tick)
+    agent control threads ── answers ───────> on_bid -> driver.answer + driver.step
+                                              │  (submit to the auction; next round / take / close)
+                              close ── result -> [(bid, price to pay)] best first
                                               │  award: escrow (ledger.hold) + contract + scheduler.assign
     scheduler.follow ── on_attempt_end ─────> completion -> pay, reputation up
                                               breach (failed, agent died, timeout) -> refund + penalty,
@@ -17,28 +19,79 @@
 Everything runs on the coordinator's one thread, inside the turn's journal transaction:
 the ledger writes through the journal's connection in SAVEPOINTs (``Ledger(nested=True)``),
 so a payment commits together with the task state it pays for.  Nothing here blocks: an
-agent that does not answer within the window is simply not in the round.
+agent that does not answer in time is simply not in the round.  The auctions are the pure
+state machines of coordination.auction fed with the coordinator's monotonic clock; the
+drivers below (one per kind, ``_SealedDriver`` / ``_EnglishDriver`` / ``_DutchDriver``)
+only translate answers into ``submit`` calls and arm a timer for the auction's next
+deadline.
 
-Events (all in the task's trace: the round is a child span of the task's span, its bids
-share it, the contract is a child span of the round, transfers children of the contract)::
+Auction kinds (``MarketConfig.auction``, per daemon; ``market_config auction=...`` changes
+it at run time for auctions opened afterwards), all procurement (agents offer to do the task)::
 
-    market.cfp  market.bid  market.award  market.contract  market.transfer (hold, pay,
-    penalty, refund)  market.completion  market.breach  market.cancel  market.reputation
-    (before/after)  market.no_award  market.unfunded  market.bid_invalid  market.abandoned
-    market.exclusions_lifted
+    sealed-first   one ask; bids within the window; the best evaluated bid wins and is paid
+                   its own price (the default)
+    sealed-second  Vickrey: same round; the winner is paid the price of the bid ranked after
+                   it (never less than its own), or the budget when it is alone (its own
+                   price without a budget)
+    english        reverse English: round r asks the agents still in at price
+                   start - r x decrement ({"auction": "english", "round", "price", ...});
+                   {"stay": true} or a bid stays, silence / null / {"stay": false} drops;
+                   ends when <= 1 stays; the last one is paid that round's price
+    dutch          ascending clock: the offered payment rises from 0 by a step per tick up
+                   to the ceiling; the first agent to take it wins at the clock's price
+
+How a default agent (``Agent.bid()`` answering ``{"price", "quality"}``) takes part: its
+price is its *reservation price*.  English: it stays while the announced price is at least
+its price (asked again every round; the default hook ignores the round's fields, a custom
+one may read ``cfp["price"]`` and answer ``{"stay": ...}``).  Dutch: asked *once*, with the
+schedule ({"auction": "dutch", "start", "step", "tick_ms", "ceiling"}, credits); its price
+becomes a take at the first tick paying at least that (``DutchAuction.tick_for``).  Asking
+at every ~1 ms tick would cost a round trip per tick; a stated limit is what a proxy on the
+clock does for the agent.  The clock still runs in real time: a take is submitted when its
+tick comes (a take whose answer arrives after its tick takes the current, higher, price),
+and the clock's end closes an auction nobody took.  Once every invited agent has answered,
+nothing can happen on the clock before the first take, so the auction's clock is moved to
+that tick at once instead of the task sleeping through empty ticks; the outcome is the one
+waiting would give.
+
+Events (all in the task's trace: the auction is a child span of the task's span, its bids
+and rounds share it, the contract is a child span of the auction, transfers children of
+the contract)::
+
+    market.cfp (kind and its terms)  market.bid (english: round, price, stay; dutch: the
+    take tick and price)  market.round (english: each round's price, stayed, dropped)
+    market.take (dutch: a take submitted on the clock)  market.award (price paid, own bid)
+    market.contract  market.transfer (hold, pay, penalty, refund)  market.completion
+    market.breach  market.cancel  market.reputation (before/after)  market.no_award
+    market.unfunded  market.bid_invalid  market.abandoned  market.exclusions_lifted
 
 Decisions where the spec is silent
-    * Auction: sealed first-price procurement (the agent is paid its own bid), ranked by
-      the evaluation score (coordination.evaluation) rather than price alone.  A task's
-      ``budget`` option (credits) is the reserve price: bids above it are rejected.
+    * Sealed kinds rank by the evaluation score (coordination.evaluation) rather than price
+      alone; if the winner cannot take the contract (gone, full, its bond unfunded) the next
+      ranked bid is offered it at the price the kind's rule gives against the bids after it
+      (``payment``).  Clock kinds award only their winner at the clock's price (there is no
+      ranking to go down: the task goes back to wait for room and a new auction).  Quality,
+      load and reputation do not enter clock auctions (the reliability gate still does).
+    * A task's ``budget`` option (credits) is the reserve price: sealed bids above it are
+      rejected; it is the English start price and the Dutch clock's ceiling.  Without a
+      budget the clocks span ``ceiling_factor`` (4) x the dearest declared cost among the
+      invited agents (at least 1 credit).
+    * Clock moves: about ``clock_steps`` (50) over the range, i.e. English decrement =
+      max(``min_decrement`` (0.01 credits), ceiling / 50) and Dutch step = ceiling / 50
+      (>= 1 mc), so an auction takes at most ~50 rounds or ticks whatever the prices.
+      English rounds wait ``round_ms`` (50 ms) for answers but end as soon as every agent
+      still in has answered; Dutch ticks are ``tick_ms`` (1 ms) long.
+    * English: when the last agents all drop in the same round, the earliest "stay" of the
+      round before wins at that round's price (coordination.auction's rule).  An agent that
+      dies mid-round has dropped.
     * Evaluation weights (market defaults): price 0.25, quality 0.15, load 0.4, reputation
       0.2.  "Load" is the expected completion time of one more task, (held + 1) x the
       agent's observed service time (an EWMA of its completed contracts' durations),
       relative to the round's best: the bid price already carries the agent's queue, but
       not its speed, and a buyer waiting for results cares about both.
-    * Window: 5 ms by default (``market_config`` changes it at run time); the round closes
-      as soon as every invited agent has answered, so over idle local agents it costs one
-      round trip, not the window.
+    * Window (sealed): 5 ms by default (``market_config`` changes it at run time); the round
+      closes as soon as every invited agent has answered, so over idle local agents it
+      costs one round trip, not the window.
     * Reliability gate: an agent with at least ``min_observations`` contracts for the
       capability and a decayed success signal below ``min_success`` is not invited while
       any other capable agent is alive (even busy: the task then waits for room).  Scores
@@ -47,30 +100,42 @@ Decisions where the spec is silent
     * Accounts: ``client`` pays for every task (granted ``client_grant_mc`` once, when the
       ledger first sees it); each agent has ``agent:<id>`` (granted ``agent_grant_mc`` at its
       first join) from which it posts its bond (the penalty) at award.  Only these grants
-      mint.  Amounts are milli-credits; bids and budgets on the wire are credits.
+      mint.  Amounts are milli-credits; bids and budgets on the wire are credits.  The price
+      held in escrow and paid is the auction's price (Vickrey: the second price).
     * Contract deadline: the task's deadline, else ``contract_timeout_s`` (60 s) after the
       award; a contract past it is breached (timeout) and its attempt given up as
       ``crashed`` (the journal still records a late result of that attempt exactly once).
     * A cancelled task refunds its contract without penalty (contracts.cancel).  A task
       whose every capable agent has breached on it gets its exclusions cleared (its
       max_attempts still bounds the retries).
-    * A round without any bid puts the task back after a backoff (50 ms doubling to 1 s).
+    * An auction without an award and without offers puts the task back after a backoff
+      (50 ms doubling to 1 s).
     * Escrows still held at start (the coordinator stopped mid-contract) are refunded
       without penalty; the journal resumes their tasks.
     * Reputation lives in memory (it restarts at the prior with the daemon); the ledger is
-      durable in the journal database.
+      durable in the journal database.  The auction kind and knobs live in memory too
+      (``MarketConfig`` defaults at start; runtime/config.py has no market section yet).
 """
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
 from coordination import contracts as K
-from coordination.auction import ActionKind, Direction, FirstPriceAuction, rank
+from coordination.auction import (
+    ActionKind,
+    Bid,
+    Direction,
+    DutchAuction,
+    EnglishAuction,
+    FirstPriceAuction,
+    SecondPriceAuction,
+    rank,
+)
 from coordination.evaluation import Offer, Weights, evaluate
 from coordination.ledger import MAX_AMOUNT, InsufficientCredits, Ledger
 from coordination.reputation import Reputation, observation_from_contract
@@ -79,10 +144,12 @@ from runtime.dispatch import DEFERRED, AgentLink, TaskRun
 from runtime.envelope import TraceContext
 from runtime.errors import InvalidInput, NotFound
 
-__all__ = ["MarketConfig", "MarketPolicy", "install", "parse_bid", "PAYER", "agent_account"]
+__all__ = ["MarketConfig", "MarketPolicy", "install", "parse_bid", "parse_stay", "PAYER",
+           "agent_account", "AUCTION_KINDS", "clock_terms"]
 
 PAYER = "client"
 _PROCUREMENT = Direction.PROCUREMENT
+AUCTION_KINDS = ("sealed-first", "sealed-second", "english", "dutch")
 
 
 def agent_account(agent_id: str) -> str:
@@ -106,12 +173,24 @@ class MarketConfig:
     history: int = 200                   # auctions and contracts kept for `agora market`
     sweep_s: float = 0.25                # contract-deadline check period
     speed_alpha: float = 0.2             # EWMA weight of a new service-time sample
+    auction: str = "sealed-first"        # one of AUCTION_KINDS, for every task of the daemon
+    round_s: float = 0.05                # english: time to answer one round (ends early)
+    min_decrement_mc: int = 10           # english: the least price step (0.01 credits)
+    clock_steps: int = 50                # english and dutch: clock moves over the price range
+    tick_s: float = 0.001                # dutch: one clock tick
+    ceiling_factor: float = 4.0          # price cap without a budget: x the dearest declared cost
+
+    def __post_init__(self) -> None:
+        _auction_kind(self.auction)
 
     def to_json(self) -> dict[str, Any]:
         return {"window_ms": self.window_s * 1000, "weights": self.weights.normalised(),
                 "penalty_fraction": self.penalty.fraction,
                 "contract_timeout_s": self.contract_timeout_s, "min_success": self.min_success,
-                "min_observations": self.min_observations}
+                "min_observations": self.min_observations, "auction": self.auction,
+                "round_ms": self.round_s * 1000, "min_decrement": self.min_decrement_mc / 1000,
+                "clock_steps": self.clock_steps, "tick_ms": self.tick_s * 1000,
+                "ceiling_factor": self.ceiling_factor}
 
 
 def parse_bid(answer: Any) -> tuple[int, float | None] | None:
@@ -131,14 +210,48 @@ def parse_bid(answer: Any) -> tuple[int, float | None] | None:
     return round(price * 1000), None if quality is None else float(quality)
 
 
+def parse_stay(answer: Any, price_mc: int) -> bool:
+    """An agent's answer to an English round at ``price_mc`` -> does it stay?
+    ``{"stay": bool}`` says so; a plain bid is the agent's reservation price (it stays
+    while the announced price is at least its price); None drops.  Junk raises."""
+    if isinstance(answer, dict) and "stay" in answer:
+        if not isinstance(answer["stay"], bool):
+            raise InvalidInput(f"'stay' must be true or false, got {answer['stay']!r}")
+        return answer["stay"]
+    parsed = parse_bid(answer)
+    return parsed is not None and parsed[0] <= price_mc
+
+
+def clock_terms(ceiling_mc: int, config: MarketConfig) -> tuple[int, int]:
+    """(English decrement, Dutch step) in milli-credits for a clock spanning
+    ``[0, ceiling_mc]``: about ``clock_steps`` moves, never below the minimum decrement
+    (English) or 1 mc (Dutch), so that the number of rounds or ticks stays bounded."""
+    steps = max(1, config.clock_steps)
+    move = -(-ceiling_mc // steps)  # ceil
+    return max(1, config.min_decrement_mc, move), max(1, move)
+
+
 @dataclass
 class _Round:
-    """One open auction: the task, its span, and what each bidder claimed."""
+    """One open auction: the task, its span, what each bidder claimed, and the driver's
+    state (the kind is fixed at open: a config change does not touch open rounds)."""
 
-    auction: FirstPriceAuction
+    auction: Any
+    kind: str
     task: TaskRun
     span: TraceContext
     qualities: dict[str, float] = field(default_factory=dict)
+    asked_round: int = -1                # english: the round last announced
+    reported: int = 0                    # english: rounds already told as market.round
+    takes: dict[str, int] = field(default_factory=dict)  # dutch: bidder -> tick it takes at
+    answered: set[str] = field(default_factory=set)      # dutch: who answered the schedule
+    took: bool = False                   # dutch: the clock was taken
+    timer_at: float | None = None        # the wake-up already armed
+    budget_mc: int | None = None         # the task's budget (the reserve), told in every ask
+
+    @property
+    def aid(self) -> str:
+        return str(self.auction.auction_id)
 
 
 @dataclass
@@ -150,6 +263,217 @@ class _Open:
     span: TraceContext
     capability: str
     ahead: int = 0                       # tasks the agent held when this one was awarded
+
+
+# -- drivers: one per auction kind, the thin protocol layer around auction.py ----------------
+#
+# Each turns agents' answers into submits on its pure auction and decides when to wake:
+# build(aid, reserve, ceiling) -> auction; terms(r) -> cfp event fields; start(r, invited, now);
+# answer(r, agent, round, msg, now); gone(r, agent, now); step(r, now) (closes through the
+# market when the auction says so); result(r, now) -> (AuctionResult, [(bid, price), ...]).
+
+
+def _winner_only(result: Any) -> list[tuple[Bid, int]]:
+    """A clock auction's award: its winner at its price (no ranking to go down)."""
+    if result.winner is None:
+        return []
+    return [(Bid(result.winner, result.price, result.closed_at), result.price)]
+
+
+class _SealedDriver:
+    """sealed-first and sealed-second: one ask, bids within the window, evaluation ranks."""
+
+    def __init__(self, market: MarketPolicy, cls: type) -> None:
+        self.m, self.cls = market, cls
+
+    def build(self, aid: str, reserve: int | None, ceiling: int) -> Any:
+        return self.cls(aid, _PROCUREMENT, window=self.m.config.window_s, reserve=reserve)
+
+    def terms(self, r: _Round) -> dict[str, Any]:
+        return {"window_ms": r.auction.window * 1000}
+
+    def start(self, r: _Round, invited: list[str], now: float) -> None:
+        for agent in [a for a in invited if not self.m.ask(r, a, {}, 0)]:
+            r.auction.submit(agent, None, now)
+        self.m.arm(r, r.auction.deadline, now)
+        self.step(r, now)
+
+    def answer(self, r: _Round, agent: str, round_no: int, msg: dict[str, Any], now: float) -> None:
+        parsed = self.m.parse(r, agent, msg, parse_bid)
+        ack = r.auction.submit(agent, None if parsed is None else parsed[0], now)
+        if parsed is not None and parsed[1] is not None:
+            r.qualities[agent] = parsed[1]
+        self.m.coord.emit("market.bid", r.span, auction_id=r.aid, task_id=r.task.id, agent=agent,
+                          price_mc=None if parsed is None else parsed[0], accepted=ack.accepted,
+                          reason=ack.reason or msg.get("error"))
+
+    def gone(self, r: _Round, agent: str, now: float) -> None:
+        r.auction.submit(agent, None, now)
+
+    def step(self, r: _Round, now: float) -> None:
+        if r.auction.next_action(now).kind is ActionKind.CLOSE:
+            self.m.close_round(r.aid, now)
+
+    def result(self, r: _Round, now: float) -> tuple[Any, list[tuple[Bid, int]]]:
+        """Evaluated scores rank the bids; each is offered at the price the auction's rule
+        gives it against the bids ranked after it (Vickrey: the next one's price)."""
+        offers = self.m._offers(r, now)
+        evaluations = evaluate(offers, self.m.config.weights, _PROCUREMENT) if offers else []
+        result = r.auction.close(now, scores={e.bidder: e.score for e in evaluations})
+        ranked = rank(result.bids, _PROCUREMENT)
+        return result, [(b, r.auction.payment(ranked[i:])) for i, b in enumerate(ranked)]
+
+
+class _EnglishDriver:
+    """Reverse English: each round asks the still-active agents at a lower price."""
+
+    def __init__(self, market: MarketPolicy) -> None:
+        self.m = market
+
+    def build(self, aid: str, reserve: int | None, ceiling: int) -> Any:
+        decrement = clock_terms(ceiling, self.m.config)[0]
+        return EnglishAuction(aid, _PROCUREMENT, start=ceiling, increment=decrement,
+                              round_window=self.m.config.round_s, reserve=reserve)
+
+    def terms(self, r: _Round) -> dict[str, Any]:
+        a = r.auction
+        return {"start_mc": a.start, "decrement_mc": a.increment, "round_ms": a.round_window * 1000}
+
+    def start(self, r: _Round, invited: list[str], now: float) -> None:
+        self.step(r, now)
+
+    def answer(self, r: _Round, agent: str, round_no: int, msg: dict[str, Any], now: float) -> None:
+        a, price = r.auction, r.auction.price
+        if round_no != a.round:
+            self._told(r, agent, round_no, None, False, f"late: round {round_no} is over")
+            return
+        stay = bool(self.m.parse(r, agent, msg, partial(_stay_at, price)))
+        ack = a.submit(agent, stay, now)
+        self._told(r, agent, round_no, stay, ack.accepted, ack.reason or msg.get("error"))
+
+    def _told(self, r: _Round, agent: str, round_no: int, stay: bool | None, accepted: bool,
+              reason: str | None) -> None:
+        self.m.coord.emit("market.bid", r.span, auction_id=r.aid, task_id=r.task.id, agent=agent,
+                          round=round_no, price_mc=r.auction.start - round_no * r.auction.increment,
+                          stay=stay, accepted=accepted, reason=reason)
+
+    def gone(self, r: _Round, agent: str, now: float) -> None:
+        a = r.auction
+        if a.active is not None and agent in a.active and not a.answered(agent):
+            a.submit(agent, False, now)
+
+    def step(self, r: _Round, now: float) -> None:
+        """Report ended rounds; announce a new one; close when decided."""
+        a = r.auction
+        while True:
+            action = a.next_action(now)
+            self._report(r)
+            if action.kind is ActionKind.CLOSE:
+                self.m.close_round(r.aid, now)
+                return
+            if action.round == r.asked_round:
+                self.m.arm(r, action.until, now)
+                return
+            r.asked_round = action.round
+            extra = {"round": action.round, "price": action.price / 1000,
+                     "decrement": a.increment / 1000}
+            for agent in [b for b in sorted(a.active or ()) if not self.m.ask(r, b, extra, action.round)]:
+                a.submit(agent, False, now)  # gone: it drops (may end the round: loop again)
+
+    def _report(self, r: _Round) -> None:
+        for rec in r.auction.rounds[r.reported:]:
+            self.m.coord.emit("market.round", r.span, auction_id=r.aid, task_id=r.task.id,
+                              round=rec.round, price_mc=rec.price, stayed=list(rec.stayed),
+                              dropped=list(rec.dropped))
+        r.reported = len(r.auction.rounds)
+
+    def result(self, r: _Round, now: float) -> tuple[Any, list[tuple[Bid, int]]]:
+        result = r.auction.close(now)
+        self._report(r)
+        return result, _winner_only(result)
+
+
+def _stay_at(price_mc: int, answer: Any) -> bool:
+    return parse_stay(answer, price_mc)
+
+
+class _DutchDriver:
+    """Ascending procurement clock, asked once: every agent answers the schedule with the
+    price it works for, which becomes its take at the first tick paying at least that."""
+
+    def __init__(self, market: MarketPolicy) -> None:
+        self.m = market
+
+    def build(self, aid: str, reserve: int | None, ceiling: int) -> Any:
+        step = clock_terms(ceiling, self.m.config)[1]
+        return DutchAuction(aid, _PROCUREMENT, start=0, step=step, tick=self.m.config.tick_s,
+                            reserve=ceiling)
+
+    def terms(self, r: _Round) -> dict[str, Any]:
+        a = r.auction
+        return {"start_mc": a.start, "step_mc": a.step, "tick_ms": a.tick * 1000, "ceiling_mc": a.reserve}
+
+    def start(self, r: _Round, invited: list[str], now: float) -> None:
+        a = r.auction
+        extra = {"start": a.start / 1000, "step": a.step / 1000, "tick_ms": a.tick * 1000,
+                 "ceiling": a.reserve / 1000}
+        r.answered.update(agent for agent in invited if not self.m.ask(r, agent, extra, 0))
+        self.step(r, now)
+
+    def answer(self, r: _Round, agent: str, round_no: int, msg: dict[str, Any], now: float) -> None:
+        if agent in r.answered:
+            return
+        r.answered.add(agent)
+        parsed = self.m.parse(r, agent, msg, parse_bid)
+        tick = None if parsed is None else r.auction.tick_for(parsed[0])
+        if tick is not None:
+            r.takes[agent] = tick
+        reason = None if tick is not None else ("declined" if parsed is None else "above the ceiling")
+        self.m.coord.emit("market.bid", r.span, auction_id=r.aid, task_id=r.task.id, agent=agent,
+                          price_mc=None if parsed is None else parsed[0], take_tick=tick,
+                          take_mc=None if tick is None else r.auction.price_at(tick),
+                          accepted=tick is not None, reason=reason or msg.get("error"))
+
+    def gone(self, r: _Round, agent: str, now: float) -> None:
+        r.answered.add(agent)
+        r.takes.pop(agent, None)
+
+    def step(self, r: _Round, now: float) -> None:
+        a = r.auction
+        everyone = r.answered >= (a.invited or frozenset())
+        if everyone and r.takes and not r.took:
+            # every answer is in: nothing can happen on the clock before the first take, so
+            # the auction's clock moves there instead of the task sleeping through empty ticks
+            at = max(now, a.tick_start(min(r.takes.values())))
+            self._take_due(r, at)
+            self.m.close_round(r.aid, at)
+            return
+        self._take_due(r, now)
+        if everyone and (r.took or not r.takes):
+            self.m.close_round(r.aid, now)
+            return
+        action = a.next_action(now)
+        if action.kind is ActionKind.CLOSE:
+            self.m.close_round(r.aid, now)
+            return
+        wake = [a.tick_start(k) for k in r.takes.values()] + [a.tick_start(a.last_tick + 1)]
+        self.m.arm(r, action.until if action.kind is ActionKind.WAIT else min(wake), now)
+
+    def _take_due(self, r: _Round, at: float) -> None:
+        """Submit the takes whose tick has come, stamped ``at`` (a take whose tick passed
+        before its answer arrived takes the current, higher, price)."""
+        a = r.auction
+        for wanted, agent in sorted((k, b) for b, k in r.takes.items() if a.tick_start(k) <= at):
+            del r.takes[agent]
+            ack, tick = a.submit(agent, True, at), a.tick_at(at)
+            r.took = r.took or ack.accepted
+            self.m.coord.emit("market.take", r.span, auction_id=r.aid, task_id=r.task.id,
+                              agent=agent, tick=tick, wanted_tick=wanted, price_mc=a.price_at(tick),
+                              accepted=ack.accepted, reason=ack.reason)
+
+    def result(self, r: _Round, now: float) -> tuple[Any, list[tuple[Bid, int]]]:
+        result = r.auction.close(now)
+        return result, _winner_only(result)
 
 
 class MarketPolicy:
@@ -171,6 +495,10 @@ class MarketPolicy:
         self.recent_auctions: deque[dict[str, Any]] = deque(maxlen=self.config.history)
         self.recent_contracts: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._sweeping = False
+        self.drivers: dict[str, Any] = {
+            "sealed-first": _SealedDriver(self, FirstPriceAuction),
+            "sealed-second": _SealedDriver(self, SecondPriceAuction),
+            "english": _EnglishDriver(self), "dutch": _DutchDriver(self)}
         self._ensure_account(PAYER, self.config.client_grant_mc, "the payer of every task")
         self._refund_stale()
 
@@ -212,13 +540,13 @@ class MarketPolicy:
 
     def agent_died(self, agent_id: str) -> None:
         """Its contracts were breached through on_attempt_end already; here: open rounds
-        stop waiting for its bid."""
+        stop waiting for its answer."""
         now = self.coord.clock()
-        for aid, r in list(self.rounds.items()):
-            invited = r.auction.invited or frozenset()
-            if agent_id in invited:
-                r.auction.submit(agent_id, None, now)
-                self._maybe_close(aid, now)
+        for r in list(self.rounds.values()):
+            if self.rounds.get(r.aid) is r and agent_id in (r.auction.invited or ()):
+                driver = self.drivers[r.kind]
+                driver.gone(r, agent_id, now)
+                driver.step(r, now)
 
     # -- choose: open an auction -------------------------------------------------------
 
@@ -262,62 +590,83 @@ class MarketPolicy:
         budget = (self.coord.journal.get(task.id).options or {}).get("budget")
         return None if budget is None else min(MAX_AMOUNT, int(budget) * 1000)
 
+    def _ceiling_mc(self, task: TaskRun, invited: list[AgentLink], reserve: int | None) -> int:
+        """The highest price a clock auction may reach: the budget, else ``ceiling_factor``
+        x the dearest declared cost among the invited (at least 1 credit)."""
+        if reserve is not None:
+            return reserve
+        costs = [float(a.caps.get(task.capability, {}).get("cost", 1.0)) for a in invited]
+        dearest = self.config.ceiling_factor * max(costs, default=1.0) * 1000
+        return min(MAX_AMOUNT, max(1000, round(dearest)))
+
     def _open_round(self, task: TaskRun, invited: list[AgentLink]) -> None:
         n = self.auctions_of[task.id] = self.auctions_of.get(task.id, 0) + 1
         aid, now, reserve = f"{task.id}.a{n}", self.coord.clock(), self._reserve_mc(task)
-        auction = FirstPriceAuction(aid, _PROCUREMENT, window=self.config.window_s, reserve=reserve)
-        auction.open(now, invited=[a.id for a in invited])
-        r = self.rounds[aid] = _Round(auction, task, task.trace.child())
-        self.coord.emit("market.cfp", r.span, task_id=task.id, auction_id=aid,
-                        capability=task.capability, invited=[a.id for a in invited],
-                        window_ms=self.config.window_s * 1000, reserve_mc=reserve)
-        for link in invited:
-            cfp = {"capability": task.capability, "task_id": task.id, "auction_id": aid,
-                   "budget": None if reserve is None else reserve / 1000,
-                   "reputation": self.reputation.score(link.id, task.capability, now)}
-            if not self.coord.ask(link.id, "bid", cfp, partial(self.on_bid, aid)):
-                auction.submit(link.id, None, now)
-        self.coord.call_later(self.config.window_s, partial(self.close_round, aid))
-        self._maybe_close(aid, now)
+        kind, ids = self.config.auction, [a.id for a in invited]
+        driver = self.drivers[kind]
+        auction = driver.build(aid, reserve, self._ceiling_mc(task, invited, reserve))
+        auction.open(now, invited=ids)
+        r = self.rounds[aid] = _Round(auction, kind, task, task.trace.child(), budget_mc=reserve)
+        self.coord.emit("market.cfp", r.span, task_id=task.id, auction_id=aid, kind=kind,
+                        capability=task.capability, invited=ids, reserve_mc=reserve, **driver.terms(r))
+        driver.start(r, ids, now)
 
-    # -- bids --------------------------------------------------------------------------
+    # -- the protocol layer shared by the drivers ------------------------------------------
 
-    def on_bid(self, aid: str, agent_id: str | None, msg: dict[str, Any]) -> None:
+    def ask(self, r: _Round, agent_id: str, extra: dict[str, Any], round_no: int) -> bool:
+        """Send one call for proposals (a round's price, a clock's schedule) to an agent's
+        ``bid()``; False if the agent is gone."""
+        cfp = {"capability": r.task.capability, "task_id": r.task.id, "auction_id": r.aid,
+               "auction": r.kind, "budget": None if r.budget_mc is None else r.budget_mc / 1000,
+               "reputation": self.reputation.score(agent_id, r.task.capability, self.coord.clock()),
+               **extra}
+        return bool(self.coord.ask(agent_id, "bid", cfp, partial(self.on_bid, r.aid, round_no)))
+
+    def on_bid(self, aid: str, round_no: int, agent_id: str | None, msg: dict[str, Any]) -> None:
         r = self.rounds.get(aid)
         if r is None or agent_id is None:
-            return  # the round closed already: a late answer is not in it
-        now = self.coord.clock()
-        try:
-            parsed = None if msg.get("error") else parse_bid(msg.get("answer"))
-        except InvalidInput as e:
-            self.coord.emit("market.bid_invalid", r.span, auction_id=aid, agent=agent_id, error=e.message)
-            parsed = None
-        ack = r.auction.submit(agent_id, None if parsed is None else parsed[0], now)
-        if parsed is not None and parsed[1] is not None:
-            r.qualities[agent_id] = parsed[1]
-        self.coord.emit("market.bid", r.span, auction_id=aid, task_id=r.task.id, agent=agent_id,
-                        price_mc=None if parsed is None else parsed[0], accepted=ack.accepted,
-                        reason=ack.reason or msg.get("error"))
-        self._maybe_close(aid, now)
+            return  # the auction closed already: a late answer is not in it
+        now, driver = self.coord.clock(), self.drivers[r.kind]
+        driver.answer(r, agent_id, round_no, msg, now)
+        driver.step(r, now)
 
-    def _maybe_close(self, aid: str, now: float) -> None:
+    def parse(self, r: _Round, agent_id: str, msg: dict[str, Any], parser: Any) -> Any:
+        """``parser(answer)``; None for a hook error or junk (told as market.bid_invalid)."""
+        if msg.get("error"):
+            return None
+        try:
+            return parser(msg.get("answer"))
+        except InvalidInput as e:
+            self.coord.emit("market.bid_invalid", r.span, auction_id=r.aid, agent=agent_id,
+                            error=e.message)
+            return None
+
+    def arm(self, r: _Round, until: float, now: float) -> None:
+        """Wake the round's driver at ``until`` (once per distinct time)."""
+        if r.timer_at != until:
+            r.timer_at = until
+            self.coord.call_later(max(0.0, until - now), partial(self._wake, r.aid, until))
+
+    def _wake(self, aid: str, until: float) -> None:
         r = self.rounds.get(aid)
-        if r is not None and r.auction.next_action(now).kind is ActionKind.CLOSE:
-            self.close_round(aid)
+        if r is None:
+            return
+        if r.timer_at == until:
+            r.timer_at = None  # a wake a hair early (float rounding) re-arms instead of stalling
+        self.drivers[r.kind].step(r, self.coord.clock())
 
     # -- close, evaluate, award --------------------------------------------------------
 
-    def close_round(self, aid: str) -> None:
+    def close_round(self, aid: str, at: float | None = None) -> None:
+        """Close the auction (at ``at`` on its clock, default now) and award its result."""
         r = self.rounds.pop(aid, None)
         if r is None:
             return
-        now = self.coord.clock()
-        offers = self._offers(r, now)
-        evaluations = evaluate(offers, self.config.weights, _PROCUREMENT) if offers else []
-        result = r.auction.close(now, scores={e.bidder: e.score for e in evaluations})
-        took_ms = (now - r.auction.opened_at) * 1000 if r.auction.opened_at is not None else 0.0
+        now = self.coord.clock() if at is None else at
+        result, offers = self.drivers[r.kind].result(r, now)
+        took_ms = max(0.0, self.coord.clock() - r.auction.opened_at) * 1000
         self._remember_auction(r, result, took_ms)
-        self._award(r, rank(result.bids, _PROCUREMENT), took_ms, result.reason)
+        self._award(r, offers, took_ms, result.reason, len({b.bidder for b in result.bids}))
 
     def _offers(self, r: _Round, now: float) -> list[Offer]:
         cap, bids = r.task.capability, r.auction.bids()
@@ -351,22 +700,25 @@ class MarketPolicy:
         key, a = (o.contract.agent, o.capability), self.config.speed_alpha
         self.service_s[key] = sample if key not in self.service_s else (1 - a) * self.service_s[key] + a * sample
 
-    def _award(self, r: _Round, ranked: list[Any], took_ms: float, reason: str | None) -> None:
+    def _award(self, r: _Round, offers: list[tuple[Bid, int]], took_ms: float, reason: str | None,
+               bidders: int) -> None:
+        """Offer the contract down ``offers`` ((bid, price to pay), best first) until one
+        can take it."""
         task = r.task
         if not self._still_waiting(task):
-            self.coord.emit("market.abandoned", r.span, task_id=task.id, auction_id=r.auction.auction_id,
+            self.coord.emit("market.abandoned", r.span, task_id=task.id, auction_id=r.aid,
                             state=task.state)
             return
-        for bid in ranked:
-            outcome = self._try_contract(r, bid, took_ms, len(ranked))
+        for bid, price in offers:
+            outcome = self._try_contract(r, bid, price, took_ms, bidders)
             if outcome == "awarded":
                 return
             if outcome == "unfunded":
                 self._requeue_later(task)
                 return
-        self.coord.emit("market.no_award", r.span, task_id=task.id, auction_id=r.auction.auction_id,
+        self.coord.emit("market.no_award", r.span, task_id=task.id, auction_id=r.aid,
                         reason=reason or "no winner could take the contract", auction_ms=took_ms)
-        if ranked:
+        if offers:
             self.sched.enqueue(task, front=True)  # winners filled up: wait for room as usual
         else:
             self._requeue_later(task)
@@ -382,20 +734,20 @@ class MarketPolicy:
             return None
         return link if len(link.inflight) < self.sched.capacity else None
 
-    def _try_contract(self, r: _Round, bid: Any, took_ms: float, bidders: int) -> str:
-        """Escrow, contract, assignment for one ranked bid: awarded | skip | unfunded."""
+    def _try_contract(self, r: _Round, bid: Bid, price: int, took_ms: float, bidders: int) -> str:
+        """Escrow, contract, assignment for one offer: awarded | skip | unfunded."""
         link = self._usable(bid.bidder, r.task)
         if link is None:
             return "skip"
         # one contract per attempt: the id survives restarts (the journal counts attempts)
         cid = f"{r.task.id}.c{r.task.attempts + 1}"
-        refused = self._hold(r, link, bid.price, cid)
+        refused = self._hold(r, link, price, cid)
         if refused:
             return refused
-        self.coord.emit("market.award", r.span, task_id=r.task.id, auction_id=r.auction.auction_id,
-                        agent=link.id, price_mc=bid.price, score=bid.score, bidders=bidders,
-                        auction_ms=round(took_ms, 4))
-        self._start_contract(r.task, link, bid.price, cid, r.span.child())
+        self.coord.emit("market.award", r.span, task_id=r.task.id, auction_id=r.aid, kind=r.kind,
+                        agent=link.id, price_mc=price, bid_mc=bid.price, score=bid.score,
+                        bidders=bidders, auction_ms=round(took_ms, 4))
+        self._start_contract(r.task, link, price, cid, r.span.child())
         return "awarded"
 
     def _hold(self, r: _Round, link: AgentLink, price: int, cid: str) -> str | None:
@@ -521,7 +873,8 @@ class MarketPolicy:
 
     def _remember_auction(self, r: _Round, result: Any, took_ms: float) -> None:
         self.recent_auctions.append({
-            "auction_id": result.auction_id, "task_id": r.task.id, "capability": r.task.capability,
+            "auction_id": result.auction_id, "kind": r.kind, "task_id": r.task.id,
+            "capability": r.task.capability, "rounds": len(result.rounds),
             "invited": sorted(r.auction.invited or ()), "bids": [b.to_json() for b in result.bids],
             "winner": result.winner, "price_mc": result.price, "reason": result.reason,
             "auction_ms": round(took_ms, 4), "rejected": len(result.rejected)})
@@ -566,24 +919,57 @@ class MarketPolicy:
         return rows
 
     def cmd_config(self, args: dict[str, Any], trace: Any) -> Any:
-        only(args, "window_ms", "weights", "penalty_fraction", "contract_timeout_s", "min_success")
-        c = self.config
-        window = arg(args, "window_ms", (int, float), c.window_s * 1000)
-        if not 0 < window <= 10_000:
-            raise InvalidInput(f"window_ms must be in (0, 10000], got {window}")
-        c.window_s = window / 1000
+        """Change knobs at run time; every argument is checked before any is applied."""
+        only(args, "window_ms", "weights", "penalty_fraction", "contract_timeout_s", "min_success",
+             "auction", "round_ms", "tick_ms", "min_decrement", "clock_steps", "ceiling_factor")
+        c, changes = self.config, {}
+        for name, attr in (("window_ms", "window_s"), ("round_ms", "round_s"), ("tick_ms", "tick_s")):
+            if name in args:
+                changes[attr] = _bounded(arg(args, name, (int, float)), name, 0, 10_000, low_open=True) / 1000
         weights = arg(args, "weights", dict, None)
         if weights is not None:
             unknown = sorted(set(weights) - set(Weights.__dataclass_fields__))
             if unknown:
                 raise InvalidInput(f"unknown evaluation weights {unknown}",
                                    hint="weights: price, quality, load, reputation")
-            c.weights = Weights(**weights)
+            changes["weights"] = Weights(**weights)
         fraction = arg(args, "penalty_fraction", (int, float), None)
-        c.penalty = K.PenaltyPolicy(fraction) if fraction is not None else c.penalty
-        c.contract_timeout_s = float(arg(args, "contract_timeout_s", (int, float), c.contract_timeout_s))
-        c.min_success = float(arg(args, "min_success", (int, float), c.min_success))
-        return c.to_json()
+        if fraction is not None:
+            changes["penalty"] = K.PenaltyPolicy(fraction)
+        changes.update(self._clock_changes(args))
+        changes["contract_timeout_s"] = float(arg(args, "contract_timeout_s", (int, float), c.contract_timeout_s))
+        changes["min_success"] = float(arg(args, "min_success", (int, float), c.min_success))
+        self.config = replace(c, **changes)
+        return self.config.to_json()
+
+    def _clock_changes(self, args: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        auction = arg(args, "auction", str, None)
+        if auction is not None:
+            out["auction"] = _auction_kind(auction)
+        if "min_decrement" in args:
+            out["min_decrement_mc"] = round(_bounded(arg(args, "min_decrement", (int, float)),
+                                                     "min_decrement", 0, MAX_AMOUNT / 1000, low_open=True) * 1000)
+        if "clock_steps" in args:
+            out["clock_steps"] = int(_bounded(arg(args, "clock_steps", int), "clock_steps", 1, 10_000))
+        if "ceiling_factor" in args:
+            out["ceiling_factor"] = _bounded(arg(args, "ceiling_factor", (int, float)), "ceiling_factor",
+                                             1, 1000)
+        return out
+
+
+def _bounded(value: float, name: str, low: float, high: float, low_open: bool = False) -> float:
+    if not (low < value if low_open else low <= value) or not value <= high:
+        interval = f"({low}, {high}]" if low_open else f"[{low}, {high}]"
+        raise InvalidInput(f"{name} must be in {interval}, got {value}")
+    return value
+
+
+def _auction_kind(kind: str) -> str:
+    if kind not in AUCTION_KINDS:
+        raise InvalidInput(f"unknown auction kind {kind!r}",
+                           hint=f"auction: one of {', '.join(AUCTION_KINDS)}")
+    return kind
 
 
 def install(coord: Any) -> MarketPolicy:

@@ -1,5 +1,10 @@
-"""``agora market``, ``agora ledger [AGENT]``, ``agora reputation``: the market as the daemon
-sees it (coordination.market serves the ``market``, ``ledger`` and ``reputation`` commands).
+"""``agora market``, ``agora market-config``, ``agora ledger [AGENT]``, ``agora reputation``:
+the market as the daemon sees it (coordination.market serves the ``market``,
+``market_config``, ``ledger`` and ``reputation`` commands).
+
+``agora market-config --auction english`` switches the auction kind of a running daemon
+(sealed-first, sealed-second, english, dutch) for auctions opened afterwards; without options
+it prints the current knobs.
 
 Prices are shown in credits (the ledger keeps milli-credits: 1 credit = 1000 mc); ``--json``
 prints the daemon's answer unchanged, in milli-credits.
@@ -13,7 +18,9 @@ import click
 
 from runtime.cli import call, cli, out
 
-__all__ = ["market", "ledger", "reputation"]
+__all__ = ["market", "market_config", "ledger", "reputation"]
+
+AUCTION_KINDS = ("sealed-first", "sealed-second", "english", "dutch")  # coordination.market's
 
 
 def _credits(mc: Any) -> str:
@@ -22,12 +29,15 @@ def _credits(mc: Any) -> str:
 
 def _show_market(m: dict[str, Any]) -> None:
     cfg = m["config"]
-    click.echo(f"allocation {m['allocation']}  window {cfg['window_ms']:g} ms  "
+    click.echo(f"allocation {m['allocation']}  auction {cfg.get('auction', 'sealed-first')}  "
+               f"window {cfg['window_ms']:g} ms  "
                f"open auctions {m['open_auctions']}  open contracts {m['open_contracts']}")
     click.echo("\nrecent auctions")
-    click.echo(f"  {'auction':<28} {'bids':>4} {'winner':<16} {'price':>9} {'ms':>7}  reason")
+    click.echo(f"  {'auction':<28} {'kind':<13} {'bids':>4} {'rounds':>6} {'winner':<16} {'price':>9} "
+               f"{'ms':>7}  reason")
     for a in m["auctions"]:
-        click.echo(f"  {a['auction_id']:<28} {len(a['bids']):>4} {a['winner'] or '-':<16} "
+        click.echo(f"  {a['auction_id']:<28} {a.get('kind', '-'):<13} {len(a['bids']):>4} "
+                   f"{a.get('rounds', 0):>6} {a['winner'] or '-':<16} "
                    f"{_credits(a['price_mc']):>9} {a['auction_ms']:>7.3f}  {a['reason'] or ''}")
     click.echo("\nrecent contracts")
     click.echo(f"  {'contract':<28} {'agent':<16} {'price':>9}  {'state':<10} breach")
@@ -43,6 +53,28 @@ def _show_market(m: dict[str, Any]) -> None:
 def market(ctx: click.Context, limit: int, as_json: bool) -> None:
     """Recent auctions and contracts."""
     out(call(ctx, "market", limit=limit), as_json, _show_market)
+
+
+def _show_config(cfg: dict[str, Any]) -> None:
+    for key in sorted(cfg):
+        value = cfg[key]
+        shown = ", ".join(f"{k} {v:.3g}" for k, v in value.items()) if isinstance(value, dict) else value
+        click.echo(f"{key:<20} {shown}")
+
+
+@cli.command("market-config")
+@click.option("--auction", type=click.Choice(AUCTION_KINDS), default=None, help="Auction kind.")
+@click.option("--window-ms", type=float, default=None, help="Sealed bid window.")
+@click.option("--round-ms", type=float, default=None, help="English: time to answer a round.")
+@click.option("--tick-ms", type=float, default=None, help="Dutch: clock tick.")
+@click.option("--min-decrement", type=float, default=None, help="English: least price step (credits).")
+@click.option("--clock-steps", type=int, default=None, help="English/Dutch: clock moves over the range.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def market_config(ctx: click.Context, as_json: bool, **knobs: Any) -> None:
+    """Show the market's knobs, or change them on the running daemon."""
+    args = {k: v for k, v in knobs.items() if v is not None}
+    out(call(ctx, "market_config", **args), as_json, _show_config)
 
 
 def _show_accounts(data: dict[str, Any]) -> None:

@@ -10,6 +10,8 @@ service time) or a real failure; none fakes an answer.
 * ``Failing``: always raises.
 * ``Decliner``: never bids.  ``Mute``: answers its bids only after 300 ms (outside any
   market window), so it is never in a round.
+* ``Haggler``: fast, and answers English rounds with an explicit ``{"stay": ...}`` read off
+  the announced price (its declared cost is its floor) instead of a plain bid.
 """
 
 from __future__ import annotations
@@ -68,4 +70,11 @@ class Mute(Agent):
 
     def bid(self, cfp: dict[str, Any]) -> dict[str, Any] | None:
         time.sleep(0.3)  # on the control thread: the answer comes long after the window
+        return super().bid(cfp)
+
+
+class Haggler(Fast):
+    def bid(self, cfp: dict[str, Any]) -> dict[str, Any] | None:
+        if cfp.get("auction") == "english":  # KeyError if the round's price is missing
+            return {"stay": cfp["price"] >= self.cost(cfp["capability"])}
         return super().bid(cfp)
