@@ -655,5 +655,7 @@ def install(coord: Any) -> MarketPolicy:
     otherwise a market that only answers the ledger/reputation/market commands."""
     policy = coord.scheduler.policy
     market = policy if isinstance(policy, MarketPolicy) else MarketPolicy(coord)
+    if coord.cfg.market:  # [market] in agora.toml: checked as `agora market-config` is
+        market.cmd_config(dict(coord.cfg.market), None)
     market.attach()
     return market

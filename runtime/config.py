@@ -15,6 +15,12 @@
     arena_mib = 256               # payload arena (anonymous shared memory, made at start)
     tracing = true                # false: no process emits events (to measure their cost)
 
+    [market]                      # allocation = "market": the same knobs as `agora market-config`
+    auction = "sealed-second"     # sealed-first | sealed-second | english | dutch
+    window_ms = 5.0               # also: round_ms, tick_ms, min_decrement, clock_steps,
+                                  # ceiling_factor, penalty_fraction, contract_timeout_s,
+                                  # min_success, weights = {price=..., quality=..., ...}
+
     [context]                     # published into shared memory at start
     embeddings = "data/embeddings.npy"
 
@@ -91,6 +97,7 @@ class Config:
     home: Path
     pools: tuple[PoolConfig, ...] = ()
     contexts: dict[str, str] = field(default_factory=dict)
+    market: dict[str, Any] = field(default_factory=dict)
     registry: str = "partitioned"
     partitions: int = 4
     allocation: str = "least-loaded"
@@ -110,6 +117,12 @@ class Config:
 _DAEMON_KEYS = {"registry": str, "partitions": int, "allocation": str, "drain_s": (int, float),
                 "arena_mib": int, "agent_inflight": int, "durability": str,
                 "tracing": bool}
+#: [market]: names and JSON types here; values are checked by the market itself (the same
+#: check as `agora market-config`), when the coordinator starts: a bad value stops the start.
+_MARKET_KEYS = {"auction": str, "window_ms": (int, float), "round_ms": (int, float),
+                "tick_ms": (int, float), "min_decrement": (int, float), "clock_steps": int,
+                "ceiling_factor": (int, float), "penalty_fraction": (int, float),
+                "contract_timeout_s": (int, float), "min_success": (int, float), "weights": dict}
 _POOL_KEYS = {"agent": str, "size": int, "min": int, "max": int, "mailbox_messages": int,
               "mailbox_bytes": int, "max_tasks": int, "capabilities": dict,
               "memory_ceiling_mib": int, "scaling": dict}
@@ -140,15 +153,16 @@ def _pool(name: str, table: dict[str, Any]) -> PoolConfig:
 
 
 def parse_config(raw: dict[str, Any], home: Path, base: Path, **overrides: Any) -> Config:
-    unknown = set(raw) - {"daemon", "pools", "context"}
+    unknown = set(raw) - {"daemon", "pools", "context", "market"}
     if unknown:
         raise InvalidInput(f"unknown config sections {sorted(unknown)}",
-                           hint="sections: [daemon], [context], [pools.NAME]")
+                           hint="sections: [daemon], [context], [market], [pools.NAME]")
+    market = _typed("market", dict(raw.get("market", {})), _MARKET_KEYS)
     daemon = _typed("daemon", dict(raw.get("daemon", {})), _DAEMON_KEYS)
     daemon.update({k: v for k, v in overrides.items() if v is not None})
     pools = tuple(_pool(n, t) for n, t in raw.get("pools", {}).items())
     contexts = {n: str((base / p).resolve()) for n, p in raw.get("context", {}).items()}
-    cfg = Config(home=home, pools=pools, contexts=contexts, **daemon)
+    cfg = Config(home=home, pools=pools, contexts=contexts, market=market, **daemon)
     if cfg.registry not in ("partitioned", "local"):
         raise InvalidInput(f"daemon.registry: expected 'partitioned' or 'local', got {cfg.registry!r}")
     if cfg.allocation not in ("static", "least-loaded", "p2c", "market"):

@@ -39,7 +39,7 @@ class Loop:
         self.agent_listeners: list[Any] = []
         self.table: dict[str, Any] = {}
         self.commands = SimpleNamespace(extend=self.table.update)
-        self.cfg = SimpleNamespace(allocation="market")
+        self.cfg = SimpleNamespace(allocation="market", market={})
         self.scheduler = Scheduler(self.journal, MarketPolicy(self), self.emit, self.clock)
         self.market = install(self)
         self.sent: dict[str, list[dict[str, Any]]] = {}

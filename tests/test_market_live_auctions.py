@@ -30,6 +30,7 @@ from coordination.market import (
     parse_stay,
 )
 from runtime.errors import InvalidInput
+from tests.daemon_util import config, running_daemon
 from tests.test_market_daemon import Loop, bid, conserved, wait_for_event
 
 COSTS = {"a": 1.0, "b": 2.0, "c": 3.0}
@@ -261,7 +262,6 @@ TEXTBOOK = {"sealed-first": 1000, "sealed-second": 2000, "english": 1920, "dutch
 def test_daemon_runs_every_auction_kind_and_pays_the_textbook_price(agora_env):
     from runtime import cli_market  # noqa: F401  (registers the commands)
     from runtime.cli import cli
-    from tests.daemon_util import config, running_daemon
     cfg = config(size=1, daemon='allocation = "market"\nregistry = "local"\ndrain_s = 3.0',
                  extra=THREE_COSTS)
     with running_daemon(agora_env, cfg) as (c, _):
@@ -289,3 +289,16 @@ def test_daemon_runs_every_auction_kind_and_pays_the_textbook_price(agora_env):
         res = runner.invoke(cli, [*home, "market"])
         assert res.exit_code == 0 and "auction sealed-second" in res.output and "dutch" in res.output
         assert runner.invoke(cli, [*home, "market-config", "--auction", "vickrey"]).exit_code != 0
+
+
+def test_the_auction_kind_comes_from_the_config_file(agora_env):
+    from runtime.config import parse_config
+    cfg = parse_config({"market": {"auction": "dutch", "tick_ms": 2}}, agora_env, agora_env)
+    assert cfg.market == {"auction": "dutch", "tick_ms": 2}
+    with pytest.raises(InvalidInput, match="market.auction"):
+        parse_config({"market": {"auction": 3}}, agora_env, agora_env)
+    with pytest.raises(InvalidInput, match="unknown key market.sealed"):
+        parse_config({"market": {"sealed": True}}, agora_env, agora_env)
+    extra = '\n[market]\nauction = "sealed-second"\n'
+    with running_daemon(agora_env, config(size=1, daemon='allocation = "market"', extra=extra)) as (c, _):
+        assert c.call("market_config")["auction"] == "sealed-second"
