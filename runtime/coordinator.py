@@ -8,7 +8,8 @@ One thread, one ``selectors`` loop; a turn of the loop reads as its table of con
     -> fire due timers (retries, deadlines, auction windows, vote deadlines)
     -> admit submissions waiting for mailbox room
     -> dispatch queued tasks to agents (allocation policy)
-    -> commit the journal (group commit: every write of this turn, one fsync)
+    -> commit the journal (group commit: every write of this turn in one COMMIT; one
+       fsync too with durability = "power")
     -> send replies (only now: a task id is never acknowledged before it is durable)
     -> send task batches to agents, flush events
 
@@ -148,7 +149,7 @@ class Coordinator:
     def turn(self, timeout: float | None) -> None:
         ready = self.sel.select(timeout)
         with self.journal.transaction():  # group commit: one COMMIT for the whole turn
-            # (an empty write transaction costs a BEGIN and a COMMIT of nothing: no fsync)
+            # (a turn that wrote nothing commits nothing: no WAL write, no fsync)
             # agents first: a hello or a result that arrived with a request is seen before it
             for key, _ in sorted(ready, key=lambda kv: kv[0].data[0] != "agent"):
                 self.on_ready(key)
