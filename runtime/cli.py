@@ -107,9 +107,14 @@ def start_detached(home: str, config_file: str | None, registry: str | None,
     for flag, val in (("--config", config_file), ("--registry", registry), ("--allocation", allocation)):
         if val:
             argv += [flag, str(val)]
+    # the daemon imports this very agora, installed or not (bin/agora from a checkout);
+    # user agent modules resolve from the caller's directory and path, as they would here
+    here = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (here, os.environ.get("PYTHONPATH", ""), os.getcwd()) if p)}
     with open(Path(home) / "agora.log", "ab") as log:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                start_new_session=True, cwd=os.getcwd())
+                                start_new_session=True, cwd=os.getcwd(), env=env)
     deadline = time.monotonic() + wait_s
     try:
         wait_until_up(lambda: Client(home, timeout=2.0), deadline, proc)

@@ -141,8 +141,9 @@ def demo_cmd(as_json: bool) -> None:
         if as_json:
             click.echo(orjson.dumps({"result": res, "agents": agents}).decode())
         else:
-            click.echo(f"agora demo: {len(agents)} agents in {len(status['tree']['children'])} "
-                       f"top-level branches, shared context {sorted(ctx)}")
+            pools = sorted({a["pool"] for a in agents})
+            click.echo(f"agora demo: {len(agents)} agents in pools {pools} sharing the context "
+                       f"{sorted(ctx)} (one copy in shared memory); daemon pid {status['root_pid']}")
             _print_run(res)
             click.echo("agents: " + ", ".join(f"{a['id']}(done={a['done']})" for a in agents))
     finally:
