@@ -120,10 +120,6 @@ class Conn:
         self.out += self.encode(obj)
         self.flush()
 
-    def send_raw(self, frame: bytes) -> None:
-        self.out += frame
-        self.flush()
-
     def flush(self) -> None:
         while self.out and not self.closed:
             try:

@@ -76,7 +76,6 @@ class AgentLink:
     inflight: dict[str, int] = field(default_factory=dict)  # task id -> attempt
     done: int = 0
     draining: bool = False
-    queue_reported: int = 0
 
 
 #: What an asynchronous policy's ``choose`` returns when it took the task (market: an
@@ -294,8 +293,6 @@ class Scheduler:
 
     def results(self, agent_id: str, results: list[dict[str, Any]], queue: int) -> None:
         link = self.agents.get(agent_id)
-        if link is not None:
-            link.queue_reported = queue
         for r in results:
             self._result(link, r)
 
