@@ -283,7 +283,7 @@ class Coordinator:
     def agent_message(self, conn: Conn, msg: dict[str, Any]) -> None:
         t = msg.get("t")
         if t == "results":
-            self.scheduler.results(conn.state["agent"], msg["results"], msg.get("queue", 0))
+            self.scheduler.results(conn.state["agent"], msg["results"])
         elif t == "answer":
             asked = self.asks.pop(msg.get("rid"), None)
             if asked is not None:

@@ -291,7 +291,7 @@ class Scheduler:
         out, self.outbox = self.outbox, {}
         return out
 
-    def results(self, agent_id: str, results: list[dict[str, Any]], queue: int) -> None:
+    def results(self, agent_id: str, results: list[dict[str, Any]]) -> None:
         link = self.agents.get(agent_id)
         for r in results:
             self._result(link, r)

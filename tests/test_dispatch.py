@@ -92,7 +92,7 @@ def test_death_reroutes_to_another_agent_with_attempt_plus_one(world):
     assert flush(s) == {"a2": [tid]}
     assert s.tasks[tid].attempts == 2
     assert [t for t, _ in events].count("task.rerouted") == 1
-    s.results("a2", [{"id": tid, "attempt": 2, "ok": 42}], 0)
+    s.results("a2", [{"id": tid, "attempt": 2, "ok": 42}])
     assert finals[tid].state == "succeeded" and finals[tid].result == 42
 
 
@@ -108,8 +108,8 @@ def test_a_late_result_of_an_earlier_attempt_is_recorded_once(world):
     s.agent_died(first)  # presumed dead...
     s.dispatch()
     assert flush(s) == {other: [tid]}
-    s.results(first, [{"id": tid, "attempt": 1, "ok": "late"}], 0)  # ...yet it answered
-    s.results(other, [{"id": tid, "attempt": 2, "ok": "second"}], 0)
+    s.results(first, [{"id": tid, "attempt": 1, "ok": "late"}])  # ...yet it answered
+    s.results(other, [{"id": tid, "attempt": 2, "ok": "second"}])
     rec = journal.get(tid)
     assert rec.state == "succeeded" and rec.result in ("late", "second")
     assert [a.outcome for a in journal.attempts(tid)].count("succeeded") == 2
@@ -123,7 +123,7 @@ def test_errors_wait_a_backoff_then_run_again(world):
     (tid,) = submit(s, journal, max_attempts=2)
     s.dispatch()
     flush(s)
-    s.results("a1", [{"id": tid, "attempt": 1, "error": {"type": "E", "message": "boom"}}], 0)
+    s.results("a1", [{"id": tid, "attempt": 1, "error": {"type": "E", "message": "boom"}}])
     assert s.tasks[tid].state == "retry_wait"
     assert s.dispatch() == 0  # not before its backoff
     clock.t += 1.0
@@ -132,7 +132,7 @@ def test_errors_wait_a_backoff_then_run_again(world):
     s.fire_timers()
     s.dispatch()
     assert flush(s) == {"a1": [tid]}
-    s.results("a1", [{"id": tid, "attempt": 2, "error": {"type": "E", "message": "boom"}}], 0)
+    s.results("a1", [{"id": tid, "attempt": 2, "error": {"type": "E", "message": "boom"}}])
     assert finals[tid].state == "failed"
 
 

@@ -113,7 +113,7 @@ class Loop:
         task = self.sent[agent_id].pop(0)
         r = {"id": task["id"], "attempt": task["attempt"]}
         r.update({"ok": 1} if ok else {"error": {"type": "RuntimeError", "message": "boom"}})
-        self.turn(lambda: self.scheduler.results(agent_id, [r], 0))
+        self.turn(lambda: self.scheduler.results(agent_id, [r]))
 
     def later(self, seconds: float) -> None:
         self.clock.t += seconds
