@@ -8,8 +8,9 @@ With 1, 2, 4 and 8 client processes and 10,000 keys it measures:
 * registrations/s for N=1 and N=4 partitions.  A "registration" here is one item of a
   ``register_many`` batch of 64: one batch costs one round trip to each partition it
   touches, sent to all of them before any reply is read (so ~1/64 round trip per
-  registration, spread over the partitions).  ``register_p50_us`` is a single blocking
-  ``register``: exactly one round trip.
+  registration, spread over the partitions).  Each figure is the median of 5 runs (1
+  with ``--quick``) in which N=1 and N=4 take turns.  ``register_p50_us`` is a single
+  blocking ``register``: exactly one round trip.
 * lookups/s for N=1 and N=4 by round trip (``fast_reads=False``: one round trip each),
   and from the shared-memory tables (``fastpath``: no round trip);
 * a ``multiprocess.Manager().dict()`` lookup baseline;
@@ -236,18 +237,27 @@ def pipe_rtt_us(count: int) -> float:
 
 # ---------------------------------------------------------------------------- the run
 
-def measure_partitioned(n: int, run_dir: str, seed: int, duration: float, out: dict) -> None:
-    parts = Partitions(n, run_dir)
+def measure_registrations(sets: dict[int, Partitions], rounds: int, out: dict) -> None:
+    """registrations/s per N and client count: the median of ``rounds`` runs, N=1 and
+    N=4 taking turns, so that a noisy moment of the machine hits both alike."""
+    runs: dict[tuple[int, int], list[float]] = {}
+    for _ in range(rounds):
+        for c in CLIENTS:
+            for n, parts in sets.items():
+                with PartitionedBackend(parts.paths, parts.tables, timeout=30) as admin:
+                    admin.clear()
+                before = parts.cpu_seconds()
+                runs.setdefault((n, c), []).append(rate(run_clients(c, register_work, parts, c)))
+                out["_cpu"].append((parts.cpu_seconds() - before, NKEYS))
+    for (n, c), rates in runs.items():
+        out["reg_per_s"][f"N{n}"][str(c)] = statistics.median(rates)
+        out["reg_runs"][f"N{n}"][str(c)] = rates
+
+
+def measure_partitioned(n: int, parts: Partitions, seed: int, duration: float, out: dict) -> None:
     admin = PartitionedBackend(parts.paths, parts.tables, timeout=30)
     try:
-        regs, cpu = 0, 0.0
-        for c in CLIENTS:
-            admin.clear()
-            before = parts.cpu_seconds()
-            out["reg_per_s"][f"N{n}"][str(c)] = rate(run_clients(c, register_work, parts, c))
-            cpu += parts.cpu_seconds() - before
-            regs += NKEYS
-        out["_cpu"].append((cpu, regs))
+        admin.clear()
         lat = run_clients(1, single_register_work, parts, 300 if duration < 1 else 2000)
         out["register_p50_by_n"][f"N{n}"] = pcts(lat)[0]
         admin.clear()
@@ -264,7 +274,6 @@ def measure_partitioned(n: int, run_dir: str, seed: int, duration: float, out: d
                 out["fastpath_lookup_per_s"][str(c)] = rate(res)
     finally:
         admin.close()
-        parts.stop()
 
 
 def measure_manager(seed: int, duration: float, out: dict) -> None:
@@ -285,16 +294,24 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", action="store_true", help="print one JSON object last")
     args = ap.parse_args()
-    duration = 0.3 if args.quick else 1.0
+    duration, rounds = (0.3, 1) if args.quick else (1.0, 5)
     out: dict = {"reg_per_s": {"N1": {}, "N4": {}}, "lookup_per_s": {"N1": {}, "N4": {}},
                  "lookup_latency_us": {"N1": {}, "N4": {}}, "fastpath_lookup_per_s": {},
-                 "manager_lookup_per_s": {}, "register_p50_by_n": {}, "_cpu": []}
+                 "manager_lookup_per_s": {}, "register_p50_by_n": {}, "_cpu": [], "reg_runs": {"N1": {}, "N4": {}}}
     run_dir = tempfile.mkdtemp(prefix="agora-perf-")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     try:
         out["pipe_rtt_us"] = pipe_rtt_us(2000 if args.quick else 10000)
-        for n in (1, 4):
-            measure_partitioned(n, run_dir, args.seed, duration, out)
+        sets = {}
+        try:
+            for n in (1, 4):
+                sets[n] = Partitions(n, run_dir)
+            measure_registrations(sets, rounds, out)
+            for n, parts in sets.items():
+                measure_partitioned(n, parts, args.seed, duration, out)
+        finally:
+            for parts in sets.values():
+                parts.stop()
         measure_manager(args.seed, duration, out)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)

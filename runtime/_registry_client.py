@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import socket
 import struct
 import time
@@ -54,14 +55,22 @@ __all__ = ["PartitionedBackend"]
 
 _LEN = struct.Struct(">I")
 _PER_ITEM_S = 100e-6
+SPIN_US = 100.0  # how long a caller spins for a reply before it sleeps in poll()
 _RESENDABLE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN)
 
 
 class _Link:
-    """One process's connection to one partition."""
+    """One process's connection to one partition.
 
-    def __init__(self, index: int, path: str, timeout: float) -> None:
-        self.index, self.path = index, path
+    The socket is non-blocking.  A reply is first waited for by spinning (non-blocking
+    ``recv`` and ``sched_yield``) for up to ``spin_s``, then by ``poll`` until the deadline:
+    a registry reply usually arrives within tens of microseconds, and on a virtual machine
+    waking a sleeping process costs about as much again (``docs/DECISIONS.md``, "Spinning
+    for replies").
+    """
+
+    def __init__(self, index: int, path: str, timeout: float, spin_s: float) -> None:
+        self.index, self.path, self.spin_s = index, path, spin_s
         self.buf = bytearray()
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
@@ -70,6 +79,7 @@ class _Link:
         except OSError as exc:
             self.sock.close()
             raise self.unavailable(f"cannot connect: {exc.strerror or exc}") from exc
+        self.sock.setblocking(False)
 
     def unavailable(self, why: str) -> Unavailable:
         return Unavailable(f"registry partition {self.index} ({self.path}) is unavailable: {why}",
@@ -78,6 +88,15 @@ class _Link:
 
     def close(self) -> None:
         self.sock.close()
+
+    def send(self, data: bytes, deadline: float) -> None:
+        """All of ``data``; ``OSError`` from the socket, ``Unavailable`` past the deadline."""
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[self.sock.send(view):]
+            except BlockingIOError:
+                self._wait(select.POLLOUT, deadline)
 
     def recv_reply(self, deadline: float) -> list[Any]:
         """The next reply frame, decoded; ``Unavailable`` on EOF or past the deadline."""
@@ -88,20 +107,31 @@ class _Link:
                     body = bytes(self.buf[4: 4 + size])
                     del self.buf[: 4 + size]
                     return orjson.loads(body)  # type: ignore[no-any-return]
-            if time.monotonic() > deadline:
-                raise self.unavailable("no reply before the deadline")
-            self._fill()
+            self._fill(deadline)
 
-    def _fill(self) -> None:
-        try:
-            chunk = self.sock.recv(262144)
-        except TimeoutError:
-            raise self.unavailable("no reply before the deadline") from None
-        except OSError as exc:
-            raise self.unavailable(f"connection failed: {exc.strerror or exc}") from exc
+    def _fill(self, deadline: float) -> None:
+        spin_until = time.perf_counter() + self.spin_s
+        while True:
+            try:
+                chunk = self.sock.recv(262144)
+                break
+            except BlockingIOError:
+                if time.perf_counter() < spin_until:
+                    os.sched_yield()  # a runnable partition on this core goes first
+                else:
+                    self._wait(select.POLLIN, deadline)
+            except OSError as exc:
+                raise self.unavailable(f"connection failed: {exc.strerror or exc}") from exc
         if not chunk:
             raise self.unavailable("the partition closed the connection (it died?)")
         self.buf += chunk
+
+    def _wait(self, event: int, deadline: float) -> None:
+        left = deadline - time.monotonic()
+        poller = select.poll()
+        poller.register(self.sock, event)
+        if left <= 0 or not poller.poll(left * 1000):
+            raise self.unavailable("no reply before the deadline")
 
 
 class PartitionedBackend:
@@ -109,7 +139,7 @@ class PartitionedBackend:
 
     def __init__(self, sock_paths: Sequence[str | os.PathLike[str]],
                  tables: Sequence[Any] | None = None, *, timeout: float = 0.25,
-                 fast_reads: bool = True) -> None:
+                 fast_reads: bool = True, spin_us: float = SPIN_US) -> None:
         if not sock_paths:
             raise InvalidInput("expected at least one partition socket path, got none")
         if tables is not None and len(tables) != len(sock_paths):
@@ -120,6 +150,7 @@ class PartitionedBackend:
         self._readers = [TableReader(t) for t in tables] if tables is not None else None
         self._fast = fast_reads and self._readers is not None
         self._timeout = timeout
+        self._spin_s = max(0.0, spin_us) * 1e-6
         self._links: dict[int, _Link] = {}
         self._pid = os.getpid()
         self._rid = 0
@@ -245,7 +276,7 @@ class PartitionedBackend:
         sent = {}
         for p, reqs in requests.items():
             try:
-                sent[p] = self._send(p, reqs)
+                sent[p] = self._send(p, reqs, deadline)
             except Unavailable as exc:
                 out[p] = exc
         for p, rids in sent.items():
@@ -255,7 +286,7 @@ class PartitionedBackend:
                 out[p] = exc
         return out
 
-    def _send(self, p: int, reqs: list[list[Any]]) -> list[int]:
+    def _send(self, p: int, reqs: list[list[Any]], deadline: float) -> list[int]:
         rids = []
         frames = []
         for req in reqs:
@@ -264,21 +295,27 @@ class PartitionedBackend:
             frames.append(encode_frame([self._rid, *req]))
         data = b"".join(frames)
         try:
-            self._link(p).sock.sendall(data)
+            self._link(p).send(data, deadline)
         except OSError as exc:
             self._forget(p)
             if exc.errno not in _RESENDABLE:
                 raise self._unavailable(p, exc) from exc
-            self._resend(p, data)
+            self._resend(p, data, deadline)
+        except Unavailable:
+            self._forget(p)  # part of a frame may be out: the stream is no longer usable
+            raise
         return rids
 
-    def _resend(self, p: int, data: bytes) -> None:
+    def _resend(self, p: int, data: bytes, deadline: float) -> None:
         """The partition restarted under an old connection: nothing was delivered."""
         try:
-            self._link(p).sock.sendall(data)
+            self._link(p).send(data, deadline)
         except OSError as exc:
             self._forget(p)
             raise self._unavailable(p, exc) from exc
+        except Unavailable:
+            self._forget(p)
+            raise
 
     def _collect(self, p: int, rids: list[int], deadline: float) -> list[tuple[int, Any]]:
         link = self._link(p)
@@ -303,7 +340,7 @@ class PartitionedBackend:
             self._links, self._pid = {}, os.getpid()
         link = self._links.get(p)
         if link is None:
-            link = self._links[p] = _Link(p, self._paths[p], self._timeout)
+            link = self._links[p] = _Link(p, self._paths[p], self._timeout, self._spin_s)
         return link
 
     def _forget(self, p: int) -> None:

@@ -56,6 +56,7 @@ from runtime.registry import (
 __all__ = ["partition_main", "PartitionServer", "MAX_FRAME", "encode_frame"]
 
 MAX_FRAME = 16 << 20
+_RECV = 262144
 _LEN = struct.Struct(">I")
 Emit = Callable[..., None]
 
@@ -80,10 +81,11 @@ def partition_main(index: int, n: int, sock_path: str, table: Any, *,
 
 
 class _Conn:
-    __slots__ = ("sock", "inbuf", "outbuf")
+    __slots__ = ("sock", "inbuf", "outbuf", "writing")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock, self.inbuf, self.outbuf = sock, bytearray(), bytearray()
+        self.writing = False  # registered for EVENT_WRITE
 
 
 class PartitionServer:
@@ -198,10 +200,12 @@ class PartitionServer:
 
     # ------------------------------------------------------------------ connections
     def _read(self, conn: _Conn) -> bool:
-        """Drain the socket into ``conn.inbuf``; False when the peer is gone."""
+        """Drain the socket into ``conn.inbuf``; False when the peer is gone.  A short read
+        means the socket is empty (the selector is level-triggered: anything that arrives
+        later is reported again), which spares a failing ``recv`` per request."""
         while True:
             try:
-                chunk = conn.sock.recv(262144)
+                chunk = conn.sock.recv(_RECV)
             except (BlockingIOError, InterruptedError):
                 return True
             except OSError:
@@ -210,6 +214,8 @@ class PartitionServer:
                 self._drop(conn)
                 return False
             conn.inbuf += chunk
+            if len(chunk) < _RECV:
+                return True
 
     def _handle_frames(self, conn: _Conn) -> None:
         buf, pos, replies = conn.inbuf, 0, []
@@ -236,8 +242,9 @@ class PartitionServer:
             self._drop(conn)
             return
         del conn.outbuf[:sent]
-        want = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.outbuf else 0)
-        if self._sel.get_key(conn.sock).events != want:
+        if bool(conn.outbuf) != conn.writing:  # wait for room only while a reply is pending
+            conn.writing = not conn.writing
+            want = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.writing else 0)
             self._sel.modify(conn.sock, want, _bind(self._on_conn, conn))
 
     def _drop(self, conn: _Conn) -> None:

@@ -108,6 +108,8 @@ def copy_entry(e: Entry) -> Entry:
 # ---------------------------------------------------------------------------- validation
 
 def check_key(key: Any) -> str:
+    if type(key) is str and 0 < len(key) <= MAX_KEY_BYTES // 4:  # <= 4 UTF-8 bytes a char
+        return key
     if not isinstance(key, str) or not key:
         raise InvalidInput(f"registry key must be a non-empty string, got {key!r}",
                            hint="use a name such as 'summarize.3'")
@@ -118,6 +120,8 @@ def check_key(key: Any) -> str:
 
 
 def check_owner(pid: Any) -> int:
+    if type(pid) is int and pid > 0:
+        return pid
     if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
         raise InvalidInput(f"owner pid must be a positive integer, got {pid!r}",
                            hint="pass the pid of the live process the entry belongs to")
@@ -125,6 +129,9 @@ def check_owner(pid: Any) -> int:
 
 
 def _check_capabilities(caps: Any) -> list[str]:
+    if type(caps) is list and len(caps) <= MAX_CAPABILITIES and all(
+            type(c) is str and 0 < len(c) <= MAX_CAPABILITY_BYTES and c.isascii() for c in caps):
+        return list(dict.fromkeys(caps))  # the usual case, checked without the loop below
     if isinstance(caps, (str, bytes)) or not isinstance(caps, Iterable):
         raise InvalidInput(f"capabilities must be a list of strings, got {caps!r}")
     out = list(dict.fromkeys(caps))  # de-duplicated, first-seen order kept
@@ -141,19 +148,27 @@ def _check_capabilities(caps: Any) -> list[str]:
 def _check_metadata(meta: Any) -> dict[str, Any]:
     if meta is None:
         return {}
+    if type(meta) is dict and all(type(k) is str for k in meta):
+        return dict(meta)
     if not isinstance(meta, Mapping) or not all(isinstance(k, str) for k in meta):
         raise InvalidInput(f"metadata must be a JSON object with string keys, got {meta!r}")
     return dict(meta)
 
 
+_ENTRY_FIELDS = frozenset({"capabilities", "metadata", "key", "version", "owner"})
+
+
 def entry_fields(entry: EntryLike) -> tuple[list[str], dict[str, Any]]:
     """(capabilities, metadata) of what a caller passed to ``register``, validated."""
+    if type(entry) is dict and entry.keys() <= _ENTRY_FIELDS:
+        return (_check_capabilities(entry.get("capabilities", [])),
+                _check_metadata(entry.get("metadata")))
     if isinstance(entry, Entry):
         return _check_capabilities(entry.capabilities), _check_metadata(entry.metadata)
     if not isinstance(entry, Mapping):
         raise InvalidInput(f"entry must be an Entry or a mapping, got {type(entry).__name__}",
                            hint="pass {'capabilities': [...], 'metadata': {...}}")
-    unknown = set(entry) - {"capabilities", "metadata", "key", "version", "owner"}
+    unknown = set(entry) - _ENTRY_FIELDS
     if unknown:
         raise InvalidInput(f"entry has unknown fields {sorted(unknown)}",
                            hint="an entry has 'capabilities' and 'metadata'")
