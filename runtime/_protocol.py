@@ -194,20 +194,26 @@ def check_value(obj: Any, lim: Limits, where: str = "frame") -> None:
         stack.extend((child, depth + 1) for child in children)
 
 
-def _precheck(body: bytes, lim: Limits) -> None:
-    """Refuse what orjson would accept but the protocol must not (before parsing)."""
+def _precheck(body: bytes, lim: Limits) -> bool:
+    """Refuse what orjson would accept but the protocol must not (before parsing).  True
+    when the parsed value still needs ``check_value``'s walk; False when the body alone
+    proves every limit: no more '{'/'[' bytes than ``max_depth`` bounds the depth, a body
+    no longer than ``max_string`` bounds every string, and the integer scan below covers
+    every integer when ``max_int`` is at least 10**18 (shorter literals are below it)."""
     containers = body.count(b"{") + body.count(b"[")
     if containers > lim.max_containers:
         raise ProtocolError(f"frame holds {containers} '{{'/'[' bytes, over the "
                             f"limit of {lim.max_containers} arrays and objects")
+    walk = containers > lim.max_depth or len(body) > lim.max_string or lim.max_int < 10**18
     if not _LONG_DIGITS.search(body):
-        return
+        return walk
     for m in _STRING_OR_LONG_INT.finditer(body):
         token = m.group()
         if token[:1] != b'"' and not -lim.max_int < int(token) < lim.max_int:
             shown = token[:40].decode() + ("..." if len(token) > 40 else "")
             raise ProtocolError(f"frame: integer literal {shown} is out of "
                                 f"range (|n| must be < {lim.max_int})", hint="send it as a string")
+    return walk
 
 
 # --- frames ------------------------------------------------------------------------------
@@ -232,7 +238,7 @@ def encode_frame(obj: dict[str, Any], limits: Limits | None = None) -> bytes:
 def decode_body(body: bytes, limits: Limits | None = None) -> dict[str, Any]:
     """One frame body -> a JSON object, or ProtocolError (whatever the parser raised)."""
     lim = limits or default_limits()
-    _precheck(body, lim)
+    walk = _precheck(body, lim)
     try:
         obj = orjson.loads(body)
     except (ValueError, RecursionError, TypeError, OverflowError) as e:
@@ -240,7 +246,8 @@ def decode_body(body: bytes, limits: Limits | None = None) -> dict[str, Any]:
                             f"{_sniff(bytes(body[:1]))}") from e
     if not isinstance(obj, dict):
         raise ProtocolError(f"a frame must be a JSON object, got {type(obj).__name__}")
-    check_value(obj, lim)
+    if walk:
+        check_value(obj, lim)
     return obj
 
 

@@ -54,10 +54,11 @@ class TaskCommands:
 
     def _then_result(self, tid: str) -> Deferred:
         d = Deferred()
-        rec = self.coord.journal.get(tid)
-        if rec.state in TERMINAL:  # an idempotency key named a task that already ended
-            d.resolve(_public(rec))
-            return d
+        if tid not in self.coord.scheduler.tasks:  # live tasks are not read back
+            rec = self.coord.journal.get(tid)
+            if rec.state in TERMINAL:  # an idempotency key named a task that already ended
+                d.resolve(_public(rec))
+                return d
         self.coord.wait_for(tid, lambda r: d.resolve(_public(r)))
         return d
 

@@ -173,6 +173,7 @@ class PoolState:
     queued: int = 0
     smoothed: tuple[float, float] | None = None  # (busy, waiting), see SMOOTHING_S
     measured_at: float | None = None
+    caps: set[str] | None = None  # the pool's capabilities as of the last measure()
 
     @property
     def target(self) -> int:
@@ -253,7 +254,8 @@ class Scaler:
 
     def measure(self, pool: PoolState, now: float) -> None:
         live = self.links(pool)
-        queued = sum(self.sched.queued(c) for c in self.capabilities(pool))
+        pool.caps = self.capabilities(pool)
+        queued = sum(self.sched.queued(c) for c in pool.caps)
         inflight = sum(len(a.inflight) for a in live)
         busy = sum(1 for a in live if a.inflight)
         pool.queued = queued
@@ -298,7 +300,7 @@ class Scaler:
         """scheduler.on_final (chained): a task ended; count it and keep its latency."""
         now = self.coord.clock()
         for pool in self.pools.values():
-            if task.capability in self.capabilities(pool):
+            if task.capability in (pool.caps if pool.caps is not None else self.capabilities(pool)):
                 pool.ended += 1
                 pool.latencies.append((now, max(0.0, rec.updated - rec.created)))
 

@@ -249,6 +249,18 @@ def test_string_and_container_limits():
         decode_body(b'{"a": [[], [], []]}', Limits(max_containers=3))
 
 
+@pytest.mark.parametrize("body, limits, match", [
+    (b'{"a": [[1]]}', Limits(max_depth=2), "nested deeper"),
+    (b'{"a": 5000}', Limits(max_int=1000), "out of range"),
+    (b'{"a": "abcdef"}', Limits(max_string=5), "characters"),
+])
+def test_small_frames_still_meet_tight_limits(body, limits, match):
+    """Small frames skip the walk only when the body alone proves every limit."""
+    with pytest.raises(ProtocolError, match=match):
+        decode_body(body, limits)
+    assert decode_body(body) is not None  # and pass the default limits
+
+
 def test_encode_refuses_what_json_cannot_carry():
     with pytest.raises(ProtocolError, match="cannot encode"):
         encode_frame({"a": object()})
