@@ -37,6 +37,7 @@ from runtime._partitioning import key_hash
 from runtime._registry_local import validate_registration
 from runtime._registry_partition import encode_frame
 from runtime._registry_table import TableReader, TornRead
+from runtime._spin import spin_until_readable
 from runtime.errors import AgoraError, BrokenError, InvalidInput, Unavailable, from_wire
 from runtime.registry import (
     Entry,
@@ -62,11 +63,10 @@ _RESENDABLE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN)
 class _Link:
     """One process's connection to one partition.
 
-    The socket is non-blocking.  A reply is first waited for by spinning (non-blocking
-    ``recv`` and ``sched_yield``) for up to ``spin_s``, then by ``poll`` until the deadline:
-    a registry reply usually arrives within tens of microseconds, and on a virtual machine
-    waking a sleeping process costs about as much again (``docs/DECISIONS.md``, "Spinning
-    for replies").
+    The socket is non-blocking.  A reply is first waited for by spinning for up to
+    ``spin_s`` (``runtime._spin``), then by ``poll`` until the deadline: a registry reply
+    usually arrives within tens of microseconds, and on a virtual machine waking a
+    sleeping process costs about as much again.
     """
 
     def __init__(self, index: int, path: str, timeout: float, spin_s: float) -> None:
@@ -110,16 +110,15 @@ class _Link:
             self._fill(deadline)
 
     def _fill(self, deadline: float) -> None:
-        spin_until = time.perf_counter() + self.spin_s
+        spun = False
         while True:
             try:
                 chunk = self.sock.recv(262144)
                 break
             except BlockingIOError:
-                if time.perf_counter() < spin_until:
-                    os.sched_yield()  # a runnable partition on this core goes first
-                else:
+                if spun or not spin_until_readable(self.sock, self.spin_s):
                     self._wait(select.POLLIN, deadline)
+                spun = True
             except OSError as exc:
                 raise self.unavailable(f"connection failed: {exc.strerror or exc}") from exc
         if not chunk:
