@@ -18,14 +18,15 @@ exactly once, even when an attempt ran twice.  How:
   row.  A later finish of any attempt is written to ``attempts`` and never touches the
   result.  The guard lives in SQL, so it holds across connections and processes.
 
-Durability (decision): ``journal_mode=WAL`` with ``synchronous=FULL`` by default.  A
-process kill (SIGKILL of the daemon) loses nothing committed with either FULL or NORMAL:
-at COMMIT the WAL frames are in the kernel's page cache, which outlives the process.
-A power loss or kernel crash keeps every committed transaction only with FULL (the WAL is
-fsynced at each COMMIT); with NORMAL the last transactions before the power loss may be
-rolled back (never corrupted).  With group commit FULL costs one fsync per batch (~0.3 ms
-measured here), so agora pays it; ``durability="normal"`` is the knob for a machine where
-fsync is slow and power-loss durability is not wanted.
+Durability (decision): ``journal_mode=WAL``; ``synchronous`` is ``NORMAL`` or ``FULL``
+(``durability="normal"|"full"``; this class defaults to ``"full"``, the daemon to
+``"normal"`` through ``[daemon] durability = "process"``, see docs/DECISIONS.md).  A
+process kill (SIGKILL of the daemon) loses nothing committed with either: at COMMIT the
+WAL frames are in the kernel's page cache, which outlives the process.  A power loss or
+kernel crash keeps every committed transaction only with FULL (the WAL is fsynced at each
+COMMIT); with NORMAL the last transactions before the power loss may be rolled back
+(never corrupted).  With group commit FULL costs one fsync per batch (~0.3 ms measured
+here).
 
 Threading (decision): one ``Journal`` (one sqlite3 connection) per process, used from the
 thread that opened it (sqlite3's ``check_same_thread`` enforces it).  The coordinator's

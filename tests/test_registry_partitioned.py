@@ -303,8 +303,9 @@ def test_a_slot_stuck_mid_write_falls_back_to_a_round_trip(parts):
 
 @pytest.mark.parametrize("spin_us", [0, 100])
 def test_batch_larger_than_the_socket_buffer_goes_through_whole(parts, spin_us):
-    """About 1.2 MiB in one frame each way (the socket buffer holds ~200 KiB): the client's non-blocking send waits for room,
-    the partition's reply arrives in many reads, with and without spinning."""
+    """About 1.2 MiB in one frame each way (the socket buffer holds ~200 KiB): the
+    client's non-blocking send waits for room, the partition's reply arrives in many
+    reads, with and without spinning."""
     b = parts.backend(spin_us=spin_us)
     pad = "x" * 800
     items = [(f"big.{i}", spec("x", pad=pad, i=i), ME) for i in range(1500)]
