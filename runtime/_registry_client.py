@@ -107,6 +107,8 @@ class _Link:
                     body = bytes(self.buf[4: 4 + size])
                     del self.buf[: 4 + size]
                     return orjson.loads(body)  # type: ignore[no-any-return]
+            if time.monotonic() > deadline:  # (a reply trickling in forever)
+                raise self.unavailable("no reply before the deadline")
             self._fill(deadline)
 
     def _fill(self, deadline: float) -> None:
