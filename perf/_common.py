@@ -18,11 +18,12 @@ if str(REPO) not in sys.path:
 import orjson  # noqa: E402
 
 
-def parse_args(doc: str | None, **extra: Any) -> argparse.Namespace:
+def parse_args(doc: str | None, *, seed: int = 1, quick: str = "a shorter run with the same figures",
+               **extra: Any) -> argparse.Namespace:
     """``--quick``, ``--seed N``, ``--json`` (plus ``extra`` as name -> add_argument kwargs)."""
     ap = argparse.ArgumentParser(description=(doc or "").split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="a shorter run with the same figures")
-    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--quick", action="store_true", help=quick)
+    ap.add_argument("--seed", type=int, default=seed)
     ap.add_argument("--json", action="store_true", help="end with one JSON object on a line")
     for name, kw in extra.items():
         ap.add_argument(name, **kw)

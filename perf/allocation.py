@@ -53,6 +53,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import orjson  # noqa: E402
+from _common import parse_args  # noqa: E402
 
 from runtime.client import Client  # noqa: E402
 from tests.daemon_util import spawn, stop, wait_up  # noqa: E402
@@ -176,14 +177,10 @@ def auction_latency(bidders: int, tasks: int) -> float:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer tasks (a smoke run)")
-    ap.add_argument("--seed", type=int, default=0, help="salts which tasks the unreliable agent fails")
-    ap.add_argument("--order", choices=sorted(ORDERS), default="unreliable-first",
-                    help="registry order")
-    ap.add_argument("--json", action="store_true", help="one JSON object on the last line")
-    ap.add_argument("--concurrency", type=int, default=8)
-    args = ap.parse_args()
+    args = parse_args(__doc__, seed=0, quick="fewer tasks (a smoke run)",
+                      **{"--order": {"choices": sorted(ORDERS), "default": "unreliable-first",
+                                     "help": "registry order"},
+                         "--concurrency": {"type": int, "default": 8}})
     args.tasks, args.warmup = (300, 60) if args.quick else (1500, 100)
     auction_tasks = 40 if args.quick else 150
 

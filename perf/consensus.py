@@ -19,7 +19,6 @@ The last line with --json: {"vote_p50_ms": {"4":..,"16":..,"64":..}, "lock_failo
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -33,6 +32,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from _common import parse_args  # noqa: E402
 
 from tests.daemon_util import running_daemon  # noqa: E402
 
@@ -157,11 +158,7 @@ def measure_failover(home: Path, reps: int) -> list[float]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer repetitions (development)")
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--json", action="store_true", help="one JSON object on the last line")
-    a = ap.parse_args()
+    a = parse_args(__doc__, quick="fewer repetitions (development)")
     rng = random.Random(a.seed)
     reps, fail_reps = (15, 3) if a.quick else (100, 10)
     tmp = Path(tempfile.mkdtemp(prefix="agora-perf-consensus-"))

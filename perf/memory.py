@@ -17,7 +17,6 @@ spent 233 MB per agent on its context.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import os
@@ -30,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import multiprocess  # noqa: E402
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
+from _common import parse_args  # noqa: E402
 
 from shm.context import ContextReader, ContextStore  # noqa: E402
 from shm.segment import RunId  # noqa: E402
@@ -161,11 +161,7 @@ def report(results, context_mib: int, quick: bool, seed: int, as_json: bool) -> 
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="64 MiB context instead of 256 MiB")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", action="store_true", help="one JSON object on the last line")
-    args = ap.parse_args()
+    args = parse_args(__doc__, seed=0, quick="64 MiB context instead of 256 MiB")
     context_mib = 64 if args.quick else 256
     results = run(context_mib, args.seed)
     return 0 if report(results, context_mib, args.quick, args.seed, args.json) else 1

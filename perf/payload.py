@@ -23,7 +23,6 @@ Targets (from the issue): arena >= 5x pipe at 64 MiB, and arena >= 0.3x memcpy.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -34,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import multiprocess  # noqa: E402
 import numpy as np  # noqa: E402
+from _common import parse_args  # noqa: E402
 
 from shm.arena import Arena, Handle  # noqa: E402
 
@@ -126,11 +126,7 @@ def memcpy(rounds: dict[str, int]) -> dict[str, float]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer rounds")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", action="store_true", help="one JSON object on the last line")
-    args = ap.parse_args()
+    args = parse_args(__doc__, seed=0, quick="fewer rounds")
     rounds = {"1MiB": 10, "64MiB": 3} if args.quick else {"1MiB": 50, "64MiB": 9}
     results = {"arena": measure("arena", rounds, args.seed), "pipe": measure("pipe", rounds, args.seed),
                "memcpy": memcpy(rounds)}

@@ -22,7 +22,6 @@ The last line with ``--json`` is one JSON object; see the keys in ``main``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import select
@@ -38,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import multiprocess  # noqa: E402
 import orjson  # noqa: E402
 import psutil  # noqa: E402
+from _common import parse_args  # noqa: E402
 
 from runtime._registry_client import PartitionedBackend  # noqa: E402
 from runtime._registry_partition import partition_main  # noqa: E402
@@ -289,11 +289,7 @@ def measure_manager(seed: int, duration: float, out: dict) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="short runs (development)")
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--json", action="store_true", help="print one JSON object last")
-    args = ap.parse_args()
+    args = parse_args(__doc__, quick="short runs (development)")
     duration, rounds = (0.3, 1) if args.quick else (1.0, 5)
     out: dict = {"reg_per_s": {"N1": {}, "N4": {}}, "lookup_per_s": {"N1": {}, "N4": {}},
                  "lookup_latency_us": {"N1": {}, "N4": {}}, "fastpath_lookup_per_s": {},

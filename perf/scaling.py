@@ -29,7 +29,6 @@ autoscaled agents, grey = fixed agents, red = offered load; x = time, y = agents
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import shutil
@@ -286,12 +285,8 @@ def plot(path: str, runs: dict[str, dict[str, Any]], profile: list[tuple[float, 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--json", action="store_true")
-    ap.add_argument("--plot", metavar="FILE.png")
-    a = ap.parse_args()
+    from _common import parse_args  # here: agents import this module as perf.scaling
+    a = parse_args(__doc__, **{"--plot": {"metavar": "FILE.png"}})
     profile = phases(a.quick)
     peak_rate = PEAK_AGENTS * PEAK_UTILISATION / SERVICE_S
     times = arrivals(a.seed, profile, peak_rate)

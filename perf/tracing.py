@@ -22,7 +22,6 @@ Targets (observability issue): tracing costs <= 10% of throughput; emit <= 5 us.
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import shutil
@@ -36,6 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import orjson  # noqa: E402
+from _common import parse_args, private_runtime_dir  # noqa: E402
 
 from runtime.client import Client  # noqa: E402
 from runtime.envelope import TraceContext  # noqa: E402
@@ -131,13 +131,9 @@ def emit_cost(n: int) -> tuple[float, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--json", action="store_true")
-    a = ap.parse_args()
+    a = parse_args(__doc__)
     rng = random.Random(a.seed)
-    os.environ.setdefault("AGORA_RUNTIME_DIR", tempfile.mkdtemp(prefix="agora-perf-rt-"))
+    private_runtime_dir()
     emits = [emit_cost(20_000 if a.quick else 200_000) for _ in range(3)]
     emit_us = statistics.median(e[0] for e in emits)
     floor_us = statistics.median(e[1] for e in emits)
