@@ -59,23 +59,6 @@ def _submit_some(c: Client, rng: random.Random, acked: list[str]) -> None:
         pass
 
 
-def _client_when_up(home, timeout: float = 60.0) -> Client:
-    """A client once the control socket answers again (the core may be restarting)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        c = None
-        try:
-            c = Client(str(home), timeout=120)
-            c.call("ping")
-            return c
-        except Unavailable:
-            if c is not None:
-                c.close()
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
 def _chaos(home, seconds: float, seed: int) -> tuple[list[str], dict[str, int]]:
     rng = random.Random(seed)
     acked: list[str] = []
@@ -104,7 +87,8 @@ def _chaos(home, seconds: float, seed: int) -> tuple[list[str], dict[str, int]]:
                 kills["daemon"] += 1
                 proc = spawn(home, None)
                 wait_up(home, proc)
-        with _client_when_up(home) as c:
+        wait_up(home, proc, timeout=60)  # the core may be restarting (see _submit_some)
+        with Client(str(home), timeout=120) as c:
             counts = c.call("wait_all", ids=acked, timeout_s=110)
         assert counts == {"succeeded": len(acked)}, f"seed {seed}: {counts} {_unsucceeded(home, acked)}"
     finally:
