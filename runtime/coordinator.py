@@ -62,6 +62,7 @@ class Coordinator:
         self.extra = extra or {}
         self.emit = Emitter(run.events, "coordinator")
         self.journal = Journal(cfg.home, durability="full" if cfg.durability == "power" else "normal")
+        self.journal.checkpoint_in_background()  # COMMITs never pay for a checkpoint
         self.registry = open_registry(cfg, run, self.extra)
         self.scheduler = Scheduler(self.journal, self._policy(), self.emit, clock,
                                    capacity=cfg.agent_inflight, membership=self.registry)

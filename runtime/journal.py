@@ -64,6 +64,7 @@ from __future__ import annotations
 import os
 import random
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -215,6 +216,57 @@ def _classify(exc: sqlite3.Error, what: str) -> Exception:
                        hint="check the state directory (permissions, disk) and the daemon log")
 
 
+class Checkpointer:
+    """Copies the WAL into the database file on a thread of its own.
+
+    By default SQLite checkpoints inside the COMMIT that takes the WAL past 1000 pages: a
+    copy plus two fsyncs (synchronous=NORMAL) that a task commit pays about once in 35
+    here, which doubled the p99 of a task's round trip (2.4 ms against 1.1-1.5 ms without
+    it, perf/dispatch.py's workload).  This thread runs ``wal_checkpoint(PASSIVE)`` every
+    ``interval`` seconds on its own connection: PASSIVE never blocks the writer, SQLite
+    releases the GIL while it works, and the writer's COMMITs stay short.  Durability is
+    unchanged (a commit is durable in the WAL); an error is counted and retried on the
+    next round, the WAL growing meanwhile.
+    """
+
+    def __init__(self, path: str, durability: str, interval: float = 0.1) -> None:
+        self.path, self.durability, self.interval = path, durability, interval
+        self.runs = self.errors = 0
+        self.last: tuple[int, int, int] | None = None  # the last round's (busy, log, done)
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="agora-journal-checkpoint", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=1.0)
+        try:
+            conn.execute(f"PRAGMA synchronous={self.durability.upper()}")
+            while not self._stop.wait(self.interval):
+                self.run_once(conn)
+        finally:
+            conn.close()
+
+    def run_once(self, conn: sqlite3.Connection) -> tuple[int, int, int] | None:
+        """One PASSIVE checkpoint: (busy, frames in the WAL, frames copied), None on error."""
+        try:
+            busy, log, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:
+            self.errors += 1
+            self.last_error = str(exc)
+            return None
+        self.runs += 1
+        self.last = (busy, log, done)
+        return self.last
+
+
 class Journal:
     """One connection to ``<state_dir>/journal.db``.  Not thread-safe: one per thread."""
 
@@ -229,6 +281,8 @@ class Journal:
         self.clock, self.rng = clock, rng or random.Random()
         self.retry_base, self.retry_cap = retry_base, retry_cap
         self._depth = 0
+        self.durability = durability
+        self.checkpointer: Checkpointer | None = None
         self.conn = self._connect(durability, busy_timeout)
         self._last_id = max(_parse_id(self._one("SELECT max(id) FROM tasks")),
                             _parse_id(self._one("SELECT max(id) FROM pipelines")))
@@ -244,7 +298,18 @@ class Journal:
             raise _classify(exc, f"open of {self.path}") from exc
         return conn
 
+    def checkpoint_in_background(self, interval: float = 0.1) -> Checkpointer:
+        """Stop checkpointing inside COMMITs and leave it to a :class:`Checkpointer`
+        thread (the coordinator calls this once; ``close`` stops the thread)."""
+        if self.checkpointer is None:
+            self.conn.execute("PRAGMA wal_autocheckpoint=0")
+            self.checkpointer = Checkpointer(self.path, self.durability, interval)
+            self.checkpointer.start()
+        return self.checkpointer
+
     def close(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
         self.conn.close()
 
     def __enter__(self) -> Journal:

@@ -20,7 +20,7 @@ from runtime.errors import InvalidInput, NotFound
 from runtime.journal import Journal, next_id
 from runtime.pipeline import parse_pipeline
 from runtime.task import IllegalTransition, TaskSpec, parse_task
-from tests.helpers import FakeClock, fork_running, reap
+from tests.helpers import FakeClock, eventually, fork_running, reap
 
 WAIT = 20.0  # bound for any wait on a child; reached only on a deadlock
 
@@ -507,3 +507,32 @@ def test_pipeline_survives_reopen(tmp_path, clock):
         assert j.get(steps["b"]).input == {"v": 5}
         assert j.get_pipeline(pid).spec["steps"][3]["deps"] == ["b", "side"]
         assert {t.step_id for t in j.unfinished()} == {"b", "side", "c"}
+
+
+# --- checkpoints off the writer's path ------------------------------------------------------
+
+def test_commits_no_longer_checkpoint_once_a_checkpointer_owns_it(tmp_path):
+    with Journal(tmp_path / "s", durability="normal") as j:
+        cp = j.checkpoint_in_background(interval=3600)  # the thread never gets to run
+        assert j.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        for _ in range(400):  # well past the 1000 pages at which a COMMIT would checkpoint
+            j.submit_many(specs(5))
+        wal = os.path.getsize(j.path + "-wal")
+        assert wal > 1000 * 4096  # nothing was copied back: the WAL only grew
+        conn = sqlite3.connect(j.path)
+        busy, log, done = cp.run_once(conn)
+        conn.close()
+        assert (busy, done) == (0, log) and log > 1000  # one PASSIVE round copies it all
+
+
+def test_the_checkpointer_thread_keeps_the_wal_copied_and_stops_with_the_journal(tmp_path):
+    j = Journal(tmp_path / "s", durability="normal")
+    cp = j.checkpoint_in_background(interval=0.01)
+    for _ in range(50):
+        j.submit_many(specs(5))
+    # the thread's own report: a round found frames in the WAL and copied every one
+    last = eventually(lambda: cp.last if cp.last and cp.last[1] > 0 and cp.last[1] == cp.last[2]
+                      else None, "a checkpoint round that copied the WAL back")
+    assert last[0] == 0 and cp.errors == 0
+    j.close()
+    assert not cp._thread.is_alive()
