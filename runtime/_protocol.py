@@ -194,17 +194,22 @@ def check_value(obj: Any, lim: Limits, where: str = "frame") -> None:
         stack.extend((child, depth + 1) for child in children)
 
 
+def _body_bounds(body: bytes, containers: int, lim: Limits) -> bool:
+    """True when the encoded body alone proves the depth and string limits: no more
+    '{'/'[' bytes than ``max_depth`` bounds the depth, a body no longer than ``max_string``
+    bounds every string.  (Integers: only literals of 19+ digits can reach ``max_int``
+    when it is at least 10**18; callers scan for those.)"""
+    return containers <= lim.max_depth and len(body) <= lim.max_string and lim.max_int >= 10**18
+
+
 def _precheck(body: bytes, lim: Limits) -> bool:
     """Refuse what orjson would accept but the protocol must not (before parsing).  True
-    when the parsed value still needs ``check_value``'s walk; False when the body alone
-    proves every limit: no more '{'/'[' bytes than ``max_depth`` bounds the depth, a body
-    no longer than ``max_string`` bounds every string, and the integer scan below covers
-    every integer when ``max_int`` is at least 10**18 (shorter literals are below it)."""
+    when the parsed value still needs ``check_value``'s walk (see ``_body_bounds``)."""
     containers = body.count(b"{") + body.count(b"[")
     if containers > lim.max_containers:
         raise ProtocolError(f"frame holds {containers} '{{'/'[' bytes, over the "
                             f"limit of {lim.max_containers} arrays and objects")
-    walk = containers > lim.max_depth or len(body) > lim.max_string or lim.max_int < 10**18
+    walk = not _body_bounds(body, containers, lim)
     if not _LONG_DIGITS.search(body):
         return walk
     for m in _STRING_OR_LONG_INT.finditer(body):
@@ -223,12 +228,15 @@ def encode_frame(obj: dict[str, Any], limits: Limits | None = None) -> bytes:
     lim = limits or default_limits()
     if not isinstance(obj, dict):
         raise ProtocolError(f"a frame must be a JSON object, not {type(obj).__name__}")
-    check_value(obj, lim, "outgoing frame")
     try:
         body = orjson.dumps(obj)
     except (TypeError, ValueError) as e:
+        check_value(obj, lim, "outgoing frame")  # names the limit the value breaks, if one
         raise ProtocolError(f"cannot encode frame as JSON: {e}",
                             hint="send only dicts, lists, str, int, float, bool and None") from e
+    containers = body.count(b"{") + body.count(b"[")
+    if not _body_bounds(body, containers, lim) or _LONG_DIGITS.search(body):
+        check_value(obj, lim, "outgoing frame")  # the walk the small frames are spared
     if len(body) > lim.max_frame:
         raise FrameTooLarge(f"outgoing frame is {len(body)} bytes, over the "
                             f"{lim.max_frame}-byte limit", size=len(body), limit=lim.max_frame)

@@ -255,10 +255,12 @@ def test_string_and_container_limits():
     (b'{"a": "abcdef"}', Limits(max_string=5), "characters"),
 ])
 def test_small_frames_still_meet_tight_limits(body, limits, match):
-    """Small frames skip the walk only when the body alone proves every limit."""
+    """Small frames skip the walk only when the body alone proves every limit, both ways."""
     with pytest.raises(ProtocolError, match=match):
         decode_body(body, limits)
-    assert decode_body(body) is not None  # and pass the default limits
+    with pytest.raises(ProtocolError, match=match):
+        encode_frame(orjson.loads(body), limits)
+    assert decode_body(body) is not None and encode_frame(orjson.loads(body))  # default limits
 
 
 def test_encode_refuses_what_json_cannot_carry():
