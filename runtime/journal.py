@@ -66,8 +66,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -216,6 +215,44 @@ def _classify(exc: sqlite3.Error, what: str) -> Exception:
                        hint="check the state directory (permissions, disk) and the daemon log")
 
 
+class _Transaction:
+    """``Journal.transaction()``: a context manager written out rather than made with
+    ``contextlib.contextmanager`` (a generator per block; there are several per task)."""
+
+    __slots__ = ("journal", "savepoint")
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self.savepoint: str | None = None
+
+    def __enter__(self) -> Journal:
+        j = self.journal
+        if j._depth:
+            self.savepoint = f"sp{j._depth}"
+            j.conn.execute(f"SAVEPOINT {self.savepoint}")
+            j._depth += 1
+        else:
+            j._begin()
+            j._depth = 1
+        return j
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        j = self.journal
+        if self.savepoint is not None:
+            j._depth -= 1
+            if kind is not None:
+                j.conn.execute(f"ROLLBACK TO {self.savepoint}")
+            j.conn.execute(f"RELEASE {self.savepoint}")
+            return
+        j._depth = 0
+        if kind is None:
+            j._commit()
+            return
+        j.conn.rollback()
+        if isinstance(exc, sqlite3.Error):
+            raise _classify(exc, "write (nothing of this transaction was saved)") from exc
+
+
 class Checkpointer:
     """Copies the WAL into the database file on a thread of its own.
 
@@ -320,45 +357,16 @@ class Journal:
 
     # -- transactions ---------------------------------------------------------------------
 
-    @contextmanager
-    def transaction(self) -> Iterator[Journal]:
+    def transaction(self) -> _Transaction:
         """Group writes under one COMMIT.  Nested blocks are savepoints: an error inside
         one undoes that block only (and propagates); the outermost block commits."""
-        if self._depth:
-            yield from self._savepoint()
-            return
-        self._begin()
-        self._depth = 1
-        try:
-            yield self
-        except sqlite3.Error as exc:
-            self.conn.rollback()
-            raise _classify(exc, "write (nothing of this transaction was saved)") from exc
-        except BaseException:
-            self.conn.rollback()
-            raise
-        finally:
-            self._depth = 0
-        self._commit()
+        return _Transaction(self)
 
     def _begin(self) -> None:
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise _classify(exc, "begin") from exc
-
-    def _savepoint(self) -> Iterator[Journal]:
-        name = f"sp{self._depth}"
-        self.conn.execute(f"SAVEPOINT {name}")
-        self._depth += 1
-        try:
-            yield self
-        except BaseException:
-            self.conn.execute(f"ROLLBACK TO {name}")
-            raise
-        finally:
-            self._depth -= 1
-            self.conn.execute(f"RELEASE {name}")
 
     def _commit(self) -> None:
         try:
