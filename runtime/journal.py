@@ -519,6 +519,11 @@ class Journal:
 
     def _end_attempt(self, task_id: str, attempt: int, outcome: str, error: Any, now: float) -> bool:
         """Close the attempt row; False if this outcome was already observed (a repeat)."""
+        err = None if error is None else _dumps(error)
+        if self.conn.execute("UPDATE attempts SET ended = ?, outcome = ?, error = ?, revised = 0 "
+                             "WHERE task_id = ? AND attempt = ? AND ended IS NULL",
+                             (now, outcome, err, task_id, attempt)).rowcount:
+            return True  # the usual case: the attempt was open (one statement, no read)
         prev = self.conn.execute("SELECT ended, outcome FROM attempts WHERE task_id = ? AND attempt = ?",
                                  (task_id, attempt)).fetchone()
         if prev is None:
@@ -526,10 +531,8 @@ class Journal:
                            hint="finish only attempts that start_attempt returned")
         if prev[0] is not None and (prev[1] != "crashed" or outcome == "crashed"):
             return False
-        self.conn.execute("UPDATE attempts SET ended = ?, outcome = ?, error = ?, revised = ? "
-                          "WHERE task_id = ? AND attempt = ?",
-                          (now, outcome, None if error is None else _dumps(error),
-                           int(prev[0] is not None), task_id, attempt))
+        self.conn.execute("UPDATE attempts SET ended = ?, outcome = ?, error = ?, revised = 1 "
+                          "WHERE task_id = ? AND attempt = ?", (now, outcome, err, task_id, attempt))
         return True
 
     def _record_result(self, task_id: str, result: Any, now: float) -> tuple[bool, str | None]:
