@@ -57,6 +57,12 @@ Other decisions:
   (full jitter) in ``retry_wait``; ``promote_due(now)`` queues the due ones.
 * Idempotency keys: a key already in the journal (or earlier in the same batch) returns the
   existing id; the content of the second submission is not compared.
+* Pages of 1 KiB (``PAGE_SIZE``), set when the file is created (an existing journal keeps
+  its own).  A task's two COMMITs write about eight pages to the WAL, and SQLite copies and
+  checksums every byte of each: with 4 KiB pages the journal took 84 us of CPU per task,
+  with 1 KiB 69 us (inputs of 3 KB: 121 -> 92 us; 30 KB: 470-650 -> 380 us; /tmp
+  harness, three interleaved runs).  The price is deeper B-trees in a journal of millions
+  of tasks: one or two more page reads per lookup, from the page cache.
 """
 
 from __future__ import annotations
@@ -81,6 +87,7 @@ __all__ = ["Journal", "TaskRecord", "AttemptRecord", "PipelineRecord", "Finish",
 
 JOURNAL_FILE = "journal.db"
 _CHUNK = 500  # host parameters per IN (...) query
+PAGE_SIZE = 1024  # bytes, for new journal files (see the module docstring)
 _DOOMED = TERMINAL - {"succeeded"}
 
 _SCHEMA = """
@@ -327,6 +334,7 @@ class Journal:
     def _connect(self, durability: str, busy_timeout: float) -> sqlite3.Connection:
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, timeout=busy_timeout)
+            conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # a no-op once the file has pages
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={durability.upper()}")
             conn.execute("PRAGMA foreign_keys=ON")
