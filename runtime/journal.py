@@ -67,6 +67,7 @@ Other decisions:
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import sqlite3
@@ -119,6 +120,20 @@ _INSERT_TASK = (f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES ({', '.join('?' * 1
 def _in(states: Iterable[str]) -> str:
     """A SQL list literal of state names (from our own constants, never from input)."""
     return "(" + ", ".join(f"'{s}'" for s in states) + ")"
+
+
+@functools.cache
+def _legal_from(event: str) -> str:
+    """``_in`` of the states from which ``event`` is legal, built once per event."""
+    return _in(sources(event))
+
+
+# The two guarded UPDATEs every task runs, built once (not per call).
+_START = (f"UPDATE tasks SET state = 'running', attempts = attempts + 1, updated = ?, "
+          f"not_before = NULL WHERE id = ? AND state IN {_legal_from('start')} RETURNING attempts")
+_SUCCEED = (f"UPDATE tasks SET result = ?, error = NULL, state = 'succeeded', updated = ?, "
+            f"not_before = NULL WHERE id = ? AND result IS NULL AND state IN {_legal_from('succeed')} "
+            "RETURNING pipeline_id")
 
 
 def _dumps(value: Any) -> str:
@@ -470,12 +485,10 @@ class Journal:
         """``start_attempt`` for each (task_id, agent), all or nothing, one transaction
         (the coordinator starts every attempt of a dispatch turn at once)."""
         now = self.clock()
-        sql = (f"UPDATE tasks SET state = 'running', attempts = attempts + 1, updated = ?, "
-               f"not_before = NULL WHERE id = ? AND state IN {_in(sources('start'))} RETURNING attempts")
         numbers = []
         with self.transaction():
             for task_id, _agent in pairs:
-                row = self.conn.execute(sql, (now, task_id)).fetchone()
+                row = self.conn.execute(_START, (now, task_id)).fetchone()
                 if row is None:
                     self._raise_illegal(task_id, "start")
                 numbers.append(int(row[0]))
@@ -545,10 +558,7 @@ class Journal:
 
     def _record_result(self, task_id: str, result: Any, now: float) -> tuple[bool, str | None]:
         """(recorded, pipeline id): the guarded UPDATE is the exactly-once point."""
-        row = self.conn.execute(
-            f"UPDATE tasks SET result = ?, error = NULL, state = 'succeeded', updated = ?, "
-            f"not_before = NULL WHERE id = ? AND result IS NULL AND state IN {_in(sources('succeed'))} "
-            "RETURNING pipeline_id", (_dumps(result), now, task_id)).fetchone()
+        row = self.conn.execute(_SUCCEED, (_dumps(result), now, task_id)).fetchone()
         return (row is not None, row[0] if row is not None else None)
 
     def _apply_failure(self, task_id: str, attempt: int, outcome: str, error: Any, now: float) -> None:
@@ -587,7 +597,7 @@ class Journal:
         with self.transaction():
             cur = self.conn.execute(
                 f"UPDATE tasks SET state = ?, error = ?, updated = ?, not_before = NULL "
-                f"WHERE id = ? AND state IN {_in(sources(event))}",
+                f"WHERE id = ? AND state IN {_legal_from(event)}",
                 (transition(sources(event)[0], event), _dumps(error), now, task_id))
             if cur.rowcount == 0 and self._state(task_id) is None:
                 raise NotFound(f"no task {task_id!r} in the journal", hint="`agora tasks` lists the known ids")
@@ -605,7 +615,7 @@ class Journal:
         with self.transaction():
             rows = self.conn.execute(
                 f"UPDATE tasks SET state = 'deadline_exceeded', error = ?, updated = ?, not_before = NULL "
-                f"WHERE deadline <= ? AND state IN {_in(sources('deadline'))} RETURNING id, pipeline_id",
+                f"WHERE deadline <= ? AND state IN {_legal_from('deadline')} RETURNING id, pipeline_id",
                 (_dumps(self._deadline_error()), now, now)).fetchall()
             for pid in {p for _, p in rows if p}:
                 self._advance_pipeline(pid, now)
