@@ -275,6 +275,23 @@ def test_measure_counts_waiting_tasks_inside_agents_and_arrivals_by_conservation
     assert pool.inputs.size == 2
 
 
+def test_latency_p95_covers_the_window_but_at_most_the_latest_samples() -> None:
+    from runtime.scaler import LATENCY_SAMPLES, LATENCY_WINDOW_S
+    coord = fake_coord({"size": 1, "max": 2})
+    scaler = Scaler(coord)
+    pool = scaler.pools["p"]
+    pool.caps = {"c"}
+    task = SimpleNamespace(capability="c")
+    for _ in range(LATENCY_SAMPLES):  # slow tasks first, then as many fast ones
+        scaler.task_final(task, SimpleNamespace(created=0.0, updated=5.0))
+    assert scaler.latency_p95(pool, 100.0) == 5.0
+    for _ in range(LATENCY_SAMPLES):
+        scaler.task_final(task, SimpleNamespace(created=0.0, updated=0.1))
+    assert len(pool.latencies) == LATENCY_SAMPLES
+    assert scaler.latency_p95(pool, 100.0) == 0.1  # the slow ones fell out of the sample
+    assert scaler.latency_p95(pool, 100.0 + LATENCY_WINDOW_S) == 0.0  # and all out of the window
+
+
 def test_load_metadata_is_published_on_change_only() -> None:
     from runtime.registry import make_backend
     coord = fake_coord({"size": 1, "max": 2})
