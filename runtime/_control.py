@@ -206,7 +206,9 @@ class Commands:
     # -- tasks -------------------------------------------------------------------------
 
     def _known_caps(self) -> set[str]:
-        return self.capabilities | {c for a in self.coord.scheduler.agents.values() for c in a.caps}
+        """Capabilities of the config and of every agent that ever joined (``agent_joined``
+        adds an agent's own at its hello); the live set itself, not a copy: read only."""
+        return self.capabilities
 
     def agent_joined(self, link: Any) -> None:
         self.capabilities.update(link.caps)
