@@ -319,7 +319,7 @@ class Scheduler:
         if fin.state == "succeeded":
             if fin.recorded:  # the one result that counts (maybe of an older attempt)
                 self._forget_inflight(task)
-                self._final(task, "succeeded")
+                self._final(task, "succeeded", fin.record)
             return
         if attempt != task.attempts:
             return  # a late report of an attempt that was already given up
@@ -346,11 +346,12 @@ class Scheduler:
         if link is not None:
             link.inflight.pop(task.id, None)
 
-    def _final(self, task: TaskRun, state: str) -> None:
+    def _final(self, task: TaskRun, state: str, rec: Any = None) -> None:
+        """The task ended in ``state``; ``rec`` is its journal record if the caller has it."""
         self._leaves_queue(task)
         task.state = state
         self.tasks.pop(task.id, None)
-        rec = self.journal.get(task.id)
+        rec = rec if rec is not None else self.journal.get(task.id)
         self.emit(f"task.{state}", task.trace, task_id=task.id, attempts=rec.attempts,
                   **({"error": rec.error} if rec.error else {}))
         self.on_final(task, rec)

@@ -133,7 +133,7 @@ _START = (f"UPDATE tasks SET state = 'running', attempts = attempts + 1, updated
           f"not_before = NULL WHERE id = ? AND state IN {_legal_from('start')} RETURNING attempts")
 _SUCCEED = (f"UPDATE tasks SET result = ?, error = NULL, state = 'succeeded', updated = ?, "
             f"not_before = NULL WHERE id = ? AND result IS NULL AND state IN {_legal_from('succeed')} "
-            "RETURNING pipeline_id")
+            f"RETURNING {_TASK_COLUMNS}")  # the record, with no read after the write
 
 
 def _dumps(value: Any) -> str:
@@ -222,6 +222,7 @@ class Finish:
     attempt: int
     recorded: bool
     state: str
+    record: TaskRecord | None = None  # the task as this finish left it, when recorded
 
 
 def _classify(exc: sqlite3.Error, what: str) -> Exception:
@@ -519,11 +520,11 @@ class Journal:
             if not self._end_attempt(task_id, attempt, outcome, error, now):
                 return Finish(task_id, attempt, False, self._state(task_id))
             if outcome == "succeeded":
-                recorded, pid = self._record_result(task_id, result, now)
-                if recorded:  # the hot path: no further reads
-                    if pid is not None:
-                        self._advance_pipeline(pid, now)
-                    return Finish(task_id, attempt, True, "succeeded")
+                record = self._record_result(task_id, result, now)
+                if record is not None:  # the hot path: no further reads
+                    if record.pipeline_id is not None:
+                        self._advance_pipeline(record.pipeline_id, now)
+                    return Finish(task_id, attempt, True, "succeeded", record)
             else:
                 self._apply_failure(task_id, attempt, outcome, error, now)
             self._advance_pipeline_of(task_id, now)
@@ -556,10 +557,11 @@ class Journal:
                           "WHERE task_id = ? AND attempt = ?", (now, outcome, err, task_id, attempt))
         return True
 
-    def _record_result(self, task_id: str, result: Any, now: float) -> tuple[bool, str | None]:
-        """(recorded, pipeline id): the guarded UPDATE is the exactly-once point."""
+    def _record_result(self, task_id: str, result: Any, now: float) -> TaskRecord | None:
+        """The task with its result, or None when not recorded: the guarded UPDATE is the
+        exactly-once point."""
         row = self.conn.execute(_SUCCEED, (_dumps(result), now, task_id)).fetchone()
-        return (row is not None, row[0] if row is not None else None)
+        return None if row is None else TaskRecord.from_row(row)
 
     def _apply_failure(self, task_id: str, attempt: int, outcome: str, error: Any, now: float) -> None:
         row = self.conn.execute("SELECT state, attempts, max_attempts FROM tasks WHERE id = ?",
