@@ -425,9 +425,15 @@ class Journal:
         if len(traces) != len(specs):
             raise InvalidInput(f"submit_many got {len(specs)} specs but {len(traces)} trace ids")
         rows = [self._task_row(spec, trace or new_id(), now) for spec, trace in zip(specs, traces)]
-        with self.transaction():
-            self.conn.executemany(_INSERT_TASK, rows)
-            existing = self._ids_by_key([spec.idempotency_key for spec in specs if spec.idempotency_key])
+        if len(rows) == 1 and self._depth:
+            # One statement inside an open transaction (the coordinator's turn): SQLite undoes
+            # a failed statement by itself, so it needs no savepoint of its own.
+            self.conn.execute(_INSERT_TASK, rows[0])
+            existing = self._ids_by_key([specs[0].idempotency_key] if specs[0].idempotency_key else [])
+        else:
+            with self.transaction():
+                self.conn.executemany(_INSERT_TASK, rows)
+                existing = self._ids_by_key([spec.idempotency_key for spec in specs if spec.idempotency_key])
         return [existing.get(spec.idempotency_key, row[0]) if spec.idempotency_key else row[0]
                 for spec, row in zip(specs, rows)]
 

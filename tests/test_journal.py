@@ -216,6 +216,21 @@ def _two_attempts(j: Journal) -> str:
     return task_id
 
 
+def test_a_failed_single_submission_inside_a_turn_leaves_the_turn_s_other_writes(journal):
+    # One task inside an open transaction is one INSERT with no savepoint of its own:
+    # a failure of that statement must undo nothing but itself.
+    kept = journal.submit_many(specs(1))[0]
+    with journal.transaction():
+        before = journal.submit_many(specs(1))[0]
+        last = journal._last_id
+        journal._last_id = (last[0], last[1] - 1)  # the next id collides with ``before``
+        with pytest.raises(sqlite3.IntegrityError):
+            journal.submit_many(specs(1))
+        journal._last_id = last
+        after = journal.submit_many(specs(1))[0]
+    assert [r.id for r in journal.list()] == [after, before, kept]
+
+
 def test_first_success_wins_and_later_success_is_only_an_attempt(journal):
     task_id = _two_attempts(journal)
     first = journal.finish_attempt(task_id, 2, "succeeded", result={"by": "b"})
