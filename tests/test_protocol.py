@@ -298,17 +298,20 @@ def test_pickle_bytes_never_reach_pickle(wrap):
 def test_multiprocessing_connection_frames_are_refused(pair):
     a, b = pair
     conn = multiprocessing.connection.Connection(os.dup(b.fileno()))
+    challenge = b"#CHALLENGE#" + os.urandom(20)  # what deliver_challenge sends
     try:
-        conn.send_bytes(b"#CHALLENGE#" + os.urandom(20))  # what deliver_challenge sends
-        conn.send({"cmd": Booby()})                          # a pickled message
+        conn.send_bytes(challenge)
+        conn.send({"cmd": Booby()})  # a pickled message
     finally:
         conn.close()
     data = a.recv(1 << 16)
     with pytest.raises(ProtocolError, match="multiprocessing") as info:
         FrameReader().feed(data)
     assert info.value.frames == []
+    pickled = data[4 + len(challenge):]  # the second frame (the random bytes may hold 0x80)
+    assert pickled[4:6] == b"\x80\x04"
     with pytest.raises(ProtocolError, match="pickle"):
-        FrameReader().feed(data[data.index(b"\x80") - 4:])
+        FrameReader().feed(pickled)
     assert UNPICKLED == []
 
 
