@@ -43,6 +43,7 @@ import traceback
 from collections import deque
 from typing import Any
 
+from runtime._io import RECV_BYTES
 from runtime._payload import Payloads
 from runtime._server import InternalReader, encode_internal
 from runtime.agent import Agent, AgentContext, TaskHandle
@@ -164,7 +165,7 @@ class AgentRunner:
         the reading role and run them here (no hand-off on the task's path)."""
         while True:
             try:
-                data = self.sock.recv(1 << 18)
+                data = self.sock.recv(RECV_BYTES)
             except OSError:
                 data = b""
             if not data:

@@ -33,6 +33,7 @@ from zlib import crc32
 
 import orjson
 
+from runtime._io import RECV_BYTES
 from runtime._partitioning import key_hash
 from runtime._registry_local import validate_registration
 from runtime._registry_partition import encode_frame
@@ -115,7 +116,7 @@ class _Link:
         spun = False
         while True:
             try:
-                chunk = self.sock.recv(262144)
+                chunk = self.sock.recv(RECV_BYTES)
                 break
             except BlockingIOError:
                 if spun or not spin_until_readable(self.sock, self.spin_s):

@@ -41,6 +41,7 @@ from typing import Any
 
 import orjson
 
+from runtime._io import RECV_BYTES
 from runtime._partitioning import partition_of
 from runtime._registry_local import Shard, owner_not_running, validate_registration
 from runtime._registry_table import TableWriter
@@ -56,7 +57,6 @@ from runtime.registry import (
 __all__ = ["partition_main", "PartitionServer", "MAX_FRAME", "encode_frame"]
 
 MAX_FRAME = 16 << 20
-_RECV = 262144
 _LEN = struct.Struct(">I")
 Emit = Callable[..., None]
 
@@ -205,7 +205,7 @@ class PartitionServer:
         later is reported again), which spares a failing ``recv`` per request."""
         while True:
             try:
-                chunk = conn.sock.recv(_RECV)
+                chunk = conn.sock.recv(RECV_BYTES)
             except (BlockingIOError, InterruptedError):
                 return True
             except OSError:
@@ -214,7 +214,7 @@ class PartitionServer:
                 self._drop(conn)
                 return False
             conn.inbuf += chunk
-            if len(chunk) < _RECV:
+            if len(chunk) < RECV_BYTES:
                 return True
 
     def _handle_frames(self, conn: _Conn) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from runtime import paths
+from runtime._io import RECV_BYTES
 from runtime._protocol import HEADER, MAX_FRAME, FrameReader, ProtocolError, encode_frame
 
 __all__ = ["listen_unix", "remove_run_dir", "Conn", "encode_internal", "InternalReader"]
@@ -107,7 +108,7 @@ class Conn:
     def read_frames(self) -> list[Any] | None:
         """Frames now complete; None on EOF (the peer is gone).  Raises ProtocolError."""
         try:
-            data = self.sock.recv(1 << 18)
+            data = self.sock.recv(RECV_BYTES)
         except (BlockingIOError, InterruptedError):
             return []
         except OSError:
