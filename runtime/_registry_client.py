@@ -17,6 +17,15 @@
   ``register_many`` groups its items by partition, sends one frame to every partition
   involved before reading any reply, so a batch costs one round trip *in parallel* to
   each partition involved; ``remove_owner``/``clear``/``select`` over RPC likewise.
+* **Validation of a batch** (decision): ``register_many`` checks here only what routing
+  and the wire need (key, owner, the entry's two fields and no unknown ones) and leaves
+  the entry's contents to the partition, which must check them anyway and answers a bad
+  item alone.  A partition's batch that does not encode as JSON, or encodes larger than
+  its items may be, is checked item by item here first, so a bad item still fails alone
+  and never takes its neighbours' frame down.  Checking every item on both sides was
+  about 40% of a client's CPU per registration; without it N=4 partitions with 2 clients
+  went from 0.91x to 1.04x N=1 (perf/registry.py's workload, 20 interleaved runs).
+  ``register`` still checks before its round trip.
 """
 
 from __future__ import annotations
@@ -41,6 +50,9 @@ from runtime._registry_table import TableReader, TornRead
 from runtime._spin import spin_until_readable
 from runtime.errors import AgoraError, BrokenError, InvalidInput, Unavailable, from_wire
 from runtime.registry import (
+    _ENTRY_FIELDS,
+    MAX_ENTRY_BYTES,
+    MAX_KEY_BYTES,
     Entry,
     EntryLike,
     Predicate,
@@ -168,13 +180,18 @@ class PartitionedBackend:
         batches: dict[int, list[tuple[int, list[Any]]]] = {}
         for key, entry, owner in items:
             try:
-                key, caps, meta, owner = _validated(key, entry, owner)
+                key, caps, meta, owner = _routed(key, entry, owner)
             except AgoraError as exc:
                 out.append(exc)
                 continue
             batches.setdefault(key_hash(key) % self._n, []).append(
                 (len(out), [key, caps, meta, owner]))
             out.append(None)
+        for p, batch in list(batches.items()):
+            if not _fits_the_wire(batch):
+                batches[p] = _checked(batch, out)
+                if not batches[p]:
+                    del batches[p]
         requests = {p: [["register_many", [item for _, item in b]]] for p, b in batches.items()}
         for p, replies in self._exchange_each(requests, len(out)).items():
             for (pos, _), answer in zip(batches[p], _per_item(replies, len(batches[p]))):
@@ -353,6 +370,34 @@ class PartitionedBackend:
     def _unavailable(self, p: int, exc: OSError) -> Unavailable:
         return Unavailable(f"registry partition {p} ({self._paths[p]}) is unavailable: "
                            f"{exc.strerror or exc}", hint="retryable: try again shortly")
+
+
+def _routed(key: Any, entry: EntryLike, owner_pid: Any) -> tuple[str, Any, Any, int]:
+    """What routing and the wire need of one ``register_many`` item: the partition
+    checks the entry's contents (see "Validation of a batch" above)."""
+    if type(entry) is dict and entry.keys() <= _ENTRY_FIELDS:
+        return check_key(key), entry.get("capabilities", []), entry.get("metadata"), check_owner(owner_pid)
+    return _validated(key, entry, owner_pid)  # Entry objects, other mappings: checked here
+
+
+def _fits_the_wire(batch: list[tuple[int, list[Any]]]) -> bool:
+    """True when the items encode as JSON within what valid entries can take."""
+    try:
+        size = len(orjson.dumps([item for _, item in batch]))
+    except (TypeError, orjson.JSONEncodeError):
+        return False
+    return size <= len(batch) * (MAX_ENTRY_BYTES + MAX_KEY_BYTES)
+
+
+def _checked(batch: list[tuple[int, list[Any]]], out: list[Any]) -> list[tuple[int, list[Any]]]:
+    """The items of ``batch`` that pass the full check; the others' errors go to ``out``."""
+    good = []
+    for pos, (key, caps, meta, owner) in batch:
+        try:
+            good.append((pos, list(_validated(key, {"capabilities": caps, "metadata": meta}, owner))))
+        except AgoraError as exc:
+            out[pos] = exc
+    return good
 
 
 def _validated(key: str, entry: EntryLike, owner_pid: int

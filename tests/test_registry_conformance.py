@@ -283,6 +283,27 @@ def test_register_many_gives_one_result_per_item(backend):
     assert all(backend.lookup(e.key) == e for e in good)
 
 
+def test_register_many_fails_each_bad_item_alone_whoever_checks_it(backend):
+    """Oversized, not JSON-able, misspelt or all-bad partitions: only the bad items fail;
+    entries that merely need normalising (a set or tuple of capabilities) are stored."""
+    items = [(f"k{i}", spec("x", i=i), ME) for i in range(40)]
+    items[3] = ("k3", spec("x", pad="p" * 2000), ME)                  # over a slot, among small ones
+    items[9] = ("k9", spec("x", pad="p" * 200_000), ME)               # far over: checked before sending
+    items[12] = ("k12", {"capabilities": {"x"}, "metadata": {}}, ME)  # a set: normalised
+    items[15] = ("k15", {"capabilities": ("x", "y"), "metadata": None}, ME)
+    items[21] = ("k21", {"capabilities": ["x"], "metdata": {}}, ME)    # a misspelt field
+    items[30] = ("k30", spec("x", when={1, 2}), ME)                   # not JSON
+    results = backend.register_many(items)
+    bad = {3, 9, 21, 30}
+    assert [i for i, r in enumerate(results) if isinstance(r, InvalidInput)] == sorted(bad)
+    assert all(isinstance(r, Entry) for i, r in enumerate(results) if i not in bad)
+    assert backend.lookup("k12").capabilities == ["x"] and backend.lookup("k15").capabilities == ["x", "y"]
+    assert backend.count("x") == 36
+    only_bad = [(k, spec("x", pad="p" * 5000), ME) for k in ("b1", "b2", "b3", "b4", "b5")]
+    assert all(isinstance(r, InvalidInput) for r in backend.register_many(only_bad))
+    assert backend.count("x") == 36
+
+
 def test_clear(backend):
     backend.register_many([(f"k{i}", spec("x"), ME) for i in range(20)])
     assert backend.clear() == 20
