@@ -4,6 +4,7 @@ closing JSON line.  Not a benchmark itself (the before-stop hook skips ``perf/_*
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
@@ -34,6 +35,38 @@ def pct(xs: list[float], p: float) -> float:
     """The p-th percentile (nearest rank) of a non-empty list."""
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+# ---------------------------------------------------------------- the pipe floor
+# The two ends of a pipe round trip land on one core (about 3 us here) or on two (60-90
+# us), at the scheduler's whim, and a run that drew one core made every ratio against
+# the floor jump 20-fold.  The daemon's processes work on both cores, so the floor is
+# measured across two: the echoing child on one CPU, the measuring parent on another.
+
+def floor_cpus() -> tuple[int, int] | None:
+    """(parent's CPU, child's CPU) for a cross-core round trip; None with one CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return (cpus[0], cpus[1]) if len(cpus) >= 2 else None
+
+
+def pin_echo(cpus: tuple[int, int] | None) -> None:
+    """In the echoing child: run on the child's CPU."""
+    if cpus is not None:
+        os.sched_setaffinity(0, {cpus[1]})
+
+
+@contextlib.contextmanager
+def pinned_parent(cpus: tuple[int, int] | None) -> Any:
+    """The measuring loop on the parent's CPU; the old affinity comes back after."""
+    if cpus is None:
+        yield
+        return
+    old = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpus[0]})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, old)
 
 
 def private_runtime_dir() -> None:

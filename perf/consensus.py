@@ -33,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from _common import parse_args  # noqa: E402
+from _common import floor_cpus, parse_args, pin_echo, pinned_parent  # noqa: E402
 
 from tests.daemon_util import running_daemon  # noqa: E402
 
@@ -67,19 +67,22 @@ def pipe_rtt(reps: int) -> list[float]:
     """Round trip of one byte between two processes over a pair of pipes."""
     a_r, a_w = os.pipe()
     b_r, b_w = os.pipe()
+    cpus = floor_cpus()  # across two cores (perf/_common.py, "the pipe floor")
     pid = os.fork()
     if pid == 0:
         try:
+            pin_echo(cpus)
             while os.read(a_r, 1) == b"x":
                 os.write(b_w, b"y")
         finally:
             os._exit(0)
     out = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        os.write(a_w, b"x")
-        os.read(b_r, 1)
-        out.append((time.perf_counter() - t) * 1000)
+    with pinned_parent(cpus):
+        for _ in range(reps):
+            t = time.perf_counter()
+            os.write(a_w, b"x")
+            os.read(b_r, 1)
+            out.append((time.perf_counter() - t) * 1000)
     os.write(a_w, b"q")
     os.waitpid(pid, 0)
     for fd in (a_r, a_w, b_r, b_w):

@@ -29,7 +29,7 @@ import time
 
 import multiprocess
 import orjson
-from _common import Daemon, emit_json, parse_args, pct
+from _common import Daemon, emit_json, floor_cpus, parse_args, pct, pin_echo, pinned_parent
 
 POOL = """
 [daemon]
@@ -45,7 +45,8 @@ cost = 1.0
 """
 
 
-def _echo_server(conn) -> None:
+def _echo_server(conn, cpus) -> None:
+    pin_echo(cpus)
     while True:
         msg = conn.recv_bytes()
         if msg == b"stop":
@@ -55,15 +56,17 @@ def _echo_server(conn) -> None:
 
 def pipe_rtt(n: int) -> list[float]:
     a, b = multiprocess.get_context("fork").Pipe()
-    p = multiprocess.get_context("fork").Process(target=_echo_server, args=(b,))
+    cpus = floor_cpus()  # across two cores (perf/_common.py, "the pipe floor")
+    p = multiprocess.get_context("fork").Process(target=_echo_server, args=(b, cpus))
     p.start()
     msg = orjson.dumps({"id": "t-0001", "cap": "add", "input": {"a": 1, "b": 2}})
     out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        a.send_bytes(msg)
-        orjson.loads(a.recv_bytes())
-        out.append((time.perf_counter() - t0) * 1e6)
+    with pinned_parent(cpus):
+        for _ in range(n):
+            t0 = time.perf_counter()
+            a.send_bytes(msg)
+            orjson.loads(a.recv_bytes())
+            out.append((time.perf_counter() - t0) * 1e6)
     a.send_bytes(b"stop")
     p.join()
     return out

@@ -8,8 +8,9 @@ With 1, 2, 4 and 8 client processes and 10,000 keys it measures:
 * registrations/s for N=1 and N=4 partitions.  A "registration" here is one item of a
   ``register_many`` batch of 64: one batch costs one round trip to each partition it
   touches, sent to all of them before any reply is read (so ~1/64 round trip per
-  registration, spread over the partitions).  Each figure is the median of 5 runs (1
-  with ``--quick``) in which N=1 and N=4 take turns.  ``register_p50_us`` is a single
+  registration, spread over the partitions).  Each figure is the median of 11 runs (1
+  with ``--quick``) in which N=1 and N=4 take turns: a run takes about 0.1 s, and with 5
+  runs the N=4/N=1 ratio at 2 clients moved by +-6% from one invocation to the next.  ``register_p50_us`` is a single
   blocking ``register``: exactly one round trip.
 * lookups/s for N=1 and N=4 by round trip (``fast_reads=False``: one round trip each),
   and from the shared-memory tables (``fastpath``: no round trip);
@@ -37,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import multiprocess  # noqa: E402
 import orjson  # noqa: E402
 import psutil  # noqa: E402
-from _common import parse_args  # noqa: E402
+from _common import floor_cpus, parse_args, pin_echo, pinned_parent  # noqa: E402
 
 from runtime._registry_client import PartitionedBackend  # noqa: E402
 from runtime._registry_partition import partition_main  # noqa: E402
@@ -214,20 +215,23 @@ def pipe_rtt_us(count: int) -> float:
     """Median round trip of a 32-byte message to another process and back, over pipes."""
     a_r, a_w = os.pipe()
     b_r, b_w = os.pipe()
+    cpus = floor_cpus()  # across two cores (perf/_common.py, "the pipe floor")
     pid = os.fork()
     if pid == 0:
         try:
+            pin_echo(cpus)
             os.close(a_w)  # or the echo never sees EOF
             while msg := os.read(a_r, 64):
                 os.write(b_w, msg)
         finally:
             os._exit(0)
     msg, lat = b"x" * 32, []
-    for _ in range(count):
-        t = time.perf_counter()
-        os.write(a_w, msg)
-        os.read(b_r, 64)
-        lat.append(time.perf_counter() - t)
+    with pinned_parent(cpus):
+        for _ in range(count):
+            t = time.perf_counter()
+            os.write(a_w, msg)
+            os.read(b_r, 64)
+            lat.append(time.perf_counter() - t)
     os.close(a_w)
     os.waitpid(pid, 0)
     for fd in (a_r, b_r, b_w):
@@ -290,7 +294,7 @@ def measure_manager(seed: int, duration: float, out: dict) -> None:
 
 def main() -> None:
     args = parse_args(__doc__, quick="short runs (development)")
-    duration, rounds = (0.3, 1) if args.quick else (1.0, 5)
+    duration, rounds = (0.3, 1) if args.quick else (1.0, 11)
     out: dict = {"reg_per_s": {"N1": {}, "N4": {}}, "lookup_per_s": {"N1": {}, "N4": {}},
                  "lookup_latency_us": {"N1": {}, "N4": {}}, "fastpath_lookup_per_s": {},
                  "manager_lookup_per_s": {}, "register_p50_by_n": {}, "_cpu": [], "reg_runs": {"N1": {}, "N4": {}}}
