@@ -4,6 +4,7 @@ closing JSON line.  Not a benchmark itself (the before-stop hook skips ``perf/_*
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import os
 import shutil
@@ -70,8 +71,12 @@ def pinned_parent(cpus: tuple[int, int] | None) -> Any:
 
 
 def private_runtime_dir() -> None:
-    """Sockets of the daemons this script starts go in a directory of their own."""
-    os.environ.setdefault("AGORA_RUNTIME_DIR", tempfile.mkdtemp(prefix="agora-perf-rt-"))
+    """Sockets of the daemons this script starts go in a directory of their own, removed
+    when the script exits (forked children leave through ``os._exit``: not they)."""
+    if "AGORA_RUNTIME_DIR" not in os.environ:
+        path = tempfile.mkdtemp(prefix="agora-perf-rt-")
+        os.environ["AGORA_RUNTIME_DIR"] = path
+        atexit.register(shutil.rmtree, path, True)
 
 
 class Daemon:
