@@ -15,7 +15,7 @@ a plateau, a ramp down to zero, idle (the offered load's mean is about half its 
   scaler on (knobs in ``SCALING`` below).  The hysteresis band is symmetric around the
   target (0.6 < 0.75 < 0.9).  With ``scale_down_at = 0.5`` a pool of 6 held at a demand of
   3, which 4 agents serve at the target: that band cost about 3 % of the fixed pool's
-  agent-seconds, for p95 about 1.08x instead of 1.17x (docs/DECISIONS.md, "Scaling").
+  agent-seconds, for p95 about 1.08x instead of 1.16-1.19x (docs/DECISIONS.md, "Scaling").
 
 The pair of runs is repeated ``ROUNDS`` times (once with ``--quick``), fixed and
 autoscaled taking turns; ``p95_ratio`` and ``agent_seconds_ratio`` are the medians over the
