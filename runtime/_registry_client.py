@@ -187,12 +187,16 @@ class PartitionedBackend:
             batches.setdefault(key_hash(key) % self._n, []).append(
                 (len(out), [key, caps, meta, owner]))
             out.append(None)
+        requests: dict[int, list[Any]] = {}
         for p, batch in list(batches.items()):
-            if not _fits_the_wire(batch):
-                batches[p] = _checked(batch, out)
-                if not batches[p]:
+            encoded = _encoded_within_slots(batch)
+            if encoded is None:
+                batches[p] = batch = _checked(batch, out)
+                if not batch:
                     del batches[p]
-        requests = {p: [["register_many", [item for _, item in b]]] for p, b in batches.items()}
+                    continue
+                encoded = orjson.dumps([item for _, item in batch])
+            requests[p] = [b'"register_many",' + encoded]  # the frame's tail, encoded once
         for p, replies in self._exchange_each(requests, len(out)).items():
             for (pos, _), answer in zip(batches[p], _per_item(replies, len(batches[p]))):
                 out[pos] = answer
@@ -286,7 +290,7 @@ class PartitionedBackend:
             out[p] = [v for _, v in replies]
         return out
 
-    def _exchange_each(self, requests: dict[int, list[list[Any]]], items: int
+    def _exchange_each(self, requests: dict[int, list[Any]], items: int
                        ) -> dict[int, list[tuple[int, Any]] | AgoraError]:
         """Send every partition its requests, then read every reply: per partition the
         (flag, value) replies, or the error that made that partition unreachable."""
@@ -305,13 +309,17 @@ class PartitionedBackend:
                 out[p] = exc
         return out
 
-    def _send(self, p: int, reqs: list[list[Any]], deadline: float) -> list[int]:
+    def _send(self, p: int, reqs: list[Any], deadline: float) -> list[int]:
         rids = []
         frames = []
         for req in reqs:
             self._rid += 1
             rids.append(self._rid)
-            frames.append(encode_frame([self._rid, *req]))
+            if isinstance(req, bytes):  # [op, *args] already encoded, without its brackets
+                body = b"[%d,%s]" % (self._rid, req)
+                frames.append(_LEN.pack(len(body)) + body)
+            else:
+                frames.append(encode_frame([self._rid, *req]))
         data = b"".join(frames)
         try:
             self._link(p).send(data, deadline)
@@ -380,13 +388,14 @@ def _routed(key: Any, entry: EntryLike, owner_pid: Any) -> tuple[str, Any, Any, 
     return _validated(key, entry, owner_pid)  # Entry objects, other mappings: checked here
 
 
-def _fits_the_wire(batch: list[tuple[int, list[Any]]]) -> bool:
-    """True when the items encode as JSON within what valid entries can take."""
+def _encoded_within_slots(batch: list[tuple[int, list[Any]]]) -> bytes | None:
+    """The items as JSON, or None if they do not encode or are larger than valid entries
+    can be (then they are checked one by one)."""
     try:
-        size = len(orjson.dumps([item for _, item in batch]))
+        data = orjson.dumps([item for _, item in batch])
     except (TypeError, orjson.JSONEncodeError):
-        return False
-    return size <= len(batch) * (MAX_ENTRY_BYTES + MAX_KEY_BYTES)
+        return None
+    return data if len(data) <= len(batch) * (MAX_ENTRY_BYTES + MAX_KEY_BYTES) else None
 
 
 def _checked(batch: list[tuple[int, list[Any]]], out: list[Any]) -> list[tuple[int, list[Any]]]:
