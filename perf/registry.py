@@ -10,8 +10,8 @@ With 1, 2, 4 and 8 client processes and 10,000 keys it measures:
   touches, sent to all of them before any reply is read (so ~1/64 round trip per
   registration, spread over the partitions).  Each figure is the median of 11 runs (1
   with ``--quick``) in which N=1 and N=4 take turns: a run takes about 0.1 s, and with 5
-  runs the N=4/N=1 ratio at 2 clients moved by +-6% from one invocation to the next.  ``register_p50_us`` is a single
-  blocking ``register``: exactly one round trip.
+  runs the N=4/N=1 ratio at 2 clients moved by +-6% from one invocation to the next.
+  ``register_p50_us`` is a single blocking ``register``: exactly one round trip.
 * lookups/s for N=1 and N=4 by round trip (``fast_reads=False``: one round trip each),
   and from the shared-memory tables (``fastpath``: no round trip);
 * a ``multiprocess.Manager().dict()`` lookup baseline;

@@ -45,12 +45,12 @@ import orjson
 from runtime._io import RECV_BYTES
 from runtime._partitioning import key_hash
 from runtime._registry_local import validate_registration
-from runtime._registry_partition import encode_frame
+from runtime._registry_partition import frame
 from runtime._registry_table import TableReader, TornRead
 from runtime._spin import spin_until_readable
 from runtime.errors import AgoraError, BrokenError, InvalidInput, Unavailable, from_wire
 from runtime.registry import (
-    _ENTRY_FIELDS,
+    ENTRY_FIELDS,
     MAX_ENTRY_BYTES,
     MAX_KEY_BYTES,
     Entry,
@@ -315,11 +315,9 @@ class PartitionedBackend:
         for req in reqs:
             self._rid += 1
             rids.append(self._rid)
-            if isinstance(req, bytes):  # [op, *args] already encoded, without its brackets
-                body = b"[%d,%s]" % (self._rid, req)
-                frames.append(_LEN.pack(len(body)) + body)
-            else:
-                frames.append(encode_frame([self._rid, *req]))
+            # a request is [op, *args], or bytes: those already encoded, without brackets
+            frames.append(frame(b"[%d,%s]" % (self._rid, req) if isinstance(req, bytes)
+                                else orjson.dumps([self._rid, *req])))
         data = b"".join(frames)
         try:
             self._link(p).send(data, deadline)
@@ -383,7 +381,7 @@ class PartitionedBackend:
 def _routed(key: Any, entry: EntryLike, owner_pid: Any) -> tuple[str, Any, Any, int]:
     """What routing and the wire need of one ``register_many`` item: the partition
     checks the entry's contents (see "Validation of a batch" above)."""
-    if type(entry) is dict and entry.keys() <= _ENTRY_FIELDS:
+    if type(entry) is dict and entry.keys() <= ENTRY_FIELDS:
         return check_key(key), entry.get("capabilities", []), entry.get("metadata"), check_owner(owner_pid)
     return _validated(key, entry, owner_pid)  # Entry objects, other mappings: checked here
 

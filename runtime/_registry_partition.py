@@ -54,16 +54,20 @@ from runtime.registry import (
     order_and_limit,
 )
 
-__all__ = ["partition_main", "PartitionServer", "MAX_FRAME", "encode_frame"]
+__all__ = ["partition_main", "PartitionServer", "MAX_FRAME", "encode_frame", "frame"]
 
 MAX_FRAME = 16 << 20
 _LEN = struct.Struct(">I")
 Emit = Callable[..., None]
 
 
-def encode_frame(obj: Any) -> bytes:
-    body = orjson.dumps(obj)
+def frame(body: bytes) -> bytes:
+    """A length-prefixed frame around an already encoded body."""
     return _LEN.pack(len(body)) + body
+
+
+def encode_frame(obj: Any) -> bytes:
+    return frame(orjson.dumps(obj))
 
 
 def partition_main(index: int, n: int, sock_path: str, table: Any, *,

@@ -55,7 +55,7 @@ from runtime.errors import AgoraError, InvalidInput
 __all__ = [
     "Entry", "Predicate", "Backend", "parse_filter", "parse_filters", "make_backend",
     "MAX_KEY_BYTES", "MAX_CAPABILITIES", "MAX_CAPABILITY_BYTES", "MAX_ENTRY_BYTES",
-    "OPS", "EntryLike",
+    "OPS", "EntryLike", "ENTRY_FIELDS",
 ]
 
 MAX_KEY_BYTES = 128
@@ -155,12 +155,13 @@ def _check_metadata(meta: Any) -> dict[str, Any]:
     return dict(meta)
 
 
-_ENTRY_FIELDS = frozenset({"capabilities", "metadata", "key", "version", "owner"})
+#: The fields an entry mapping may have (``capabilities`` and ``metadata`` are used).
+ENTRY_FIELDS = frozenset({"capabilities", "metadata", "key", "version", "owner"})
 
 
 def entry_fields(entry: EntryLike) -> tuple[list[str], dict[str, Any]]:
     """(capabilities, metadata) of what a caller passed to ``register``, validated."""
-    if type(entry) is dict and entry.keys() <= _ENTRY_FIELDS:
+    if type(entry) is dict and entry.keys() <= ENTRY_FIELDS:
         return (_check_capabilities(entry.get("capabilities", [])),
                 _check_metadata(entry.get("metadata")))
     if isinstance(entry, Entry):
@@ -168,7 +169,7 @@ def entry_fields(entry: EntryLike) -> tuple[list[str], dict[str, Any]]:
     if not isinstance(entry, Mapping):
         raise InvalidInput(f"entry must be an Entry or a mapping, got {type(entry).__name__}",
                            hint="pass {'capabilities': [...], 'metadata': {...}}")
-    unknown = set(entry) - _ENTRY_FIELDS
+    unknown = set(entry) - ENTRY_FIELDS
     if unknown:
         raise InvalidInput(f"entry has unknown fields {sorted(unknown)}",
                            hint="an entry has 'capabilities' and 'metadata'")
