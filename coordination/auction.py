@@ -18,7 +18,7 @@ English and Dutch clocks, ``None`` for "I decline".  A refusal that is normal ma
 as ``Ack(accepted=False, reason=...)`` and kept in the result's ``rejected`` list; misuse
 (wrong type, auction not open, clock going backwards) raises a typed error.
 
-Two helpers serve live drivers (coordination.market): a sealed auction's ``payment(ranked)``
+Two helpers serve live drivers (coordination.services.market): a sealed auction's ``payment(ranked)``
 prices an award offered down the ranking when the winner cannot take it, and
 ``DutchAuction.tick_for(limit)`` turns a bidder's stated limit into the tick at which it
 takes, so that a clock of ~1 ms ticks need not ask every agent at every tick.

@@ -55,8 +55,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import orjson  # noqa: E402
 from _common import parse_args  # noqa: E402
 
-from runtime.client import Client  # noqa: E402
-from tests.daemon_util import spawn, stop, wait_up  # noqa: E402
+from runtime.wire.client import Client  # noqa: E402
+from tests.support.daemons import spawn, stop, wait_up  # noqa: E402
 
 POLICIES = ("static", "least-loaded", "market")
 #: tasks the coordinator may send an agent before it answers: with room at busy agents, a
@@ -66,7 +66,7 @@ INFLIGHT = 4
 
 POOL = """
 [pools.{name}]
-agent = "tests.agents_market:{cls}"
+agent = "tests.support.agents_market:{cls}"
 size = {size}
 max = {size}
 [pools.{name}.capabilities.work]

@@ -35,13 +35,13 @@ sys.path.insert(0, str(REPO))
 
 from _common import floor_cpus, parse_args, pin_echo, pinned_parent  # noqa: E402
 
-from tests.daemon_util import running_daemon  # noqa: E402
+from tests.support.daemons import running_daemon  # noqa: E402
 
 POOL = """
 [daemon]
 drain_s = 2.0
 [pools.{name}]
-agent = "tests.agents_consensus:{cls}"
+agent = "tests.support.agents_consensus:{cls}"
 size = {size}
 min = {size}
 max = {max}

@@ -27,14 +27,14 @@ from pathlib import Path
 
 from _common import Daemon, emit_json, parse_args, pct
 
-from runtime.client import Client
-from runtime.eventlog import read_events
+from runtime.observability.eventlog import read_events
+from runtime.wire.client import Client
 
 CONFIG = """
 [daemon]
 drain_s = 1.0
 [pools.w]
-agent = "tests.agents_for_tests:Echo"
+agent = "tests.support.agents:Echo"
 size = 4
 max = 64
 [pools.w.capabilities.sleep]

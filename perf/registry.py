@@ -42,9 +42,9 @@ import orjson  # noqa: E402
 import psutil  # noqa: E402
 from _common import floor_cpus, parse_args, pin_echo, pinned_parent  # noqa: E402
 
-from runtime._registry_client import PartitionedBackend  # noqa: E402
-from runtime._registry_partition import partition_main  # noqa: E402
-from runtime._registry_table import make_tables  # noqa: E402
+from runtime.registry._client import PartitionedBackend  # noqa: E402
+from runtime.registry._partition import partition_main  # noqa: E402
+from runtime.registry.table import make_tables  # noqa: E402
 
 FORK = multiprocess.get_context("fork")
 CLIENTS = (1, 2, 4, 8)

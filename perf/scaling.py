@@ -56,10 +56,10 @@ sys.path.insert(0, str(REPO))
 
 import orjson  # noqa: E402
 
-from runtime.agent import Agent, capability  # noqa: E402
-from runtime.client import Client  # noqa: E402
-from runtime.daemon import wait_until_up  # noqa: E402
+from runtime.agents.agent import Agent, capability  # noqa: E402
+from runtime.daemon.root import wait_until_up  # noqa: E402
 from runtime.errors import AgoraError  # noqa: E402
+from runtime.wire.client import Client  # noqa: E402
 
 SERVICE_S = 0.1
 PEAK_AGENTS = 6
@@ -134,7 +134,7 @@ def config_text(autoscaled: bool) -> str:
 def start_daemon(home: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     with open(home / "agora.log", "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "--home", str(home), "up",
+        proc = subprocess.Popen([sys.executable, "-m", "runtime.cli.main", "--home", str(home), "up",
                                  "--foreground"], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 start_new_session=True, env=env, cwd=str(REPO))
     wait_until_up(lambda: Client(str(home), timeout=2.0), time.monotonic() + 30, proc)

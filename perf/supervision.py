@@ -26,8 +26,8 @@ import time
 
 from _common import emit_json, parse_args, pct
 
-from runtime.child_spec import ChildSpec, SupervisorSpec
-from runtime.supervisor import Tree
+from runtime.supervision.child_spec import ChildSpec, SupervisorSpec
+from runtime.supervision.supervisor import Tree
 
 
 def idle(ctx):

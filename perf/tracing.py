@@ -37,10 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import orjson  # noqa: E402
 from _common import parse_args, private_runtime_dir  # noqa: E402
 
-from runtime.client import Client  # noqa: E402
-from runtime.envelope import TraceContext  # noqa: E402
-from runtime.events import Emitter, make_event  # noqa: E402
-from tests.daemon_util import spawn, stop, wait_up  # noqa: E402
+from runtime.observability.events import Emitter, make_event  # noqa: E402
+from runtime.observability.trace_context import TraceContext  # noqa: E402
+from runtime.wire.client import Client  # noqa: E402
+from tests.support.daemons import spawn, stop, wait_up  # noqa: E402
 
 POOL = """
 [daemon]
@@ -48,7 +48,7 @@ drain_s = 2.0
 agent_inflight = 64
 tracing = {tracing}
 [pools.w]
-agent = "tests.agents_for_tests:Echo"
+agent = "tests.support.agents:Echo"
 size = 2
 max = 2
 mailbox_messages = 100000

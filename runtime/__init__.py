@@ -7,9 +7,7 @@ never ``coordination`` (the coordinator process imports coordination lazily, thr
 the allocation-policy and voting interfaces).
 """
 
-from runtime.agent import Agent, AgentContext, TaskHandle, capability
-from runtime.client import Client
-from runtime.envelope import TraceContext
+from runtime.agents.agent import Agent, AgentContext, TaskHandle, capability
 from runtime.errors import (
     AgoraError,
     BrokenError,
@@ -28,6 +26,8 @@ from runtime.errors import (
     UnknownCapability,
     UnknownCommand,
 )
+from runtime.observability.trace_context import TraceContext
+from runtime.wire.client import Client
 
 __all__ = [
     "Agent", "AgentContext", "TaskHandle", "capability", "Client",

@@ -33,7 +33,7 @@
     mailbox_bytes = 16777216
     max_tasks = 0                 # recycle an agent after N tasks (0 = never)
     memory_ceiling_mib = 0        # recycle an agent whose USS exceeds this (0 = never)
-    [pools.summarize.scaling]     # autoscaler knobs; keys and defaults: runtime.scaling
+    [pools.summarize.scaling]     # autoscaler knobs; keys and defaults: runtime.scaling.policy
     autoscale = true
     [pools.summarize.capabilities.summarize]
     cost = 1.0                    # declared price basis for bids
@@ -51,15 +51,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime import paths
 from runtime.errors import InvalidInput
+from runtime.wire import paths
 
 __all__ = ["Config", "PoolConfig", "RunPaths", "load_config", "parse_config"]
 
 
 @dataclass(frozen=True)
 class RunPaths:
-    """Where a daemon's sockets live: a private directory per home (see runtime.paths)."""
+    """Where a daemon's sockets live: a private directory per home (see runtime.wire.paths)."""
 
     dir: str
     control: str
@@ -88,7 +88,7 @@ class PoolConfig:
     mailbox_bytes: int = 16 << 20
     max_tasks: int = 0
     memory_ceiling_mib: int = 0
-    scaling: dict[str, Any] = field(default_factory=dict)  # see runtime.scaling.pool_scaling
+    scaling: dict[str, Any] = field(default_factory=dict)  # see runtime.scaling.policy.pool_scaling
     capabilities: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
@@ -147,7 +147,7 @@ def _pool(name: str, table: dict[str, Any]) -> PoolConfig:
     if not (0 <= pc.min <= pc.size <= pc.max) or pc.max < 1:
         raise InvalidInput(f"pools.{name}: expected 0 <= min <= size <= max and max >= 1, "
                            f"got min={pc.min} size={pc.size} max={pc.max}")
-    from runtime.scaling import pool_scaling
+    from runtime.scaling.policy import pool_scaling
     pool_scaling(pc)  # refuse bad [pools.NAME.scaling] knobs at load time, not in the coordinator
     return pc
 

@@ -1,0 +1,661 @@
+"""Market allocation in the running coordinator: contract net over live agents, with
+any of the four auction kinds of coordination.auction driven live.
+
+::
+
+    dispatch ── choose(task, candidates) ──> MarketPolicy ── returns DEFERRED (task leaves its queue)
+                                              │  the kind's driver opens its pure auction and asks:
+                                              │  coord.ask(agent, "bid", cfp) -> the agent's bid() hook
+                                              │  timers: coord.call_later(until, wake) (window, round, tick)
+    agent control threads ── answers ───────> on_bid -> driver.answer + driver.step
+                                              │  (submit to the auction; next round / take / close)
+                              close ── result -> [(bid, price to pay)] best first
+                                              │  award: escrow (ledger.hold) + contract + scheduler.assign
+    scheduler.follow ── on_attempt_end ─────> completion -> pay, reputation up
+                                              breach (failed, agent died, timeout) -> refund + penalty,
+                                              reputation down, agent excluded from this task's re-auction
+    scheduler.on_final (wrapped) ───────────> cancel / task deadline while under contract
+
+Everything runs on the coordinator's one thread, inside the turn's journal transaction:
+the ledger writes through the journal's connection in SAVEPOINTs (``Ledger(nested=True)``),
+so a payment commits together with the task state it pays for.  Nothing here blocks: an
+agent that does not answer in time is simply not in the round.  The auctions are the pure
+state machines of coordination.auction fed with the coordinator's monotonic clock; the
+drivers below (one per kind, ``_SealedDriver`` / ``_EnglishDriver`` / ``_DutchDriver``)
+only translate answers into ``submit`` calls and arm a timer for the auction's next
+deadline.
+
+Auction kinds (``MarketConfig.auction``, per daemon; ``market_config auction=...`` changes
+it at run time for auctions opened afterwards), all procurement (agents offer to do the task)::
+
+    sealed-first   one ask; bids within the window; the best evaluated bid wins and is paid
+                   its own price (the default)
+    sealed-second  Vickrey: same round; the winner is paid the price of the bid ranked after
+                   it (never less than its own), or the budget when it is alone (its own
+                   price without a budget)
+    english        reverse English: round r asks the agents still in at price
+                   start - r x decrement ({"auction": "english", "round", "price", ...});
+                   {"stay": true} or a bid stays, silence / null / {"stay": false} drops;
+                   ends when <= 1 stays; the last one is paid that round's price
+    dutch          ascending clock: the offered payment rises from 0 by a step per tick up
+                   to the ceiling; the first agent to take it wins at the clock's price
+
+How a default agent (``Agent.bid()`` answering ``{"price", "quality"}``) takes part: its
+price is its *reservation price*.  English: it stays while the announced price is at least
+its price (asked again every round; the default hook ignores the round's fields, a custom
+one may read ``cfp["price"]`` and answer ``{"stay": ...}``).  Dutch: asked *once*, with the
+schedule ({"auction": "dutch", "start", "step", "tick_ms", "ceiling"}, credits); its price
+becomes a take at the first tick paying at least that (``DutchAuction.tick_for``).  Asking
+at every ~1 ms tick would cost a round trip per tick; a stated limit is what a proxy on the
+clock does for the agent.  The clock still runs in real time: a take is submitted when its
+tick comes (a take whose answer arrives after its tick takes the current, higher, price),
+and the clock's end closes an auction nobody took.  Once every invited agent has answered,
+nothing can happen on the clock before the first take, so the auction's clock is moved to
+that tick at once instead of the task sleeping through empty ticks; the outcome is the one
+waiting would give.
+
+Events (all in the task's trace: the auction is a child span of the task's span, its bids
+and rounds share it, the contract is a child span of the auction, transfers children of
+the contract)::
+
+    market.cfp (kind and its terms)  market.bid (english: round, price, stay; dutch: the
+    take tick and price)  market.round (english: each round's price, stayed, dropped)
+    market.take (dutch: a take submitted on the clock)  market.award (price paid, own bid)
+    market.contract  market.transfer (hold, pay, penalty, refund)  market.completion
+    market.breach  market.cancel  market.reputation (before/after)  market.no_award
+    market.unfunded  market.bid_invalid  market.abandoned  market.exclusions_lifted
+
+Decisions where the spec is silent
+    * Sealed kinds rank by the evaluation score (coordination.evaluation) rather than price
+      alone; if the winner cannot take the contract (gone, full, its bond unfunded) the next
+      ranked bid is offered it at the price the kind's rule gives against the bids after it
+      (``payment``).  Clock kinds award only their winner at the clock's price (there is no
+      ranking to go down: the task goes back to wait for room and a new auction).  Quality,
+      load and reputation do not enter clock auctions (the reliability gate still does).
+    * A task's ``budget`` option (credits) is the reserve price: sealed bids above it are
+      rejected; it is the English start price and the Dutch clock's ceiling.  Without a
+      budget the clocks span ``ceiling_factor`` (4) x the dearest declared cost among the
+      invited agents (at least 1 credit).
+    * Clock moves: about ``clock_steps`` (50) over the range, i.e. English decrement =
+      max(``min_decrement`` (0.01 credits), ceiling / 50) and Dutch step = ceiling / 50
+      (>= 1 mc), so an auction takes at most ~50 rounds or ticks whatever the prices.
+      English rounds wait ``round_ms`` (50 ms) for answers but end as soon as every agent
+      still in has answered; Dutch ticks are ``tick_ms`` (1 ms) long.
+    * English: when the last agents all drop in the same round, the earliest "stay" of the
+      round before wins at that round's price (coordination.auction's rule).  An agent that
+      dies mid-round has dropped.
+    * Evaluation weights (market defaults): price 0.25, quality 0.15, load 0.4, reputation
+      0.2.  "Load" is the expected completion time of one more task, (held + 1) x the
+      agent's observed service time (an EWMA of its completed contracts' durations),
+      relative to the round's best: the bid price already carries the agent's queue, but
+      not its speed, and a buyer waiting for results cares about both.
+    * Window (sealed): 5 ms by default (``market_config`` changes it at run time); the round
+      closes as soon as every invited agent has answered, so over idle local agents it
+      costs one round trip, not the window.
+    * Reliability gate: an agent with at least ``min_observations`` contracts for the
+      capability and a decayed success signal below ``min_success`` is not invited while
+      any other capable agent is alive (even busy: the task then waits for room).  Scores
+      alone trade a known failure rate against a lower price; a gate keeps first-try
+      success high.  A gated agent is invited again when it is the only one left.
+    * Accounts: ``client`` pays for every task (granted ``client_grant_mc`` once, when the
+      ledger first sees it); each agent has ``agent:<id>`` (granted ``agent_grant_mc`` at its
+      first join) from which it posts its bond (the penalty) at award.  Only these grants
+      mint.  Amounts are milli-credits; bids and budgets on the wire are credits.  The price
+      held in escrow and paid is the auction's price (Vickrey: the second price).
+    * Contract deadline: the task's deadline, else ``contract_timeout_s`` (60 s) after the
+      award; a contract past it is breached (timeout) and its attempt given up as
+      ``crashed`` (the journal still records a late result of that attempt exactly once).
+    * A cancelled task refunds its contract without penalty (contracts.cancel).  A task
+      whose every capable agent has breached on it gets its exclusions cleared (its
+      max_attempts still bounds the retries).
+    * An auction without an award and without offers puts the task back after a backoff
+      (50 ms doubling to 1 s).
+    * Escrows still held at start (the coordinator stopped mid-contract) are refunded
+      without penalty; the journal resumes their tasks.
+    * Reputation lives in memory (it restarts at the prior with the daemon); the ledger is
+      durable in the journal database.  The auction kind and knobs live in memory too
+      (``MarketConfig`` defaults at start; runtime/config.py has no market section yet).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import replace
+from functools import partial
+from typing import Any
+
+from coordination import contracts as K
+from coordination.auction import (
+    Bid,
+    FirstPriceAuction,
+    SecondPriceAuction,
+)
+from coordination.evaluation import Offer, Weights
+from coordination.ledger import MAX_AMOUNT, InsufficientCredits, Ledger
+from coordination.reputation import Reputation, observation_from_contract
+from coordination.services._auction_drivers import (
+    AUCTION_KINDS,
+    MarketConfig,
+    _auction_kind,
+    _DutchDriver,
+    _EnglishDriver,
+    _Open,
+    _Round,
+    _SealedDriver,
+    clock_terms,
+    parse_bid,
+    parse_stay,
+)
+from runtime.coordinator.commands import arg, only
+from runtime.errors import InvalidInput, NotFound
+from runtime.observability.trace_context import TraceContext
+from runtime.tasks.scheduler import DEFERRED, AgentLink, TaskRun
+
+__all__ = ["MarketConfig", "MarketPolicy", "install", "parse_bid", "parse_stay", "PAYER",
+           "agent_account", "AUCTION_KINDS", "clock_terms"]
+
+PAYER = "client"
+
+
+def agent_account(agent_id: str) -> str:
+    return f"agent:{agent_id}"
+
+
+class MarketPolicy:
+    """The ``market`` allocation policy and the market service around it."""
+
+    name = "market"
+
+    def __init__(self, coord: Any, config: MarketConfig | None = None) -> None:
+        self.coord = coord
+        self.sched = coord.scheduler if hasattr(coord, "scheduler") else None
+        self.config = config or MarketConfig()
+        self.ledger = Ledger(coord.journal.conn, nested=True)
+        self.reputation = Reputation()
+        self.rounds: dict[str, _Round] = {}          # auction id -> open round
+        self.open: dict[str, _Open] = {}             # task id -> contract under way
+        self.auctions_of: dict[str, int] = {}        # task id -> auctions so far
+        self.backoff: dict[str, float] = {}
+        self.service_s: dict[tuple[str, str], float] = {}  # (agent, capability) -> EWMA seconds
+        self.recent_auctions: deque[dict[str, Any]] = deque(maxlen=self.config.history)
+        self.recent_contracts: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._sweeping = False
+        self.drivers: dict[str, Any] = {
+            "sealed-first": _SealedDriver(self, FirstPriceAuction),
+            "sealed-second": _SealedDriver(self, SecondPriceAuction),
+            "english": _EnglishDriver(self), "dutch": _DutchDriver(self)}
+        self._ensure_account(PAYER, self.config.client_grant_mc, "the payer of every task")
+        self._refund_stale()
+
+    def _refund_stale(self) -> None:
+        """Contracts open when the previous coordinator stopped: their attempts were closed
+        as crashed by the journal and the tasks resume; their escrow goes back without
+        penalty (nobody can tell whose fault the stop was)."""
+        for e in self.ledger.held():
+            self.ledger.refund(e.contract_id, 0)
+            self.coord.emit("market.cancel", None, contract_id=e.contract_id, agent=e.payee,
+                            why="the coordinator restarted while the contract was open")
+
+    # -- wiring ------------------------------------------------------------------------
+
+    def attach(self) -> None:
+        """Hook into the scheduler, agent membership and the command table."""
+        self.sched = self.coord.scheduler
+        self.sched.on_attempt_end = self.on_attempt_end
+        self._previous_final = self.sched.on_final
+        self.sched.on_final = self._task_final
+        self.coord.agent_listeners.append(self)
+        self.coord.commands.extend({"market": self.cmd_market, "ledger": self.cmd_ledger,
+                                    "reputation": self.cmd_reputation,
+                                    "market_config": self.cmd_config})
+
+    def _task_final(self, task: TaskRun, rec: Any) -> None:
+        self.on_final(task, rec)
+        self._previous_final(task, rec)  # the coordinator's waiters and pipelines
+
+    def _ensure_account(self, account: str, grant: int, why: str) -> None:
+        try:
+            self.ledger.balance(account)
+        except NotFound:
+            self.ledger.grant(account, grant, f"start-up grant: {why}")
+
+    def agent_joined(self, link: AgentLink) -> None:
+        self._ensure_account(agent_account(link.id), self.config.agent_grant_mc,
+                             f"bond money of agent {link.id}")
+
+    def agent_died(self, agent_id: str) -> None:
+        """Its contracts were breached through on_attempt_end already; here: open rounds
+        stop waiting for its answer."""
+        now = self.coord.clock()
+        for r in list(self.rounds.values()):
+            if self.rounds.get(r.aid) is r and agent_id in (r.auction.invited or ()):
+                driver = self.drivers[r.kind]
+                driver.gone(r, agent_id, now)
+                driver.step(r, now)
+
+    # -- choose: open an auction -------------------------------------------------------
+
+    def choose(self, task: TaskRun, candidates: list[AgentLink]) -> Any:
+        if not candidates:
+            candidates = self._lift_exclusions(task)
+        invited = self._gate(task.capability, candidates)
+        if not invited:
+            return None  # wait for room (a result or a join wakes the loop)
+        self._open_round(task, invited)
+        return DEFERRED
+
+    def _lift_exclusions(self, task: TaskRun) -> list[AgentLink]:
+        """Every live capable agent has breached on this task: let them bid again."""
+        live = [a for a in self.sched.capable(task.capability) if a in self.sched.agents]
+        if not task.excluded or not live or not set(live) <= task.excluded:
+            return []
+        self.coord.emit("market.exclusions_lifted", task.trace, task_id=task.id,
+                        agents=sorted(task.excluded))
+        task.excluded.clear()
+        return self.sched.candidates(task.capability)
+
+    def _gated(self, agent_id: str, capability: str, now: float) -> bool:
+        if self.reputation.count(agent_id, capability) < self.config.min_observations:
+            return False
+        return self.reputation.signals(agent_id, capability, now)[0] < self.config.min_success
+
+    def _gate(self, capability: str, candidates: list[AgentLink]) -> list[AgentLink]:
+        """Candidates minus agents with a known bad success record, unless every live
+        capable agent is one of those."""
+        now = self.coord.clock()
+        good = [a for a in candidates if not self._gated(a.id, capability, now)]
+        if good:
+            return good
+        live = [aid for aid in self.sched.capable(capability) if aid in self.sched.agents]
+        if any(not self._gated(aid, capability, now) for aid in live):
+            return []
+        return candidates
+
+    def _reserve_mc(self, task: TaskRun) -> int | None:
+        budget = (self.coord.journal.get(task.id).options or {}).get("budget")
+        return None if budget is None else min(MAX_AMOUNT, int(budget) * 1000)
+
+    def _ceiling_mc(self, task: TaskRun, invited: list[AgentLink], reserve: int | None) -> int:
+        """The highest price a clock auction may reach: the budget, else ``ceiling_factor``
+        x the dearest declared cost among the invited (at least 1 credit)."""
+        if reserve is not None:
+            return reserve
+        costs = [float(a.caps.get(task.capability, {}).get("cost", 1.0)) for a in invited]
+        dearest = self.config.ceiling_factor * max(costs, default=1.0) * 1000
+        return min(MAX_AMOUNT, max(1000, round(dearest)))
+
+    def _open_round(self, task: TaskRun, invited: list[AgentLink]) -> None:
+        n = self.auctions_of[task.id] = self.auctions_of.get(task.id, 0) + 1
+        aid, now, reserve = f"{task.id}.a{n}", self.coord.clock(), self._reserve_mc(task)
+        kind, ids = self.config.auction, [a.id for a in invited]
+        driver = self.drivers[kind]
+        auction = driver.build(aid, reserve, self._ceiling_mc(task, invited, reserve))
+        auction.open(now, invited=ids)
+        r = self.rounds[aid] = _Round(auction, kind, task, task.trace.child(), budget_mc=reserve)
+        self.coord.emit("market.cfp", r.span, task_id=task.id, auction_id=aid, kind=kind,
+                        capability=task.capability, invited=ids, reserve_mc=reserve, **driver.terms(r))
+        driver.start(r, ids, now)
+
+    # -- the protocol layer shared by the drivers ------------------------------------------
+
+    def ask(self, r: _Round, agent_id: str, extra: dict[str, Any], round_no: int) -> bool:
+        """Send one call for proposals (a round's price, a clock's schedule) to an agent's
+        ``bid()``; False if the agent is gone."""
+        cfp = {"capability": r.task.capability, "task_id": r.task.id, "auction_id": r.aid,
+               "auction": r.kind, "budget": None if r.budget_mc is None else r.budget_mc / 1000,
+               "reputation": self.reputation.score(agent_id, r.task.capability, self.coord.clock()),
+               **extra}
+        return bool(self.coord.ask(agent_id, "bid", cfp, partial(self.on_bid, r.aid, round_no)))
+
+    def on_bid(self, aid: str, round_no: int, agent_id: str | None, msg: dict[str, Any]) -> None:
+        r = self.rounds.get(aid)
+        if r is None or agent_id is None:
+            return  # the auction closed already: a late answer is not in it
+        now, driver = self.coord.clock(), self.drivers[r.kind]
+        driver.answer(r, agent_id, round_no, msg, now)
+        driver.step(r, now)
+
+    def parse(self, r: _Round, agent_id: str, msg: dict[str, Any], parser: Any) -> Any:
+        """``parser(answer)``; None for a hook error or junk (told as market.bid_invalid)."""
+        if msg.get("error"):
+            return None
+        try:
+            return parser(msg.get("answer"))
+        except InvalidInput as e:
+            self.coord.emit("market.bid_invalid", r.span, auction_id=r.aid, agent=agent_id,
+                            error=e.message)
+            return None
+
+    def arm(self, r: _Round, until: float, now: float) -> None:
+        """Wake the round's driver at ``until`` (once per distinct time)."""
+        if r.timer_at != until:
+            r.timer_at = until
+            self.coord.call_later(max(0.0, until - now), partial(self._wake, r.aid, until))
+
+    def _wake(self, aid: str, until: float) -> None:
+        r = self.rounds.get(aid)
+        if r is None:
+            return
+        if r.timer_at == until:
+            r.timer_at = None  # a wake a hair early (float rounding) re-arms instead of stalling
+        self.drivers[r.kind].step(r, self.coord.clock())
+
+    # -- close, evaluate, award --------------------------------------------------------
+
+    def close_round(self, aid: str, at: float | None = None) -> None:
+        """Close the auction (at ``at`` on its clock, default now) and award its result."""
+        r = self.rounds.pop(aid, None)
+        if r is None:
+            return
+        now = self.coord.clock() if at is None else at
+        result, offers = self.drivers[r.kind].result(r, now)
+        took_ms = max(0.0, self.coord.clock() - r.auction.opened_at) * 1000
+        self._remember_auction(r, result, took_ms)
+        self._award(r, offers, took_ms, result.reason, len({b.bidder for b in result.bids}))
+
+    def _offers(self, r: _Round, now: float) -> list[Offer]:
+        cap, bids = r.task.capability, r.auction.bids()
+        etas = self._etas(cap, [b.bidder for b in bids])
+        best, out = min(etas.values(), default=0.0), []
+        for bid in bids:
+            link = self.sched.agents.get(bid.bidder)
+            declared = (link.caps.get(cap, {}) if link else {}).get("quality", 0.5)
+            quality = min(1.0, max(0.0, r.qualities.get(bid.bidder, declared)))
+            load = 1.0 - best / etas[bid.bidder] if etas[bid.bidder] > 0 else 0.0
+            out.append(Offer(bid.bidder, bid.price, quality, load,
+                             self.reputation.score(bid.bidder, cap, now)))
+        return out
+
+    def _etas(self, capability: str, bidders: list[str]) -> dict[str, float]:
+        """Expected completion time of one more task per bidder: (held + 1) x its observed
+        service time; an agent not measured yet is assumed as fast as the fastest known
+        (so that new agents get tried)."""
+        known = [self.service_s[(b, capability)] for b in bidders if (b, capability) in self.service_s]
+        default = min(known, default=1.0)
+        out = {}
+        for b in bidders:
+            link = self.sched.agents.get(b)
+            held = len(link.inflight) if link else self.sched.capacity
+            out[b] = (held + 1) * self.service_s.get((b, capability), default)
+        return out
+
+    def _measure(self, o: _Open, now: float) -> None:
+        """A completed contract's duration, per task it waited behind, into the EWMA."""
+        sample = max(0.0, now - o.contract.awarded_at) / (o.ahead + 1)
+        key, a = (o.contract.agent, o.capability), self.config.speed_alpha
+        self.service_s[key] = sample if key not in self.service_s else (1 - a) * self.service_s[key] + a * sample
+
+    def _award(self, r: _Round, offers: list[tuple[Bid, int]], took_ms: float, reason: str | None,
+               bidders: int) -> None:
+        """Offer the contract down ``offers`` ((bid, price to pay), best first) until one
+        can take it."""
+        task = r.task
+        if not self._still_waiting(task):
+            self.coord.emit("market.abandoned", r.span, task_id=task.id, auction_id=r.aid,
+                            state=task.state)
+            return
+        for bid, price in offers:
+            outcome = self._try_contract(r, bid, price, took_ms, bidders)
+            if outcome == "awarded":
+                return
+            if outcome == "unfunded":
+                self._requeue_later(task)
+                return
+        self.coord.emit("market.no_award", r.span, task_id=task.id, auction_id=r.aid,
+                        reason=reason or "no winner could take the contract", auction_ms=took_ms)
+        if offers:
+            self.sched.enqueue(task, front=True)  # winners filled up: wait for room as usual
+        else:
+            self._requeue_later(task)
+
+    def _still_waiting(self, task: TaskRun) -> bool:
+        """Not cancelled, expired or started meanwhile (dispatch marks a task it handed to
+        the market ``deferred``)."""
+        return self.sched.tasks.get(task.id) is task and task.state in ("deferred", "queued")
+
+    def _usable(self, agent_id: str, task: TaskRun) -> AgentLink | None:
+        link = self.sched.agents.get(agent_id)
+        if link is None or link.draining or agent_id in task.excluded:
+            return None
+        return link if len(link.inflight) < self.sched.capacity else None
+
+    def _try_contract(self, r: _Round, bid: Bid, price: int, took_ms: float, bidders: int) -> str:
+        """Escrow, contract, assignment for one offer: awarded | skip | unfunded."""
+        link = self._usable(bid.bidder, r.task)
+        if link is None:
+            return "skip"
+        # one contract per attempt: the id survives restarts (the journal counts attempts)
+        cid = f"{r.task.id}.c{r.task.attempts + 1}"
+        refused = self._hold(r, link, price, cid)
+        if refused:
+            return refused
+        self.coord.emit("market.award", r.span, task_id=r.task.id, auction_id=r.aid, kind=r.kind,
+                        agent=link.id, price_mc=price, bid_mc=bid.price, score=bid.score,
+                        bidders=bidders, auction_ms=round(took_ms, 4))
+        self._start_contract(r.task, link, price, cid, r.span.child())
+        return "awarded"
+
+    def _hold(self, r: _Round, link: AgentLink, price: int, cid: str) -> str | None:
+        """Price from the payer and bond from the agent into escrow; why not, if refused."""
+        try:
+            self.ledger.hold(cid, PAYER, agent_account(link.id), price,
+                             bond=self.config.penalty.penalty(price), trace_id=r.task.trace.trace_id)
+        except InsufficientCredits as e:
+            self.coord.emit("market.unfunded", r.span, task_id=r.task.id, agent=link.id,
+                            account=e.details.get("account"), error=e.message)
+            return "unfunded" if e.details.get("account") == PAYER else "skip"
+        return None
+
+    def _start_contract(self, task: TaskRun, link: AgentLink, price: int, cid: str,
+                        span: TraceContext) -> None:
+        now = self.coord.clock()
+        deadline = task.deadline if task.deadline is not None else now + self.config.contract_timeout_s
+        contract = K.start(K.award(cid, task.id, link.id, price, max(deadline, now + 1e-6), now), now)
+        ahead = len(link.inflight)
+        self.sched.assign(task, link)
+        self.open[task.id] = _Open(contract, task.attempts, span, task.capability, ahead)
+        self.coord.emit("market.contract", span, task_id=task.id, contract_id=cid, agent=link.id,
+                        price_mc=price, attempt=task.attempts, deadline_in_s=round(deadline - now, 3))
+        self._transfer_event(span, cid, "hold", price)
+        self._remember_contract(contract)
+        self._start_sweep()
+
+    def _requeue_later(self, task: TaskRun) -> None:
+        low, high = self.config.backoff_s
+        delay = self.backoff[task.id] = min(high, self.backoff.get(task.id, low / 2) * 2)
+        self.coord.call_later(delay, partial(self._requeue, task))
+
+    def _requeue(self, task: TaskRun) -> None:
+        if self._still_waiting(task):
+            self.sched.enqueue(task, front=True)
+
+    # -- outcomes ----------------------------------------------------------------------
+
+    def on_attempt_end(self, task: TaskRun, attempt: int, fin: Any, crashed: bool) -> None:
+        o = self.open.get(task.id)
+        if o is None or o.attempt != attempt:
+            return
+        now = self.coord.clock()
+        if fin.state == "succeeded":  # agora does not grade results: a delivery is quality 1
+            self._measure(o, now)
+            self._settle(task, *K.complete(o.contract, now, 1.0, self.config.penalty))
+        else:
+            why = "the agent died mid-task" if crashed else "the handler failed"
+            self._settle(task, *K.breach(o.contract, K.BreachReason.FAILED, now, self.config.penalty),
+                         why=why)
+
+    def on_final(self, task: TaskRun, rec: Any) -> None:
+        """The task ended while a contract was still open (cancel, task deadline, or a late
+        success of an earlier attempt); then forget the task."""
+        o = self.open.get(task.id)
+        if o is not None:
+            now = self.coord.clock()
+            if rec.state == "deadline_exceeded":
+                self._settle(task, *K.breach(o.contract, K.BreachReason.TIMEOUT, now, self.config.penalty),
+                             why="the task's deadline passed under contract")
+            else:
+                self._settle(task, *K.cancel(o.contract, now), why=f"the task ended {rec.state}")
+        for table in (self.auctions_of, self.backoff):
+            table.pop(task.id, None)
+
+    def _settle(self, task: TaskRun, contract: K.Contract, s: K.Settlement, why: str | None = None) -> None:
+        o = self.open.pop(task.id)
+        self.ledger.settle(s, trace_id=task.trace.trace_id)
+        kind = {"completed": "completion", "breached": "breach"}.get(contract.state.value, "cancel")
+        self.coord.emit(f"market.{kind}", o.span, task_id=task.id, contract_id=contract.id,
+                        agent=contract.agent, price_mc=contract.price, settlement=s.to_json(),
+                        breach=None if contract.breach is None else contract.breach.value, why=why)
+        self._transfer_event(o.span, contract.id, s.action, s.amount)
+        if contract.state is not K.ContractState.CANCELLED:
+            self._learn(o, contract)
+        if s.exclude:
+            task.excluded.add(contract.agent)
+        self._remember_contract(contract)
+
+    def _learn(self, o: _Open, contract: K.Contract) -> None:
+        now = self.coord.clock()
+        before = self.reputation.score(contract.agent, o.capability, now)
+        self.reputation.record(contract.agent, o.capability, observation_from_contract(contract))
+        after = self.reputation.score(contract.agent, o.capability, now)
+        self.coord.emit("market.reputation", o.span, agent=contract.agent, capability=o.capability,
+                        before=round(before, 4), after=round(after, 4), task_id=contract.task_id)
+
+    def _transfer_event(self, span: TraceContext, cid: str, action: str, amount: int) -> None:
+        self.coord.emit("market.transfer", span.child(), contract_id=cid, action=action,
+                        amount_mc=amount, payer=PAYER)
+
+    # -- contract deadlines --------------------------------------------------------------
+
+    def _start_sweep(self) -> None:
+        if not self._sweeping:
+            self._sweeping = True
+            self.coord.call_later(self.config.sweep_s, self.sweep)
+
+    def sweep(self) -> None:
+        """Breach contracts past their deadline (tasks without their own deadline: the
+        scheduler's deadline timer handles the others) and give their attempt up."""
+        now = self.coord.clock()
+        for tid, o in list(self.open.items()):
+            task = self.sched.tasks.get(tid)
+            if task is not None and task.deadline is None and K.expire(o.contract, now) is not None:
+                self._expire(task, o, now)
+        self._sweeping = False
+        if self.open:
+            self._start_sweep()
+
+    def _expire(self, task: TaskRun, o: _Open, now: float) -> None:
+        contract, settlement = K.breach(o.contract, K.BreachReason.TIMEOUT, now, self.config.penalty)
+        self._settle(task, contract, settlement, why="the contract deadline passed")
+        error = {"code": "CONTRACT_TIMEOUT",
+                 "message": f"agent {contract.agent} did not finish contract {contract.id} in time"}
+        fin = self.coord.journal.finish_attempt(task.id, o.attempt, "crashed", error=error)
+        link = self.sched.agents.get(contract.agent)
+        if link is not None:
+            link.inflight.pop(task.id, None)
+        self.sched.follow(task, o.attempt, fin, crashed=True)
+
+    # -- history and commands ------------------------------------------------------------
+
+    def _remember_auction(self, r: _Round, result: Any, took_ms: float) -> None:
+        self.recent_auctions.append({
+            "auction_id": result.auction_id, "kind": r.kind, "task_id": r.task.id,
+            "capability": r.task.capability, "rounds": len(result.rounds),
+            "invited": sorted(r.auction.invited or ()), "bids": [b.to_json() for b in result.bids],
+            "winner": result.winner, "price_mc": result.price, "reason": result.reason,
+            "auction_ms": round(took_ms, 4), "rejected": len(result.rejected)})
+
+    def _remember_contract(self, contract: K.Contract) -> None:
+        self.recent_contracts[contract.id] = contract.to_json()
+        self.recent_contracts.move_to_end(contract.id)
+        while len(self.recent_contracts) > self.config.history:
+            self.recent_contracts.popitem(last=False)
+
+    def cmd_market(self, args: dict[str, Any], trace: Any) -> Any:
+        only(args, "limit")
+        limit = arg(args, "limit", int, 20)
+        return {"allocation": self.coord.cfg.allocation, "config": self.config.to_json(),
+                "open_auctions": len(self.rounds), "open_contracts": len(self.open),
+                "auctions": list(self.recent_auctions)[-limit:],
+                "contracts": list(self.recent_contracts.values())[-limit:]}
+
+    def cmd_ledger(self, args: dict[str, Any], trace: Any) -> Any:
+        only(args, "agent", "limit")
+        agent, limit = arg(args, "agent", str, None), arg(args, "limit", int, 50)
+        if agent is None:
+            report = self.ledger.check_conservation()
+            return {"accounts": self.ledger.accounts(), "conserved": report.ok,
+                    "issued_mc": report.issued}
+        account = agent if agent == PAYER or ":" in agent else agent_account(agent)
+        entries = self.ledger.entries(account)
+        return {"account": account, "balance_mc": self.ledger.balance(account),
+                "entries": [e.to_json() for e in entries[-limit:]], "count": len(entries)}
+
+    def cmd_reputation(self, args: dict[str, Any], trace: Any) -> Any:
+        only(args, "capability")
+        cap, now = arg(args, "capability", str, None), self.coord.clock()
+        rows = []
+        for agent, c in self.reputation.keys():
+            if cap is None or c == cap:
+                s, t, q = self.reputation.signals(agent, c, now)
+                rows.append({"agent": agent, "capability": c,
+                             "observations": self.reputation.count(agent, c),
+                             "score": self.reputation.score(agent, c, now), "success": s,
+                             "timely": t, "quality": q, "gated": self._gated(agent, c, now)})
+        return rows
+
+    def cmd_config(self, args: dict[str, Any], trace: Any) -> Any:
+        """Change knobs at run time; every argument is checked before any is applied."""
+        only(args, "window_ms", "weights", "penalty_fraction", "contract_timeout_s", "min_success",
+             "auction", "round_ms", "tick_ms", "min_decrement", "clock_steps", "ceiling_factor")
+        c, changes = self.config, {}
+        for name, attr in (("window_ms", "window_s"), ("round_ms", "round_s"), ("tick_ms", "tick_s")):
+            if name in args:
+                changes[attr] = _bounded(arg(args, name, (int, float)), name, 0, 10_000, low_open=True) / 1000
+        weights = arg(args, "weights", dict, None)
+        if weights is not None:
+            unknown = sorted(set(weights) - set(Weights.__dataclass_fields__))
+            if unknown:
+                raise InvalidInput(f"unknown evaluation weights {unknown}",
+                                   hint="weights: price, quality, load, reputation")
+            changes["weights"] = Weights(**weights)
+        fraction = arg(args, "penalty_fraction", (int, float), None)
+        if fraction is not None:
+            changes["penalty"] = K.PenaltyPolicy(fraction)
+        changes.update(self._clock_changes(args))
+        changes["contract_timeout_s"] = float(arg(args, "contract_timeout_s", (int, float), c.contract_timeout_s))
+        changes["min_success"] = float(arg(args, "min_success", (int, float), c.min_success))
+        self.config = replace(c, **changes)
+        return self.config.to_json()
+
+    def _clock_changes(self, args: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        auction = arg(args, "auction", str, None)
+        if auction is not None:
+            out["auction"] = _auction_kind(auction)
+        if "min_decrement" in args:
+            out["min_decrement_mc"] = round(_bounded(arg(args, "min_decrement", (int, float)),
+                                                     "min_decrement", 0, MAX_AMOUNT / 1000, low_open=True) * 1000)
+        if "clock_steps" in args:
+            out["clock_steps"] = int(_bounded(arg(args, "clock_steps", int), "clock_steps", 1, 10_000))
+        if "ceiling_factor" in args:
+            out["ceiling_factor"] = _bounded(arg(args, "ceiling_factor", (int, float)), "ceiling_factor",
+                                             1, 1000)
+        return out
+
+
+def _bounded(value: float, name: str, low: float, high: float, low_open: bool = False) -> float:
+    if not (low < value if low_open else low <= value) or not value <= high:
+        interval = f"({low}, {high}]" if low_open else f"[{low}, {high}]"
+        raise InvalidInput(f"{name} must be in {interval}, got {value}")
+    return value
+
+
+def install(coord: Any) -> MarketPolicy:
+    """The coordinator's service entry: the allocation policy when ``allocation = "market"``,
+    otherwise a market that only answers the ledger/reputation/market commands."""
+    policy = coord.scheduler.policy
+    market = policy if isinstance(policy, MarketPolicy) else MarketPolicy(coord)
+    if coord.cfg.market:  # [market] in agora.toml: checked as `agora market-config` is
+        market.cmd_config(dict(coord.cfg.market), None)
+    market.attach()
+    return market

@@ -1,0 +1,411 @@
+"""Coordination primitives served to agents by the coordinator: leases with fencing
+tokens, locks, leader election, barriers, counters and vector clocks.
+
+The pure state machines live in ``coordination.leases``, ``coordination.barriers`` and
+``coordination.clocks``; this module is their driver inside the (supervised) coordinator
+process: agents reach it with ``ctx.call("lock.acquire", {...})`` (``coord.agent_ops``),
+the CLI with the ``locks`` and ``leaders`` commands.
+
+::
+
+    agent --call lock.acquire--> coordinator: LeaseTable.acquire
+        granted                  -> reply {"token", "expires_in", ...} at once
+        held by another          -> Deferred; resolved by the Handover that grants it
+                                    (release, holder death, expiry) or failed at its timeout
+    EOF on an agent socket       -> agent_died: holder_died / candidate_died /
+                                    participant_died, all in the same loop turn
+
+Liveness: every holder, candidate and barrier participant is an agent id; its death is
+seen at once (EOF on its socket, ``coord.agent_listeners``), so a dead lock holder's lock
+passes to the next waiter within the same turn.  A lease's TTL is the backstop for a
+holder that is alive but stuck: a timer fires at the earliest expiry.
+
+Decisions where the spec is silent:
+
+* Names: ``lease.*`` ops use the resource name as given; ``lock.*`` ops use the resource
+  ``"lock:<name>"`` (as :class:`coordination.leases.Lock`), so a lock and a lease of the
+  same name never collide.  Fencing tokens strictly increase per resource, never reused.
+* ``lock.acquire`` waits (FIFO) up to ``timeout`` s (default 10): pass a timeout shorter
+  than the ``ctx.call`` timeout, or the grant may reach an agent that stopped waiting
+  (it would then hold the lock until its TTL or its death).  ``lease.acquire`` does not
+  wait unless ``wait`` is true.
+* A barrier is created by its first arrival (``parties``: a count or the agent ids); later
+  arrivals must name the same parties.  A finished barrier is forgotten once everybody
+  was answered, so the name can be reused for the next phase.
+* Vector clocks: one per group, held by the coordinator; ``vclock.tick`` merges the
+  agent's clock (if sent) and increments the agent's entry — a causal stamp for events
+  that agents exchange through the coordinator.
+* Every op accepts an optional ``trace`` (a wire trace context, e.g. a task's
+  ``task.trace.to_wire()``) so lease events join the task's trace; without one each
+  lease or election gets a trace of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from coordination.barriers import BROKEN, RELEASED, Barrier
+from coordination.barriers import Outcome as BarrierOutcome
+from coordination.clocks import VectorClock
+from coordination.leases import Counters, Election, Handover, Lease, LeaseTable, Queued
+from runtime.coordinator.commands import Deferred, arg, only
+from runtime.errors import DeadlineExceeded, InvalidInput, NotFound
+from runtime.observability.trace_context import TraceContext
+
+__all__ = ["Primitives", "install", "lease_json"]
+
+DEFAULT_LOCK_TTL = 30.0
+DEFAULT_LOCK_TIMEOUT = 10.0
+
+
+def install(coord: Any) -> Primitives:
+    prims = Primitives(coord.clock, coord.emit, coord.call_later)
+    coord.agent_listeners.append(prims)
+    coord.agent_ops.update(prims.agent_ops())
+    coord.commands.extend({"locks": prims.cmd_locks, "leaders": prims.cmd_leaders})
+    return prims
+
+
+def lease_json(lease: Lease, now: float) -> dict[str, Any]:
+    return {"resource": lease.resource, "holder": lease.holder, "token": lease.token,
+            "ttl": lease.ttl, "expires_in": round(lease.expires_at - now, 6)}
+
+
+def _trace(args: dict[str, Any], wire: Any) -> TraceContext:
+    """The caller's trace (argument or frame), else a new one."""
+    given = TraceContext.from_wire(args.get("trace")) or TraceContext.from_wire(wire)
+    return given.child() if given else TraceContext.new_trace()
+
+
+def _timeout(args: dict[str, Any], default: float) -> float:
+    value = float(arg(args, "timeout", (int, float), default))
+    if not 0 <= value <= 3600:
+        raise InvalidInput(f"argument 'timeout' must be within [0, 3600] s, got {value}",
+                           field="timeout")
+    return value
+
+
+class _Wait:
+    """An agent waiting for a lease: its reply and the trace its events go to."""
+
+    def __init__(self, deferred: Deferred, trace: TraceContext) -> None:
+        self.deferred, self.trace = deferred, trace
+
+
+class Primitives:
+    """The coordinator's leases, elections, barriers, counters and vector clocks."""
+
+    def __init__(self, clock: Callable[[], float], emit: Callable[..., None],
+                 call_later: Callable[[float, Callable[[], None]], None]) -> None:
+        self.clock, self.emit, self.call_later = clock, emit, call_later
+        self.leases = LeaseTable(clock)
+        self.lease_traces: dict[str, TraceContext] = {}        # resource -> trace of its lease
+        self.waits: dict[tuple[str, str], _Wait] = {}          # (resource, holder) -> waiter
+        self.elections: dict[str, Election] = {}
+        self.election_traces: dict[str, TraceContext] = {}
+        self.barriers: dict[str, Barrier] = {}
+        self.barrier_waits: dict[str, dict[str, Deferred]] = {}
+        self.barriers_ended: set[str] = set()                  # names whose end was announced
+        self.barrier_traces: dict[str, TraceContext] = {}
+        self.counters = Counters()
+        self.vclocks: dict[str, VectorClock] = {}
+        self._expiry_at: float | None = None
+
+    def agent_ops(self) -> dict[str, Callable[[str, dict[str, Any], Any], Any]]:
+        return {
+            "lease.acquire": self.lease_acquire, "lease.renew": self.lease_renew,
+            "lease.release": self.lease_release, "lease.check": self.lease_check,
+            "lock.acquire": self.lock_acquire, "lock.release": self.lock_release,
+            "lock.renew": self.lock_renew, "lock.check": self.lock_check,
+            "election.join": self.election_join, "election.leave": self.election_leave,
+            "election.leader": self.election_leader,
+            "barrier.wait": self.barrier_wait,
+            "counter.add": self.counter_add, "counter.get": self.counter_get,
+            "vclock.tick": self.vclock_tick,
+        }
+
+    # -- leases and locks --------------------------------------------------------------
+
+    def lease_acquire(self, agent: str, args: dict[str, Any], wire: Any) -> Any:
+        only(args, "name", "ttl", "wait", "timeout", "trace")
+        wait = arg(args, "wait", bool, False)
+        return self._acquire(agent, arg(args, "name", str), args, wait=wait,
+                             default_timeout=DEFAULT_LOCK_TIMEOUT, wire=wire)
+
+    def lock_acquire(self, agent: str, args: dict[str, Any], wire: Any) -> Any:
+        only(args, "name", "ttl", "timeout", "trace")
+        return self._acquire(agent, "lock:" + arg(args, "name", str), args, wait=True,
+                             default_timeout=DEFAULT_LOCK_TIMEOUT, wire=wire)
+
+    def _acquire(self, agent: str, resource: str, args: dict[str, Any], *, wait: bool,
+                 default_timeout: float, wire: Any) -> Any:
+        ttl = arg(args, "ttl", (int, float), DEFAULT_LOCK_TTL)
+        timeout = _timeout(args, default_timeout)
+        trace = _trace(args, wire)
+        held = self.leases.holder_of(resource)
+        got = self.leases.acquire(resource, agent, ttl, wait=wait and timeout > 0)
+        if isinstance(got, Lease):
+            if held is not None and held.token == got.token:  # its holder asked again: renewed
+                self.emit("lease.renewed", self.lease_traces.get(resource), resource=resource,
+                          holder=agent, token=got.token, ttl=got.ttl)
+                self._arm_expiry()
+            else:
+                self._granted(got, trace)
+            return lease_json(got, self.clock())
+        return self._queue(got, trace, timeout)
+
+    def _queue(self, queued: Queued, trace: TraceContext, timeout: float) -> Deferred:
+        key = (queued.resource, queued.holder)
+        earlier = self.waits.pop(key, None)
+        if earlier is not None:  # the same agent asked again: the newest request gets the grant
+            earlier.deferred.fail(InvalidInput(
+                f"{queued.holder!r} asked for {queued.resource!r} again while waiting",
+                hint="wait for one acquire at a time"))
+        wait = _Wait(Deferred(), trace)
+        self.waits[key] = wait
+        self.emit("lease.waiting", trace, resource=queued.resource, holder=queued.holder,
+                  position=queued.position)
+        self.call_later(timeout, lambda: self._wait_timed_out(key, wait, timeout))
+        return wait.deferred
+
+    def _wait_timed_out(self, key: tuple[str, str], wait: _Wait, timeout: float) -> None:
+        if self.waits.get(key) is not wait:
+            return  # granted, replaced, or its agent died
+        del self.waits[key]
+        self.leases.cancel(*key)
+        holder = self.leases.holder_of(key[0])
+        self.emit("lease.wait_timeout", wait.trace, resource=key[0], holder=key[1],
+                  timeout_s=timeout)
+        wait.deferred.fail(DeadlineExceeded(
+            f"{key[1]!r} waited {timeout} s for {key[0]!r}, held by "
+            f"{holder.holder if holder else 'nobody'!r} (token {holder.token if holder else '-'})",
+            hint="raise the timeout, shorten the holder's critical section, "
+                 "or look for a stuck holder"))
+
+    def _granted(self, lease: Lease, trace: TraceContext) -> None:
+        self.lease_traces[lease.resource] = trace
+        self.emit("lease.granted", trace, resource=lease.resource, holder=lease.holder,
+                  token=lease.token, ttl=lease.ttl)
+        self._arm_expiry()
+
+    def _apply(self, handover: Handover, why: str) -> None:
+        """Leases that ended (released / expired / holder died) and grants to waiters."""
+        for lease in handover.released:
+            trace = self.lease_traces.pop(lease.resource, None)
+            self.emit("lease." + why, trace, resource=lease.resource, holder=lease.holder,
+                      token=lease.token)
+        for lease in handover.granted:
+            wait = self.waits.pop((lease.resource, lease.holder), None)
+            trace = wait.trace if wait else TraceContext.new_trace()
+            self._granted(lease, trace)
+            if wait is not None:
+                wait.deferred.resolve(lease_json(lease, self.clock()))
+
+    def _arm_expiry(self) -> None:
+        """One timer at the earliest lease expiry (re-armed when it fires)."""
+        due = self.leases.next_deadline()
+        if due is None or (self._expiry_at is not None and self._expiry_at <= due):
+            return
+        self._expiry_at = due
+        self.call_later(max(0.0, due - self.clock()), self._expire)
+
+    def _expire(self) -> None:
+        self._expiry_at = None
+        self._apply(self.leases.expire(), "expired")
+        self._arm_expiry()
+
+    def lease_renew(self, agent: str, args: dict[str, Any], wire: Any) -> Any:
+        only(args, "name", "token", "ttl", "trace")
+        return self._renew(agent, arg(args, "name", str), args)
+
+    def lock_renew(self, agent: str, args: dict[str, Any], wire: Any) -> Any:
+        only(args, "name", "token", "ttl", "trace")
+        return self._renew(agent, "lock:" + arg(args, "name", str), args)
+
+    def _renew(self, agent: str, resource: str, args: dict[str, Any]) -> Any:
+        lease = self.leases.renew(resource, agent, arg(args, "token", int),
+                                  arg(args, "ttl", (int, float), None))
+        self.emit("lease.renewed", self.lease_traces.get(resource), resource=resource,
+                  holder=agent, token=lease.token, ttl=lease.ttl)
+        self._arm_expiry()
+        return lease_json(lease, self.clock())
+
+    def lease_release(self, agent: str, args: dict[str, Any], wire: Any) -> Any:
+        only(args, "name", "token", "trace")
+        return self._release(agent, arg(args, "name", str), arg(args, "token", int))
+
+    def lock_release(self, agent: str, args: dict[str, Any], wire: Any) -> Any:
+        only(args, "name", "token", "trace")
+        return self._release(agent, "lock:" + arg(args, "name", str), arg(args, "token", int))
+
+    def _release(self, agent: str, resource: str, token: int) -> Any:
+        self._apply(self.leases.release(resource, agent, token), "released")
+        return {"released": True, "resource": resource, "token": token}
+
+    def lease_check(self, agent: str, args: dict[str, Any], wire: Any) -> Any:
+        only(args, "name", "token", "trace")
+        return self.leases.check_fence(arg(args, "name", str), arg(args, "token", int))
+
+    def lock_check(self, agent: str, args: dict[str, Any], wire: Any) -> Any:
+        only(args, "name", "token", "trace")
+        return self.leases.check_fence("lock:" + arg(args, "name", str), arg(args, "token", int))
+
+    # -- leader election ---------------------------------------------------------------
+
+    def election_join(self, agent: str, args: dict[str, Any], wire: Any) -> Any:
+        only(args, "group", "trace")
+        group = arg(args, "group", str)
+        election = self.elections.get(group)
+        if election is None:
+            election = self.elections[group] = Election(group)
+            self.election_traces[group] = _trace(args, wire)
+        self._announce(election.join(agent))
+        return self._leadership(election, agent)
+
+    def election_leave(self, agent: str, args: dict[str, Any], wire: Any) -> Any:
+        only(args, "group", "trace")
+        election = self._election(arg(args, "group", str))
+        self._announce(election.leave(agent))
+        return self._leadership(election, agent)
+
+    def election_leader(self, agent: str, args: dict[str, Any], wire: Any) -> Any:
+        only(args, "group", "trace")
+        return self._leadership(self._election(arg(args, "group", str)), agent)
+
+    def _election(self, group: str) -> Election:
+        election = self.elections.get(group)
+        if election is None:
+            raise NotFound(f"no election group {group!r}",
+                           hint="join it first with election.join; "
+                                "`agora leaders` lists the groups")
+        return election
+
+    @staticmethod
+    def _leadership(election: Election, agent: str) -> dict[str, Any]:
+        return {"group": election.group, "leader": election.leader, "term": election.term,
+                "is_leader": election.leader == agent, "candidates": list(election.candidates)}
+
+    def _announce(self, change: Any) -> None:
+        if change is not None:
+            self.emit("election.leader", self.election_traces.get(change.group), group=change.group,
+                      leader=change.leader, term=change.term)
+
+    # -- barriers ----------------------------------------------------------------------
+
+    def barrier_wait(self, agent: str, args: dict[str, Any], wire: Any) -> Any:
+        only(args, "name", "parties", "timeout", "trace")
+        name = arg(args, "name", str)
+        parties = arg(args, "parties", (int, list))
+        if isinstance(parties, list) and not all(isinstance(x, str) and x for x in parties):
+            raise InvalidInput(f"barrier {name!r}: parties must be a count or a list of agent ids, "
+                               f"got {parties!r:.200}", field="parties")
+        barrier = self._barrier(name, parties, _timeout(args, 30.0))
+        outcome = barrier.arrive(agent)
+        d = Deferred()
+        self.barrier_waits.setdefault(name, {})[agent] = d
+        trace = self.barrier_traces.setdefault(name, _trace(args, wire))
+        self.emit("barrier.arrived", trace, barrier=name, agent=agent,
+                  arrived=len(barrier.arrived), parties=barrier.parties)
+        self.call_later(0.0, lambda: self._answer(name, barrier, outcome))  # once d is bound
+        return d
+
+    def _barrier(self, name: str, parties: Any, timeout: float) -> Barrier:
+        barrier = self.barriers.get(name)
+        if barrier is None:
+            barrier = Barrier(name, parties, self.clock() + timeout, self.clock)
+            self.barriers[name] = barrier
+            self.call_later(timeout, lambda: self._expire_barrier(name, barrier))
+            return barrier
+        asked = frozenset(parties) if isinstance(parties, list) else parties
+        if (barrier.members or barrier.parties) != asked:
+            opened = sorted(barrier.members) if barrier.members else barrier.parties
+            raise InvalidInput(f"barrier {name!r} was opened with parties {opened}, "
+                               f"not {parties!r}",
+                               hint="every participant must name the same parties")
+        return barrier
+
+    def _expire_barrier(self, name: str, barrier: Barrier) -> None:
+        """Its deadline: break it if still waiting; a broken barrier is forgotten now."""
+        self._answer(name, barrier, barrier.expire())
+        if self.barriers.get(name) is barrier:
+            self._forget_barrier(name)
+
+    def _answer(self, name: str, barrier: Barrier, outcome: BarrierOutcome) -> None:
+        waits = self.barrier_waits.get(name, {})
+        for who in outcome.notify:
+            d = waits.pop(who, None)
+            if d is None:
+                continue
+            if outcome.error is not None:
+                d.fail(outcome.error)
+            else:
+                d.resolve({"barrier": name, "state": outcome.state, "parties": barrier.parties})
+        if outcome.state in (RELEASED, BROKEN) and name not in self.barriers_ended:
+            self.barriers_ended.add(name)
+            self.emit("barrier." + outcome.state, self.barrier_traces.get(name), barrier=name,
+                      arrived=list(barrier.arrived),
+                      error=None if outcome.error is None else outcome.error.message)
+        # a released barrier is forgotten once everybody was answered (the name is free for
+        # the next phase); a broken one stays until its deadline so late arrivals hear why
+        if outcome.state == RELEASED and not waits and self.barriers.get(name) is barrier:
+            self._forget_barrier(name)
+
+    def _forget_barrier(self, name: str) -> None:
+        del self.barriers[name]
+        self.barrier_waits.pop(name, None)
+        self.barriers_ended.discard(name)
+        self.barrier_traces.pop(name, None)
+
+    # -- counters and vector clocks ----------------------------------------------------
+
+    def counter_add(self, agent: str, args: dict[str, Any], wire: Any) -> Any:
+        only(args, "name", "delta", "trace")
+        return self.counters.add(arg(args, "name", str), arg(args, "delta", int, 1))
+
+    def counter_get(self, agent: str, args: dict[str, Any], wire: Any) -> Any:
+        only(args, "name", "trace")
+        return self.counters.get(arg(args, "name", str))
+
+    def vclock_tick(self, agent: str, args: dict[str, Any], wire: Any) -> Any:
+        only(args, "group", "clock", "trace")
+        group = arg(args, "group", str)
+        theirs = VectorClock.from_json(arg(args, "clock", dict, {}))
+        stamped = self.vclocks.get(group, VectorClock()).receive(agent, theirs)
+        self.vclocks[group] = stamped
+        return stamped.to_json()
+
+    # -- liveness ----------------------------------------------------------------------
+
+    def agent_joined(self, link: Any) -> None:
+        """Nothing to do: an agent holds nothing until it asks."""
+
+    def agent_died(self, agent_id: str) -> None:
+        for key in [k for k in self.waits if k[1] == agent_id]:
+            del self.waits[key]  # its socket is closed: nobody to answer
+        self._apply(self.leases.holder_died(agent_id), "holder_died")
+        for election in self.elections.values():
+            self._announce(election.candidate_died(agent_id))
+        for name, barrier in list(self.barriers.items()):
+            self.barrier_waits.get(name, {}).pop(agent_id, None)
+            self._answer(name, barrier, barrier.participant_died(agent_id))
+
+    # -- commands (CLI) ----------------------------------------------------------------
+
+    def cmd_locks(self, args: dict[str, Any], trace: Any) -> Any:
+        only(args)
+        now = self.clock()
+        rows = []
+        for resource in self.leases.resources():
+            lease = self.leases.holder_of(resource)
+            held = lease_json(lease, now) if lease else {"resource": resource, "holder": None}
+            rows.append({**held,
+                         "waiters": list(self.leases.waiters(resource)),
+                         "last_token": self.leases.last_token(resource)})
+        return rows
+
+    def cmd_leaders(self, args: dict[str, Any], trace: Any) -> Any:
+        only(args)
+        return [{"group": e.group, "leader": e.leader, "term": e.term,
+                 "candidates": list(e.candidates)} for _, e in sorted(self.elections.items())]
+

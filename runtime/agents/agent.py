@@ -1,0 +1,150 @@
+"""The agent API: what a user writes.
+
+::
+
+    from runtime import Agent, capability
+
+    class Summarizer(Agent):
+        def setup(self, ctx):
+            self.vocab = ctx.array("vocab")          # read-only view of shared memory, no copy
+
+        @capability("summarize")
+        def summarize(self, input, task):
+            task.emit("summarize.tokens", n=len(input["text"].split()))
+            return {"summary": input["text"][:80]}
+
+        def bid(self, cfp):                           # optional: the market asks this
+            return {"price": self.cost("summarize") * (1 + cfp["queue"])}
+
+        def vote(self, ballot_request):               # optional: votes ask this
+            return ballot_request["options"][0]
+
+A handler takes ``(input, task)``: ``input`` is the task's JSON input (with payloads
+above the arena threshold already mapped back), ``task`` a :class:`TaskHandle` with the
+id, attempt, trace context and ``emit``.  It returns any JSON value.  An exception is a
+failed attempt (the traceback is kept); the task's retry policy decides what follows.
+
+Hooks called on the agent's *control path* (a thread separate from the one running
+handlers), so a busy agent still answers: ``bid(cfp)`` returns ``{"price": ..., ...}``
+or ``None`` to decline; ``vote(request)`` returns a ballot (the shape depends on the
+method: an option, a list of options, or a ranking) or ``None`` to abstain;
+``propose(request)`` returns compromise options for a negotiation round.
+
+Defaults: ``bid`` prices the declared cost of the capability scaled by the agent's
+queue (an idle agent bids its cost; each queued task adds the cost again) and states
+the declared quality; ``vote`` abstains (an agent with no opinion says so rather than
+inventing one); ``propose`` proposes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from runtime.observability.trace_context import TraceContext
+
+__all__ = ["Agent", "capability", "TaskHandle", "AgentContext"]
+
+
+def capability(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Mark a method as the handler of capability ``name``."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"capability() expects a non-empty name, got {name!r}")
+
+    def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn.__agora_capability__ = name  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+class AgentContext:
+    """What ``setup(ctx)`` receives: identity, shared context, events."""
+
+    def __init__(self, agent_id: str, pool: str, index: int, declared: dict[str, dict[str, float]],
+                 contexts: Any, emit: Callable[..., None]) -> None:
+        self.agent_id = agent_id
+        self.pool = pool
+        self.index = index
+        self.declared = declared
+        self._contexts = contexts
+        self.emit = emit
+        self.call: Callable[..., Any] = _not_connected
+
+    # ``call(op, args, timeout=30.0)`` asks the coordinator from any thread of the agent
+    # (coordination primitives: ``ctx.call("lock.acquire", {"name": "db", "ttl": 5})``);
+    # it is connected once the agent has said hello, i.e. after ``setup`` returns.
+
+    def array(self, name: str) -> Any:
+        """A read-only numpy view of shared context ``name`` (no copy)."""
+        return self._contexts.array(name)
+
+    def bytes(self, name: str) -> memoryview:
+        return self._contexts.bytes(name)
+
+
+def _not_connected(*_: Any, **__: Any) -> Any:
+    from runtime.errors import Unavailable
+    raise Unavailable("the agent is not connected to the coordinator yet (setup() is still running)")
+
+
+class TaskHandle:
+    """The running attempt, as a handler sees it."""
+
+    def __init__(self, task_id: str, attempt: int, capability: str, trace: TraceContext | None,
+                 emit: Callable[..., None]) -> None:
+        self.id = task_id
+        self.attempt = attempt
+        self.capability = capability
+        self.trace = trace
+        self._emit = emit
+
+    def emit(self, type_: str, **fields: Any) -> None:
+        """An event in this task's trace (a child span of the attempt)."""
+        self._emit(type_, self.trace, task_id=self.id, **fields)
+
+
+class Agent:
+    """Base class of user agents; see the module docstring."""
+
+    handlers: dict[str, str] = {}
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        found = dict(getattr(cls, "handlers", {}))
+        for attr, fn in vars(cls).items():
+            cap = getattr(fn, "__agora_capability__", None)
+            if cap is not None:
+                found[cap] = attr
+        cls.handlers = found
+
+    def __init__(self) -> None:
+        self.ctx: AgentContext | None = None
+        self.queue_len = 0
+
+    def setup(self, ctx: AgentContext) -> None:
+        """Called once in the agent process before any task; map shared context here."""
+
+    def handler(self, capability_name: str) -> Callable[[Any, TaskHandle], Any]:
+        return getattr(self, self.handlers[capability_name])
+
+    def cost(self, capability_name: str) -> float:
+        declared = self.ctx.declared if self.ctx else {}
+        return float(declared.get(capability_name, {}).get("cost", 1.0))
+
+    def quality(self, capability_name: str) -> float:
+        declared = self.ctx.declared if self.ctx else {}
+        return float(declared.get(capability_name, {}).get("quality", 0.5))
+
+    def bid(self, cfp: dict[str, Any]) -> dict[str, Any] | None:
+        cap = cfp["capability"]
+        if cap not in self.handlers:
+            return None
+        queued = int(cfp.get("queue", self.queue_len))
+        return {"price": self.cost(cap) * (1 + queued), "quality": self.quality(cap)}
+
+    def vote(self, request: dict[str, Any]) -> Any:
+        return None
+
+    def propose(self, request: dict[str, Any]) -> list[dict[str, Any]]:
+        return []

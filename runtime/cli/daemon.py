@@ -1,0 +1,137 @@
+"""``agora up``, ``down``, ``status``, ``ps``, ``agents``: the daemon and its processes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from runtime.cli.group import call, cli, guard, out
+from runtime.errors import AgoraError
+
+__all__ = ['up', 'start_detached', 'down', 'status', 'ps', 'agents']
+
+
+# -- daemon ------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--foreground", is_flag=True, help="Stay attached (logs to stderr).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True))
+@click.option("--registry", type=click.Choice(["partitioned", "local"]), default=None)
+@click.option("--allocation", type=click.Choice(["static", "least-loaded", "p2c", "market"]), default=None)
+@click.option("--wait", "wait_s", default=30.0, show_default=True, help="Seconds to wait for start-up.")
+@click.pass_context
+def up(ctx: click.Context, foreground: bool, config_file: str | None, registry: str | None,
+       allocation: str | None, wait_s: float) -> None:
+    """Start the daemon (detached unless --foreground)."""
+    home = ctx.obj["home"]
+    if foreground:
+        from runtime.daemon.root import run_daemon
+        raise click.exceptions.Exit(guard(run_daemon, home, config_file, registry=registry,
+                                           allocation=allocation))
+    proc = guard(start_detached, home, config_file, registry, allocation, wait_s)
+    proc.returncode = 0  # detached on purpose: this process will not wait for it
+    click.echo(f"agora daemon up (pid {proc.pid}, home {home})")
+
+
+def start_detached(home: str, config_file: str | None, registry: str | None,
+                   allocation: str | None, wait_s: float) -> subprocess.Popen:
+    """Start ``agora up --foreground`` in its own session; return once it serves."""
+    from runtime.daemon.root import wait_until_up
+    from runtime.wire.client import Client
+    Path(home).mkdir(parents=True, exist_ok=True, mode=0o700)
+    argv = [sys.executable, "-m", "runtime.cli.main", "--home", home, "up", "--foreground"]
+    for flag, val in (("--config", config_file), ("--registry", registry), ("--allocation", allocation)):
+        if val:
+            argv += [flag, str(val)]
+    # the daemon imports this very agora, installed or not (bin/agora from a checkout);
+    # user agent modules resolve from the caller's directory and path, as they would here
+    here = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (here, os.environ.get("PYTHONPATH", ""), os.getcwd()) if p)}
+    with open(Path(home) / "agora.log", "ab") as log:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=True, cwd=os.getcwd(), env=env)
+    deadline = time.monotonic() + wait_s
+    try:
+        wait_until_up(lambda: Client(home, timeout=2.0), deadline, proc)
+    except AgoraError:
+        if proc.poll() is None:
+            proc.terminate()
+        proc.wait(10)
+        raise
+    return proc
+
+
+@cli.command()
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the exit.")
+@click.pass_context
+def down(ctx: click.Context, timeout: float) -> None:
+    """Stop the daemon gracefully (drain, then exit)."""
+    from runtime.daemon.root import read_pid, wait_gone
+    home = Path(ctx.obj["home"])
+    pid = read_pid(home)
+    call(ctx, "down")
+    guard(wait_gone, home, pid, time.monotonic() + timeout)
+    click.echo("agora daemon stopped")
+
+
+def _print_tree(node: dict[str, Any], depth: int = 0) -> None:
+    pad = "  " * depth
+    if node["kind"] == "supervisor":
+        click.echo(f"{pad}{node['id']:<28} supervisor {node['strategy']:<13} {node['state']:<8} "
+                   f"restarts={node['restarts']}")
+        for c in node["children"]:
+            _print_tree(c, depth + 1)
+    else:
+        up_s = f"{node['uptime_s']:.1f}s" if node.get("uptime_s") is not None else "-"
+        click.echo(f"{pad}{node['id']:<28} pid={str(node['pid']):<8} {node['state']:<8} "
+                   f"restarts={node['restarts']:<3} uptime={up_s}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """The supervision tree: child, pid, state, restarts, uptime."""
+    def human(s: dict[str, Any]) -> None:
+        click.echo(f"home {s['home']}  root pid {s['root_pid']}  up {s['uptime_s']:.1f}s  "
+                   f"allocation {s['allocation']}  agents {s['agents']}")
+        click.echo("tasks " + (", ".join(f"{k}={v}" for k, v in sorted(s["tasks"].items())) or "none"))
+        _print_tree(s["tree"])
+    out(call(ctx, "status"), as_json, human)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def ps(ctx: click.Context, as_json: bool) -> None:
+    """The daemon's processes with pid, memory and CPU time."""
+    def human(rows: list[dict[str, Any]]) -> None:
+        click.echo(f"{'PID':>8} {'RSS MiB':>8} {'CPU s':>7} {'RESTARTS':>8}  PATH")
+        for r in rows:
+            click.echo(f"{str(r['pid']):>8} {r.get('rss_mib', '-'):>8} {r.get('cpu_s', '-'):>7} "
+                       f"{r['restarts']:>8}  {r['path']}")
+    out(call(ctx, "ps"), as_json, human)
+
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def agents(ctx: click.Context, as_json: bool) -> None:
+    """Live agents: pool, pid, capabilities, load."""
+    def human(rows: list[dict[str, Any]]) -> None:
+        click.echo(f"{'AGENT':<20} {'PID':>8} {'INFLIGHT':>8} {'DONE':>8}  CAPABILITIES")
+        for a in rows:
+            click.echo(f"{a['id']:<20} {a['pid']:>8} {a['inflight']:>8} {a['done']:>8}  "
+                       f"{','.join(a['capabilities'])}")
+    out(call(ctx, "agents"), as_json, human)
+
+

@@ -1,0 +1,153 @@
+"""``agora run FILE`` and ``agora demo``: an embedded runtime for one job.
+
+An embedded runtime is a private daemon in a temporary home: started, given the job,
+waited for, stopped, and its home removed — nothing is left running and nothing is left
+in /dev/shm or the runtime directory.  (The same code path as ``agora up``: what is tested
+for the daemon holds for ``run``.)
+
+A job file is one of::
+
+    {"capability": "...", "input": ..., "options": {...}}      one task
+    {"tasks": [{...}, {...}]}                                    several tasks
+    {"name": "...", "steps": [...]}                             a pipeline (runtime.tasks.pipeline)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from runtime.cli.daemon import start_detached
+from runtime.cli.group import CliError, cli, guard
+from runtime.errors import AgoraError, InvalidInput
+
+__all__ = ["embedded", "run_job"]
+
+FINAL = ("succeeded", "failed", "dead_lettered", "cancelled", "deadline_exceeded")
+
+
+@contextmanager
+def embedded(config_text: str | None, config_file: str | None = None, wait_s: float = 60.0):
+    """A private daemon for the duration of the block; yields a connected Client."""
+    from runtime.wire.client import Client
+    home = Path(tempfile.mkdtemp(prefix="agora-run-"))
+    try:
+        if config_text is not None:
+            (home / "agora.toml").write_text(config_text)
+        proc = start_detached(str(home), config_file, None, None, wait_s)
+        try:
+            with Client(str(home), timeout=60.0) as c:
+                yield c, home
+        finally:
+            _stop(home, proc)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _stop(home: Path, proc: Any) -> None:
+    """Graceful down; SIGKILL (the tree follows its root) if it overstays; always reaped."""
+    from runtime.wire.client import Client
+    try:
+        with Client(str(home), timeout=10.0) as c:
+            c.call("down")
+        proc.wait(60)
+    except (AgoraError, subprocess.TimeoutExpired):
+        proc.kill()
+        proc.wait(10)
+
+
+def run_job(c: Any, job: Any, timeout_s: float = 300.0) -> dict[str, Any]:
+    """Submit a job object and wait for every result."""
+    if not isinstance(job, dict):
+        raise InvalidInput("a job file must hold a JSON object (a task, {'tasks': [...]}, or a pipeline)")
+    t0 = time.monotonic()
+    if "steps" in job:
+        p = c.call("pipeline", spec=job)
+        done = c.call("pipeline_result", timeout=timeout_s + 10, id=p["id"], wait=True,
+                      timeout_s=timeout_s)
+        return {"kind": "pipeline", "elapsed_s": round(time.monotonic() - t0, 3), **done}
+    tasks = job["tasks"] if "tasks" in job else [job]
+    ids = c.call("submit_many", tasks=tasks)
+    results = [c.call("result", timeout=timeout_s + 10, id=i, wait=True, timeout_s=timeout_s)
+               for i in ids]
+    return {"kind": "tasks", "elapsed_s": round(time.monotonic() - t0, 3), "tasks": results}
+
+
+def _print_run(res: dict[str, Any]) -> None:
+    if res["kind"] == "pipeline":
+        click.echo(f"pipeline {res['id']} {res['state']} in {res['elapsed_s']}s")
+        for step in res["steps"]:
+            click.echo(f"  {step['step_id']:<14} {step['state']:<12} attempts={step['attempts']}")
+        final = res["steps"][-1] if res["steps"] else {}
+        click.echo(orjson.dumps(final.get("result"), option=orjson.OPT_INDENT_2).decode())
+        return
+    for r in res["tasks"]:
+        body = r["result"] if r["state"] == "succeeded" else r["error"]
+        click.echo(f"{r['id']} {r['state']} attempts={r['attempts']}: {orjson.dumps(body).decode()[:300]}")
+    click.echo(f"{len(res['tasks'])} task(s) in {res['elapsed_s']}s")
+
+
+def _failed(res: dict[str, Any]) -> bool:
+    if res["kind"] == "pipeline":
+        return res["state"] != "succeeded"
+    return any(r["state"] != "succeeded" for r in res["tasks"])
+
+
+@cli.command("run")
+@click.argument("job_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              help="agora.toml with the pools (default: ./agora.toml).")
+@click.option("--json", "as_json", is_flag=True)
+def run_cmd(job_file: str, config_file: str | None, as_json: bool) -> None:
+    """Run a task or pipeline file on an embedded runtime, print the results, stop."""
+    cfg = config_file or ("agora.toml" if Path("agora.toml").exists() else None)
+    if cfg is None:
+        raise CliError(InvalidInput("no pools configured", hint="pass --config agora.toml"))
+    try:
+        job = json.loads(Path(job_file).read_text())
+    except ValueError as e:
+        raise CliError(InvalidInput(f"{job_file} is not JSON: {e}")) from e
+    with guard(embedded, None, str(Path(cfg).resolve())) as (c, _home):
+        res = guard(run_job, c, job)
+    (click.echo(orjson.dumps(res).decode()) if as_json else _print_run(res))
+    if _failed(res):
+        raise click.exceptions.Exit(1)
+
+
+@cli.command("demo")
+@click.option("--json", "as_json", is_flag=True)
+def demo_cmd(as_json: bool) -> None:
+    """Run the built-in demo: shared-memory context, three pools, one pipeline."""
+    from runtime.demo.agents import make_corpus
+    demo = Path(__file__).parent.parent / "demo"
+    corpus_dir = Path(tempfile.mkdtemp(prefix="agora-demo-"))
+    try:
+        ctx = make_corpus(corpus_dir)
+        text = (demo / "agora.toml").read_text() + "\n[context]\n" + "".join(
+            f'{k} = "{v}"\n' for k, v in ctx.items())
+        job = json.loads((demo / "pipeline.json").read_text())
+        with guard(embedded, text) as (c, _home):
+            status = guard(c.call, "status")
+            res = guard(run_job, c, job)
+            agents = guard(c.call, "agents")
+        if as_json:
+            click.echo(orjson.dumps({"result": res, "agents": agents}).decode())
+        else:
+            pools = sorted({a["pool"] for a in agents})
+            click.echo(f"agora demo: {len(agents)} agents in pools {pools} sharing the context "
+                       f"{sorted(ctx)} (one copy in shared memory); daemon pid {status['root_pid']}")
+            _print_run(res)
+            click.echo("agents: " + ", ".join(f"{a['id']}(done={a['done']})" for a in agents))
+    finally:
+        shutil.rmtree(corpus_dir, ignore_errors=True)
+    if _failed(res):
+        raise click.exceptions.Exit(1)

@@ -1,0 +1,149 @@
+"""``agora submit``, ``pipeline``, ``result``, ``tasks``, ``cancel``: work and its results.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from runtime.cli.group import CliError, call, cli, client, out
+from runtime.errors import AgoraError, InvalidInput
+
+__all__ = ['submit', 'pipeline', 'result', 'tasks', 'cancel', 'read_json_arg', 'wait_with_progress']
+
+
+# -- tasks -------------------------------------------------------------------------------
+
+def read_json_arg(value: str) -> Any:
+    """``JSON`` or ``@file`` (``@-`` reads standard input)."""
+    try:
+        if value.startswith("@"):
+            text = sys.stdin.read() if value == "@-" else Path(value[1:]).read_text()
+        else:
+            text = value
+        return json.loads(text)
+    except (OSError, ValueError) as e:
+        raise CliError(InvalidInput(f"cannot read JSON from {value[:60]!r}: {e}",
+                                    hint="pass JSON text or @path/to/file.json")) from e
+
+
+@cli.command()
+@click.argument("capability")
+@click.option("--input", "input_", default="null", help="JSON, or @file.")
+@click.option("--priority", type=int, default=None)
+@click.option("--max-attempts", type=int, default=None)
+@click.option("--deadline", type=float, default=None, help="Seconds from now.")
+@click.option("--idempotency-key", default=None)
+@click.option("--wait", is_flag=True, help="Wait for the result, showing progress.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def submit(ctx: click.Context, capability: str, input_: str, priority: int | None,
+           max_attempts: int | None, deadline: float | None, idempotency_key: str | None,
+           wait: bool, as_json: bool) -> None:
+    """Submit one task; prints its id (durable once printed)."""
+    opts = {k: v for k, v in (("priority", priority), ("max_attempts", max_attempts),
+                              ("deadline", deadline), ("idempotency_key", idempotency_key)) if v is not None}
+    task = {"capability": capability, "input": read_json_arg(input_), "options": opts}
+    tid = call(ctx, "submit", task=task)
+    if not wait:
+        out({"id": tid}, as_json, lambda d: click.echo(d["id"]))
+        return
+    _show_result(wait_with_progress(ctx, tid, quiet=as_json), as_json)
+
+
+def wait_with_progress(ctx: click.Context, tid: str, quiet: bool = False) -> dict[str, Any]:
+    t0 = time.monotonic()
+    spin = "|/-\\"
+    i = 0
+    while True:
+        rec = _poll_result(ctx, tid)
+        if rec["state"] in ("succeeded", "failed", "dead_lettered", "cancelled", "deadline_exceeded"):
+            if not quiet and sys.stderr.isatty():
+                click.echo("\r" + " " * 60 + "\r", nl=False, err=True)
+            return rec
+        if not quiet and sys.stderr.isatty():
+            click.echo(f"\r{spin[i % 4]} {tid} {rec['state']} attempt {rec.get('attempts', 0)} "
+                       f"{time.monotonic() - t0:5.1f}s", nl=False, err=True)
+        i += 1
+
+
+def _poll_result(ctx: click.Context, tid: str) -> dict[str, Any]:
+    try:
+        return client(ctx).call("result", id=tid, wait=True, timeout_s=0.25)
+    except AgoraError as e:
+        if e.code == "DEADLINE_EXCEEDED":
+            return client(ctx).call("result", id=tid)
+        raise CliError(e) from e
+
+
+def _show_result(rec: dict[str, Any], as_json: bool) -> None:
+    out(rec, as_json, lambda r: click.echo(
+        orjson.dumps(r["result"], option=orjson.OPT_INDENT_2).decode() if r["state"] == "succeeded"
+        else f"{r['id']} {r['state']} after {r.get('attempts')} attempt(s): {r.get('error')}"))
+    if rec["state"] != "succeeded":
+        raise click.exceptions.Exit(1)
+
+
+@cli.command()
+@click.argument("pipeline_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--wait", is_flag=True, help="Wait until every step has ended.")
+@click.option("--timeout", "timeout_s", default=600.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def pipeline(ctx: click.Context, pipeline_file: str, wait: bool, timeout_s: float, as_json: bool) -> None:
+    """Submit a pipeline (a DAG of steps in a JSON file); validated at submit."""
+    p = call(ctx, "pipeline", spec=read_json_arg("@" + pipeline_file))
+    if wait:
+        p = call(ctx, "pipeline_result", timeout=timeout_s + 10, id=p["id"], wait=True, timeout_s=timeout_s)
+
+    def human(d: dict[str, Any]) -> None:
+        click.echo(f"{d['id']} {d.get('state', 'submitted')}")
+        for s in d.get("steps", []) if isinstance(d.get("steps"), list) else []:
+            click.echo(f"  {s['step_id']:<16} {s['state']:<14} attempts={s['attempts']}")
+    out(p, as_json, human)
+
+
+
+@cli.command()
+@click.argument("task_id")
+@click.option("--wait", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def result(ctx: click.Context, task_id: str, wait: bool, as_json: bool) -> None:
+    """A task's state and result."""
+    rec = wait_with_progress(ctx, task_id, as_json) if wait else call(ctx, "result", id=task_id)
+    out(rec, True if as_json else False, lambda r: click.echo(
+        f"{r['id']} {r['state']} attempts={r.get('attempts')}\n"
+        + orjson.dumps({"result": r.get("result"), "error": r.get("error")},
+                       option=orjson.OPT_INDENT_2).decode()))
+
+
+@cli.command()
+@click.option("--state", default=None)
+@click.option("--limit", default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def tasks(ctx: click.Context, state: str | None, limit: int, as_json: bool) -> None:
+    """Recent tasks, optionally of one state."""
+    def human(rows: list[dict[str, Any]]) -> None:
+        click.echo(f"{'ID':<20} {'CAPABILITY':<16} {'STATE':<16} ATTEMPTS")
+        for r in rows:
+            click.echo(f"{r['id']:<20} {r['capability']:<16} {r['state']:<16} {r.get('attempts')}")
+    out(call(ctx, "tasks", state=state, limit=limit), as_json, human)
+
+
+@cli.command()
+@click.argument("task_id")
+@click.pass_context
+def cancel(ctx: click.Context, task_id: str) -> None:
+    """Cancel a task that has not finished."""
+    r = call(ctx, "cancel", id=task_id)
+    click.echo(f"{r['id']} {r['state']}")
+
+

@@ -1,0 +1,276 @@
+"""The control channel's fixed command table, served by the coordinator.
+
+Every command takes an ``args`` object whose keys are checked (unknown keys refused,
+types checked, each error naming the key) and returns a JSON value, or a
+:class:`Deferred` that the coordinator completes later (a result being waited for, a
+submission waiting for mailbox room).  Nothing a client sends is ever unpickled or
+evaluated; a command not in the table is UNKNOWN_COMMAND.
+
+Here: ping, status, ps, down, agents, events, context_put/ls/rm, registry_ls/get.
+``runtime.coordinator.task_commands`` adds the task and pipeline commands; the coordination
+services (market, consensus, primitives), the scaler and observability add theirs, all
+through ``Commands.extend`` at coordinator start: the table is fixed once serving begins.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+
+from runtime.errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    NotFound,
+    Unavailable,
+    UnknownCommand,
+    to_wire,
+)
+from runtime.observability.trace_context import TraceContext
+from runtime.wire.protocol import recv_frame, send_frame
+
+__all__ = ["Commands", "Deferred", "arg"]
+
+_MISSING = object()
+
+
+def arg(args: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = _MISSING) -> Any:
+    """One argument, type-checked; booleans are not integers."""
+    if name not in args:
+        if default is _MISSING:
+            raise InvalidInput(f"argument {name!r} is missing", field=name)
+        return default
+    value = args[name]
+    if value is None and default is None:
+        return None
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float, (int, float))):
+        raise InvalidInput(f"argument {name!r}: expected {getattr(kind, '__name__', kind)}, "
+                           f"got {type(value).__name__}", field=name)
+    return value
+
+
+def only(args: dict[str, Any], *allowed: str) -> None:
+    unknown = sorted(set(args) - set(allowed))
+    if unknown:
+        raise InvalidInput(f"unknown argument(s) {unknown}", hint=f"allowed: {sorted(allowed)}")
+
+
+class Deferred:
+    """A reply that comes later: ``resolve({"ok": ...})`` or ``fail(exc)``, or a deadline."""
+
+    def __init__(self, deadline: float | None = None, on_expire: Callable[[], Exception] | None = None):
+        self.deadline = deadline
+        self.on_expire = on_expire
+        self._cb: Callable[[dict[str, Any]], None] | None = None
+        self._msg: dict[str, Any] | None = None
+        self.done = False
+
+    def bind(self, cb: Callable[[dict[str, Any]], None]) -> None:
+        """Where the reply goes; a Deferred finished before it was bound delivers now."""
+        self._cb = cb
+        if self.done and self._msg is not None:
+            cb(self._msg)
+
+    def resolve(self, value: Any) -> None:
+        self._finish({"ok": value})
+
+    def fail(self, exc: Exception) -> None:
+        self._finish({"error": to_wire(exc)})
+
+    def _finish(self, msg: dict[str, Any]) -> None:
+        if self.done:
+            return
+        self.done = True
+        self._msg = msg
+        if self._cb is not None:
+            self._cb(msg)
+
+
+class RootLink:
+    """The coordinator's blocking line to the root process (trusted, tree-internal)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._sock: Any = None
+        self._rid = 0
+
+    def call(self, cmd: str, timeout: float = 30.0, **args: Any) -> Any:
+        import socket
+        if self._sock is None:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._sock.connect(self.path)
+        self._rid += 1
+        deadline = time.monotonic() + timeout
+        try:
+            send_frame(self._sock, {"v": 1, "id": self._rid, "cmd": cmd, "args": args}, deadline)
+            reply = recv_frame(self._sock, deadline)
+        except OSError as e:
+            self._sock.close()
+            self._sock = None
+            raise Unavailable(f"the root supervisor did not answer {cmd!r}: {e}") from e
+        if reply is None or "error" in reply:
+            from runtime.errors import from_wire
+            raise from_wire((reply or {}).get("error") or {"code": "UNAVAILABLE", "message": "root closed"})
+        return reply["ok"]
+
+
+class Commands:
+    """The command table and the state commands keep between turns."""
+
+    def __init__(self, coord: Any) -> None:
+        self.coord = coord
+        self.started = time.time()
+        self.root = RootLink(coord.run.root_sock)
+        self.deferred: list[Deferred] = []
+        self.capabilities: set[str] = {c for p in coord.cfg.pools for c in p.capabilities}
+        self.table: dict[str, Callable[..., Any]] = {
+            "ping": self.ping, "status": self.status, "ps": self.ps, "down": self.down,
+            "agents": self.agents, "events": self.events,
+            "context_put": self.context_put, "context_ls": self.context_ls,
+            "context_rm": self.context_rm, "registry_ls": self.registry_ls,
+            "registry_get": self.registry_get,
+        }
+        from runtime.coordinator.task_commands import TaskCommands
+        self.tasks = TaskCommands(self)
+        coord.turn_hooks.append(self.turn)
+
+    def extend(self, commands: dict[str, Callable[..., Any]]) -> None:
+        self.table.update(commands)
+
+    def run(self, cmd: str, args: dict[str, Any], trace: TraceContext | None, conn: Any) -> Any:
+        fn = self.table.get(cmd)
+        if fn is None:
+            raise UnknownCommand(f"unknown command {cmd!r}", hint=f"commands: {sorted(self.table)}")
+        return fn(args, trace)
+
+    # -- per-turn bookkeeping ----------------------------------------------------------
+
+    def turn(self) -> None:
+        self.tasks._admit_pending()
+        now = time.monotonic()
+        for d in [d for d in self.deferred if d.deadline is not None and d.deadline <= now]:
+            d.fail(d.on_expire() if d.on_expire else DeadlineExceeded("timed out"))
+        self.deferred = [d for d in self.deferred if not d.done]
+
+    def next_deadline_in(self) -> float | None:
+        ds = [d.deadline for d in self.deferred if d.deadline is not None and not d.done]
+        return max(0.0, min(ds) - time.monotonic()) if ds else None
+
+    def _defer(self, timeout: float | None, on_expire: Callable[[], Exception]) -> Deferred:
+        d = Deferred(time.monotonic() + timeout if timeout is not None else None, on_expire)
+        self.deferred.append(d)
+        return d
+
+    def conn_closed(self, conn: Any) -> None:
+        """A client went away: its waits are dropped with it (their tasks go on)."""
+
+    # -- daemon ------------------------------------------------------------------------
+
+    def ping(self, args: dict[str, Any], trace: Any) -> Any:
+        only(args)
+        return {"pong": True, "pid": os.getpid(), "protocol": 1}
+
+    def status(self, args: dict[str, Any], trace: Any) -> Any:
+        only(args)
+        sched = self.coord.scheduler
+        return {"home": str(self.coord.cfg.home), "root_pid": self.coord.root_pid,
+                "uptime_s": round(time.time() - self.started, 3), "tree": self.root.call("tree"),
+                "allocation": self.coord.cfg.allocation, "agents": len(sched.agents),
+                "payloads": sched.payloads.stats,
+                "tasks": self.coord.journal.counts()}
+
+    def ps(self, args: dict[str, Any], trace: Any) -> Any:
+        only(args)
+        rows = []
+        for node in _flatten(self.root.call("tree")):
+            row = {"path": node["path"], "pid": node["pid"], "state": node["state"],
+                   "restarts": node["restarts"]}
+            try:
+                p = psutil.Process(node["pid"])
+                with p.oneshot():
+                    row.update(rss_mib=round(p.memory_info().rss / 2**20, 1),
+                               cpu_s=round(sum(p.cpu_times()[:2]), 2), name=p.name())
+            except (psutil.Error, TypeError):
+                pass
+            rows.append(row)
+        return rows
+
+    def down(self, args: dict[str, Any], trace: Any) -> Any:
+        only(args)
+        self.root.call("shutdown")
+        return {"stopping": True}
+
+    # -- tasks -------------------------------------------------------------------------
+
+    def _known_caps(self) -> set[str]:
+        """Capabilities of the config and of every agent that ever joined (``agent_joined``
+        adds an agent's own at its hello); the live set itself, not a copy: read only."""
+        return self.capabilities
+
+    def agent_joined(self, link: Any) -> None:
+        self.capabilities.update(link.caps)
+
+    # -- shared context and registry ----------------------------------------------------
+
+    def context_put(self, args: dict[str, Any], trace: Any) -> Any:
+        """Publish a file (.npy as an array, anything else as bytes) as a new version.
+        The daemon reads the path itself: it runs as the same user on the same machine,
+        and a context may be far larger than a control frame."""
+        only(args, "name", "path")
+        path = arg(args, "path", str)
+        if not os.path.isfile(path):
+            raise NotFound(f"no file {path!r} (the daemon resolves it; pass an absolute path)")
+        info = self.coord.contexts.put_file(arg(args, "name", str), path)
+        self.coord.emit("context.published", name=info.name, version=info.version, bytes=info.nbytes)
+        return info.to_json()
+
+    def context_ls(self, args: dict[str, Any], trace: Any) -> Any:
+        only(args)
+        return [i.to_json() for i in self.coord.contexts.list()]
+
+    def context_rm(self, args: dict[str, Any], trace: Any) -> Any:
+        only(args, "name")
+        name = arg(args, "name", str)
+        self.coord.contexts.remove(name)
+        self.coord.emit("context.removed", name=name)
+        return {"removed": name}
+
+    def registry_ls(self, args: dict[str, Any], trace: Any) -> Any:
+        only(args, "capability", "where", "order_by", "limit")
+        from runtime.registry.model import parse_filters
+        where = parse_filters(arg(args, "where", list, []))
+        entries = self.coord.registry.select(capability=arg(args, "capability", str, None), where=where,
+                                             order_by=arg(args, "order_by", str, None),
+                                             limit=arg(args, "limit", int, None))
+        return [e.to_wire() for e in entries]
+
+    def registry_get(self, args: dict[str, Any], trace: Any) -> Any:
+        only(args, "key")
+        key = arg(args, "key", str)
+        entry = self.coord.registry.lookup(key)
+        if entry is None:
+            raise NotFound(f"no registry entry {key!r}", hint="`agora registry ls` lists the keys")
+        return entry.to_wire()
+
+    def agents(self, args: dict[str, Any], trace: Any) -> Any:
+        only(args)
+        return [{"id": a.id, "pool": a.pool, "pid": a.pid, "capabilities": sorted(a.caps),
+                 "inflight": len(a.inflight), "done": a.done, "draining": a.draining}
+                for a in self.coord.scheduler.agents.values()]
+
+    def events(self, args: dict[str, Any], trace: Any) -> Any:
+        only(args, "type", "agent", "since", "limit", "trace_id")
+        from runtime.observability.eventlog import read_events
+        return read_events(self.coord.cfg.home, type_prefix=arg(args, "type", str, None),
+                           agent=arg(args, "agent", str, None), since=arg(args, "since", (int, float), None),
+                           trace_id=arg(args, "trace_id", str, None), limit=arg(args, "limit", int, 200))
+
+
+def _flatten(node: dict[str, Any], prefix: str = "") -> list[dict[str, Any]]:
+    path = f"{prefix}/{node['id']}" if prefix else node["id"]
+    if node["kind"] == "worker":
+        return [{**node, "path": path}]
+    return [row for c in node["children"] for row in _flatten(c, path)]

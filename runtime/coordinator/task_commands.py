@@ -1,0 +1,255 @@
+"""Task and pipeline commands of the control channel: submit (with mailbox back-pressure),
+results and waits, pipelines, listings, cancel.
+
+A submission is validated whole, then either accepted in this turn (durable at the turn's
+COMMIT, acknowledged after it) or parked until its capability's mailbox has room, in
+messages and in bytes, for at most ``wait_s`` (then MAILBOX_FULL).  Nothing is accepted
+that is not in the journal, and nothing in the journal is dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any
+
+import orjson
+
+from runtime.coordinator.commands import Deferred, arg, only
+from runtime.errors import DeadlineExceeded, MailboxFull
+from runtime.observability.trace_context import TraceContext
+from runtime.tasks.task import TERMINAL, parse_task
+
+__all__ = ["TaskCommands"]
+
+
+class TaskCommands:
+    """Registered into the coordinator's command table by ``Commands``."""
+
+    def __init__(self, commands: Any) -> None:
+        self.commands = commands
+        self.coord = commands.coord
+        self.pending_submits: list[tuple[Deferred, list[Any], list[int], TraceContext]] = []
+        commands.extend({
+            "submit": self.submit, "submit_many": self.submit_many, "result": self.result,
+            "wait_all": self.wait_all, "tasks": self.tasks, "attempts": self.attempts,
+            "cancel": self.cancel, "pipeline": self.pipeline, "pipeline_result": self.pipeline_result,
+        })
+
+    def submit(self, args: dict[str, Any], trace: TraceContext | None) -> Any:
+        """One task; with ``result: true`` the reply is the finished task, not its id
+        (one request for the whole round trip; the id is durable before the task runs)."""
+        only(args, "task", "wait_s", "result")
+        want_result = arg(args, "result", bool, False)
+        d = self.submit_many({"tasks": [arg(args, "task", dict)],
+                              "wait_s": arg(args, "wait_s", (int, float), 5.0)}, trace)
+        if not isinstance(d, Deferred):
+            return self._then_result(d[0]) if want_result else d[0]
+        inner = Deferred()
+        d.bind(lambda msg: inner._finish(msg) if "ok" not in msg else (
+            self._then_result(msg["ok"][0]).bind(inner._finish) if want_result
+            else inner.resolve(msg["ok"][0])))
+        return inner
+
+    def _then_result(self, tid: str) -> Deferred:
+        d = Deferred()
+        if tid not in self.coord.scheduler.tasks:  # live tasks are not read back
+            rec = self.coord.journal.get(tid)
+            if rec.state in TERMINAL:  # an idempotency key named a task that already ended
+                d.resolve(_public(rec))
+                return d
+        self.coord.wait_for(tid, lambda r: d.resolve(_public(r)))
+        return d
+
+    def wait_all(self, args: dict[str, Any], trace: Any) -> Any:
+        """Reply when every task of ``ids`` has ended: counts by final state."""
+        only(args, "ids", "timeout_s")
+        ids = arg(args, "ids", list)
+        counts: dict[str, int] = {}
+        pending = set()
+        for tid in ids:
+            rec = self.coord.journal.get(str(tid))
+            if rec.state in TERMINAL:
+                counts[rec.state] = counts.get(rec.state, 0) + 1
+            else:
+                pending.add(rec.id)
+        if not pending:
+            return counts
+        timeout = arg(args, "timeout_s", (int, float), None)
+        d = self.commands._defer(timeout, lambda: DeadlineExceeded(
+            f"{len(pending)} of {len(ids)} tasks still running after {timeout} s"))
+
+        def one_done(rec: Any) -> None:
+            counts[rec.state] = counts.get(rec.state, 0) + 1
+            pending.discard(rec.id)
+            if not pending:
+                d.resolve(counts)
+        for tid in pending:
+            self.coord.wait_for(tid, one_done)
+        return d
+
+    def submit_many(self, args: dict[str, Any], trace: TraceContext | None) -> Any:
+        """Validate all, then admit (durable at the end of this turn) or wait for room."""
+        only(args, "tasks", "wait_s")
+        raw = arg(args, "tasks", list)
+        wait_s = float(arg(args, "wait_s", (int, float), 5.0))
+        now, caps = time.time(), self.commands._known_caps()
+        specs = [parse_task(t, now=now, capabilities=caps) for t in raw]
+        sizes = [len(orjson.dumps(spec.input)) for spec in specs]  # mailbox bytes
+        trace = trace or TraceContext.new_trace()
+        if self._has_room(specs, sizes):
+            return self._accept(specs, sizes, trace)
+        d = self.commands._defer(wait_s, lambda: MailboxFull(
+            f"the mailbox for {specs[0].capability!r} stayed full for {wait_s} s",
+            queued=self.coord.scheduler.queued(specs[0].capability),
+            queued_bytes=self.coord.scheduler.queued_bytes.get(specs[0].capability, 0)))
+        self.pending_submits.append((d, specs, sizes, trace))
+        return d
+
+    def _mailbox_limit(self, capability: str) -> tuple[int, int]:
+        pools = [p for p in self.coord.cfg.pools if capability in p.capabilities] or list(self.coord.cfg.pools)
+        return (sum(p.mailbox_messages for p in pools) or 1000, sum(p.mailbox_bytes for p in pools) or 1 << 24)
+
+    def _has_room(self, specs: list[Any], sizes: list[int]) -> bool:
+        """Bounded in messages and in bytes (of input JSON), per capability's pools."""
+        need: dict[str, list[int]] = {}
+        for spec, size in zip(specs, sizes):
+            n = need.setdefault(spec.capability, [0, 0])
+            n[0] += 1
+            n[1] += size
+        sched = self.coord.scheduler
+        for cap, (msgs, size) in need.items():
+            max_msgs, max_bytes = self._mailbox_limit(cap)
+            if sched.queued(cap) + msgs > max_msgs:
+                return False
+            queued_bytes = sched.queued_bytes.get(cap, 0)
+            if queued_bytes and queued_bytes + size > max_bytes:
+                return False  # (an empty mailbox takes one oversized batch: no deadlock)
+        return True
+
+    def _admit_pending(self) -> None:
+        still = []
+        for d, specs, sizes, trace in self.pending_submits:
+            if d.done:
+                continue
+            if self._has_room(specs, sizes):
+                d.resolve(self._accept(specs, sizes, trace))
+            else:
+                still.append((d, specs, sizes, trace))
+        self.pending_submits = still
+
+    def _accept(self, specs: list[Any], sizes: list[int], trace: TraceContext) -> list[str]:
+        traces = [trace if len(specs) == 1 else trace.child() for _ in specs]
+        journal, sched = self.coord.journal, self.coord.scheduler
+        ids = journal.submit_many(specs, trace_ids=[t.trace_id for t in traces])
+        for spec, tid, tr, size in zip(specs, ids, traces, sizes):
+            if spec.idempotency_key is None:  # certainly new: no need to read it back
+                task = self._new_run(tid, spec, tr, size)
+            else:
+                rec = journal.get(tid)
+                if rec.state != "queued" or tid in sched.tasks:
+                    continue  # the key named a task already known
+                task = self.task_run(rec, tr)
+            sched.enqueue(task)
+            self.coord.emit("task.submitted", tr, task_id=tid, capability=spec.capability)
+        return ids
+
+    @staticmethod
+    def _new_run(tid: str, spec: Any, trace: TraceContext, size: int) -> Any:
+        from runtime.tasks.scheduler import TaskRun
+        deadline = time.monotonic() + (spec.deadline - time.time()) if spec.deadline else None
+        return TaskRun(tid, spec.capability, spec.input, trace, max_attempts=spec.max_attempts,
+                       priority=spec.priority, deadline=deadline, size=size)
+
+    def task_run(self, rec: Any, trace: TraceContext | None = None) -> Any:
+        """The scheduler's view of a journal record (deadline moved to the monotonic clock)."""
+        from runtime.tasks.scheduler import TaskRun
+        deadline = time.monotonic() + (rec.deadline - time.time()) if rec.deadline else None
+        # no span given (a pipeline step unblocked later, a task resumed after a restart):
+        # a pipeline step's span is a child of its pipeline's span (see pipeline())
+        tr = trace or TraceContext(rec.trace_id or os.urandom(8).hex(), os.urandom(8).hex(),
+                                   rec.trace_id[:16] if rec.pipeline_id and rec.trace_id else None)
+        return TaskRun(rec.id, rec.capability, rec.input, tr, max_attempts=rec.max_attempts,
+                       priority=rec.priority, deadline=deadline, pipeline_id=rec.pipeline_id,
+                       attempts=rec.attempts)
+
+    def result(self, args: dict[str, Any], trace: Any) -> Any:
+        only(args, "id", "wait", "timeout_s")
+        tid = arg(args, "id", str)
+        rec = self.coord.journal.get(tid)
+        if rec.state in TERMINAL or not arg(args, "wait", bool, False):
+            return _public(rec)
+        timeout = arg(args, "timeout_s", (int, float), None)
+        d = self.commands._defer(timeout, lambda: DeadlineExceeded(
+            f"task {tid} has not finished within {timeout} s", hint="it goes on; ask again later"))
+        self.coord.wait_for(tid, lambda r: d.resolve(_public(r)))
+        return d
+
+    def pipeline(self, args: dict[str, Any], trace: TraceContext | None) -> Any:
+        """Validate (cycles, dangling refs, unknown capabilities name the step), store, queue."""
+        only(args, "spec")
+        from runtime.tasks.pipeline import parse_pipeline
+        spec = parse_pipeline(arg(args, "spec", dict), now=time.time(), capabilities=self.commands._known_caps())
+        given = trace or TraceContext.new_trace()
+        # the pipeline's span id is derived from its trace id, so steps queued later and
+        # the final pipeline event (Coordinator.pipeline_progress) find it again
+        trace = TraceContext(given.trace_id, given.trace_id[:16], given.span_id if trace else None)
+        pid, steps = self.coord.journal.submit_pipeline(spec, trace_id=trace.trace_id)
+        for task_id in steps.values():
+            rec = self.coord.journal.get(task_id)
+            if rec.state == "queued":
+                self.coord.scheduler.enqueue(self.task_run(rec, trace.child()))
+        self.coord.emit("pipeline.submitted", trace, pipeline_id=pid, steps=list(steps))
+        return {"id": pid, "steps": steps, "trace_id": trace.trace_id}
+
+    def pipeline_result(self, args: dict[str, Any], trace: Any) -> Any:
+        only(args, "id", "wait", "timeout_s")
+        pid = arg(args, "id", str)
+        p = self.coord.journal.get_pipeline(pid)
+        if p.state != "running" or not arg(args, "wait", bool, False):
+            return _public_pipeline(p, self.coord.journal)
+        timeout = arg(args, "timeout_s", (int, float), None)
+        d = self.commands._defer(timeout, lambda: DeadlineExceeded(
+            f"pipeline {pid} has not finished within {timeout} s", hint="it goes on; ask again later"))
+        self.coord.wait_for(pid, lambda p: d.resolve(_public_pipeline(p, self.coord.journal)))
+        return d
+
+    def tasks(self, args: dict[str, Any], trace: Any) -> Any:
+        only(args, "state", "limit")
+        rows = self.coord.journal.list(state=arg(args, "state", str, None),
+                                       limit=arg(args, "limit", int, 100))
+        return [_public(r, brief=True) for r in rows]
+
+    def attempts(self, args: dict[str, Any], trace: Any) -> Any:
+        only(args, "id")
+        return [dataclasses.asdict(a) for a in self.coord.journal.attempts(arg(args, "id", str))]
+
+    def cancel(self, args: dict[str, Any], trace: Any) -> Any:
+        only(args, "id")
+        tid = arg(args, "id", str)
+        done = self.coord.scheduler.cancel(tid)
+        return {"id": tid, "state": self.coord.journal.get(tid).state, "cancelled": done}
+
+
+_PUBLIC = ("id", "capability", "state", "attempts", "max_attempts", "priority", "created",
+           "updated", "trace_id", "pipeline_id", "step_id")
+
+
+def _public(rec: Any, brief: bool = False) -> dict[str, Any]:
+    """A journal TaskRecord as the control channel shows it."""
+    out = {k: getattr(rec, k) for k in _PUBLIC}
+    if not brief:
+        out.update(result=rec.result, error=rec.error)
+    return out
+
+
+def _public_pipeline(p: Any, journal: Any) -> dict[str, Any]:
+    steps = []
+    for step_id, task_id in p.steps.items():
+        rec = journal.get(task_id)
+        steps.append({"step_id": step_id, **_public(rec)})
+    order = {s["id"]: i for i, s in enumerate(p.spec["steps"])}
+    steps.sort(key=lambda s: order.get(s["step_id"], 0))
+    return {"id": p.id, "name": p.name, "state": p.state, "trace_id": p.trace_id,
+            "created": p.created, "updated": p.updated, "steps": steps}

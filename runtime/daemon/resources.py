@@ -1,0 +1,59 @@
+"""What the root prepares before it forks anything, and releases after the last child.
+
+* Sweeps /dev/shm segments of dead runs (a daemon killed with -9 left them; RELIABILITY 6).
+* Makes the registry's shared tables (anonymous MAP_SHARED: inherited by every child,
+  invisible in /dev/shm, gone with the last process that maps them: they cannot leak).
+* Maps the payload arena (anonymous shared memory too) and numbers its slots: slot 0 for
+  the coordinator, a slot per agent (``runtime.tasks.payloads.SlotTable``).
+* Names this run (``shm.segment.RunId``): context segments carry it in their names; the
+  coordinator, which the root names owner of the context store, lists them in the run's
+  manifest, and the root removes whatever the manifest still lists when it stops.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runtime.config import Config, RunPaths
+
+__all__ = ["prepare_root", "release_root"]
+
+
+def prepare_root(cfg: Config, run: RunPaths, emit: Any) -> dict[str, Any]:
+    from shm._sweeper import sweep
+    from shm.segment import RunId
+    swept = sweep(str(cfg.home))
+    if swept:
+        emit("shm.swept", segments=swept)
+    from runtime.tasks.payloads import SlotTable
+    from shm.arena import Arena
+    extra: dict[str, Any] = {"run_id": str(RunId.new())}
+    slots = SlotTable([(p.name, p.max) for p in cfg.pools])
+    extra["slots"] = slots
+    extra["arena"] = Arena.create(cfg.arena_mib << 20, slots.size)
+    if cfg.registry == "partitioned":
+        from runtime.registry.service import TABLE_CAPACITY
+        from runtime.registry.table import make_tables
+        extra["registry_tables"] = make_tables(cfg.partitions, TABLE_CAPACITY)
+    return extra
+
+
+def release_root(extra: dict[str, Any] | None) -> None:
+    if not extra:
+        return
+    for table in extra.get("registry_tables", ()):
+        table.close()
+    if extra.get("arena") is not None:
+        extra["arena"].close()
+    _unlink_run(extra["run_id"])
+
+
+def _unlink_run(run_id: str) -> None:
+    """The last word on this run's segments: whatever is still named after it goes."""
+    import os
+
+    from shm.segment import SHM_DIR, parse_segment_name, unlink_segment
+    for entry in os.listdir(SHM_DIR):
+        parsed = parse_segment_name(entry)
+        if parsed is not None and str(parsed[0]) == run_id:
+            unlink_segment(entry)

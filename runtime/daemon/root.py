@@ -1,0 +1,304 @@
+"""The agora daemon: the root supervisor process and its loop.
+
+::
+
+    agora daemon (root: single-threaded, only supervises and forks)
+    ├── telemetry                 started first, stopped last: no event is lost
+    └── core (rest_for_one)
+        ├── registry (one_for_one)  registry.0 .. registry.N-1
+        ├── coordinator             control socket, journal, dispatch, market, voting
+        └── pools (one_for_one)
+            └── pool:<name> (transient supervisor)
+                └── agent:<name>.<i>
+
+The root's loop is one ``multiprocess.connection.wait`` over the workers' sentinels, the
+root command socket (the coordinator asks it to start and stop agents, and for the
+tree's status) and a signal wake-up pipe.  SIGTERM/SIGINT stop the tree in reverse order
+and exit 0.  A pid file with an exclusive ``flock`` keeps two daemons off one home.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from multiprocess.connection import wait
+
+from runtime.config import Config, RunPaths, load_config
+from runtime.errors import AgoraError, InvalidInput, Unavailable, to_wire
+from runtime.observability.events import Emitter, set_tracing
+from runtime.observability.telemetry import telemetry_main
+from runtime.supervision.child_spec import ChildSpec, Strategy, SupervisorSpec
+from runtime.supervision.forking import root_private_fds, set_process_name
+from runtime.supervision.supervisor import Tree
+from runtime.wire.protocol import FrameReader, encode_frame, peer_uid
+from runtime.wire.server import listen_unix, remove_run_dir
+
+__all__ = ["Daemon", "run_daemon", "PidLock"]
+
+
+class PidLock:
+    """``<home>/agora.pid`` held with flock for the daemon's whole life."""
+
+    def __init__(self, home: Path) -> None:
+        self.path = home / "agora.pid"
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            other = os.read(self.fd, 32).decode().strip() or "?"
+            os.close(self.fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise Unavailable(f"another agora daemon (pid {other}) runs on home {home}",
+                                  hint="use `agora down` first, or another --home") from None
+            raise
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, f"{os.getpid()}\n".encode())
+        root_private_fds.add(self.fd)
+
+    def release(self) -> None:
+        root_private_fds.discard(self.fd)
+        try:
+            os.unlink(self.path)
+        finally:
+            os.close(self.fd)
+
+
+def read_pid(home: Path) -> int | None:
+    try:
+        return int((home / "agora.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def tree_spec(cfg: Config, run: RunPaths, extra: dict[str, Any]) -> SupervisorSpec:
+    """The daemon's supervision tree for a config."""
+    from runtime.coordinator.loop import coordinator_main
+    from runtime.pools.specs import pools_spec
+    from runtime.registry.service import registry_spec
+
+    telemetry = ChildSpec("telemetry", telemetry_main, (str(cfg.home), run.events), shutdown=5.0)
+    coordinator = ChildSpec("coordinator", coordinator_main, (cfg, run), shutdown=cfg.drain_s + 5)
+    core = SupervisorSpec("core", (registry_spec(cfg, run), coordinator, pools_spec(cfg, run, extra["slots"])),
+                          strategy=Strategy.REST_FOR_ONE, intensity=5, period=10.0)
+    return SupervisorSpec("root", (telemetry, core), intensity=5, period=10.0)
+
+
+class Daemon:
+    """The root process: owns the tree, the pid lock and the root command socket."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.run = RunPaths.for_home(cfg.home)
+        set_tracing(cfg.tracing)  # before any Emitter here or in a child (runtime.observability.events)
+        self.emit = Emitter(self.run.events, "root")
+        self.stopping = False
+        self.conns: dict[socket.socket, FrameReader] = {}
+
+    def serve(self) -> int:
+        set_process_name("agora:daemon")
+        lock = PidLock(self.cfg.home)
+        wake_r = self._install_signals()
+        listener = self._listen()
+        try:
+            from runtime.daemon.resources import prepare_root
+            self.child_extra = prepare_root(self.cfg, self.run, self.emit)
+            self.tree = Tree(tree_spec(self.cfg, self.run, self.child_extra), emit=self.emit,
+                             child_extra=self.child_extra)
+            self.tree.start()
+            self.emit("daemon.started", home=str(self.cfg.home))
+            self.emit.flush()
+            self._loop(listener, wake_r)
+            return 1 if self.tree.failed else 0
+        finally:
+            self._shutdown(listener, lock)
+
+    def _loop(self, listener: socket.socket, wake_r: int) -> None:
+        while not self.stopping and not self.tree.failed:
+            ready = wait([*self.tree.sentinels, listener, wake_r, *self.conns],
+                         self.emit.flush_due_in())
+            self.tree.handle(ready)
+            for r in ready:
+                if r is listener:
+                    self._accept(listener)
+                elif r == wake_r:
+                    self._on_signal(wake_r)
+                elif r in self.conns:
+                    self._serve_conn(r)
+            self.emit.maybe_flush()
+
+    # -- root command socket (only processes of the tree use it) ------------------------
+
+    def _listen(self) -> socket.socket:
+        sock = listen_unix(self.run.root_sock)
+        root_private_fds.add(sock.fileno())
+        return sock
+
+    def _accept(self, listener: socket.socket) -> None:
+        conn, _ = listener.accept()
+        if peer_uid(conn) != os.getuid():
+            conn.close()
+            return
+        root_private_fds.add(conn.fileno())
+        self.conns[conn] = FrameReader()
+
+    def _serve_conn(self, conn: socket.socket) -> None:
+        try:
+            data = conn.recv(1 << 16)
+            frames = self.conns[conn].feed(data) if data else None
+        except (OSError, AgoraError):
+            frames = None
+        if frames is None:
+            self._drop(conn)
+            return
+        for req in frames:
+            conn.sendall(encode_frame(self._command(req)))
+
+    def _drop(self, conn: socket.socket) -> None:
+        root_private_fds.discard(conn.fileno())
+        del self.conns[conn]
+        conn.close()
+
+    def _command(self, req: dict[str, Any]) -> dict[str, Any]:
+        rid = req.get("id")
+        try:
+            return {"v": 1, "id": rid, "ok": self._dispatch(req.get("cmd"), req.get("args") or {})}
+        except AgoraError as e:
+            return {"v": 1, "id": rid, "error": to_wire(e)}
+
+    def _dispatch(self, cmd: Any, args: dict[str, Any]) -> Any:
+        from runtime.pools.specs import agent_spec
+        if cmd == "tree":
+            return self.tree.status()
+        slots = self.child_extra["slots"]
+        if cmd == "start_agent":
+            pool, index = args["pool"], int(args["index"])
+            sup = self.tree.find(f"root/core/pools/pool:{pool}")
+            try:
+                child = sup.start_child(agent_spec(self.cfg, self.run, pool, index, slots))
+            except AgoraError:
+                slots.give_back(f"{pool}.{index}")
+                raise
+            return {"pid": child.pid, "id": child.id}
+        if cmd == "terminate_child":
+            self.tree.find(args["supervisor"]).terminate_child(args["child"])
+            if args["child"].startswith("agent:"):
+                slots.give_back(args["child"][len("agent:"):])
+            return True
+        if cmd == "shutdown":
+            self.stopping = True
+            return True
+        raise InvalidInput(f"unknown root command {cmd!r}")
+
+    # -- signals and shutdown -----------------------------------------------------------
+
+    def _install_signals(self) -> int:
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        root_private_fds.update((r, w))
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, lambda *_: None)
+        signal.set_wakeup_fd(w)
+        return r
+
+    def _on_signal(self, wake_r: int) -> None:
+        os.read(wake_r, 64)
+        self.stopping = True
+
+    @staticmethod
+    def _drain_first(tree: Tree) -> None:
+        """A graceful stop drains before the reverse-order stop: the coordinator gets its
+        SIGTERM while the agents still run, lets running tasks finish (up to drain_s) and
+        leaves the rest accepted in the journal; then the tree stops in reverse order."""
+        try:
+            tree.find("root/core").child("coordinator").stop()
+        except AgoraError:
+            pass  # the core already gave up: nothing to drain
+
+    def _stop_core(self, tree: Tree) -> None:
+        """Everything but telemetry, then flush our own events while telemetry still
+        listens: a graceful stop loses no event (only telemetry's own stop goes unlogged)."""
+        try:
+            tree.find("root/core").stop()
+        except AgoraError:
+            pass  # no core (it failed to start): nothing to stop before telemetry
+        self.emit.flush()
+
+    def _shutdown(self, listener: socket.socket, lock: PidLock) -> None:
+        self.emit("daemon.stopping")
+        tree = getattr(self, "tree", None)
+        if tree is not None:
+            self._drain_first(tree)
+            self._stop_core(tree)
+            tree.stop()
+        for conn in list(self.conns):
+            self._drop(conn)
+        listener.close()
+        from runtime.daemon.resources import release_root
+        release_root(getattr(self, "child_extra", None))
+        remove_run_dir(self.run)
+        self.emit.close()
+        lock.release()
+
+
+def run_daemon(home: str | Path | None = None, config_file: str | Path | None = None,
+               **overrides: Any) -> int:
+    cfg = load_config(home, config_file, **overrides)
+    return Daemon(cfg).serve()
+
+
+def wait_until_up(client_factory, deadline: float, proc: Any = None) -> None:
+    """Poll the control socket (with backoff) until the daemon answers ``ping``.
+
+    ``proc`` (the daemon's Popen) lets a daemon that exits during start-up fail fast.
+    """
+    delay = 0.01
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise Unavailable(f"the daemon exited during start-up (exit code {proc.returncode})",
+                              hint="its log is agora.log in the home directory")
+        try:
+            with client_factory() as c:
+                c.call("ping")
+                # the root answers the tree's status only once its start-up is complete,
+                # i.e. every initial agent has said hello: then capabilities are known
+                c.call("status", timeout=max(1.0, deadline - time.monotonic()))
+                return
+        except AgoraError as e:
+            last = e
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+    raise Unavailable("the daemon did not answer within its start-up time",
+                      hint="see the daemon log in the home directory") from last
+
+
+def wait_gone(home: Path, pid: int | None, deadline: float) -> None:
+    """Wait (bounded, with backoff) until the daemon of ``home`` has exited."""
+    delay = 0.01
+    while pid is not None and time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        try:  # our own child (embedded runs): reap it so it is not a zombie
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return
+        except ChildProcessError:
+            pass
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+    if pid is not None:
+        raise Unavailable(f"the daemon (pid {pid}) is still running after the wait",
+                          hint="`agora ps` shows what it is waiting for; kill it with SIGKILL if stuck")
+
+
+if __name__ == "__main__":  # pragma: no cover - `agora up --foreground` is the entry
+    sys.exit(run_daemon())

@@ -1,0 +1,51 @@
+"""The registry inside the daemon: partition processes under a supervisor, and the
+client every process of the tree uses.
+
+``registry`` (one_for_one, 10 restarts in 10 s) supervises ``registry.0 .. N-1``.  Their
+shared tables are anonymous MAP_SHARED mappings the root makes before forking anything
+(``runtime.daemon.resources.prepare_root``): every process of the tree inherits them, so lookups
+and selects read shared memory with no round trip, and a restarted partition rebuilds
+from its predecessor's table (no registration of a live owner is lost).
+
+With ``registry = "local"`` there are no partition processes: the coordinator keeps a
+LocalBackend in its own memory (for tests and embedding).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runtime.config import Config, RunPaths
+from runtime.observability.events import Emitter
+from runtime.supervision.child_spec import ChildSpec, SupervisorSpec
+
+__all__ = ["registry_spec", "open_registry", "TABLE_CAPACITY"]
+
+TABLE_CAPACITY = 4096  # live entries per partition
+
+
+def _partition_child(ctx: Any, index: int, n: int, sock_path: str, events: str) -> None:
+    from runtime.registry._partition import partition_main
+    emit = Emitter(events, f"registry.{index}")
+    try:
+        partition_main(index, n, sock_path, ctx.extra["registry_tables"][index], emit=emit,
+                       ready=ctx.ready)
+    finally:
+        emit.close()
+
+
+def registry_spec(cfg: Config, run: RunPaths) -> SupervisorSpec:
+    n = cfg.partitions if cfg.registry == "partitioned" else 0
+    parts = tuple(ChildSpec(f"registry.{i}", _partition_child, (i, n, run.registry(i), run.events),
+                            shutdown=2.0) for i in range(n))
+    return SupervisorSpec("registry", parts, intensity=10, period=10.0)
+
+
+def open_registry(cfg: Config, run: RunPaths, extra: dict[str, Any]) -> Any:
+    """The registry backend for a process of the tree (the coordinator, an agent)."""
+    if cfg.registry == "local":
+        from runtime.registry._local import LocalBackend
+        return LocalBackend()
+    from runtime.registry._client import PartitionedBackend
+    return PartitionedBackend([run.registry(i) for i in range(cfg.partitions)],
+                              extra["registry_tables"])

@@ -1,0 +1,391 @@
+"""Dispatch: ready queues, agent links, attempts, retries, dead letters.
+
+The coordinator's loop calls into a :class:`Scheduler`; the scheduler never blocks and
+does no socket I/O itself: what it wants sent to an agent goes into ``outbox`` (one
+batch per agent per loop turn) and the loop sends it.  The journal is the truth: every
+attempt is recorded there before its frame leaves (commit happens once per loop turn,
+before the outbox is flushed), and the first recorded success is the result.
+
+Life of a task::
+
+    submit -> queued --(policy picks an agent)--> running --ok--> succeeded
+                ^                                   |  \\--handler raised--> retry_wait --timer--> queued
+                |                                   |                      \\--no attempts left--> failed
+                +------ agent died (attempt + 1) ---+--no attempts left--> dead_lettered
+    cancel / deadline at any live state -> cancelled / deadline_exceeded
+
+A death is seen when the agent's socket reaches EOF (the kernel closes it the moment
+the process dies): its in-flight tasks go straight back to the head of their queue on
+another agent, without backoff.  A handler exception waits a jittered backoff first.
+
+Allocation policies share one interface, ``choose(task, candidates) -> AgentLink``:
+``static`` (registry order, the baseline the reference system used: the first capable
+agent with room), ``least-loaded`` (fewest in-flight tasks, then registry order), and
+``market`` (coordination.services.market: an auction among the candidates, asynchronous).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from runtime.errors import AgoraError
+from runtime.observability.trace_context import TraceContext
+from runtime.tasks.balancing import PowerOfTwoPolicy
+from runtime.tasks.payloads import Payloads
+from runtime.tasks.task import TERMINAL
+
+__all__ = ["Scheduler", "TaskRun", "AgentLink", "StaticPolicy", "LeastLoadedPolicy", "POLICIES",
+           "DEFERRED"]
+
+
+
+@dataclass
+class TaskRun:
+    """A live task as the scheduler holds it (the journal holds the durable copy)."""
+
+    id: str
+    capability: str
+    input: Any
+    trace: TraceContext
+    max_attempts: int = 3
+    priority: int = 0
+    deadline: float | None = None  # monotonic
+    pipeline_id: str | None = None
+    input_handle: Any = None  # the arena block of a large input, while an agent holds it
+    attempts: int = 0
+    state: str = "queued"
+    agent: str | None = None
+    excluded: set[str] = field(default_factory=set)
+    seq: int = 0
+    size: int = 0  # bytes of input, for mailbox accounting
+
+
+@dataclass
+class AgentLink:
+    id: str
+    pool: str
+    pid: int
+    caps: dict[str, dict[str, float]]
+    send: Callable[[dict[str, Any]], None]
+    order: int
+    inflight: dict[str, int] = field(default_factory=dict)  # task id -> attempt
+    done: int = 0
+    draining: bool = False
+
+
+#: What an asynchronous policy's ``choose`` returns when it took the task (market: an
+#: auction runs): the task leaves its queue, so it does not block the tasks behind it,
+#: and the policy later calls ``assign(task, agent)`` or ``enqueue(task)`` itself.
+DEFERRED: Any = type("Deferred", (), {"__repr__": lambda self: "DEFERRED"})()
+
+
+class StaticPolicy:
+    """Registry order: the first capable agent that has room (the reference's allocation)."""
+
+    name = "static"
+
+    def choose(self, task: TaskRun, candidates: list[AgentLink]) -> AgentLink | None:
+        return candidates[0] if candidates else None
+
+
+class LeastLoadedPolicy:
+    """Fewest in-flight tasks; ties go to registry order."""
+
+    name = "least-loaded"
+
+    def choose(self, task: TaskRun, candidates: list[AgentLink]) -> AgentLink | None:
+        return min(candidates, key=lambda a: (len(a.inflight), a.order), default=None)
+
+
+POLICIES: dict[str, Callable[[], Any]] = {"static": StaticPolicy, "least-loaded": LeastLoadedPolicy,
+                                          "p2c": PowerOfTwoPolicy}
+
+
+class Scheduler:
+    """Queues per capability and the agents that serve them."""
+
+    def __init__(self, journal: Any, policy: Any, emit: Callable[..., None], clock: Callable[[], float],
+                 capacity: int = 4, membership: Any = None) -> None:
+        self.journal = journal
+        self.registry = membership
+        self.payloads = Payloads(None, 0)  # the coordinator sets its arena side
+        self._by_cap: dict[str, list[str]] = {}  # capability index read from the registry
+        self._unregistered: set[str] = set()
+        self.policy = policy
+        self.emit = emit
+        self.clock = clock
+        self.capacity = capacity
+        self.tasks: dict[str, TaskRun] = {}
+        self.queued_bytes: dict[str, int] = {}  # input bytes waiting per capability (mailbox)
+        self.queues: dict[str, list[tuple[int, int, str]]] = {}
+        self.agents: dict[str, AgentLink] = {}
+        self.outbox: dict[str, list[dict[str, Any]]] = {}
+        self.timers: list[tuple[float, int, str, str]] = []  # (when, seq, kind, task id)
+        self._seq = itertools.count()
+        self._order = itertools.count()
+        self.on_final: Callable[[TaskRun, Any], None] = lambda t, rec: None
+        # every attempt's end as the journal judged it (the market settles contracts here)
+        self.on_attempt_end: Callable[[TaskRun, int, Any, bool], None] = lambda t, a, fin, c: None
+        # task id -> who takes that task's results instead (a consensus step's k candidate runs)
+        self.result_sinks: dict[str, Callable[[AgentLink | None, dict[str, Any]], None]] = {}
+
+    # -- agents ------------------------------------------------------------------------
+
+    def agent_joined(self, agent_id: str, pool: str, pid: int, caps: dict[str, Any],
+                     send: Callable[[dict[str, Any]], None]) -> AgentLink:
+        link = AgentLink(agent_id, pool, pid, caps, send, next(self._order))
+        self.agents[agent_id] = link
+        self._unregistered.add(agent_id)
+        self._register_pending()
+        self._by_cap.clear()
+        self.emit("agent.joined", agent=agent_id, pid=pid, capabilities=sorted(caps))
+        return link
+
+    def agent_died(self, agent_id: str) -> list[TaskRun]:
+        """EOF on the agent's socket: its attempts are ``crashed``; the journal decides
+        (requeue at once, or dead-letter a task that has used its attempts)."""
+        link = self.agents.pop(agent_id, None)
+        if link is None:
+            return []
+        self._by_cap.clear()
+        self.emit("agent.died", agent=agent_id, pid=link.pid, inflight=len(link.inflight))
+        self._forget_registration(link)
+        error = {"code": "AGENT_DIED", "message": f"agent {agent_id} (pid {link.pid}) died mid-task"}
+        moved = []
+        for tid, attempt in link.inflight.items():
+            fin = self.journal.finish_attempt(tid, attempt, "crashed", error=error)
+            task = self.tasks.get(tid)
+            if task is not None:
+                self.payloads.discard(task.input_handle)  # it died before reading its input
+            if task is not None:
+                self.follow(task, attempt, fin, crashed=True)
+                moved.append(task)
+        return moved
+
+    def _register_pending(self) -> None:
+        """Put joined agents in the registry; one whose partition is restarting is retried
+        on a later turn (it is not a candidate until then: candidates come from the index)."""
+        for agent_id in list(self._unregistered):
+            link = self.agents.get(agent_id)
+            if link is None or self.registry is None:
+                self._unregistered.discard(agent_id)
+                continue
+            try:
+                self.registry.register(agent_id, {"capabilities": sorted(link.caps), "metadata": {
+                    "pool": link.pool, "load": 0, "health": "ok"}}, link.pid)
+            except AgoraError as e:
+                self.emit("registry.unavailable", agent=agent_id, error=e.message)
+                return
+            self._unregistered.discard(agent_id)
+            self._by_cap.clear()
+
+    def _forget_registration(self, link: AgentLink) -> None:
+        """The coordinator saw the death first-hand: tell the registry (partitions also
+        watch the owner's pidfd; a local backend only learns it here)."""
+        if self.registry is None:
+            return
+        try:
+            self.registry.remove_owner(link.pid)
+        except AgoraError as e:  # a partition restarting: it verifies owners when it is back
+            self.emit("registry.unavailable", agent=link.id, error=e.message)
+
+    # -- tasks -------------------------------------------------------------------------
+
+    def enqueue(self, task: TaskRun, front: bool = False) -> None:
+        if task.state != "queued" or task.id not in self.tasks:
+            self.queued_bytes[task.capability] = self.queued_bytes.get(task.capability, 0) + task.size
+        task.state = "queued"
+        task.seq = -next(self._seq) if front else next(self._seq)
+        self.tasks[task.id] = task
+        heapq.heappush(self.queues.setdefault(task.capability, []), (-task.priority, task.seq, task.id))
+        if task.deadline is not None:
+            self._timer(task.deadline, "deadline", task.id)
+
+    def queued(self, capability: str) -> int:
+        return len(self.queues.get(capability, ()))
+
+    def _leaves_queue(self, task: TaskRun) -> None:
+        """Mailbox accounting: a queued task is leaving its queue (started, deferred, ended)."""
+        if task.state == "queued":
+            self.queued_bytes[task.capability] -= task.size
+
+    def capable(self, capability: str) -> list[str]:
+        """Agents offering ``capability``, in registry order, from the registry's capability
+        index (re-read only when membership changed: a select is a shared-memory read)."""
+        ids = self._by_cap.get(capability)
+        if ids is None:
+            try:
+                if self.registry is None:
+                    raise AgoraError("no registry")
+                ids = [e.key for e in self.registry.select(capability=capability)]
+            except AgoraError:  # (a read that fell back to a dead partition): own view, uncached
+                return [a.id for a in self.agents.values() if capability in a.caps]
+            self._by_cap[capability] = ids
+        return ids
+
+    def candidates(self, capability: str) -> list[AgentLink]:
+        out = []
+        for aid in self.capable(capability):
+            a = self.agents.get(aid)
+            if a is not None and not a.draining and len(a.inflight) < self.capacity:
+                out.append(a)
+        return out
+
+    def dispatch(self) -> int:
+        """Give queued tasks to agents until queues or room run out; returns tasks sent.
+        Every attempt of the turn starts in one journal batch."""
+        picks: list[tuple[TaskRun, AgentLink]] = []
+        if self._unregistered:
+            self._register_pending()
+        for cap, q in self.queues.items():
+            while q:
+                task = self.tasks.get(q[0][2])
+                if task is None or task.state != "queued":
+                    heapq.heappop(q)
+                    continue
+                cands = [a for a in self.candidates(cap) if a.id not in task.excluded]
+                agent = self.policy.choose(task, cands)
+                if agent is DEFERRED:  # an asynchronous policy took it (an auction runs)
+                    heapq.heappop(q)
+                    self._leaves_queue(task)
+                    task.state = "deferred"
+                    continue
+                if agent is None:
+                    break
+                heapq.heappop(q)
+                self._reserve(task, agent)
+                picks.append((task, agent))
+        if picks:
+            self._start(picks)
+        return len(picks)
+
+    def assign(self, task: TaskRun, agent: AgentLink) -> None:
+        """Start one attempt now (policies that decide later, e.g. after an auction)."""
+        self._reserve(task, agent)
+        self._start([(task, agent)])
+
+    def _reserve(self, task: TaskRun, agent: AgentLink) -> None:
+        self._leaves_queue(task)
+        task.state, task.agent = "running", agent.id
+        agent.inflight[task.id] = 0  # room taken now; the attempt number follows
+
+    def _start(self, picks: list[tuple[TaskRun, AgentLink]]) -> None:
+        numbers = self.journal.start_attempts([(t.id, a.id) for t, a in picks])
+        for (task, agent), attempt in zip(picks, numbers):
+            task.attempts = attempt
+            agent.inflight[task.id] = attempt
+            span = task.trace.child()
+            self.emit("task.attempt", span, task_id=task.id, attempt=attempt, agent=agent.id,
+                      policy=self.policy.name)
+            frame = {"id": task.id, "attempt": attempt, "cap": task.capability,
+                     "trace": span.to_wire()}
+            task.input_handle = self.payloads.pack(task.input, "input", frame, task.size)
+            self.outbox.setdefault(agent.id, []).append(frame)
+
+    def take_outbox(self) -> dict[str, list[dict[str, Any]]]:
+        out, self.outbox = self.outbox, {}
+        return out
+
+    def results(self, agent_id: str, results: list[dict[str, Any]]) -> None:
+        link = self.agents.get(agent_id)
+        for r in results:
+            self._result(link, r)
+
+    def _result(self, link: AgentLink | None, r: dict[str, Any]) -> None:
+        tid, attempt = r["id"], r["attempt"]
+        sink = self.result_sinks.get(tid)
+        if sink is not None:
+            sink(link, r)
+            return
+        if link is not None and link.inflight.get(tid) == attempt:
+            del link.inflight[tid]
+            link.done += 1
+        ok = "error" not in r
+        fin = self.journal.finish_attempt(tid, attempt, "succeeded" if ok else "failed",
+                                          result=self.payloads.unpack(r, "ok") if ok else None,
+                                          error=r.get("error"))
+        task = self.tasks.get(tid)
+        if task is not None:
+            self.follow(task, attempt, fin)
+
+    def follow(self, task: TaskRun, attempt: int, fin: Any, crashed: bool = False) -> None:
+        """Mirror the journal's verdict on an attempt (it alone decides states)."""
+        self.on_attempt_end(task, attempt, fin, crashed)
+        if fin.state == "succeeded":
+            if fin.recorded:  # the one result that counts (maybe of an older attempt)
+                self._forget_inflight(task)
+                self._final(task, "succeeded", fin.record)
+            return
+        if attempt != task.attempts:
+            return  # a late report of an attempt that was already given up
+        task.agent = None
+        if fin.state == "queued":
+            self.emit("task.rerouted" if crashed else "task.requeued", task.trace,
+                      task_id=task.id, attempt=attempt)
+            self.enqueue(task, front=crashed)
+        elif fin.state == "retry_wait":
+            self._schedule_retry(task)
+        elif fin.state in TERMINAL:
+            self._final(task, fin.state)
+
+    def _schedule_retry(self, task: TaskRun) -> None:
+        rec = self.journal.get(task.id)
+        delay = max(0.0, (rec.not_before or time.time()) - time.time())
+        task.state = "retry_wait"
+        self.emit("task.retry_scheduled", task.trace, task_id=task.id, attempt=task.attempts,
+                  delay_s=round(delay, 4), error=(rec.error or {}).get("message"))
+        self._timer(self.clock() + delay, "retry", task.id)
+
+    def _forget_inflight(self, task: TaskRun) -> None:
+        link = self.agents.get(task.agent) if task.agent else None
+        if link is not None:
+            link.inflight.pop(task.id, None)
+
+    def _final(self, task: TaskRun, state: str, rec: Any = None) -> None:
+        """The task ended in ``state``; ``rec`` is its journal record if the caller has it."""
+        self._leaves_queue(task)
+        task.state = state
+        self.tasks.pop(task.id, None)
+        rec = rec if rec is not None else self.journal.get(task.id)
+        self.emit(f"task.{state}", task.trace, task_id=task.id, attempts=rec.attempts,
+                  **({"error": rec.error} if rec.error else {}))
+        self.on_final(task, rec)
+
+    def cancel(self, task_id: str, deadline: bool = False) -> bool:
+        """Cancel (or expire) a live task; its running attempt's late result is ignored."""
+        done = self.journal.mark_deadline(task_id) if deadline else self.journal.cancel(task_id)
+        task = self.tasks.get(task_id)
+        if done and task is not None:
+            self._forget_inflight(task)
+            self._final(task, "deadline_exceeded" if deadline else "cancelled")
+        return done
+
+    # -- timers ------------------------------------------------------------------------
+
+    def _timer(self, when: float, kind: str, task_id: str) -> None:
+        heapq.heappush(self.timers, (when, next(self._seq), kind, task_id))
+
+    def next_timer_in(self) -> float | None:
+        return max(0.0, self.timers[0][0] - self.clock()) if self.timers else None
+
+    def fire_timers(self) -> None:
+        now = self.clock()
+        due_retry = False
+        while self.timers and self.timers[0][0] <= now:
+            _, _, kind, tid = heapq.heappop(self.timers)
+            task = self.tasks.get(tid)
+            if task is None:
+                continue
+            if kind == "retry" and task.state == "retry_wait":
+                due_retry = True
+            elif kind == "deadline" and task.deadline is not None and task.deadline <= now:
+                self.cancel(tid, deadline=True)
+        if due_retry:
+            for tid in self.journal.promote_due():
+                if tid in self.tasks:
+                    self.enqueue(self.tasks[tid])

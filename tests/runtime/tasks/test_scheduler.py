@@ -1,0 +1,149 @@
+"""The scheduler without processes: a real journal, a local registry, agent links whose
+``send`` records frames, and a fake clock."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from runtime.observability.trace_context import TraceContext
+from runtime.registry._local import LocalBackend
+from runtime.tasks.journal import Journal
+from runtime.tasks.scheduler import LeastLoadedPolicy, Scheduler, StaticPolicy
+from runtime.tasks.task import parse_task
+from tests.support.helpers import FakeClock
+
+
+@pytest.fixture
+def world(tmp_path):
+    journal = Journal(tmp_path, retry_base=0.01, retry_cap=0.01)
+    clock = FakeClock(1000.0)
+    events = []
+    finals = {}
+
+    def make(policy):
+        s = Scheduler(journal, policy, lambda t, *a, **k: events.append((t, k)), clock,
+                      capacity=1, membership=LocalBackend())
+        s.on_final = lambda task, rec: finals.__setitem__(task.id, rec)
+        return s
+    yield make, journal, clock, events, finals
+    journal.close()
+
+
+LIVE_PIDS = [os.getpid(), os.getppid(), 1]  # owners must be running processes, one each
+
+
+def join(s, agent_id):
+    sent = []
+    pid = LIVE_PIDS[len(s.agents) % len(LIVE_PIDS)]
+    s.agent_joined(agent_id, "p", pid, {"work": {}}, sent.append)
+    return sent
+
+
+def submit(s, journal, n=1, **opts):
+    ids = []
+    for i in range(n):
+        spec = parse_task({"capability": "work", "input": i, "options": opts}, now=0)
+        tid = journal.submit(spec)
+        s.enqueue(s_task(s, journal, tid))
+        ids.append(tid)
+    return ids
+
+
+def s_task(s, journal, tid):
+    from runtime.tasks.scheduler import TaskRun
+    rec = journal.get(tid)
+    return TaskRun(rec.id, rec.capability, rec.input, TraceContext.new_trace(),
+                   max_attempts=rec.max_attempts)
+
+
+def flush(s):
+    return {aid: [t["id"] for t in frames] for aid, frames in s.take_outbox().items()}
+
+
+def test_static_fills_registry_order_least_loaded_spreads(world):
+    make, journal, *_ = world
+    s = make(StaticPolicy())
+    for a in ("a2", "a1", "a3"):
+        join(s, a)
+    assert len({a.pid for a in s.agents.values()}) == 3
+    submit(s, journal, 2)
+    s.dispatch()
+    assert sorted(flush(s)) == ["a1", "a2"]  # registry (key) order, capacity 1 each
+    s2 = make(LeastLoadedPolicy())
+    for a in ("b1", "b2"):
+        join(s2, a)
+    ids = submit(s2, journal, 2)
+    s2.dispatch()
+    assert {tuple(v) for v in flush(s2).values()} == {(ids[0],), (ids[1],)}
+
+
+def test_death_reroutes_to_another_agent_with_attempt_plus_one(world):
+    make, journal, clock, events, finals = world
+    s = make(LeastLoadedPolicy())
+    join(s, "a1")
+    (tid,) = submit(s, journal)
+    s.dispatch()
+    assert flush(s) == {"a1": [tid]}
+    join(s, "a2")
+    s.agent_died("a1")
+    s.dispatch()
+    assert flush(s) == {"a2": [tid]}
+    assert s.tasks[tid].attempts == 2
+    assert [t for t, _ in events].count("task.rerouted") == 1
+    s.results("a2", [{"id": tid, "attempt": 2, "ok": 42}])
+    assert finals[tid].state == "succeeded" and finals[tid].result == 42
+
+
+def test_a_late_result_of_an_earlier_attempt_is_recorded_once(world):
+    make, journal, clock, events, finals = world
+    s = make(LeastLoadedPolicy())
+    join(s, "a1")
+    join(s, "a2")
+    (tid,) = submit(s, journal)
+    s.dispatch()
+    first = next(iter(flush(s)))
+    other = "a2" if first == "a1" else "a1"
+    s.agent_died(first)  # presumed dead...
+    s.dispatch()
+    assert flush(s) == {other: [tid]}
+    s.results(first, [{"id": tid, "attempt": 1, "ok": "late"}])  # ...yet it answered
+    s.results(other, [{"id": tid, "attempt": 2, "ok": "second"}])
+    rec = journal.get(tid)
+    assert rec.state == "succeeded" and rec.result in ("late", "second")
+    assert [a.outcome for a in journal.attempts(tid)].count("succeeded") == 2
+    assert list(finals) == [tid]  # one final, one recorded result
+
+
+def test_errors_wait_a_backoff_then_run_again(world):
+    make, journal, clock, events, finals = world
+    s = make(LeastLoadedPolicy())
+    join(s, "a1")
+    (tid,) = submit(s, journal, max_attempts=2)
+    s.dispatch()
+    flush(s)
+    s.results("a1", [{"id": tid, "attempt": 1, "error": {"type": "E", "message": "boom"}}])
+    assert s.tasks[tid].state == "retry_wait"
+    assert s.dispatch() == 0  # not before its backoff
+    clock.t += 1.0
+    import time
+    time.sleep(0.02)  # the journal's retry clock is wall time (10 ms backoff here)
+    s.fire_timers()
+    s.dispatch()
+    assert flush(s) == {"a1": [tid]}
+    s.results("a1", [{"id": tid, "attempt": 2, "error": {"type": "E", "message": "boom"}}])
+    assert finals[tid].state == "failed"
+
+
+def test_poison_is_dead_lettered_after_max_attempts(world):
+    make, journal, clock, events, finals = world
+    s = make(LeastLoadedPolicy())
+    (tid,) = submit(s, journal, max_attempts=2)
+    for n in range(2):
+        join(s, f"a{n}")
+        s.dispatch()
+        flush(s)
+        s.agent_died(f"a{n}")
+    assert finals[tid].state == "dead_lettered"
+    assert finals[tid].error["code"] == "DEAD_LETTERED"

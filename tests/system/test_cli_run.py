@@ -1,0 +1,43 @@
+"""The main job from the command line: ``agora run FILE`` and ``agora demo`` start an
+embedded runtime, print results and leave nothing running (the leak fixture checks)."""
+
+from __future__ import annotations
+
+import json
+
+from runtime.cli.main import main
+from tests.support.daemons import config
+
+
+def test_run_a_pipeline_file(agora_env, tmp_path, capsys):
+    cfg = tmp_path / "agora.toml"
+    cfg.write_text(config(size=2))
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"name": "two-steps", "steps": [
+        {"id": "sum", "capability": "add", "input": {"a": 20, "b": 22}},
+        {"id": "show", "capability": "echo", "input": {"answer": {"$ref": "sum"}}}]}))
+    assert main(["run", "--config", str(cfg), "--json", str(job)]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["state"] == "succeeded"
+    assert [s["result"] for s in res["steps"]][-1]["echo"] == {"answer": 42}
+
+
+def test_run_tasks_and_report_a_failure(agora_env, tmp_path, capsys):
+    cfg = tmp_path / "agora.toml"
+    cfg.write_text(config(size=1))
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"tasks": [
+        {"capability": "add", "input": {"a": 1, "b": 1}},
+        {"capability": "flaky", "input": {"succeed_on": 9}, "options": {"max_attempts": 1}}]}))
+    assert main(["run", "--config", str(cfg), str(job)]) == 1  # one task failed
+    out = capsys.readouterr().out
+    assert "succeeded" in out and "failed" in out
+
+
+def test_demo(agora_env, capsys):
+    assert main(["demo", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    steps = res["result"]["steps"]
+    assert [s["state"] for s in steps] == ["succeeded"] * 3
+    answer = steps[-1]["result"]
+    assert answer["best_score"] > 0 and len(answer["themes"]) > 0
