@@ -83,16 +83,16 @@ class Daemon:
     """A daemon in a temporary home for one measurement; ``close`` stops it and cleans up."""
 
     def __init__(self, config_text: str, timeout: float = 120.0) -> None:
+        from runtime.daemon.launch import spawn, wait_up
         from runtime.wire.client import Client
-        from tests.support.daemons import spawn, wait_up
         private_runtime_dir()
         self.home = Path(tempfile.mkdtemp(prefix="agora-perf-"))
-        self.proc = spawn(self.home, config_text)
+        self.proc = spawn(self.home, config_text, path=[str(REPO)])
         wait_up(self.home, self.proc)
         self.client = Client(str(self.home), timeout=timeout)
 
     def close(self) -> None:
-        from tests.support.daemons import stop
+        from runtime.daemon.launch import stop
         self.client.close()
         stop(self.home, self.proc)
         shutil.rmtree(self.home, ignore_errors=True)

@@ -50,13 +50,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = str(Path(__file__).resolve().parent.parent)
+sys.path.insert(0, REPO)
 
 import orjson  # noqa: E402
 from _common import parse_args  # noqa: E402
 
+from runtime.daemon.launch import spawn, stop, wait_up  # noqa: E402
 from runtime.wire.client import Client  # noqa: E402
-from tests.support.daemons import spawn, stop, wait_up  # noqa: E402
 
 POLICIES = ("static", "least-loaded", "market")
 #: tasks the coordinator may send an agent before it answers: with room at busy agents, a
@@ -66,7 +67,7 @@ INFLIGHT = 4
 
 POOL = """
 [pools.{name}]
-agent = "tests.support.agents_market:{cls}"
+agent = "perf.agents_market:{cls}"
 size = {size}
 max = {size}
 [pools.{name}.capabilities.work]
@@ -94,7 +95,7 @@ class daemon:
         self.cfg = cfg
 
     def __enter__(self) -> Path:
-        self.proc = spawn(self.home, self.cfg)
+        self.proc = spawn(self.home, self.cfg, path=[REPO])
         wait_up(self.home, self.proc, timeout=120)
         return self.home
 

@@ -35,13 +35,13 @@ sys.path.insert(0, str(REPO))
 
 from _common import floor_cpus, parse_args, pin_echo, pinned_parent  # noqa: E402
 
-from tests.support.daemons import running_daemon  # noqa: E402
+from runtime.daemon.launch import running_daemon  # noqa: E402
 
 POOL = """
 [daemon]
 drain_s = 2.0
 [pools.{name}]
-agent = "tests.support.agents_consensus:{cls}"
+agent = "perf.agents_consensus:{cls}"
 size = {size}
 min = {size}
 max = {max}
@@ -92,7 +92,7 @@ def pipe_rtt(reps: int) -> list[float]:
 
 def measure_votes(home: Path, n: int, reps: int, rng: random.Random) -> dict[str, list[float]]:
     cfg = POOL.format(name="voters", cls="Guesser", size=n, max=n, cap="guess")
-    with running_daemon(home, cfg) as (c, _):
+    with running_daemon(home, cfg, path=[str(REPO)]) as (c, _):
         wait_agents(c, n)
         for _ in range(3):  # warm-up
             c.call("ping")
@@ -136,7 +136,7 @@ def measure_failover(home: Path, reps: int) -> list[float]:
     # max = 16: the pool's restart intensity (2 x max in 10 s) must allow one kill per rep
     cfg = POOL.format(name="lockers", cls="Locker", size=4, max=16, cap="locked_append")
     out = home / "sections.log"
-    with running_daemon(home, cfg) as (c, _):
+    with running_daemon(home, cfg, path=[str(REPO)]) as (c, _):
         wait_agents(c, 4)
         task = {"capability": "locked_append", "options": {"max_attempts": 5},
                 "input": {"file": str(out), "hold_s": 0.3}}

@@ -42,8 +42,7 @@ import orjson  # noqa: E402
 import psutil  # noqa: E402
 from _common import floor_cpus, parse_args, pin_echo, pinned_parent  # noqa: E402
 
-from runtime.registry._client import PartitionedBackend  # noqa: E402
-from runtime.registry._partition import partition_main  # noqa: E402
+from runtime.registry import PartitionedBackend, partition_main  # noqa: E402
 from runtime.registry.table import make_tables  # noqa: E402
 
 FORK = multiprocess.get_context("fork")

@@ -32,15 +32,16 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = str(Path(__file__).resolve().parent.parent)
+sys.path.insert(0, REPO)
 
 import orjson  # noqa: E402
 from _common import parse_args, private_runtime_dir  # noqa: E402
 
+from runtime.daemon.launch import spawn, stop, wait_up  # noqa: E402
 from runtime.observability.events import Emitter, make_event  # noqa: E402
 from runtime.observability.trace_context import TraceContext  # noqa: E402
 from runtime.wire.client import Client  # noqa: E402
-from tests.support.daemons import spawn, stop, wait_up  # noqa: E402
 
 POOL = """
 [daemon]
@@ -48,7 +49,7 @@ drain_s = 2.0
 agent_inflight = 64
 tracing = {tracing}
 [pools.w]
-agent = "tests.support.agents:Echo"
+agent = "perf.agents:Echo"
 size = 2
 max = 2
 mailbox_messages = 100000
@@ -64,7 +65,7 @@ def _cpu_s(c: Client, name: str) -> float:
 def throughput(traced: bool, total: int, batch: int, rng: random.Random) -> tuple[float, float]:
     """(tasks per second, coordinator CPU microseconds per task)."""
     home = Path(tempfile.mkdtemp(prefix="agora-perf-"))
-    proc = spawn(home, POOL.format(tracing="true" if traced else "false"))
+    proc = spawn(home, POOL.format(tracing="true" if traced else "false"), path=[REPO])
     try:
         wait_up(home, proc)
         with Client(str(home), timeout=120) as c:

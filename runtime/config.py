@@ -52,9 +52,10 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import InvalidInput
+from runtime.registry.model import BACKENDS
 from runtime.wire import paths
 
-__all__ = ["Config", "PoolConfig", "RunPaths", "load_config", "parse_config"]
+__all__ = ["Config", "PoolConfig", "RunPaths", "load_config", "parse_config", "ALLOCATIONS"]
 
 
 @dataclass(frozen=True)
@@ -117,12 +118,12 @@ class Config:
 _DAEMON_KEYS = {"registry": str, "partitions": int, "allocation": str, "drain_s": (int, float),
                 "arena_mib": int, "agent_inflight": int, "durability": str,
                 "tracing": bool}
-#: [market]: names and JSON types here; values are checked by the market itself (the same
-#: check as `agora market-config`), when the coordinator starts: a bad value stops the start.
-_MARKET_KEYS = {"auction": str, "window_ms": (int, float), "round_ms": (int, float),
-                "tick_ms": (int, float), "min_decrement": (int, float), "clock_steps": int,
-                "ceiling_factor": (int, float), "penalty_fraction": (int, float),
-                "contract_timeout_s": (int, float), "min_success": (int, float), "weights": dict}
+#: Allocation policies by name: the scheduler's own (static, least-loaded, p2c) and the
+#: market's; the composition root (runtime.daemon.composition) builds each.
+ALLOCATIONS = ("static", "least-loaded", "p2c", "market")
+#: [market] is kept as a table here; its keys and values are the market's own
+#: (coordination.services.market.MARKET_KNOBS), checked by the composition root at load time
+#: with the same check as `agora market-config`.
 _POOL_KEYS = {"agent": str, "size": int, "min": int, "max": int, "mailbox_messages": int,
               "mailbox_bytes": int, "max_tasks": int, "capabilities": dict,
               "memory_ceiling_mib": int, "scaling": dict}
@@ -157,17 +158,16 @@ def parse_config(raw: dict[str, Any], home: Path, base: Path, **overrides: Any) 
     if unknown:
         raise InvalidInput(f"unknown config sections {sorted(unknown)}",
                            hint="sections: [daemon], [context], [market], [pools.NAME]")
-    market = _typed("market", dict(raw.get("market", {})), _MARKET_KEYS)
+    market = dict(raw.get("market", {}))
     daemon = _typed("daemon", dict(raw.get("daemon", {})), _DAEMON_KEYS)
     daemon.update({k: v for k, v in overrides.items() if v is not None})
     pools = tuple(_pool(n, t) for n, t in raw.get("pools", {}).items())
     contexts = {n: str((base / p).resolve()) for n, p in raw.get("context", {}).items()}
     cfg = Config(home=home, pools=pools, contexts=contexts, market=market, **daemon)
-    if cfg.registry not in ("partitioned", "local"):
-        raise InvalidInput(f"daemon.registry: expected 'partitioned' or 'local', got {cfg.registry!r}")
-    if cfg.allocation not in ("static", "least-loaded", "p2c", "market"):
-        raise InvalidInput(f"daemon.allocation: expected static, least-loaded, p2c or market, "
-                           f"got {cfg.allocation!r}")
+    if cfg.registry not in BACKENDS:
+        raise InvalidInput(f"daemon.registry: expected one of {list(BACKENDS)}, got {cfg.registry!r}")
+    if cfg.allocation not in ALLOCATIONS:
+        raise InvalidInput(f"daemon.allocation: expected one of {list(ALLOCATIONS)}, got {cfg.allocation!r}")
     if cfg.durability not in ("process", "power"):
         raise InvalidInput(f"daemon.durability: expected 'process' or 'power', got {cfg.durability!r}")
     if not 1 <= cfg.agent_inflight <= 1024:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from coordination import contracts as K
 from coordination.auction import (
@@ -27,8 +27,22 @@ from runtime.errors import InvalidInput
 from runtime.observability.trace_context import TraceContext
 from runtime.tasks.scheduler import TaskRun
 
-if TYPE_CHECKING:
-    from coordination.services.market import MarketPolicy
+
+class Market(Protocol):
+    """What a driver uses of the market service that owns it (``market.MarketPolicy``)."""
+
+    coord: Any
+    config: MarketConfig
+
+    def arm(self, r: _Round, until: float, now: float) -> None: ...
+
+    def ask(self, r: _Round, agent_id: str, extra: dict[str, Any], round_no: int) -> bool: ...
+
+    def close_round(self, aid: str, at: float | None = None) -> None: ...
+
+    def parse(self, r: _Round, agent_id: str, msg: dict[str, Any], parser: Any) -> Any: ...
+
+    def offers(self, r: _Round, now: float) -> list[Any]: ...
 
 __all__ = ["MarketConfig", "parse_bid", "parse_stay", "clock_terms", "AUCTION_KINDS"]
 
@@ -163,7 +177,7 @@ def _winner_only(result: Any) -> list[tuple[Bid, int]]:
 class _SealedDriver:
     """sealed-first and sealed-second: one ask, bids within the window, evaluation ranks."""
 
-    def __init__(self, market: MarketPolicy, cls: type) -> None:
+    def __init__(self, market: Market, cls: type) -> None:
         self.m, self.cls = market, cls
 
     def build(self, aid: str, reserve: int | None, ceiling: int) -> Any:
@@ -197,7 +211,7 @@ class _SealedDriver:
     def result(self, r: _Round, now: float) -> tuple[Any, list[tuple[Bid, int]]]:
         """Evaluated scores rank the bids; each is offered at the price the auction's rule
         gives it against the bids ranked after it (Vickrey: the next one's price)."""
-        offers = self.m._offers(r, now)
+        offers = self.m.offers(r, now)
         evaluations = evaluate(offers, self.m.config.weights, _PROCUREMENT) if offers else []
         result = r.auction.close(now, scores={e.bidder: e.score for e in evaluations})
         ranked = rank(result.bids, _PROCUREMENT)
@@ -207,7 +221,7 @@ class _SealedDriver:
 class _EnglishDriver:
     """Reverse English: each round asks the still-active agents at a lower price."""
 
-    def __init__(self, market: MarketPolicy) -> None:
+    def __init__(self, market: Market) -> None:
         self.m = market
 
     def build(self, aid: str, reserve: int | None, ceiling: int) -> Any:
@@ -281,7 +295,7 @@ class _DutchDriver:
     """Ascending procurement clock, asked once: every agent answers the schedule with the
     price it works for, which becomes its take at the first tick paying at least that."""
 
-    def __init__(self, market: MarketPolicy) -> None:
+    def __init__(self, market: Market) -> None:
         self.m = market
 
     def build(self, aid: str, reserve: int | None, ceiling: int) -> Any:

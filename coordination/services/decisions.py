@@ -59,17 +59,18 @@ from coordination.negotiation import (
     time_dependent,
 )
 from coordination.voting import METHODS, BallotBox, Outcome, Quorum
-from runtime.coordinator.commands import Deferred, arg, only
+from runtime.coordinator.command_kit import Deferred, arg, only
+from runtime.coordinator.host import ServiceHost
 from runtime.errors import AgoraError, InvalidInput, NotFound
 from runtime.observability.trace_context import TraceContext
-from runtime.tasks.scheduler import DEFERRED
 
 __all__ = ["install", "AskRound", "VoteRun", "NegotiationRun", "BargainRun", "ConsensusSteps",
-           "ConsensusPolicy", "Service", "PIPELINE_METHODS", "KEEP_RECENT"]
+           "Service", "PIPELINE_METHODS", "KEEP_RECENT"]
 
 KEEP_RECENT = 200
 DEFAULT_DEADLINE_S = 5.0
-#: pipeline step method names (runtime.tasks.pipeline.CONSENSUS_METHODS) -> voting methods
+#: method names a pipeline's consensus step (and ``agora vote``) may use -> voting methods:
+#: voting's own names, and ``instant_runoff`` as the long name of ``irv``
 PIPELINE_METHODS = {**{m: m for m in METHODS}, "instant_runoff": "irv"}
 
 
@@ -349,23 +350,6 @@ class BargainRun:
 
 
 # ---------------------------------------------------------------------------- consensus steps
-
-class ConsensusPolicy:
-    """Wraps the allocation policy: a consensus step is taken over (``DEFERRED``) by
-    :class:`ConsensusSteps`; every other task goes to the wrapped policy."""
-
-    def __init__(self, inner: Any, steps: ConsensusSteps) -> None:
-        self.inner, self.steps = inner, steps
-        self.name = inner.name
-
-    def choose(self, task: Any, candidates: list[Any]) -> Any:
-        if self.steps.take(task):
-            return DEFERRED
-        return self.inner.choose(task, candidates)
-
-    def __getattr__(self, name: str) -> Any:  # everything else is the wrapped policy's
-        return getattr(self.inner, name)
-
 
 class _StepRun:
     """One attempt of a consensus step: k candidate runs, then a vote among their agents."""
@@ -685,11 +669,12 @@ def _seconds(args: dict[str, Any], name: str) -> float:
     return value
 
 
-def install(coord: Any) -> Service:
+def install(coord: ServiceHost) -> Service:
     service = Service(coord)
-    coord.agent_listeners.append(service)
-    coord.turn_hooks.append(service.steps.turn)
-    coord.scheduler.policy = ConsensusPolicy(coord.scheduler.policy, service.steps)
-    coord.commands.extend({"vote": service.cmd_vote, "votes": service.cmd_votes,
+    coord.add_agent_listener(service)
+    coord.add_turn_hook(service.steps.turn)
+    coord.add_task_taker(service.steps.take)
+    coord.add_consensus_methods(PIPELINE_METHODS)
+    coord.add_commands({"vote": service.cmd_vote, "votes": service.cmd_votes,
                            "negotiate": service.cmd_negotiate, "bargain": service.cmd_bargain})
     return service

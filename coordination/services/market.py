@@ -14,7 +14,7 @@ any of the four auction kinds of coordination.auction driven live.
     scheduler.follow ── on_attempt_end ─────> completion -> pay, reputation up
                                               breach (failed, agent died, timeout) -> refund + penalty,
                                               reputation down, agent excluded from this task's re-auction
-    scheduler.on_final (wrapped) ───────────> cancel / task deadline while under contract
+    scheduler final listener ───────────────> cancel / task deadline while under contract
 
 Everything runs on the coordinator's one thread, inside the turn's journal transaction:
 the ledger writes through the journal's connection in SAVEPOINTs (``Ledger(nested=True)``),
@@ -113,8 +113,9 @@ Decisions where the spec is silent
     * Escrows still held at start (the coordinator stopped mid-contract) are refunded
       without penalty; the journal resumes their tasks.
     * Reputation lives in memory (it restarts at the prior with the daemon); the ledger is
-      durable in the journal database.  The auction kind and knobs live in memory too
-      (``MarketConfig`` defaults at start; runtime/config.py has no market section yet).
+      durable in the journal database.  The auction kind and knobs live in memory too:
+      ``MarketConfig`` defaults, then agora.toml's ``[market]`` table (``MARKET_KNOBS``,
+      checked at load time by the composition root), then ``agora market-config``.
 """
 
 from __future__ import annotations
@@ -146,12 +147,13 @@ from coordination.services._auction_drivers import (
     parse_bid,
     parse_stay,
 )
-from runtime.coordinator.commands import arg, only
+from runtime.coordinator.command_kit import arg, only
+from runtime.coordinator.host import ServiceHost
 from runtime.errors import InvalidInput, NotFound
 from runtime.observability.trace_context import TraceContext
 from runtime.tasks.scheduler import DEFERRED, AgentLink, TaskRun
 
-__all__ = ["MarketConfig", "MarketPolicy", "install", "parse_bid", "parse_stay", "PAYER",
+__all__ = ["MarketConfig", "MarketPolicy", "install", "configure", "MARKET_KNOBS", "parse_bid", "parse_stay", "PAYER",
            "agent_account", "AUCTION_KINDS", "clock_terms"]
 
 PAYER = "client"
@@ -168,7 +170,7 @@ class MarketPolicy:
 
     def __init__(self, coord: Any, config: MarketConfig | None = None) -> None:
         self.coord = coord
-        self.sched = coord.scheduler if hasattr(coord, "scheduler") else None
+        self.sched = coord.scheduler
         self.config = config or MarketConfig()
         self.ledger = Ledger(coord.journal.conn, nested=True)
         self.reputation = Reputation()
@@ -201,17 +203,12 @@ class MarketPolicy:
     def attach(self) -> None:
         """Hook into the scheduler, agent membership and the command table."""
         self.sched = self.coord.scheduler
-        self.sched.on_attempt_end = self.on_attempt_end
-        self._previous_final = self.sched.on_final
-        self.sched.on_final = self._task_final
-        self.coord.agent_listeners.append(self)
-        self.coord.commands.extend({"market": self.cmd_market, "ledger": self.cmd_ledger,
+        self.coord.add_attempt_listener(self.on_attempt_end)
+        self.coord.add_final_listener(self.on_final)
+        self.coord.add_agent_listener(self)
+        self.coord.add_commands({"market": self.cmd_market, "ledger": self.cmd_ledger,
                                     "reputation": self.cmd_reputation,
                                     "market_config": self.cmd_config})
-
-    def _task_final(self, task: TaskRun, rec: Any) -> None:
-        self.on_final(task, rec)
-        self._previous_final(task, rec)  # the coordinator's waiters and pipelines
 
     def _ensure_account(self, account: str, grant: int, why: str) -> None:
         try:
@@ -353,7 +350,7 @@ class MarketPolicy:
         self._remember_auction(r, result, took_ms)
         self._award(r, offers, took_ms, result.reason, len({b.bidder for b in result.bids}))
 
-    def _offers(self, r: _Round, now: float) -> list[Offer]:
+    def offers(self, r: _Round, now: float) -> list[Offer]:
         cap, bids = r.task.capability, r.auction.bids()
         etas = self._etas(cap, [b.bidder for b in bids])
         best, out = min(etas.values(), default=0.0), []
@@ -605,42 +602,52 @@ class MarketPolicy:
 
     def cmd_config(self, args: dict[str, Any], trace: Any) -> Any:
         """Change knobs at run time; every argument is checked before any is applied."""
-        only(args, "window_ms", "weights", "penalty_fraction", "contract_timeout_s", "min_success",
-             "auction", "round_ms", "tick_ms", "min_decrement", "clock_steps", "ceiling_factor")
-        c, changes = self.config, {}
-        for name, attr in (("window_ms", "window_s"), ("round_ms", "round_s"), ("tick_ms", "tick_s")):
-            if name in args:
-                changes[attr] = _bounded(arg(args, name, (int, float)), name, 0, 10_000, low_open=True) / 1000
-        weights = arg(args, "weights", dict, None)
-        if weights is not None:
-            unknown = sorted(set(weights) - set(Weights.__dataclass_fields__))
-            if unknown:
-                raise InvalidInput(f"unknown evaluation weights {unknown}",
-                                   hint="weights: price, quality, load, reputation")
-            changes["weights"] = Weights(**weights)
-        fraction = arg(args, "penalty_fraction", (int, float), None)
-        if fraction is not None:
-            changes["penalty"] = K.PenaltyPolicy(fraction)
-        changes.update(self._clock_changes(args))
-        changes["contract_timeout_s"] = float(arg(args, "contract_timeout_s", (int, float), c.contract_timeout_s))
-        changes["min_success"] = float(arg(args, "min_success", (int, float), c.min_success))
-        self.config = replace(c, **changes)
+        self.config = configure(self.config, args)
         return self.config.to_json()
 
-    def _clock_changes(self, args: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        auction = arg(args, "auction", str, None)
-        if auction is not None:
-            out["auction"] = _auction_kind(auction)
-        if "min_decrement" in args:
-            out["min_decrement_mc"] = round(_bounded(arg(args, "min_decrement", (int, float)),
-                                                     "min_decrement", 0, MAX_AMOUNT / 1000, low_open=True) * 1000)
-        if "clock_steps" in args:
-            out["clock_steps"] = int(_bounded(arg(args, "clock_steps", int), "clock_steps", 1, 10_000))
-        if "ceiling_factor" in args:
-            out["ceiling_factor"] = _bounded(arg(args, "ceiling_factor", (int, float)), "ceiling_factor",
-                                             1, 1000)
-        return out
+
+#: The market's knobs: ``[market]`` in agora.toml and ``agora market-config`` take these.
+MARKET_KNOBS = ("auction", "window_ms", "round_ms", "tick_ms", "min_decrement", "clock_steps",
+                "ceiling_factor", "penalty_fraction", "contract_timeout_s", "min_success", "weights")
+
+
+def configure(c: MarketConfig, args: dict[str, Any]) -> MarketConfig:
+    """``c`` with the knobs of ``args`` applied; every one is checked before any applies
+    (pure: the composition root checks agora.toml's ``[market]`` with it at load time)."""
+    only(args, *MARKET_KNOBS)
+    changes: dict[str, Any] = {}
+    for name, attr in (("window_ms", "window_s"), ("round_ms", "round_s"), ("tick_ms", "tick_s")):
+        if name in args:
+            changes[attr] = _bounded(arg(args, name, (int, float)), name, 0, 10_000, low_open=True) / 1000
+    weights = arg(args, "weights", dict, None)
+    if weights is not None:
+        unknown = sorted(set(weights) - set(Weights.__dataclass_fields__))
+        if unknown:
+            raise InvalidInput(f"unknown evaluation weights {unknown}",
+                               hint="weights: price, quality, load, reputation")
+        changes["weights"] = Weights(**weights)
+    fraction = arg(args, "penalty_fraction", (int, float), None)
+    if fraction is not None:
+        changes["penalty"] = K.PenaltyPolicy(fraction)
+    changes.update(_clock_changes(args))
+    changes["contract_timeout_s"] = float(arg(args, "contract_timeout_s", (int, float), c.contract_timeout_s))
+    changes["min_success"] = float(arg(args, "min_success", (int, float), c.min_success))
+    return replace(c, **changes)
+
+
+def _clock_changes(args: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    auction = arg(args, "auction", str, None)
+    if auction is not None:
+        out["auction"] = _auction_kind(auction)
+    if "min_decrement" in args:
+        out["min_decrement_mc"] = round(_bounded(arg(args, "min_decrement", (int, float)),
+                                                 "min_decrement", 0, MAX_AMOUNT / 1000, low_open=True) * 1000)
+    if "clock_steps" in args:
+        out["clock_steps"] = int(_bounded(arg(args, "clock_steps", int), "clock_steps", 1, 10_000))
+    if "ceiling_factor" in args:
+        out["ceiling_factor"] = _bounded(arg(args, "ceiling_factor", (int, float)), "ceiling_factor", 1, 1000)
+    return out
 
 
 def _bounded(value: float, name: str, low: float, high: float, low_open: bool = False) -> float:
@@ -650,11 +657,11 @@ def _bounded(value: float, name: str, low: float, high: float, low_open: bool = 
     return value
 
 
-def install(coord: Any) -> MarketPolicy:
-    """The coordinator's service entry: the allocation policy when ``allocation = "market"``,
-    otherwise a market that only answers the ledger/reputation/market commands."""
-    policy = coord.scheduler.policy
-    market = policy if isinstance(policy, MarketPolicy) else MarketPolicy(coord)
+def install(coord: ServiceHost) -> MarketPolicy:
+    """The coordinator's service entry.  The composition root makes this service the
+    allocation policy when ``allocation = "market"``; otherwise it only answers the
+    ledger/reputation/market commands (and settles nothing: no task is under contract)."""
+    market = MarketPolicy(coord)
     if coord.cfg.market:  # [market] in agora.toml: checked as `agora market-config` is
         market.cmd_config(dict(coord.cfg.market), None)
     market.attach()

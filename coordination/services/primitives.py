@@ -49,7 +49,8 @@ from coordination.barriers import BROKEN, RELEASED, Barrier
 from coordination.barriers import Outcome as BarrierOutcome
 from coordination.clocks import VectorClock
 from coordination.leases import Counters, Election, Handover, Lease, LeaseTable, Queued
-from runtime.coordinator.commands import Deferred, arg, only
+from runtime.coordinator.command_kit import Deferred, arg, only
+from runtime.coordinator.host import ServiceHost
 from runtime.errors import DeadlineExceeded, InvalidInput, NotFound
 from runtime.observability.trace_context import TraceContext
 
@@ -59,11 +60,11 @@ DEFAULT_LOCK_TTL = 30.0
 DEFAULT_LOCK_TIMEOUT = 10.0
 
 
-def install(coord: Any) -> Primitives:
+def install(coord: ServiceHost) -> Primitives:
     prims = Primitives(coord.clock, coord.emit, coord.call_later)
-    coord.agent_listeners.append(prims)
-    coord.agent_ops.update(prims.agent_ops())
-    coord.commands.extend({"locks": prims.cmd_locks, "leaders": prims.cmd_leaders})
+    coord.add_agent_listener(prims)
+    coord.add_agent_ops(prims.agent_ops())
+    coord.add_commands({"locks": prims.cmd_locks, "leaders": prims.cmd_leaders})
     return prims
 
 

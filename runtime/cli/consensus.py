@@ -16,11 +16,11 @@ from typing import Any
 
 import click
 
+from coordination.voting import METHODS
 from runtime.cli.group import call, cli, out
 
 __all__ = ["vote", "votes", "negotiate", "locks", "leaders"]
 
-METHODS = ("plurality", "majority", "approval", "weighted", "borda", "irv", "schulze")
 
 
 def _show_outcome(rec: dict[str, Any]) -> None:

@@ -13,7 +13,9 @@ from typing import Any
 import click
 
 from runtime.cli.group import call, cli, guard, out
+from runtime.config import ALLOCATIONS
 from runtime.errors import AgoraError
+from runtime.registry.model import BACKENDS
 
 __all__ = ['up', 'start_detached', 'down', 'status', 'ps', 'agents']
 
@@ -23,8 +25,8 @@ __all__ = ['up', 'start_detached', 'down', 'status', 'ps', 'agents']
 @cli.command()
 @click.option("--foreground", is_flag=True, help="Stay attached (logs to stderr).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True))
-@click.option("--registry", type=click.Choice(["partitioned", "local"]), default=None)
-@click.option("--allocation", type=click.Choice(["static", "least-loaded", "p2c", "market"]), default=None)
+@click.option("--registry", type=click.Choice(BACKENDS), default=None)
+@click.option("--allocation", type=click.Choice(ALLOCATIONS), default=None)
 @click.option("--wait", "wait_s", default=30.0, show_default=True, help="Seconds to wait for start-up.")
 @click.pass_context
 def up(ctx: click.Context, foreground: bool, config_file: str | None, registry: str | None,

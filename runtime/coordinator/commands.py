@@ -21,101 +21,17 @@ from typing import Any
 
 import psutil
 
+from runtime.coordinator.command_kit import Deferred, arg, only
+from runtime.coordinator.root_link import RootLink
 from runtime.errors import (
+    Conflict,
     DeadlineExceeded,
-    InvalidInput,
     NotFound,
-    Unavailable,
     UnknownCommand,
-    to_wire,
 )
 from runtime.observability.trace_context import TraceContext
-from runtime.wire.protocol import recv_frame, send_frame
 
-__all__ = ["Commands", "Deferred", "arg"]
-
-_MISSING = object()
-
-
-def arg(args: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = _MISSING) -> Any:
-    """One argument, type-checked; booleans are not integers."""
-    if name not in args:
-        if default is _MISSING:
-            raise InvalidInput(f"argument {name!r} is missing", field=name)
-        return default
-    value = args[name]
-    if value is None and default is None:
-        return None
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float, (int, float))):
-        raise InvalidInput(f"argument {name!r}: expected {getattr(kind, '__name__', kind)}, "
-                           f"got {type(value).__name__}", field=name)
-    return value
-
-
-def only(args: dict[str, Any], *allowed: str) -> None:
-    unknown = sorted(set(args) - set(allowed))
-    if unknown:
-        raise InvalidInput(f"unknown argument(s) {unknown}", hint=f"allowed: {sorted(allowed)}")
-
-
-class Deferred:
-    """A reply that comes later: ``resolve({"ok": ...})`` or ``fail(exc)``, or a deadline."""
-
-    def __init__(self, deadline: float | None = None, on_expire: Callable[[], Exception] | None = None):
-        self.deadline = deadline
-        self.on_expire = on_expire
-        self._cb: Callable[[dict[str, Any]], None] | None = None
-        self._msg: dict[str, Any] | None = None
-        self.done = False
-
-    def bind(self, cb: Callable[[dict[str, Any]], None]) -> None:
-        """Where the reply goes; a Deferred finished before it was bound delivers now."""
-        self._cb = cb
-        if self.done and self._msg is not None:
-            cb(self._msg)
-
-    def resolve(self, value: Any) -> None:
-        self._finish({"ok": value})
-
-    def fail(self, exc: Exception) -> None:
-        self._finish({"error": to_wire(exc)})
-
-    def _finish(self, msg: dict[str, Any]) -> None:
-        if self.done:
-            return
-        self.done = True
-        self._msg = msg
-        if self._cb is not None:
-            self._cb(msg)
-
-
-class RootLink:
-    """The coordinator's blocking line to the root process (trusted, tree-internal)."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._sock: Any = None
-        self._rid = 0
-
-    def call(self, cmd: str, timeout: float = 30.0, **args: Any) -> Any:
-        import socket
-        if self._sock is None:
-            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self._sock.connect(self.path)
-        self._rid += 1
-        deadline = time.monotonic() + timeout
-        try:
-            send_frame(self._sock, {"v": 1, "id": self._rid, "cmd": cmd, "args": args}, deadline)
-            reply = recv_frame(self._sock, deadline)
-        except OSError as e:
-            self._sock.close()
-            self._sock = None
-            raise Unavailable(f"the root supervisor did not answer {cmd!r}: {e}") from e
-        if reply is None or "error" in reply:
-            from runtime.errors import from_wire
-            raise from_wire((reply or {}).get("error") or {"code": "UNAVAILABLE", "message": "root closed"})
-        return reply["ok"]
-
+__all__ = ["Commands", "Deferred", "arg", "only"]
 
 class Commands:
     """The command table and the state commands keep between turns."""
@@ -123,7 +39,7 @@ class Commands:
     def __init__(self, coord: Any) -> None:
         self.coord = coord
         self.started = time.time()
-        self.root = RootLink(coord.run.root_sock)
+        self.root: RootLink = coord.root
         self.deferred: list[Deferred] = []
         self.capabilities: set[str] = {c for p in coord.cfg.pools for c in p.capabilities}
         self.table: dict[str, Callable[..., Any]] = {
@@ -138,6 +54,9 @@ class Commands:
         coord.turn_hooks.append(self.turn)
 
     def extend(self, commands: dict[str, Callable[..., Any]]) -> None:
+        taken = sorted(set(commands) & set(self.table))
+        if taken:
+            raise Conflict(f"commands {taken} are registered twice", hint="one owner per command")
         self.table.update(commands)
 
     def run(self, cmd: str, args: dict[str, Any], trace: TraceContext | None, conn: Any) -> Any:

@@ -25,12 +25,16 @@ import selectors
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from runtime.config import Config, RunPaths
-from runtime.coordinator.commands import Commands, Deferred
-from runtime.errors import AgoraError, UnknownCommand, to_wire
+from runtime.coordinator.command_kit import Deferred
+from runtime.coordinator.commands import Commands
+from runtime.coordinator.host import AgentListener, Command, ServiceFactory, ServiceHost
+from runtime.coordinator.root_link import RootLink
+from runtime.errors import AgoraError, Conflict, InvalidInput, UnknownCommand, to_wire
 from runtime.observability.events import Emitter
 from runtime.observability.telemetry import install_stop_wakeup
 from runtime.observability.trace_context import TraceContext
@@ -42,31 +46,42 @@ from runtime.wire import paths
 from runtime.wire.protocol import ProtocolError, parse_request, peer_uid
 from runtime.wire.server import Conn, InternalReader, encode_internal, encode_reply, listen_unix
 
-__all__ = ["Coordinator", "coordinator_main", "SERVICES"]
+__all__ = ["Coordinator", "Composition", "coordinator_main"]
 
 ASK_TTL_S = 60.0  # an ask unanswered for this long is forgotten (its asker timed it out)
 
-#: Services the coordinator installs at start, in order.  Each module has
-#: ``install(coord)`` registering its commands (``coord.commands.extend``), agent
-#: operations (``coord.agent_ops``), agent listeners, turn hooks and timers.  runtime may
-#: not import coordination at module level (layering); these are imported here, lazily.
-SERVICES = ("coordination.services.market", "coordination.services.decisions", "coordination.services.primitives",
-            "runtime.scaling.service", "runtime.observability.service")
+@dataclass(frozen=True)
+class Composition:
+    """What the composition root gives the coordinator: its services, as factories called
+    with the coordinator (``ServiceHost``) in order, and its allocation policy, built after
+    them (``policy(host, services)``: the market policy *is* the market service)."""
+
+    services: tuple[tuple[str, ServiceFactory], ...] = ()
+    policy: Callable[[ServiceHost, dict[str, Any]], Any] | None = None
+
+
+def builtin_policy(name: str) -> Callable[[ServiceHost, dict[str, Any]], Any]:
+    """One of the scheduler's own policies (static, least-loaded, p2c)."""
+    return lambda host, services: POLICIES[name]()
 
 
 class Coordinator:
+    """Implements ``runtime.coordinator.host.ServiceHost`` for its services."""
+
     def __init__(self, cfg: Config, run: RunPaths, root_pid: int | None = None,
                  extra: dict[str, Any] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 composition: Composition | None = None) -> None:
         self.cfg, self.run, self.root_pid, self.clock = cfg, run, root_pid, clock
         self.extra = extra or {}
+        self.composition = composition or Composition(policy=builtin_policy(cfg.allocation))
         self.emit = Emitter(run.events, "coordinator")
         self.journal = Journal(cfg.home, durability="full" if cfg.durability == "power" else "normal")
         self.journal.checkpoint_in_background()  # COMMITs never pay for a checkpoint
         self.registry = open_registry(cfg, run, self.extra)
-        self.scheduler = Scheduler(self.journal, self._policy(), self.emit, clock,
+        self.scheduler = Scheduler(self.journal, None, self.emit, clock,  # policy: at start()
                                    capacity=cfg.agent_inflight, membership=self.registry)
-        self.scheduler.on_final = self._task_final
+        self.scheduler.final_listeners.append(self._task_final)
         self.scheduler.payloads = Payloads(self.extra.get("arena"), 0)
         self.sel = selectors.DefaultSelector()
         self.replies: list[tuple[Conn, dict[str, Any]]] = []
@@ -78,16 +93,12 @@ class Coordinator:
         self._asks_timer = False
         self.timers: list[tuple[float, int, Callable[[], None]]] = []
         self._timer_ids = itertools.count()
-        self.agent_listeners: list[Any] = []  # objects with agent_joined(link) / agent_died(id)
+        self.agent_listeners: list[AgentListener] = []
         self.agent_ops: dict[str, Callable[[str, dict[str, Any], Any], Any]] = {}
+        self.root = RootLink(run.root_sock)
+        self.consensus_methods: set[str] = set()  # what a pipeline step may ask (decisions)
         self.commands = Commands(self)
         self.stopping = False
-
-    def _policy(self) -> Any:
-        if self.cfg.allocation == "market":
-            from coordination.services.market import MarketPolicy
-            return MarketPolicy(self)
-        return POLICIES[self.cfg.allocation]()
 
     # -- start -------------------------------------------------------------------------
 
@@ -103,16 +114,46 @@ class Coordinator:
         self.resume()
 
     def install_services(self) -> None:
-        import importlib
-        self.services = {}
-        for name in SERVICES:
-            try:
-                module = importlib.import_module(name)
-            except ModuleNotFoundError as e:
-                if e.name != name:
-                    raise
-                continue  # a service not built in this tree (development only)
-            self.services[name] = module.install(self)
+        """Build the composition's services, then the allocation policy (which may be one
+        of them); the command table is fixed from here on."""
+        self.services: dict[str, Any] = {name: make(self) for name, make in self.composition.services}
+        if self.composition.policy is None:
+            raise InvalidInput(f"allocation {self.cfg.allocation!r} needs a policy the composition "
+                               "root did not give", hint="start the coordinator through runtime.daemon")
+        self.scheduler.policy = self.composition.policy(self, self.services)
+
+    # -- the ServiceHost surface (runtime.coordinator.host) -----------------------------
+
+    @property
+    def known_capabilities(self) -> set[str]:
+        return self.commands.capabilities
+
+    def add_commands(self, table: dict[str, Command]) -> None:
+        self.commands.extend(table)
+
+    def add_agent_ops(self, ops: dict[str, Callable[[str, dict[str, Any], Any], Any]]) -> None:
+        taken = sorted(set(ops) & set(self.agent_ops))
+        if taken:
+            raise Conflict(f"agent operations {taken} are registered twice")
+        self.agent_ops.update(ops)
+
+    def add_agent_listener(self, listener: AgentListener) -> None:
+        self.agent_listeners.append(listener)
+
+    def add_turn_hook(self, fn: Callable[[], None]) -> None:
+        self.turn_hooks.append(fn)
+
+    def add_final_listener(self, fn: Callable[[Any, Any], None]) -> None:
+        self.scheduler.final_listeners.append(fn)
+
+    def add_attempt_listener(self, fn: Callable[[Any, int, Any, bool], None]) -> None:
+        self.scheduler.attempt_end_listeners.append(fn)
+
+    def add_task_taker(self, fn: Callable[[Any], bool]) -> None:
+        self.scheduler.takers.append(fn)
+
+    def add_consensus_methods(self, methods: Iterable[str]) -> None:
+        self.consensus_methods.update(methods)
 
     def publish_contexts(self) -> None:
         """The root names the coordinator owner of this run's context segments; the
@@ -402,10 +443,10 @@ class Coordinator:
         self.emit.close()
 
 
-def coordinator_main(ctx: Any, cfg: Config, run: RunPaths) -> None:
+def coordinator_main(ctx: Any, cfg: Config, run: RunPaths, composition: Composition | None = None) -> None:
     wake = install_stop_wakeup()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    coord = Coordinator(cfg, run, root_pid=ctx.root_pid, extra=ctx.extra)
+    coord = Coordinator(cfg, run, root_pid=ctx.root_pid, extra=ctx.extra, composition=composition)
     coord.start()
     ctx.ready()
     profile_to = os.environ.get("AGORA_PROFILE_COORDINATOR")  # developers: where time goes

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from runtime.coordinator.commands import Deferred, arg, only
+from runtime.coordinator.command_kit import Deferred, arg, only
 from runtime.errors import DeadlineExceeded, MailboxFull
 from runtime.observability.trace_context import TraceContext
 from runtime.tasks.task import TERMINAL, parse_task
@@ -190,7 +190,8 @@ class TaskCommands:
         """Validate (cycles, dangling refs, unknown capabilities name the step), store, queue."""
         only(args, "spec")
         from runtime.tasks.pipeline import parse_pipeline
-        spec = parse_pipeline(arg(args, "spec", dict), now=time.time(), capabilities=self.commands._known_caps())
+        spec = parse_pipeline(arg(args, "spec", dict), now=time.time(), capabilities=self.commands._known_caps(),
+                              methods=self.coord.consensus_methods)
         given = trace or TraceContext.new_trace()
         # the pipeline's span id is derived from its trace id, so steps queued later and
         # the final pipeline event (Coordinator.pipeline_progress) find it again

@@ -20,7 +20,7 @@ __all__ = ["prepare_root", "release_root"]
 
 
 def prepare_root(cfg: Config, run: RunPaths, emit: Any) -> dict[str, Any]:
-    from shm._sweeper import sweep
+    from shm import sweep
     from shm.segment import RunId
     swept = sweep(str(cfg.home))
     if swept:

@@ -81,11 +81,13 @@ def read_pid(home: Path) -> int | None:
 def tree_spec(cfg: Config, run: RunPaths, extra: dict[str, Any]) -> SupervisorSpec:
     """The daemon's supervision tree for a config."""
     from runtime.coordinator.loop import coordinator_main
+    from runtime.daemon.composition import composition
     from runtime.pools.specs import pools_spec
     from runtime.registry.service import registry_spec
 
     telemetry = ChildSpec("telemetry", telemetry_main, (str(cfg.home), run.events), shutdown=5.0)
-    coordinator = ChildSpec("coordinator", coordinator_main, (cfg, run), shutdown=cfg.drain_s + 5)
+    coordinator = ChildSpec("coordinator", coordinator_main, (cfg, run, composition(cfg)),
+                            shutdown=cfg.drain_s + 5)
     core = SupervisorSpec("core", (registry_spec(cfg, run), coordinator, pools_spec(cfg, run, extra["slots"])),
                           strategy=Strategy.REST_FOR_ONE, intensity=5, period=10.0)
     return SupervisorSpec("root", (telemetry, core), intensity=5, period=10.0)
@@ -250,7 +252,9 @@ class Daemon:
 
 def run_daemon(home: str | Path | None = None, config_file: str | Path | None = None,
                **overrides: Any) -> int:
+    from runtime.daemon.composition import check_config
     cfg = load_config(home, config_file, **overrides)
+    check_config(cfg)
     return Daemon(cfg).serve()
 
 

@@ -28,7 +28,8 @@ from typing import Any
 
 import psutil
 
-from runtime.coordinator.commands import arg, only
+from runtime.coordinator.command_kit import arg, only
+from runtime.coordinator.host import ServiceHost
 from runtime.errors import InvalidInput, NotFound
 from runtime.observability.eventlog import find_trace_id, read_after, read_events
 from runtime.observability.metrics import Metrics
@@ -42,9 +43,9 @@ MAX_TRACE_EVENTS = 50_000
 RECENT_KINDS = ("auction.", "market.", "contract.", "vote.", "consensus.", "negotiation.")
 
 
-def install(coord: Any) -> Observe:
+def install(coord: ServiceHost) -> Observe:
     obs = Observe(coord)
-    coord.commands.extend({"trace": obs.trace, "metrics": obs.metrics, "top": obs.top,
+    coord.add_commands({"trace": obs.trace, "metrics": obs.metrics, "top": obs.top,
                            "events_after": obs.events_after})
     return obs
 
@@ -97,7 +98,7 @@ class Observe:
     def live_gauges(self) -> Metrics:
         sched = self.coord.scheduler
         m = Metrics()
-        for cap in sorted(set(sched.queues) | self.coord.commands.capabilities):
+        for cap in sorted(set(sched.queues) | self.coord.known_capabilities):
             m.set("agora_queue_depth", sched.queued(cap), capability=cap)
         per_pool: dict[str, int] = {p.name: 0 for p in self.coord.cfg.pools}
         for a in sched.agents.values():
@@ -117,7 +118,7 @@ class Observe:
         snap = read_snapshot(self.home) or {}
         recent = snap.get("recent") or []
         metrics = snap.get("metrics") or {}
-        return {"ts": time.time(), "tree": self.coord.commands.root.call("tree"),
+        return {"ts": time.time(), "tree": self.coord.root.call("tree"),
                 "pools": self.pools(), "tasks": self.coord.journal.counts(),
                 "throughput": _gauge(metrics, "agora_throughput_tasks_per_second"),
                 "restarts_total": _total(metrics, "agora_restarts_total"),

@@ -8,13 +8,16 @@ the ``partitioned`` backend every process of the tree uses (``_client``); and th
 registry inside the daemon: partitions under a supervisor, ``make_backend`` and
 ``open_registry`` (``service``).
 
-May import: ``runtime.errors``, ``runtime.config``, ``runtime.wire``, ``runtime.supervision``,
+``service`` is imported by name (it reads ``runtime.config``, which reads this package's
+vocabulary).  May import: ``runtime.errors``, ``runtime.config``, ``runtime.wire``, ``runtime.supervision``,
 ``runtime.observability``.
 """
 
-from runtime.registry.model import Backend, Entry, Predicate, parse_filter, parse_filters
+from runtime.registry._client import PartitionedBackend
+from runtime.registry._local import LocalBackend
+from runtime.registry._partition import partition_main
 from runtime.registry.backends import BACKENDS, make_backend
-from runtime.registry.service import open_registry, registry_spec
+from runtime.registry.model import Backend, Entry, Predicate, parse_filter, parse_filters
 
-__all__ = ["Backend", "Entry", "Predicate", "parse_filter", "parse_filters", "BACKENDS", "make_backend",
-           "open_registry", "registry_spec"]
+__all__ = ["PartitionedBackend", "LocalBackend", "partition_main", "Backend", "Entry", "Predicate",
+           "parse_filter", "parse_filters", "BACKENDS", "make_backend"]

@@ -75,7 +75,9 @@ from typing import Any
 
 import psutil
 
-from runtime.coordinator.commands import RootLink, arg, only
+from runtime.coordinator.command_kit import arg, only
+from runtime.coordinator.host import ServiceHost
+from runtime.coordinator.root_link import RootLink
 from runtime.errors import AgoraError, InvalidInput, NotFound
 from runtime.pools.specs import pool_path
 from runtime.scaling.policy import (
@@ -101,17 +103,11 @@ ROOT_TIMEOUT_S = 30.0
 _MiB = 1 << 20
 
 
-def install(coord: Any) -> Scaler:
+def install(coord: ServiceHost) -> Scaler:
     scaler = Scaler(coord)
-    coord.commands.extend({"scale": scaler.cmd_scale, "pools": scaler.cmd_pools})
-    coord.agent_listeners.append(scaler)
-    previous = coord.scheduler.on_final
-
-    def on_final(task: Any, rec: Any) -> None:  # chained: the coordinator's own callback stays
-        scaler.task_final(task, rec)
-        previous(task, rec)
-
-    coord.scheduler.on_final = on_final
+    coord.add_commands({"scale": scaler.cmd_scale, "pools": scaler.cmd_pools})
+    coord.add_agent_listener(scaler)
+    coord.add_final_listener(scaler.task_final)
     coord.call_later(TICK_S, scaler.tick)
     return scaler
 
@@ -301,7 +297,7 @@ class Scaler:
         return int(statistics.median(sizes)) if sizes else 0
 
     def task_final(self, task: Any, rec: Any) -> None:
-        """scheduler.on_final (chained): a task ended; count it and keep its latency."""
+        """A final listener: a task ended; count it and keep its latency."""
         now = self.coord.clock()
         for pool in self.pools.values():
             if task.capability in (pool.caps if pool.caps is not None else self.capabilities(pool)):

@@ -28,7 +28,8 @@ Decisions where the spec was silent:
 * Step options are task options (runtime.tasks.task) without ``idempotency_key``: keys belong to
   whole submissions, and a step key would collide on the second run of a pipeline.
 * ``consensus`` asks ``k`` agents (2..16) and combines by ``method``; the method names
-  are the ones coordination.voting implements (``CONSENSUS_METHODS``).  The journal
+  are the ones the running consensus service accepts (``methods``: the coordinator passes
+  those its decisions service registered; coordination.voting owns the vocabulary).  The journal
   stores a consensus step as one task; the coordinator runs the k calls and the vote
   inside one attempt.
 * At most ``MAX_STEPS`` (1000) steps, so validation stays cheap for an untrusted request.
@@ -37,7 +38,7 @@ Decisions where the spec was silent:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,12 +46,10 @@ from runtime.errors import InvalidInput, InvalidPipeline
 from runtime.tasks.task import TaskSpec, check_capability, check_json, parse_options
 
 __all__ = ["Pipeline", "Step", "Consensus", "parse_pipeline", "resolve_inputs",
-           "resolve_refs", "find_refs", "CONSENSUS_METHODS", "MAX_STEPS"]
+           "resolve_refs", "find_refs", "MAX_STEPS"]
 
 MAX_STEPS = 1000
 STEP_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-CONSENSUS_METHODS = ("plurality", "majority", "approval", "weighted", "borda",
-                     "instant_runoff", "schulze")
 STEP_FIELDS = ("id", "capability", "input", "options", "consensus")
 STEP_OPTIONS = ("deadline", "max_attempts", "priority", "budget")
 
@@ -196,10 +195,17 @@ def _consensus(step_id: str, obj: Any) -> Consensus | None:
     k, method = obj.get("k"), obj.get("method")
     if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= 16:
         raise _fail(step_id, f"consensus.k must be an integer in 2..16, got {k!r}")
-    if method not in CONSENSUS_METHODS:
-        raise _fail(step_id, f"consensus.method {method!r} is unknown",
-                    f"methods are {', '.join(CONSENSUS_METHODS)}")
+    if not isinstance(method, str) or not method:
+        raise _fail(step_id, f"consensus.method must be a method name, got {method!r:.80}")
     return Consensus(k, method)
+
+
+def _check_methods(steps: list[Step], methods: Collection[str]) -> None:
+    for step in steps:
+        if step.consensus is not None and step.consensus.method not in methods:
+            raise _fail(step.id, f"consensus.method {step.consensus.method!r} is unknown",
+                        f"methods are {', '.join(sorted(methods))}" if methods
+                        else "no consensus service runs in this daemon")
 
 
 def _step_id(obj: Any, index: int) -> str:
@@ -288,12 +294,14 @@ def _steps_list(obj: dict[str, Any]) -> list[Any]:
 
 
 def parse_pipeline(obj: Any, *, now: float,
-                   capabilities: frozenset[str] | set[str] | None = None) -> Pipeline:
+                   capabilities: frozenset[str] | set[str] | None = None,
+                   methods: Collection[str] | None = None) -> Pipeline:
     """Validate an untrusted pipeline; InvalidPipeline names the offending step.
 
     Refused: unknown fields, duplicate ids, unknown capabilities (when ``capabilities``
-    is given; UnknownCapability names the step), bad options, malformed or dangling
-    references, and cycles (the message spells the cycle: ``a -> b -> a``).
+    is given; UnknownCapability names the step), unknown consensus methods (when
+    ``methods`` is given), bad options, malformed or dangling references, and cycles (the
+    message spells the cycle: ``a -> b -> a``).
     """
     if not isinstance(obj, dict):
         raise _fail(None, f"a pipeline must be an object, got {type(obj).__name__}")
@@ -311,6 +319,8 @@ def parse_pipeline(obj: Any, *, now: float,
             raise _fail(sid, f"duplicate step id (steps[{index}])", "give every step its own id")
         seen.add(sid)
         steps.append(_parse_step(raw, sid, now, capabilities))
+    if methods is not None:
+        _check_methods(steps, methods)
     _check_deps(tuple(steps))
     cycle = _find_cycle(tuple(steps))
     if cycle:

@@ -128,9 +128,14 @@ class Scheduler:
         self.timers: list[tuple[float, int, str, str]] = []  # (when, seq, kind, task id)
         self._seq = itertools.count()
         self._order = itertools.count()
-        self.on_final: Callable[[TaskRun, Any], None] = lambda t, rec: None
+        # Hooks are lists of listeners, called in order of registration; none depends on
+        # another having run (they are independent by contract: docs/DECISIONS.md, Layout).
+        # a task ended: (task, its journal record)
+        self.final_listeners: list[Callable[[TaskRun, Any], None]] = []
         # every attempt's end as the journal judged it (the market settles contracts here)
-        self.on_attempt_end: Callable[[TaskRun, int, Any, bool], None] = lambda t, a, fin, c: None
+        self.attempt_end_listeners: list[Callable[[TaskRun, int, Any, bool], None]] = []
+        # who takes a task over before the policy sees it (a consensus step): True = taken
+        self.takers: list[Callable[[TaskRun], bool]] = []
         # task id -> who takes that task's results instead (a consensus step's k candidate runs)
         self.result_sinks: dict[str, Callable[[AgentLink | None, dict[str, Any]], None]] = {}
 
@@ -236,6 +241,12 @@ class Scheduler:
                 out.append(a)
         return out
 
+    def _choose(self, task: TaskRun, cap: str) -> AgentLink | None | object:
+        """A taker's (DEFERRED), else the policy's choice among the capable agents with room."""
+        if any(take(task) for take in self.takers):
+            return DEFERRED
+        return self.policy.choose(task, [a for a in self.candidates(cap) if a.id not in task.excluded])
+
     def dispatch(self) -> int:
         """Give queued tasks to agents until queues or room run out; returns tasks sent.
         Every attempt of the turn starts in one journal batch."""
@@ -248,8 +259,7 @@ class Scheduler:
                 if task is None or task.state != "queued":
                     heapq.heappop(q)
                     continue
-                cands = [a for a in self.candidates(cap) if a.id not in task.excluded]
-                agent = self.policy.choose(task, cands)
+                agent = self._choose(task, cap)
                 if agent is DEFERRED:  # an asynchronous policy took it (an auction runs)
                     heapq.heappop(q)
                     self._leaves_queue(task)
@@ -315,7 +325,8 @@ class Scheduler:
 
     def follow(self, task: TaskRun, attempt: int, fin: Any, crashed: bool = False) -> None:
         """Mirror the journal's verdict on an attempt (it alone decides states)."""
-        self.on_attempt_end(task, attempt, fin, crashed)
+        for listener in self.attempt_end_listeners:
+            listener(task, attempt, fin, crashed)
         if fin.state == "succeeded":
             if fin.recorded:  # the one result that counts (maybe of an older attempt)
                 self._forget_inflight(task)
@@ -354,7 +365,8 @@ class Scheduler:
         rec = rec if rec is not None else self.journal.get(task.id)
         self.emit(f"task.{state}", task.trace, task_id=task.id, attempts=rec.attempts,
                   **({"error": rec.error} if rec.error else {}))
-        self.on_final(task, rec)
+        for listener in self.final_listeners:
+            listener(task, rec)
 
     def cancel(self, task_id: str, deadline: bool = False) -> bool:
         """Cancel (or expire) a live task; its running attempt's late result is ignored."""

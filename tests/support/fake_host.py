@@ -10,31 +10,71 @@ from types import SimpleNamespace
 from typing import Any
 
 from coordination.ledger import Ledger
-from coordination.services.market import MarketPolicy, install
+from coordination.services.market import install
 from runtime.tasks.journal import Journal
 from runtime.tasks.scheduler import Scheduler
 from runtime.tasks.task import parse_task
 from tests.support.helpers import FakeClock
 
-__all__ = ["Loop", "bid", "conserved", "wait_for_event"]
+__all__ = ["FakeHost", "Loop", "bid", "conserved", "wait_for_event"]
 
 
-class Loop:
-    """The coordinator services MarketPolicy uses, driven by hand."""
+class FakeHost:
+    """The ``ServiceHost`` surface (runtime.coordinator.host) over a real Scheduler and
+    Journal, with a manual clock, asks recorded for the test to answer and timers fired by
+    ``turn``.  ``services`` are factories as the composition root gives them; with
+    ``policy`` naming one of them, that service is the allocation policy."""
 
-    def __init__(self, home: Any) -> None:
+    def __init__(self, home: Any, services: tuple[Any, ...] = (), policy: int | None = None,
+                 cfg: Any = None) -> None:
         self.clock = FakeClock(100.0)
         self.journal = Journal(home, retry_base=1e-6, retry_cap=1e-6)  # retries due at once
         self.events: list[tuple[str, Any, dict[str, Any]]] = []
         self.asks: list[tuple[str, dict[str, Any], Any]] = []
         self.timers: list[tuple[float, Any]] = []
         self.agent_listeners: list[Any] = []
+        self.turn_hooks: list[Any] = []
         self.table: dict[str, Any] = {}
-        self.commands = SimpleNamespace(extend=self.table.update)
-        self.cfg = SimpleNamespace(allocation="market", market={})
-        self.scheduler = Scheduler(self.journal, MarketPolicy(self), self.emit, self.clock)
-        self.market = install(self)
+        self.agent_ops: dict[str, Any] = {}
+        self.consensus_methods: set[str] = set()
+        self.cfg = cfg or SimpleNamespace(allocation="market", market={}, pools=())
+        self.run = self.registry = self.contexts = self.root = None
+        self.stopping = False
+        self.known_capabilities: set[str] = set()
+        self.scheduler = Scheduler(self.journal, None, self.emit, self.clock)
+        self.services = [make(self) for make in services]
+        if policy is not None:
+            self.scheduler.policy = self.services[policy]
         self.sent: dict[str, list[dict[str, Any]]] = {}
+
+    # -- registration, as the coordinator does it
+    def add_commands(self, table: dict[str, Any]) -> None:
+        assert not set(table) & set(self.table), f"commands registered twice: {set(table) & set(self.table)}"
+        self.table.update(table)
+
+    def add_agent_ops(self, ops: dict[str, Any]) -> None:
+        self.agent_ops.update(ops)
+
+    def add_agent_listener(self, listener: Any) -> None:
+        self.agent_listeners.append(listener)
+
+    def add_turn_hook(self, fn: Any) -> None:
+        self.turn_hooks.append(fn)
+
+    def add_final_listener(self, fn: Any) -> None:
+        self.scheduler.final_listeners.append(fn)
+
+    def add_attempt_listener(self, fn: Any) -> None:
+        self.scheduler.attempt_end_listeners.append(fn)
+
+    def add_task_taker(self, fn: Any) -> None:
+        self.scheduler.takers.append(fn)
+
+    def add_consensus_methods(self, methods: Any) -> None:
+        self.consensus_methods.update(methods)
+
+    def wait_for(self, task_id: str, notify: Any) -> None:
+        self.add_final_listener(lambda task, rec: notify(rec) if task.id == task_id else None)
 
     def emit(self, type_: str, trace: Any = None, **fields: Any) -> None:
         self.events.append((type_, trace, fields))
@@ -57,6 +97,8 @@ class Loop:
             for _, fn in due:
                 fn()
             self.scheduler.fire_timers()
+            for hook in list(self.turn_hooks):
+                hook()
             self.scheduler.dispatch()
         for agent, tasks in self.scheduler.take_outbox().items():
             self.sent.setdefault(agent, []).extend(tasks)
@@ -116,6 +158,14 @@ class Loop:
 
     def state(self, tid: str) -> str:
         return self.journal.get(tid).state
+
+
+class Loop(FakeHost):
+    """A FakeHost running the market as its allocation policy."""
+
+    def __init__(self, home: Any) -> None:
+        super().__init__(home, services=(install,), policy=0)
+        self.market = self.services[0]
 
 
 def bid(price: float, quality: float | None = None) -> dict[str, Any]:

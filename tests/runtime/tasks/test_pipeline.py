@@ -51,10 +51,20 @@ def test_to_json_keeps_deps_and_absolute_deadline():
     assert "idempotency_key" not in embed["options"]
 
 
+METHODS = ("plurality", "borda", "irv")  # what a consensus service would register
+
+
 def _error(obj, caps=None, cls=InvalidPipeline):
     with pytest.raises(cls) as info:
-        parse_pipeline(obj, now=NOW, capabilities=caps)
+        parse_pipeline(obj, now=NOW, capabilities=caps, methods=METHODS)
     return info.value
+
+
+def test_consensus_methods_are_the_services_and_none_without_one():
+    ok = {"name": "p", "steps": [{"id": "a", "capability": "c", "consensus": {"k": 2, "method": "irv"}}]}
+    assert parse_pipeline(ok, now=NOW, methods=METHODS).steps[0].consensus.method == "irv"
+    with pytest.raises(InvalidPipeline, match="no consensus service"):
+        parse_pipeline(ok, now=NOW, methods=())
 
 
 def test_cycle_is_named():

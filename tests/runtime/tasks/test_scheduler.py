@@ -25,7 +25,7 @@ def world(tmp_path):
     def make(policy):
         s = Scheduler(journal, policy, lambda t, *a, **k: events.append((t, k)), clock,
                       capacity=1, membership=LocalBackend())
-        s.on_final = lambda task, rec: finals.__setitem__(task.id, rec)
+        s.final_listeners.append(lambda task, rec: finals.__setitem__(task.id, rec))
         return s
     yield make, journal, clock, events, finals
     journal.close()

@@ -1,0 +1,72 @@
+"""What a command is made of: argument checks that name the argument, and the
+:class:`Deferred` reply a command returns when its answer comes in a later turn.
+
+Every command of the control channel (and every coordinator service's command) takes an
+``args`` object, checks it with :func:`only` (unknown keys refused) and :func:`arg` (each
+value type-checked, booleans are not integers), and returns a JSON value or a Deferred.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from runtime.errors import InvalidInput, to_wire
+
+__all__ = ["Deferred", "arg", "only"]
+
+_MISSING = object()
+
+
+def arg(args: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = _MISSING) -> Any:
+    """One argument, type-checked; booleans are not integers."""
+    if name not in args:
+        if default is _MISSING:
+            raise InvalidInput(f"argument {name!r} is missing", field=name)
+        return default
+    value = args[name]
+    if value is None and default is None:
+        return None
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float, (int, float))):
+        raise InvalidInput(f"argument {name!r}: expected {getattr(kind, '__name__', kind)}, "
+                           f"got {type(value).__name__}", field=name)
+    return value
+
+
+def only(args: dict[str, Any], *allowed: str) -> None:
+    unknown = sorted(set(args) - set(allowed))
+    if unknown:
+        raise InvalidInput(f"unknown argument(s) {unknown}", hint=f"allowed: {sorted(allowed)}")
+
+
+class Deferred:
+    """A reply that comes later: ``resolve({"ok": ...})`` or ``fail(exc)``, or a deadline."""
+
+    def __init__(self, deadline: float | None = None, on_expire: Callable[[], Exception] | None = None):
+        self.deadline = deadline
+        self.on_expire = on_expire
+        self._cb: Callable[[dict[str, Any]], None] | None = None
+        self._msg: dict[str, Any] | None = None
+        self.done = False
+
+    def bind(self, cb: Callable[[dict[str, Any]], None]) -> None:
+        """Where the reply goes; a Deferred finished before it was bound delivers now."""
+        self._cb = cb
+        if self.done and self._msg is not None:
+            cb(self._msg)
+
+    def resolve(self, value: Any) -> None:
+        self._finish({"ok": value})
+
+    def fail(self, exc: Exception) -> None:
+        self._finish({"error": to_wire(exc)})
+
+    def _finish(self, msg: dict[str, Any]) -> None:
+        if self.done:
+            return
+        self.done = True
+        self._msg = msg
+        if self._cb is not None:
+            self._cb(msg)
+
+

@@ -1,0 +1,50 @@
+"""The composition root: the one place that decides which services the coordinator runs
+and which allocation policy it uses, and hands them over as objects.
+
+    composition(cfg) -> Composition(services=((name, factory), ...), policy=...)
+
+The coordinator (``runtime.coordinator``) never imports ``coordination``: it calls each
+factory with itself (a ``ServiceHost``) at start, then builds the policy.  The market
+service *is* the policy when ``allocation = "market"``; otherwise it still serves the
+ledger, reputation and market commands.  ``ALLOCATIONS`` (``runtime.config``) names every
+policy; ``POLICY_FACTORIES`` covers exactly those names (a test checks it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from coordination.services import decisions, market, primitives
+from coordination.services.market import MarketConfig
+from runtime.config import ALLOCATIONS, Config
+from runtime.coordinator.host import ServiceHost
+from runtime.coordinator.loop import Composition, builtin_policy
+from runtime.observability import service as observability
+from runtime.scaling import service as scaling
+
+__all__ = ["composition", "check_config", "SERVICES", "POLICY_FACTORIES"]
+
+#: Services in the order they are built (the order changes nothing: hooks are listener lists).
+SERVICES: tuple[tuple[str, Callable[[ServiceHost], Any]], ...] = (
+    ("market", market.install),
+    ("decisions", decisions.install),
+    ("primitives", primitives.install),
+    ("scaling", scaling.install),
+    ("observability", observability.install),
+)
+
+POLICY_FACTORIES: dict[str, Callable[[ServiceHost, dict[str, Any]], Any]] = {
+    **{name: builtin_policy(name) for name in ALLOCATIONS if name != "market"},
+    "market": lambda host, services: services["market"],
+}
+
+
+def composition(cfg: Config) -> Composition:
+    return Composition(services=SERVICES, policy=POLICY_FACTORIES[cfg.allocation])
+
+
+def check_config(cfg: Config) -> None:
+    """What only the services can check, done at load time so that a bad value is an error
+    of ``agora up``, not a coordinator that fails to start: the ``[market]`` knobs."""
+    market.configure(MarketConfig(), dict(cfg.market))
