@@ -55,7 +55,19 @@ from runtime.errors import InvalidInput
 from runtime.registry.model import BACKENDS
 from runtime.wire import paths
 
-__all__ = ["Config", "PoolConfig", "RunPaths", "load_config", "parse_config", "ALLOCATIONS"]
+__all__ = ["Config", "PoolConfig", "RunPaths", "RunResources", "load_config", "parse_config", "ALLOCATIONS"]
+
+
+@dataclass
+class RunResources:
+    """What the root makes before it forks anything (``runtime.daemon.resources``) and every
+    child inherits through the fork: the run's id (it names the run's segments), the payload
+    arena and its slot table, and the registry partitions' shared tables."""
+
+    run_id: str
+    slots: Any = None                 # runtime.tasks.payloads.SlotTable
+    arena: Any = None                 # shm.Arena
+    registry_tables: list[Any] = field(default_factory=list)  # runtime.registry.table tables
 
 
 @dataclass(frozen=True)

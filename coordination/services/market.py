@@ -3,7 +3,7 @@ any of the four auction kinds of coordination.auction driven live.
 
 ::
 
-    dispatch ── choose(task, candidates) ──> MarketPolicy ── returns DEFERRED (task leaves its queue)
+    dispatch ── choose(task, candidates) ──> MarketPolicy ── returns TAKEN (task leaves its queue)
                                               │  the kind's driver opens its pure auction and asks:
                                               │  coord.ask(agent, "bid", cfp) -> the agent's bid() hook
                                               │  timers: coord.call_later(until, wake) (window, round, tick)
@@ -151,7 +151,7 @@ from runtime.coordinator.command_kit import arg, only
 from runtime.coordinator.host import ServiceHost
 from runtime.errors import InvalidInput, NotFound
 from runtime.observability.trace_context import TraceContext
-from runtime.tasks.scheduler import DEFERRED, AgentLink, TaskRun
+from runtime.tasks.scheduler import TAKEN, AgentLink, TaskRun
 
 __all__ = ["MarketConfig", "MarketPolicy", "install", "configure", "MARKET_KNOBS", "parse_bid", "parse_stay", "PAYER",
            "agent_account", "AUCTION_KINDS", "clock_terms"]
@@ -239,7 +239,7 @@ class MarketPolicy:
         if not invited:
             return None  # wait for room (a result or a join wakes the loop)
         self._open_round(task, invited)
-        return DEFERRED
+        return TAKEN
 
     def _lift_exclusions(self, task: TaskRun) -> list[AgentLink]:
         """Every live capable agent has breached on this task: let them bid again."""

@@ -288,7 +288,7 @@ def agent_main(ctx: Any, cfg: Config, run: RunPaths, pool: str, index: int, slot
     agent.ctx = actx
     agent.setup(actx)
     sock = _connect(run.agents_sock, time.monotonic() + 10)
-    arena = ctx.extra.get("arena")
+    arena = ctx.resources.arena
     if arena is not None:
         arena.reset_slot(slot)  # a predecessor's blocks (if it died) are stale from now on
     runner = AgentRunner(agent, sock, emit, agent_id, Payloads(arena, slot))

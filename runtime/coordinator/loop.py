@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from runtime.config import Config, RunPaths
+from runtime.config import Config, RunPaths, RunResources
 from runtime.coordinator.command_kit import Deferred
 from runtime.coordinator.commands import Commands
 from runtime.coordinator.host import AgentListener, Command, ServiceFactory, ServiceHost
@@ -69,20 +69,20 @@ class Coordinator:
     """Implements ``runtime.coordinator.host.ServiceHost`` for its services."""
 
     def __init__(self, cfg: Config, run: RunPaths, root_pid: int | None = None,
-                 extra: dict[str, Any] | None = None,
+                 resources: RunResources | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  composition: Composition | None = None) -> None:
         self.cfg, self.run, self.root_pid, self.clock = cfg, run, root_pid, clock
-        self.extra = extra or {}
+        self.resources = resources or RunResources(run_id="")
         self.composition = composition or Composition(policy=builtin_policy(cfg.allocation))
         self.emit = Emitter(run.events, "coordinator")
         self.journal = Journal(cfg.home, durability="full" if cfg.durability == "power" else "normal")
         self.journal.checkpoint_in_background()  # COMMITs never pay for a checkpoint
-        self.registry = open_registry(cfg, run, self.extra)
+        self.registry = open_registry(cfg, run, self.resources)
         self.scheduler = Scheduler(self.journal, None, self.emit, clock,  # policy: at start()
                                    capacity=cfg.agent_inflight, membership=self.registry)
         self.scheduler.final_listeners.append(self._task_final)
-        self.scheduler.payloads = Payloads(self.extra.get("arena"), 0)
+        self.scheduler.payloads = Payloads(self.resources.arena, 0)
         self.sel = selectors.DefaultSelector()
         self.replies: list[tuple[Conn, dict[str, Any]]] = []
         self.waiters: dict[str, list[Callable[[dict[str, Any]], None]]] = {}
@@ -160,7 +160,7 @@ class Coordinator:
         config's contexts are published before any agent starts (pools come after us)."""
         from shm.context import ContextStore
         from shm.segment import RunId
-        self.contexts = ContextStore(RunId.parse(self.extra["run_id"]), self.cfg.home)
+        self.contexts = ContextStore(RunId.parse(self.resources.run_id), self.cfg.home)
         for name, path in self.cfg.contexts.items():
             info = self.contexts.put_file(name, path)
             self.emit("context.published", name=name, version=info.version, bytes=info.nbytes)
@@ -446,7 +446,7 @@ class Coordinator:
 def coordinator_main(ctx: Any, cfg: Config, run: RunPaths, composition: Composition | None = None) -> None:
     wake = install_stop_wakeup()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    coord = Coordinator(cfg, run, root_pid=ctx.root_pid, extra=ctx.extra, composition=composition)
+    coord = Coordinator(cfg, run, root_pid=ctx.root_pid, resources=ctx.resources, composition=composition)
     coord.start()
     ctx.ready()
     profile_to = os.environ.get("AGORA_PROFILE_COORDINATOR")  # developers: where time goes

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtime.config import Config, RunPaths
+from runtime.config import Config, RunPaths, RunResources
 
 __all__ = ["prepare_root", "release_root"]
 
@@ -27,25 +27,25 @@ def prepare_root(cfg: Config, run: RunPaths, emit: Any) -> dict[str, Any]:
         emit("shm.swept", segments=swept)
     from runtime.tasks.payloads import SlotTable
     from shm.arena import Arena
-    extra: dict[str, Any] = {"run_id": str(RunId.new())}
+    res = RunResources(run_id=str(RunId.new()))
     slots = SlotTable([(p.name, p.max) for p in cfg.pools])
-    extra["slots"] = slots
-    extra["arena"] = Arena.create(cfg.arena_mib << 20, slots.size)
+    res.slots = slots
+    res.arena = Arena.create(cfg.arena_mib << 20, slots.size)
     if cfg.registry == "partitioned":
         from runtime.registry.service import TABLE_CAPACITY
         from runtime.registry.table import make_tables
-        extra["registry_tables"] = make_tables(cfg.partitions, TABLE_CAPACITY)
-    return extra
+        res.registry_tables = make_tables(cfg.partitions, TABLE_CAPACITY)
+    return res
 
 
-def release_root(extra: dict[str, Any] | None) -> None:
-    if not extra:
+def release_root(res: RunResources | None) -> None:
+    if res is None:
         return
-    for table in extra.get("registry_tables", ()):
+    for table in res.registry_tables:
         table.close()
-    if extra.get("arena") is not None:
-        extra["arena"].close()
-    _unlink_run(extra["run_id"])
+    if res.arena is not None:
+        res.arena.close()
+    _unlink_run(res.run_id)
 
 
 def _unlink_run(run_id: str) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 
 from multiprocess.connection import wait
 
-from runtime.config import Config, RunPaths, load_config
+from runtime.config import Config, RunPaths, RunResources, load_config
 from runtime.errors import AgoraError, InvalidInput, Unavailable, to_wire
 from runtime.observability.events import Emitter, set_tracing
 from runtime.observability.telemetry import telemetry_main
@@ -78,7 +78,7 @@ def read_pid(home: Path) -> int | None:
         return None
 
 
-def tree_spec(cfg: Config, run: RunPaths, extra: dict[str, Any]) -> SupervisorSpec:
+def tree_spec(cfg: Config, run: RunPaths, res: RunResources) -> SupervisorSpec:
     """The daemon's supervision tree for a config."""
     from runtime.coordinator.loop import coordinator_main
     from runtime.daemon.composition import composition
@@ -88,7 +88,7 @@ def tree_spec(cfg: Config, run: RunPaths, extra: dict[str, Any]) -> SupervisorSp
     telemetry = ChildSpec("telemetry", telemetry_main, (str(cfg.home), run.events), shutdown=5.0)
     coordinator = ChildSpec("coordinator", coordinator_main, (cfg, run, composition(cfg)),
                             shutdown=cfg.drain_s + 5)
-    core = SupervisorSpec("core", (registry_spec(cfg, run), coordinator, pools_spec(cfg, run, extra["slots"])),
+    core = SupervisorSpec("core", (registry_spec(cfg, run), coordinator, pools_spec(cfg, run, res.slots)),
                           strategy=Strategy.REST_FOR_ONE, intensity=5, period=10.0)
     return SupervisorSpec("root", (telemetry, core), intensity=5, period=10.0)
 
@@ -111,9 +111,9 @@ class Daemon:
         listener = self._listen()
         try:
             from runtime.daemon.resources import prepare_root
-            self.child_extra = prepare_root(self.cfg, self.run, self.emit)
-            self.tree = Tree(tree_spec(self.cfg, self.run, self.child_extra), emit=self.emit,
-                             child_extra=self.child_extra)
+            self.resources = prepare_root(self.cfg, self.run, self.emit)
+            self.tree = Tree(tree_spec(self.cfg, self.run, self.resources), emit=self.emit,
+                             resources=self.resources)
             self.tree.start()
             self.emit("daemon.started", home=str(self.cfg.home))
             self.emit.flush()
@@ -179,7 +179,7 @@ class Daemon:
         from runtime.pools.specs import agent_spec
         if cmd == "tree":
             return self.tree.status()
-        slots = self.child_extra["slots"]
+        slots = self.resources.slots
         if cmd == "start_agent":
             pool, index = args["pool"], int(args["index"])
             sup = self.tree.find(f"root/core/pools/pool:{pool}")
@@ -244,7 +244,7 @@ class Daemon:
             self._drop(conn)
         listener.close()
         from runtime.daemon.resources import release_root
-        release_root(getattr(self, "child_extra", None))
+        release_root(getattr(self, "resources", None))
         remove_run_dir(self.run)
         self.emit.close()
         lock.release()

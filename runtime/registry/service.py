@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtime.config import Config, RunPaths
+from runtime.config import Config, RunPaths, RunResources
 from runtime.observability.events import Emitter
 from runtime.supervision.child_spec import ChildSpec, SupervisorSpec
 
@@ -28,7 +28,7 @@ def _partition_child(ctx: Any, index: int, n: int, sock_path: str, events: str) 
     from runtime.registry._partition import partition_main
     emit = Emitter(events, f"registry.{index}")
     try:
-        partition_main(index, n, sock_path, ctx.extra["registry_tables"][index], emit=emit,
+        partition_main(index, n, sock_path, ctx.resources.registry_tables[index], emit=emit,
                        ready=ctx.ready)
     finally:
         emit.close()
@@ -41,11 +41,11 @@ def registry_spec(cfg: Config, run: RunPaths) -> SupervisorSpec:
     return SupervisorSpec("registry", parts, intensity=10, period=10.0)
 
 
-def open_registry(cfg: Config, run: RunPaths, extra: dict[str, Any]) -> Any:
+def open_registry(cfg: Config, run: RunPaths, res: RunResources) -> Any:
     """The registry backend for a process of the tree (the coordinator, an agent)."""
     if cfg.registry == "local":
         from runtime.registry._local import LocalBackend
         return LocalBackend()
     from runtime.registry._client import PartitionedBackend
     return PartitionedBackend([run.registry(i) for i in range(cfg.partitions)],
-                              extra["registry_tables"])
+                              res.registry_tables)

@@ -65,11 +65,11 @@ class Lifeline:
 class ChildContext:
     """What a child's target receives: its identity and the hooks back to the root."""
 
-    def __init__(self, spec: ChildSpec, ready_fd: int, root_pid: int, extra: dict[str, Any]):
+    def __init__(self, spec: ChildSpec, ready_fd: int, root_pid: int, resources: Any):
         self.id = spec.id
         self.title = spec.process_title
         self.root_pid = root_pid
-        self.extra = extra
+        self.resources = resources  # opaque here: the daemon's RunResources
         self._ready_fd: int | None = ready_fd
 
     def ready(self) -> None:
@@ -98,7 +98,7 @@ def _tie_to_root(root_pid: int, lifeline_r: int) -> None:
 
 
 def _child_main(spec: ChildSpec, ready_fd: int, root_pid: int, lifeline_r: int,
-                private: frozenset[int], extra: dict[str, Any]) -> None:
+                private: frozenset[int], resources: Any) -> None:
     for fd in private:
         try:
             os.close(fd)
@@ -109,10 +109,10 @@ def _child_main(spec: ChildSpec, ready_fd: int, root_pid: int, lifeline_r: int,
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _tie_to_root(root_pid, lifeline_r)
     set_process_name(spec.process_title)
-    spec.target(ChildContext(spec, ready_fd, root_pid, extra), *spec.args)
+    spec.target(ChildContext(spec, ready_fd, root_pid, resources), *spec.args)
 
 
-def fork_child(spec: ChildSpec, lifeline: Lifeline, extra: dict[str, Any] | None = None
+def fork_child(spec: ChildSpec, lifeline: Lifeline, resources: Any = None
                ) -> tuple[Any, int]:
     """Fork ``spec`` as a child; return (process, fd that becomes readable on ready).
 
@@ -121,7 +121,7 @@ def fork_child(spec: ChildSpec, lifeline: Lifeline, extra: dict[str, Any] | None
     ready_r, ready_w = os.pipe()
     private = frozenset(root_private_fds | {ready_r})
     proc = _FORK.Process(target=_child_main, name=spec.id, daemon=False,
-                         args=(spec, ready_w, os.getpid(), lifeline.r, private, extra or {}))
+                         args=(spec, ready_w, os.getpid(), lifeline.r, private, resources))
     gc.freeze()
     sys.stdout.flush()
     sys.stderr.flush()

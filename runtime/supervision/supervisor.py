@@ -73,7 +73,7 @@ class Worker:
 
     def start(self) -> None:
         tree = self.parent.tree
-        self.proc, ready_fd = fork_child(self.spec, tree.lifeline, tree.child_extra)
+        self.proc, ready_fd = fork_child(self.spec, tree.lifeline, tree.resources)
         try:
             self._await_ready(ready_fd)
         finally:
@@ -271,10 +271,10 @@ class Tree:
 
     def __init__(self, spec: SupervisorSpec, emit: Emit | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 child_extra: dict[str, Any] | None = None) -> None:
+                 resources: Any = None) -> None:
         self.emit: Emit = emit or (lambda *a, **k: None)
         self.clock = clock
-        self.child_extra = child_extra or {}
+        self.resources = resources  # handed to every child as ctx.resources (opaque here)
         self.lifeline = Lifeline()
         self._by_sentinel: dict[int, Worker] = {}
         self.failed = False

@@ -9,8 +9,8 @@ May import: ``runtime.errors``, ``runtime.observability``, ``shm``.
 
 from runtime.tasks.journal import Journal
 from runtime.tasks.pipeline import Pipeline, parse_pipeline
-from runtime.tasks.scheduler import DEFERRED, POLICIES, Scheduler, TaskRun
+from runtime.tasks.scheduler import POLICIES, TAKEN, Scheduler, TaskRun
 from runtime.tasks.task import ACTIVE, STATES, TERMINAL, TaskSpec, parse_task
 
-__all__ = ["Journal", "Pipeline", "parse_pipeline", "DEFERRED", "POLICIES", "Scheduler", "TaskRun",
+__all__ = ["Journal", "Pipeline", "parse_pipeline", "TAKEN", "POLICIES", "Scheduler", "TaskRun",
            "ACTIVE", "STATES", "TERMINAL", "TaskSpec", "parse_task"]

@@ -40,7 +40,7 @@ from runtime.tasks.payloads import Payloads
 from runtime.tasks.task import TERMINAL
 
 __all__ = ["Scheduler", "TaskRun", "AgentLink", "StaticPolicy", "LeastLoadedPolicy", "POLICIES",
-           "DEFERRED"]
+           "TAKEN"]
 
 
 
@@ -81,7 +81,7 @@ class AgentLink:
 #: What an asynchronous policy's ``choose`` returns when it took the task (market: an
 #: auction runs): the task leaves its queue, so it does not block the tasks behind it,
 #: and the policy later calls ``assign(task, agent)`` or ``enqueue(task)`` itself.
-DEFERRED: Any = type("Deferred", (), {"__repr__": lambda self: "DEFERRED"})()
+TAKEN: Any = type("Deferred", (), {"__repr__": lambda self: "TAKEN"})()
 
 
 class StaticPolicy:
@@ -242,9 +242,9 @@ class Scheduler:
         return out
 
     def _choose(self, task: TaskRun, cap: str) -> AgentLink | None | object:
-        """A taker's (DEFERRED), else the policy's choice among the capable agents with room."""
+        """A taker's (TAKEN), else the policy's choice among the capable agents with room."""
         if any(take(task) for take in self.takers):
-            return DEFERRED
+            return TAKEN
         return self.policy.choose(task, [a for a in self.candidates(cap) if a.id not in task.excluded])
 
     def dispatch(self) -> int:
@@ -260,7 +260,7 @@ class Scheduler:
                     heapq.heappop(q)
                     continue
                 agent = self._choose(task, cap)
-                if agent is DEFERRED:  # an asynchronous policy took it (an auction runs)
+                if agent is TAKEN:  # an asynchronous policy took it (an auction runs)
                     heapq.heappop(q)
                     self._leaves_queue(task)
                     task.state = "deferred"
