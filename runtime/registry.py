@@ -11,9 +11,11 @@ process that owns it.  A :class:`Backend` stores entries; :func:`make_backend` b
                  (``runtime._registry_partition``) and publish every committed write into a
                  shared-memory table (``runtime._registry_table``) that every process reads
                  without a round trip.
+``redis``        :class:`runtime._registry_redis.RedisBackend`, a real Redis server
+                 (several machines): partitions as hash tags, owner leases that expire.
 
-``tests/test_registry_conformance.py`` is the contract: a new backend (e.g. ``redis``) is
-done when it passes that suite.
+``tests/test_registry_conformance.py`` is the contract: a new backend is done when it
+passes that suite.
 
 Semantics (decided here, the spec is silent):
 
@@ -419,7 +421,9 @@ def make_backend(kind: str = "partitioned", **options: Any) -> Backend:
 
     ``make_backend("local")``; ``make_backend("partitioned", sock_paths=[...],
     tables=[...], timeout=0.25, fast_reads=True)`` (tables from
-    :func:`runtime._registry_table.make_tables`, made by the root before forking).
+    :func:`runtime._registry_table.make_tables`, made by the root before forking);
+    ``make_backend("redis", redis_url="unix:///run/redis.sock", lease_ttl=10.0)``
+    (:mod:`runtime._registry_redis`, needs the ``redis`` extra).
     """
     if kind == "local":
         from runtime._registry_local import LocalBackend
@@ -427,4 +431,8 @@ def make_backend(kind: str = "partitioned", **options: Any) -> Backend:
     if kind == "partitioned":
         from runtime._registry_client import PartitionedBackend
         return PartitionedBackend(**options)
-    raise InvalidInput(f"unknown registry backend {kind!r}", hint="use 'local' or 'partitioned'")
+    if kind == "redis":
+        from runtime._registry_redis import RedisBackend
+        return RedisBackend(**options)
+    raise InvalidInput(f"unknown registry backend {kind!r}",
+                       hint="use 'local', 'partitioned' or 'redis'")
