@@ -123,9 +123,12 @@ local function drop_entry(k)
   local f = redis.call('HMGET', ek, 'o', 'c')
   if not f[1] then return 0 end
   for _, c in ipairs(cjson.decode(f[2])) do redis.call('SREM', tag .. 'c:' .. c, k) end
-  redis.call('SREM', tag .. 'o:' .. f[1], k)
   redis.call('SREM', KEYSET, k)
   redis.call('DEL', ek)
+  -- an owner's last entry here takes its lease here with it (no lease outlives its entries)
+  if redis.call('SREM', tag .. 'o:' .. f[1], k) == 1 and redis.call('EXISTS', tag .. 'o:' .. f[1]) == 0 then
+    redis.call('ZREM', LEASES, f[1])
+  end
   return 1
 end
 
@@ -297,6 +300,8 @@ class RedisBackend:
                 0.01 <= lease_ttl <= 86400):
             raise InvalidInput(f"lease_ttl must be a number of seconds in 0.01..86400, got "
                                f"{lease_ttl!r}", hint="the default is 10 s")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise InvalidInput(f"timeout must be a positive number of seconds, got {timeout!r}")
         self._n, self._ttl_ms = partitions, int(lease_ttl * 1000)
         self._node = _check_name("node", node if node is not None else _default_node())
         self._tags = [f"{{{self._ns}:p{i}}}:".encode() for i in range(partitions)]

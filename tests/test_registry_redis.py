@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -18,7 +19,7 @@ from runtime._partitioning import partition_of
 from runtime._registry_redis import RedisBackend, check_redis_url
 from runtime.errors import ClosedError, Conflict, InvalidInput, Unavailable
 from runtime.registry import make_backend
-from tests.redis_server import redis_server  # noqa: F401  (a fixture)
+from tests.redis_server import redis_server, require_redis  # noqa: F401  (a fixture)
 
 FORK = multiprocess.get_context("fork")
 BOUND = 10.0  # seconds; reached only on a deadlock
@@ -135,6 +136,15 @@ def test_renew_removes_this_nodes_dead_owners_at_once(backends, owner):
     assert b.list("x") == ["alive"]
 
 
+def test_nothing_is_left_in_redis_once_the_entries_are_gone(backends, redis_server):  # noqa: F811
+    b = backends()
+    b.register_many([(f"k{i}", spec("x", "y"), ME) for i in range(12)])
+    b.register("k0", spec("z"), ME)  # re-registered with other capabilities
+    for i in range(12):
+        assert b.unregister(f"k{i}")
+    assert data_keys(redis_server) == []  # no index set, owner set or lease left over
+
+
 def test_owners_are_per_node(backends):
     a, b = backends(node="host-a"), backends(node="host-b")
     a.register("k", spec("x"), ME)
@@ -235,15 +245,23 @@ def test_remote_urls_need_allow_remote():
     ({"partitions": 0}, "positive integer, got: 0"),
     ({"node": "a/b"}, "node must be"),
     ({"namespace": "{x}"}, "namespace must be"),
+    ({"timeout": 0}, "timeout must be"),
 ])
 def test_bad_options_are_invalid_input(tmp_path, kw, words):
-    pytest.importorskip("redis")
+    require_redis(server=False)
     with pytest.raises(InvalidInput, match=words):
         RedisBackend(f"unix://{tmp_path}/none.sock", **kw)
 
 
+def test_without_the_redis_module_the_backend_says_which_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "redis", None)  # import redis -> ImportError
+    with pytest.raises(InvalidInput, match="needs the redis package") as info:
+        make_backend("redis", redis_url="unix:///nowhere.sock")
+    assert "agora[redis]" in info.value.hint
+
+
 def test_a_server_that_is_not_there_is_unavailable(tmp_path):
-    pytest.importorskip("redis")
+    require_redis(server=False)
     with pytest.raises(Unavailable, match="retryable"):
         make_backend("redis", redis_url=f"unix://{tmp_path}/none.sock", timeout=0.5)
 
