@@ -173,6 +173,29 @@ def test_a_forked_child_uses_the_backend_on_its_own_connection(backends):
     assert b.list() == ["parent"]
 
 
+def test_concurrent_updates_lose_nothing(backends):
+    """update is read, merge, compare-and-set: a writer never writes back a stale field."""
+    b = backends()
+    b.register("k", spec("x"), ME)
+    start, errors = threading.Barrier(2, timeout=BOUND), []
+
+    def writer(field):
+        try:
+            start.wait()
+            for i in range(100):
+                b.update("k", {field: i})
+        except Exception as exc:  # reported below: a thread's failure must fail the test
+            errors.append(exc)
+    threads = [threading.Thread(target=writer, args=(f,)) for f in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(BOUND)
+    assert not errors and not any(t.is_alive() for t in threads)
+    got = b.lookup("k")
+    assert (got.version, got.metadata) == (201, {"a": 99, "b": 99})
+
+
 # ---------------------------------------------------------------------------- index, layout
 
 def test_select_by_capability_reads_only_the_index_and_its_candidates(backends, redis_server):  # noqa: F811
