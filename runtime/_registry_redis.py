@@ -58,6 +58,10 @@ Decisions (the issue leaves them open):
 * **Where Redis may be.** ``redis_url`` is ``unix:///path/redis.sock`` or
   ``redis://127.0.0.1:PORT/DB``; any other host is refused unless ``allow_remote=True``
   (a registry on another machine is asked for by name, never reached by a typo).
+* **Cluster.** The client here is redis-py's single-server ``Redis``.  The layout and the
+  scripts are ready for a Redis Cluster (each script call names a key of its partition's
+  slot, and every key it derives from the tag lies in that slot, which Cluster accepts),
+  but redis-py's ``RedisCluster`` client is neither wired nor tested yet.
 * **Errors.** A refused connection or a timeout (``timeout``, default 1 s) is
   ``Unavailable`` (retryable); a script error is ``BrokenError``.
 """
