@@ -229,6 +229,9 @@ return redis.error_reply('agora registry: unknown op ' .. tostring(op))
 
 def check_redis_url(url: Any, allow_remote: bool = False) -> str:
     """``url`` if it names a unix socket or (unless ``allow_remote``) 127.0.0.1 / ::1."""
+    if url is None:
+        raise InvalidInput("the redis registry backend needs redis_url",
+                           hint="e.g. redis_url='unix:///run/redis/redis.sock'")
     if not isinstance(url, str) or not url:
         raise InvalidInput(f"redis_url must be a string such as 'unix:///run/redis.sock' or "
                            f"'redis://127.0.0.1:6379/0', got {url!r}")
@@ -286,7 +289,7 @@ class _Keeper:
 class RedisBackend:
     """The registry in Redis; see the module docstring for the layout and the decisions."""
 
-    def __init__(self, redis_url: str, *, namespace: str = "agora", partitions: int = 4,
+    def __init__(self, redis_url: str | None = None, *, namespace: str = "agora", partitions: int = 4,
                  lease_ttl: float = DEFAULT_LEASE_TTL, node: str | None = None,
                  lease_keeper: bool = True, timeout: float = 1.0,
                  allow_remote: bool = False) -> None:

@@ -252,6 +252,7 @@ def test_a_flushed_script_cache_is_reloaded(backends, redis_server):  # noqa: F8
     ("http://127.0.0.1/", "scheme 'http'"),
     ("unix://", "names no socket path"),
     ("", "must be a string"),
+    (None, "needs redis_url"),
 ])
 def test_urls_off_this_machine_are_refused_before_any_connection(url, words):
     with pytest.raises(InvalidInput, match=words):
