@@ -11,6 +11,7 @@ from typing import Any
 from runtime.errors import InvalidInput
 from runtime.registry._client import PartitionedBackend
 from runtime.registry._local import LocalBackend
+from runtime.registry._redis import RedisBackend
 from runtime.registry.model import BACKENDS, Backend
 
 __all__ = ["BACKENDS", "make_backend"]
@@ -21,10 +22,14 @@ def make_backend(kind: str = "partitioned", **options: Any) -> Backend:
 
     ``make_backend("local")``; ``make_backend("partitioned", sock_paths=[...],
     tables=[...], timeout=0.25, fast_reads=True)`` (tables from
-    :func:`runtime.registry.table.make_tables`, made by the root before forking).
+    :func:`runtime.registry.table.make_tables`, made by the root before forking);
+    ``make_backend("redis", redis_url="unix:///run/redis.sock", lease_ttl=10.0)``
+    (``runtime.registry._redis``, needs the ``redis`` extra).
     """
     if kind == "local":
         return LocalBackend(**options)
     if kind == "partitioned":
         return PartitionedBackend(**options)
+    if kind == "redis":
+        return RedisBackend(**options)
     raise InvalidInput(f"unknown registry backend {kind!r}", hint=f"use one of {list(BACKENDS)}")

@@ -11,9 +11,11 @@ process that owns it.  A :class:`Backend` stores entries; ``runtime.registry.bac
                  (``runtime.registry._partition``) and publish every committed write into a
                  shared-memory table (``runtime.registry.table``) that every process reads
                  without a round trip.
+``redis``        :class:`runtime.registry._redis.RedisBackend`, a real Redis server
+                 (several machines): partitions as hash tags, owner leases that expire.
 
-``tests/test_registry_conformance.py`` is the contract: a new backend (e.g. ``redis``) is
-done when it passes that suite.
+``tests/runtime/registry/test_conformance.py`` is the contract: a new backend is done when it
+passes that suite.
 
 Semantics (decided here, the spec is silent):
 
@@ -59,7 +61,7 @@ __all__ = [
 ]
 
 #: Registry backends by name (built by ``runtime.registry.backends.make_backend``).
-BACKENDS = ("local", "partitioned")
+BACKENDS = ("local", "partitioned", "redis")
 
 MAX_KEY_BYTES = 128
 MAX_CAPABILITIES = 16

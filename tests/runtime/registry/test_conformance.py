@@ -1,10 +1,12 @@
 """The registry contract: every backend must pass this file.
 
-Parametrized over ``local`` (in-process) and ``partitioned`` (three partition processes
+Parametrized over ``local`` (in-process), ``partitioned`` (three partition processes
 forked with the multiprocess package's fork context), the latter twice: reading through
-the shared tables, and reading by round trips (``fast_reads=False``).
-A future backend (``redis``) adds one branch to the ``backend`` fixture and must pass the
-same tests unchanged.  The pure parts (filter parser, stable hashing) are tested at the end.
+the shared tables, and reading by round trips (``fast_reads=False``), and ``redis`` (a
+real redis-server per test on a unix socket, ``tests/support/redis_server.py``; skipped without
+redis-server or the redis module unless AGORA_REQUIRE_REDIS=1).
+A new backend adds one branch to the ``backend`` fixture and must pass the same tests
+unchanged.  The pure parts (filter parser, stable hashing) are tested at the end.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from runtime.registry.model import (
     parse_filter,
 )
 from runtime.registry.partitioning import key_hash, partition_of, slot_of_hash
+from tests.support.redis_server import RedisServer, require_redis
 from tests.support.registry import ME, Owner, Partitions, dead_pid, spec
 
 
@@ -37,13 +40,23 @@ def owner():
     o.stop()
 
 
-@pytest.fixture(params=["local", "partitioned", "partitioned-rpc"])
+@pytest.fixture(params=["local", "partitioned", "partitioned-rpc", "redis"])
 def backend(request):
     """``partitioned`` reads the shared tables; ``partitioned-rpc`` asks the partitions."""
     if request.param == "local":
         b = make_backend("local")
         yield b
         b.close()
+        return
+    if request.param == "redis":
+        require_redis()
+        server = RedisServer()
+        try:
+            b = make_backend("redis", redis_url=server.url)
+            yield b
+            b.close()
+        finally:
+            server.stop()
         return
     parts = Partitions(3)
     b = parts.backend(fast_reads=request.param == "partitioned")

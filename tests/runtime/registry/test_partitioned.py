@@ -281,8 +281,8 @@ def test_client_argument_errors():
         make_backend("partitioned", sock_paths=[])
     with pytest.raises(InvalidInput, match="got 1 tables for 2 partitions"):
         make_backend("partitioned", sock_paths=["a", "b"], tables=[object()])
-    with pytest.raises(InvalidInput, match="unknown registry backend 'redis'"):
-        make_backend("redis")
+    with pytest.raises(InvalidInput, match="unknown registry backend 'etcd'"):
+        make_backend("etcd")
 
 
 def test_a_slot_stuck_mid_write_falls_back_to_a_round_trip(parts):
