@@ -15,7 +15,7 @@ Modules (pure state machines on an injected monotonic clock; no I/O except the s
               every process of the machine)
     service   ServiceConfig (the [services.<name>] table), Service (composes the guards; a
               decorator and a context manager, sync and async), Guards (all services of a config)
-    _httpx    GuardedTransport / AsyncGuardedTransport (import ``runtime.guards.http``; needs httpx)
+    http      GuardedTransport / AsyncGuardedTransport (imported on its own: it needs httpx)
 
 Dependencies: the standard library, orjson, ``shm`` and ``runtime.errors`` (the leaf
 vocabulary of error codes) only, so any layer of the runtime, or an agent, may use it.

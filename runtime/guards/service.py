@@ -173,11 +173,11 @@ class Service:
         return self.call_with(fn, args, kwargs)
 
     def call_with(self, fn: Callable[..., T], args: tuple = (), kwargs: Mapping[str, Any] | None = None, *,
-                  tokens: float = 0.0, key: Any = None) -> T:
-        """``call`` with a token estimate for the limiter and an explicit cache key."""
+                  tokens: float = 0.0, key: Any = None, cache: bool = True) -> T:
+        """``call`` with a token estimate for the limiter, an explicit cache key, or no cache."""
         kwargs = kwargs or {}
         run = functools.partial(self._retrying, lambda: fn(*args, **kwargs), tokens)
-        if not self.cache.enabled:
+        if not (cache and self.cache.enabled):
             return run()
         return self._cached(self._key(fn, args, kwargs) if key is None else key, run)
 
@@ -236,10 +236,11 @@ class Service:
         return await self.acall_with(fn, args, kwargs)
 
     async def acall_with(self, fn: Callable[..., Awaitable[T]], args: tuple = (),
-                         kwargs: Mapping[str, Any] | None = None, *, tokens: float = 0.0, key: Any = None) -> T:
+                         kwargs: Mapping[str, Any] | None = None, *, tokens: float = 0.0, key: Any = None,
+                         cache: bool = True) -> T:
         kwargs = kwargs or {}
         run = functools.partial(self._aretrying, lambda: fn(*args, **kwargs), tokens)
-        if not self.cache.enabled:
+        if not (cache and self.cache.enabled):
             return await run()
         return await self._acached(self._key(fn, args, kwargs) if key is None else key, run)
 
@@ -343,10 +344,15 @@ class Service:
             return self.call_with(fn, args, kwargs)
         return guarded
 
-    def batched(self, batch_fn: Callable[[list], Any]) -> Callable[[Any], Any]:
-        """An item function over ``batch_fn(items) -> results``: items are cached, then batched,
-        and each batch is one guarded call (retries, breaker, limiter, timeout)."""
+    def batched(self, batch_fn: Callable[[list], Any], *,
+                key: Callable[[Any], Any] | None = None) -> Callable[[Any], Any]:
+        """An item function over ``batch_fn(items) -> results``: items are cached (by ``key(item)``,
+        default the service's key of ``batch_fn(item)``; a key of None skips the cache), then batched, and each batch is one
+        guarded call (retries, breaker, limiter, timeout)."""
         cfg = self.config
+
+        def key_of(item: Any) -> Any:
+            return key(item) if key is not None else self._key(batch_fn, (item,), {})
         if inspect.iscoroutinefunction(batch_fn):
             ab = AsyncMicroBatcher(self.name, lambda items: self._aretrying(lambda: batch_fn(items), 0.0),
                                    window_s=cfg.batch_window_ms / 1000, max_size=cfg.batch_max,
@@ -354,9 +360,10 @@ class Service:
 
             @functools.wraps(batch_fn)
             async def item_async(item: Any) -> Any:
-                if not self.cache.enabled:
+                k = key_of(item) if self.cache.enabled else None
+                if k is None:  # no cache, or the key function says "do not cache this one"
                     return await ab.submit(item)
-                return await self._acached(self._key(batch_fn, (item,), {}), lambda: ab.submit(item))
+                return await self._acached(k, lambda: ab.submit(item))
             return item_async
         sb = MicroBatcher(self.name, lambda items: self._retrying(lambda: batch_fn(items), 0.0),
                           window_s=cfg.batch_window_ms / 1000, max_size=cfg.batch_max,
@@ -364,9 +371,10 @@ class Service:
 
         @functools.wraps(batch_fn)
         def item(value: Any) -> Any:
-            if not self.cache.enabled:
+            k = key_of(value) if self.cache.enabled else None
+            if k is None:  # no cache, or the key function says "do not cache this one"
                 return sb.submit(value)
-            return self._cached(self._key(batch_fn, (value,), {}), lambda: sb.submit(value))
+            return self._cached(k, lambda: sb.submit(value))
         return item
 
     def attempt(self, *, tokens: float = 0.0) -> Attempt:
