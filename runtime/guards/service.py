@@ -347,8 +347,8 @@ class Service:
     def batched(self, batch_fn: Callable[[list], Any], *,
                 key: Callable[[Any], Any] | None = None) -> Callable[[Any], Any]:
         """An item function over ``batch_fn(items) -> results``: items are cached (by ``key(item)``,
-        default the service's key of ``batch_fn(item)``; a key of None skips the cache), then batched, and each batch is one
-        guarded call (retries, breaker, limiter, timeout)."""
+        default the service's key of ``batch_fn(item)``; a key of None skips the cache), then
+        batched, and each batch is one guarded call (retries, breaker, limiter, timeout)."""
         cfg = self.config
 
         def key_of(item: Any) -> Any:
