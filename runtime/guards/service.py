@@ -103,6 +103,14 @@ class ServiceConfig:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and value > 0):
                 raise InvalidInput(f"{name} must be a number > 0 or absent, got {value!r}")
+        for name in ("cache_ttl_s", "batch_window_ms"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0):
+                raise InvalidInput(f"{name} must be a number >= 0, got {value!r}")
+        for name in ("cache_size", "batch_max"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise InvalidInput(f"{name} must be an int >= 1, got {value!r}")
 
 
 def _backoff(name: str, value: Any) -> dict[str, Any]:
