@@ -18,6 +18,8 @@ calling process. What it models, each a knob:
   /v1/echo?q=...``, and ``POST /v1/batch`` with ``{"items": [...]}`` answered by
   ``{"results": [{"status": 200, "body": ...}, ...]}`` (one latency draw per batch, one
   error draw per item);
+- ``pause()`` / ``resume()``: hold every admitted request before it is served (at most
+  ``pause_max_s``), so a test can have calls in flight on purpose instead of by timing;
 - counters: requests by path and status, the answers' ``n``, the highest concurrency seen,
   and per-body counts (``seen(body)``), so tests can assert that two identical concurrent
   calls made one request.
@@ -55,6 +57,9 @@ class FakeAPI:
         self._slots = threading.BoundedSemaphore(concurrency)
         self._recent: deque[float] = deque()
         self._outage_until: float | None = None
+        self._gate = threading.Event()
+        self._gate.set()
+        self.pause_max_s = 30.0
         self.by_path: Counter[str] = Counter()
         self.by_status: Counter[int] = Counter()
         self.bodies: Counter[str] = Counter()
@@ -86,6 +91,16 @@ class FakeAPI:
         with self._lock:
             self._outage_until = None
 
+    def pause(self) -> None:
+        self._gate.clear()
+
+    def resume(self) -> None:
+        self._gate.set()
+
+    def hold(self) -> None:
+        """Called by a handler before it serves: wait while paused (bounded)."""
+        self._gate.wait(self.pause_max_s)
+
     @property
     def requests(self) -> int:
         with self._lock:
@@ -97,6 +112,7 @@ class FakeAPI:
             return self.bodies[_digest(body)]
 
     def close(self) -> None:
+        self.resume()  # held requests finish, so their threads can be joined
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(10.0)
@@ -216,6 +232,7 @@ def _handler(api: FakeAPI) -> type[BaseHTTPRequestHandler]:
                 self._reply(503, {"error": "server saturated"}, {})
                 return
             try:
+                api.hold()
                 time.sleep(api.latency())
                 status, payload = api.answer(parts.path, parts.query, body)
             finally:
