@@ -34,6 +34,7 @@ import hashlib
 import json
 import math
 import random
+import socket
 import threading
 import time
 from collections import Counter, deque
@@ -214,6 +215,11 @@ def _handler(api: FakeAPI) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         timeout = 2.0  # an idle keep-alive connection ends, so close() can join its thread
+
+        def setup(self) -> None:
+            super().setup()
+            # headers and body go out as two writes: without this, Nagle + delayed ACK add ~40 ms
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         def do_GET(self) -> None:
             self._serve()
