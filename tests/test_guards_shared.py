@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import time
 
 import orjson
@@ -80,6 +81,23 @@ def test_records_keys_and_limits(table):
             pass
     finally:
         other.close()
+
+
+def test_a_process_killed_holding_a_record_lock_does_not_wedge_the_others(table):
+    def body(w: int) -> None:
+        t = GuardStateTable.attach(table.name)
+        with t.record("llm/breaker"):
+            send(w, {"holding": True})
+            os.kill(os.getpid(), signal.SIGKILL)
+    pid, fd = fork_running(body)
+    try:
+        read_message(fd)
+        status = reap(pid)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+        with table.record("llm/breaker") as view:  # the kernel dropped the dead holder's lock
+            GuardStateTable.write(view, b"alive")
+    finally:
+        os.close(fd)
 
 
 def _observer(name: str, go_fd: int):

@@ -39,12 +39,13 @@ import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 import orjson
 
-from runtime.errors import InvalidInput, NotFound
+from runtime.errors import DeadlineExceeded, InvalidInput, NotFound
 
 from .batcher import AsyncMicroBatcher, MicroBatcher
 from .breaker import BreakerConfig, CircuitBreaker, Permit
@@ -196,7 +197,14 @@ class Service:
             return step.value
         if isinstance(step, Join):
             self.emit("cache_join")
-            return step.future.result(timeout=self.wait_bound_s)
+            try:
+                return step.future.result(timeout=self.wait_bound_s)
+            except FutureTimeout as e:
+                if step.future.done():
+                    raise  # the leader's own error, a TimeoutError of its call
+                raise DeadlineExceeded(f"the identical call to service {self.name!r} that this one joined gave "
+                                       f"no answer in {self.wait_bound_s:g} s",
+                                       hint="set [services.<name>].timeout_s so a hung call ends") from e
         self.emit("cache_miss")
         try:
             value = compute()
