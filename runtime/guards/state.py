@@ -8,6 +8,11 @@ atomically (``update``) on the record of a key. Two stores:
   breaker opened by one agent is open in all (the next ``update`` anywhere sees it) and one
   token bucket serves every agent on the machine.
 
+Wiring (for the runtime, later): the daemon root creates one ``GuardStateTable`` per run
+(``GuardStateTable.create(run, manifest=...)``, so it is swept with the run's other segments)
+and hands its name to the agents; each agent process attaches it once and builds its
+``Guards`` over ``SharedStateStore(table)``.
+
 The record is encoded by a ``Codec`` (fixed layout, ``struct``). A record written by a guard
 configured differently (its length or kind tag does not match) is treated as new: the first
 configuration to write wins until the record is reset, which is what a restart with a new
