@@ -1,0 +1,1 @@
+"""Test support: fakes and stand-ins shared by tests and benchmarks (never collected as tests)."""

@@ -1,0 +1,246 @@
+"""Service: the guards composed from a [services.<name>] table, as decorator, call and context
+manager, sync and async, on a fake clock whose sleeps advance it; every decision an event."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+
+import pytest
+
+from runtime.errors import InvalidInput, NotFound
+from runtime.guards import CallTimeout, CircuitOpen, Guards, Service, ServiceConfig, ServiceError, Throttled
+from tests.helpers import WAIT, FakeClock
+
+
+class Env:
+    """A fake clock, sleeps that advance it, and the events a service reported."""
+
+    def __init__(self):
+        self.clock = FakeClock(1000.0)
+        self.events: list[tuple[str, dict]] = []
+        self.slept: list[float] = []
+
+    def sleep(self, s):
+        self.slept.append(s)
+        self.clock.t += s
+
+    async def asleep(self, s):
+        self.sleep(s)
+
+    def service(self, table, **kw):
+        return Service("api", table, clock=self.clock, on_event=lambda e, **f: self.events.append((e, f)),
+                       rng=random.Random(1), sleep=self.sleep, asleep=self.asleep, **kw)
+
+    def names(self):
+        return [e for e, _ in self.events]
+
+
+def flaky(failures, exc=lambda: ConnectionError("reset")):
+    calls = []
+
+    def fn(x):
+        calls.append(x)
+        if len(calls) <= failures:
+            raise exc()
+        return x * 2
+    return fn, calls
+
+
+def test_config_table_is_validated_naming_the_key():
+    cfg = ServiceConfig.from_dict("llm", {"timeout_s": 5, "retries": 1, "backoff": {"base_s": 0.2, "cap_s": 2},
+                                          "breaker": {"min_calls": 2, "window_calls": 4}, "rate": 5,
+                                          "tokens_per_s": 100, "cache_ttl_s": 60, "cache_size": 10,
+                                          "batch_window_ms": 20, "batch_max": 8})
+    assert cfg.timeout_s == 5 and cfg.base_s == 0.2 and cfg.breaker.min_calls == 2 and cfg.limiter.rate == 5
+    assert ServiceConfig.from_dict("x", {"breaker": False}).breaker is None
+    for bad, word in (({"retry": 2}, "unknown key"), ({"retries": -1}, "retries"), ({"timeout_s": -2}, "timeout_s"),
+                      ({"backoff": "fast"}, "backoff"), ({"breaker": {"opens": 1}}, "breaker"),
+                      ({"rate": 0}, "rate"), ({"batch_max": 0}, "batch_max")):
+        with pytest.raises(InvalidInput, match=word):
+            Service("x", bad)
+
+
+def test_retries_with_backoff_then_success_and_events():
+    env = Env()
+    svc = env.service({"retries": 3, "backoff": {"base_s": 1.0, "cap_s": 8.0}, "breaker": False})
+    fn, calls = flaky(2)
+    assert svc.call(fn, 21) == 42 and len(calls) == 3
+    retries = [f for e, f in env.events if e == "retry"]
+    assert [r["attempt"] for r in retries] == [1, 2] and retries[0]["error"] == "ConnectionError"
+    assert env.slept[0] <= 1.0 and env.slept[1] <= 2.0  # full jitter under 1 s, then 2 s
+
+
+def test_no_retry_of_non_retryable_errors_and_exhaustion_raises_the_last_error():
+    env = Env()
+    svc = env.service({"retries": 2, "breaker": False})
+    fn, calls = flaky(5, lambda: InvalidInput("bad prompt"))
+    with pytest.raises(InvalidInput):
+        svc.call(fn, 1)
+    assert len(calls) == 1
+    fn, calls = flaky(5)
+    with pytest.raises(ConnectionError):
+        svc.call(fn, 1)
+    assert len(calls) == 3
+
+
+def test_retry_after_is_honoured():
+    env = Env()
+    svc = env.service({"retries": 1, "backoff": 0.01, "breaker": False})
+    fn, _ = flaky(1, lambda: ServiceError("429", retryable=True, retry_after=7.0, status=429))
+    assert svc.call(fn, 1) == 2
+    assert env.slept == [7.0]
+
+
+def test_breaker_opens_fails_fast_half_opens_and_closes():
+    env = Env()
+    svc = env.service({"retries": 0, "breaker": {"min_calls": 3, "window_calls": 3, "open_s": 10,
+                                                 "half_open_probes": 1}})
+    fn, calls = flaky(3)
+    for _ in range(3):
+        with pytest.raises(ConnectionError):
+            svc.call(fn, 1)
+    with pytest.raises(CircuitOpen):
+        svc.call(fn, 1)
+    assert len(calls) == 3  # refused without calling
+    env.clock.t += 10
+    assert svc.call(fn, 1) == 2
+    moves = [(f["old"], f["new"]) for e, f in env.events if e == "breaker_transition"]
+    assert moves == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
+    assert svc.counts["breaker_reject"] == 1
+
+
+def test_bad_requests_do_not_open_the_breaker():
+    env = Env()
+    svc = env.service({"retries": 0, "breaker": {"min_calls": 2, "window_calls": 2}})
+    fn, _ = flaky(10, lambda: InvalidInput("bad"))
+    for _ in range(5):
+        with pytest.raises(InvalidInput):
+            svc.call(fn, 1)
+    assert svc.breaker.state() == "closed"
+
+
+def test_throttle_waits_are_slept_and_reported_and_max_wait_raises():
+    env = Env()
+    svc = env.service({"rate": 2, "burst": 1, "breaker": False})
+    for _ in range(3):
+        svc.call(lambda: None)
+    assert env.slept == [pytest.approx(0.5), pytest.approx(0.5)]
+    assert [f["wait_s"] for e, f in env.events if e == "throttle_wait"] == [pytest.approx(0.5)] * 2
+    strict = Env().service({"rate": 1, "burst": 1, "max_wait_s": 0.1, "breaker": False})
+    strict.call(lambda: None)
+    with pytest.raises(Throttled):
+        strict.call(lambda: None)
+
+
+def test_a_sync_call_that_overruns_its_timeout_raises_and_counts_as_a_failure():
+    env = Env()
+    svc = env.service({"timeout_s": 1, "retries": 0, "breaker": {"min_calls": 1, "window_calls": 1}})
+
+    def slow():
+        env.clock.t += 2
+        return "late"
+    with pytest.raises(CallTimeout):
+        svc.call(slow)
+    assert svc.breaker.state() == "open" and "timeout" in env.names()
+
+
+def test_cache_hit_and_two_concurrent_identical_calls_make_one_call():
+    env = Env()
+    svc = env.service({"cache_ttl_s": 60, "breaker": False})
+    started, release, calls = threading.Event(), threading.Event(), []
+
+    @svc
+    def ask(q):
+        calls.append(q)
+        started.set()
+        assert release.wait(WAIT)
+        return q.upper()
+    out = []
+    t1 = threading.Thread(target=lambda: out.append(ask("hi")))
+    t1.start()
+    assert started.wait(WAIT)
+    t2 = threading.Thread(target=lambda: out.append(ask("hi")))
+    t2.start()
+    while svc.counts["cache_join"] == 0:
+        t2.join(0.001)  # until the second caller has joined the flight (an event, not a guess)
+    release.set()
+    t1.join(WAIT)
+    t2.join(WAIT)
+    assert out == ["HI", "HI"] and calls == ["hi"]
+    assert ask("hi") == "HI" and calls == ["hi"] and svc.counts["cache_hit"] == 1
+    env.clock.t += 61
+    assert ask("hi") == "HI" and calls == ["hi", "hi"]  # expired
+
+
+def test_async_decorator_cache_dedup_and_timeout():
+    env = Env()
+    svc = env.service({"cache_ttl_s": 60, "breaker": False, "timeout_s": 0.05, "retries": 0})
+    calls, gate = [], None
+
+    @svc
+    async def ask(q):
+        calls.append(q)
+        await gate.wait()
+        return q * 2
+
+    async def main():
+        nonlocal gate
+        gate = asyncio.Event()
+        a = asyncio.ensure_future(ask("x"))
+        b = asyncio.ensure_future(ask("x"))
+        await asyncio.sleep(0)
+        gate.set()
+        assert await asyncio.gather(a, b) == ["xx", "xx"]
+        assert calls == ["x"] and svc.counts["cache_join"] == 1
+        gate = asyncio.Event()  # never set: the timeout cancels the call
+        with pytest.raises(CallTimeout):
+            await ask("y")
+    asyncio.run(main())
+
+
+def test_attempt_context_manager_sync_and_async():
+    env = Env()
+    svc = env.service({"timeout_s": 0.05, "breaker": {"min_calls": 2, "window_calls": 2, "failure_rate": 1.0}})
+    with svc.attempt():
+        pass
+    for _ in range(2):
+        with pytest.raises(ConnectionError), svc.attempt():
+            raise ConnectionError("reset")
+    with pytest.raises(CircuitOpen), svc.attempt():
+        pass
+    svc.breaker.reset()
+
+    async def main():
+        async with svc.attempt():
+            await asyncio.sleep(0)
+        with pytest.raises(CallTimeout):
+            async with svc.attempt():
+                await asyncio.Event().wait()
+    asyncio.run(main())
+    assert svc.breaker.stats()["failures"] == 1
+
+
+def test_batched_items_share_one_guarded_call():
+    env = Env()
+    svc = env.service({"batch_window_ms": 0, "batch_max": 4, "retries": 1, "backoff": 0.01, "breaker": False,
+                       "cache_ttl_s": 60})
+    sent = []
+
+    def embed(items):
+        sent.append(list(items))
+        if len(sent) == 1:
+            raise ConnectionError("blip")  # the whole batch is retried once
+        return [len(x) for x in items]
+    item = svc.batched(embed)
+    assert item("abc") == 3 and sent == [["abc"], ["abc"]]
+    assert item("abc") == 3 and len(sent) == 2  # cached per item
+    assert "batch_join" in env.names() and "batch_flush" in env.names()
+
+
+def test_guards_registry():
+    g = Guards({"llm": {"rate": 10}, "search": {}}, clock=FakeClock())
+    assert g.service("llm") is g.service("llm") and g.names() == ["llm", "search"]
+    with pytest.raises(NotFound, match="services.vector"):
+        g.service("vector")
