@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from runtime.errors import InvalidInput
 from runtime.guards import LimiterConfig, RateLimiter, Throttled
-from tests.helpers import FakeClock
+from tests.support.helpers import FakeClock
 
 
 def test_a_full_bucket_then_one_wait_per_request():

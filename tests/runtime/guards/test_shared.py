@@ -26,7 +26,7 @@ from runtime.guards import (
 from shm import RunId
 from shm.errors import InvalidArgument, ResourceExhausted
 from shm.guard_state import GuardStateTable
-from tests.helpers import WAIT, fork_running, reap
+from tests.support.helpers import WAIT, fork_running, reap
 
 BREAKER = BreakerConfig(failure_rate=0.5, window_calls=8, min_calls=4, open_s=60.0, half_open_probes=1)
 

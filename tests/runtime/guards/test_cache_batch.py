@@ -9,7 +9,7 @@ import pytest
 
 from runtime.errors import BrokenError, InvalidInput
 from runtime.guards import AsyncMicroBatcher, Hit, Join, Lead, MicroBatcher, ResultCache
-from tests.helpers import WAIT, FakeClock
+from tests.support.helpers import WAIT, FakeClock
 
 
 def test_miss_lead_finish_hit_and_ttl():

@@ -14,8 +14,8 @@ httpx = pytest.importorskip("httpx")
 
 from runtime.guards import CircuitOpen, Service  # noqa: E402
 from runtime.guards.http import AsyncGuardedTransport, BatchRoute, GuardedTransport  # noqa: E402
-from tests.helpers import WAIT, FakeClock, eventually  # noqa: E402
 from tests.support.fake_api import FakeAPI  # noqa: E402
+from tests.support.helpers import WAIT, FakeClock, eventually  # noqa: E402
 
 
 @pytest.fixture

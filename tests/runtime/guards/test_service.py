@@ -11,7 +11,7 @@ import pytest
 
 from runtime.errors import InvalidInput, NotFound
 from runtime.guards import CallTimeout, CircuitOpen, Guards, Service, ServiceConfig, ServiceError, Throttled
-from tests.helpers import WAIT, FakeClock
+from tests.support.helpers import WAIT, FakeClock
 
 
 class Env:

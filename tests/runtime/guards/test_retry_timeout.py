@@ -14,7 +14,7 @@ from runtime.errors import InvalidInput, Unavailable
 from runtime.guards import CallTimeout, CircuitOpen, Deadline, RetryPolicy, ServiceError, parse_retry_after
 from runtime.guards.errors import is_retryable
 from runtime.guards.timeout import current_deadline, run_async, run_sync
-from tests.helpers import FakeClock
+from tests.support.helpers import FakeClock
 
 
 @given(st.integers(0, 2**32), st.integers(1, 12), st.floats(0.001, 2.0), st.floats(0.01, 30.0))

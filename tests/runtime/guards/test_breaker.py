@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from runtime.errors import InvalidInput
 from runtime.guards import CLOSED, HALF_OPEN, OPEN, BreakerConfig, CircuitBreaker, CircuitOpen, LocalStateStore
 from runtime.guards.breaker import BreakerCodec
-from tests.helpers import FakeClock
+from tests.support.helpers import FakeClock
 
 
 def make(clock, store=None, **cfg):

@@ -11,8 +11,8 @@ import urllib.request
 
 import pytest
 
-from tests.helpers import WAIT, eventually
 from tests.support.fake_api import FakeAPI
+from tests.support.helpers import WAIT, eventually
 
 
 def fetch(url, body=None):
