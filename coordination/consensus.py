@@ -58,7 +58,7 @@ from coordination.negotiation import (
     step,
     time_dependent,
 )
-from coordination.voting import METHODS, BallotBox, Outcome, Quorum
+from coordination.voting import METHOD_ALIASES, METHODS, BallotBox, Outcome, Quorum
 from runtime._control import Deferred, arg, only
 from runtime.dispatch import DEFERRED
 from runtime.envelope import TraceContext
@@ -70,7 +70,7 @@ __all__ = ["install", "AskRound", "VoteRun", "NegotiationRun", "BargainRun", "Co
 KEEP_RECENT = 200
 DEFAULT_DEADLINE_S = 5.0
 #: pipeline step method names (runtime.pipeline.CONSENSUS_METHODS) -> voting methods
-PIPELINE_METHODS = {**{m: m for m in METHODS}, "instant_runoff": "irv"}
+PIPELINE_METHODS = {**{m: m for m in METHODS}, **METHOD_ALIASES}
 
 
 class Ports:

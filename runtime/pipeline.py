@@ -49,7 +49,9 @@ __all__ = ["Pipeline", "Step", "Consensus", "parse_pipeline", "resolve_inputs",
 
 MAX_STEPS = 1000
 STEP_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-CONSENSUS_METHODS = ("plurality", "majority", "approval", "weighted", "borda",
+# coordination.voting's METHODS and METHOD_ALIASES (instant_runoff is irv); retyped here
+# because runtime may not import coordination, and a test keeps the two equal.
+CONSENSUS_METHODS = ("plurality", "majority", "approval", "weighted", "borda", "irv",
                      "instant_runoff", "schulze")
 STEP_FIELDS = ("id", "capability", "input", "options", "consensus")
 STEP_OPTIONS = ("deadline", "max_attempts", "priority", "budget")
