@@ -42,19 +42,21 @@ Decisions where the spec is silent (also recorded in the docstrings below)
       boundary belongs to the new tick.
     * Sealed auctions take one bid per bidder; a second one is rejected, not merged.
       ``invited`` lets the auction close as soon as every invited agent has answered.
-    * Vickrey payment: the runner-up's price but never worse for the winner than its own
-      bid (with evaluation scores the runner-up may have offered a "better" price and lost
-      on quality); with no eligible runner-up the reserve, or the winner's own price when
-      there is no reserve.
+    * Vickrey payment: unscored, the runner-up's price; scored, second-*score*: the
+      price at which the winner's score would equal the best rival's, from a
+      :class:`ScoreModel` (evaluation.Scoring documents the formula), never worse for
+      the winner than its own bid nor past the reserve; with no rival the reserve, or
+      the winner's own price when there is no reserve.
     * English: a bidder that does not answer a round before its deadline has dropped.
       When every remaining bidder drops in the same round, the item goes to the best
       ranked of them (earliest "stay" in the previous round) at the previous round's
       price.  The procurement clock stops at price 0; ``max_rounds`` stops either clock.
-    * Dutch: the first acceptance stops the clock; further acceptances *stamped within the
-      same tick* still compete by :func:`rank_key` (earlier time, then id), so that answers
-      of parallel agents are resolved deterministically; acceptances in a later tick are
-      rejected.  ``next_action`` says WAIT until that tick ends, then CLOSE.  The clock
-      runs down (sale) to the reserve (or 0), up (procurement) to the reserve (required).
+    * Dutch: one price per round (tick); every round asks the bidders to take or pass;
+      a round ends after ``tick`` seconds or once every invited bidder answered; the
+      first round with a taker decides, its takers ranked by :func:`rank_key` (earliest
+      receipt, then id); takes in a later round are rejected.  The clock runs down
+      (sale) to the reserve (or 0), up (procurement) to the reserve (required); no taker
+      by then, no award.
 """
 
 from __future__ import annotations
