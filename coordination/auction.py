@@ -42,34 +42,36 @@ Decisions where the spec is silent (also recorded in the docstrings below)
       boundary belongs to the new tick.
     * Sealed auctions take one bid per bidder; a second one is rejected, not merged.
       ``invited`` lets the auction close as soon as every invited agent has answered.
-    * Vickrey payment: the runner-up's price but never worse for the winner than its own
-      bid (with evaluation scores the runner-up may have offered a "better" price and lost
-      on quality); with no eligible runner-up the reserve, or the winner's own price when
-      there is no reserve.
+    * Vickrey payment: unscored, the runner-up's price; scored, second-*score*: the
+      price at which the winner's score would equal the best rival's, from a
+      :class:`ScoreModel` (evaluation.Scoring documents the formula), never worse for
+      the winner than its own bid nor past the reserve; with no rival the reserve, or
+      the winner's own price when there is no reserve.
     * English: a bidder that does not answer a round before its deadline has dropped.
       When every remaining bidder drops in the same round, the item goes to the best
       ranked of them (earliest "stay" in the previous round) at the previous round's
       price.  The procurement clock stops at price 0; ``max_rounds`` stops either clock.
-    * Dutch: the first acceptance stops the clock; further acceptances *stamped within the
-      same tick* still compete by :func:`rank_key` (earlier time, then id), so that answers
-      of parallel agents are resolved deterministically; acceptances in a later tick are
-      rejected.  ``next_action`` says WAIT until that tick ends, then CLOSE.  The clock
-      runs down (sale) to the reserve (or 0), up (procurement) to the reserve (required).
+    * Dutch: one price per round (tick); every round asks the bidders to take or pass;
+      a round ends after ``tick`` seconds or once every invited bidder answered; the
+      first round with a taker decides, its takers ranked by :func:`rank_key` (earliest
+      receipt, then id); takes in a later round are rejected.  The clock runs down
+      (sale) to the reserve (or 0), up (procurement) to the reserve (required); no taker
+      by then, no award.
 """
 
 from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from runtime.errors import Conflict, InvalidInput
 
 __all__ = [
     "Direction", "AuctionKind", "ActionKind", "Action", "Ack", "Bid", "RoundRecord",
-    "AuctionResult", "AuctionStateError", "rank_key", "rank", "FirstPriceAuction",
+    "AuctionResult", "AuctionStateError", "ScoreModel", "rank_key", "rank", "FirstPriceAuction",
     "SecondPriceAuction", "EnglishAuction", "DutchAuction",
 ]
 
@@ -166,6 +168,18 @@ class AuctionResult:
                 "bids": [b.to_json() for b in self.bids],
                 "rounds": [r.to_json() for r in self.rounds], "reason": self.reason,
                 "rejected": [{"bidder": b, "at": t, "reason": r} for b, t, r in self.rejected]}
+
+
+@runtime_checkable
+class ScoreModel(Protocol):
+    """Evaluation scores as a function of the prices (coordination.evaluation.Scoring is
+    one): what a second-score auction inverts to price its award."""
+
+    def scores(self, prices: dict[str, int] | None = None) -> Mapping[str, float]:
+        """bidder -> score, with ``prices`` replacing some offered prices."""
+
+    def critical_price(self, bidder: str, rivals: Iterable[str]) -> float | None:
+        """The price at which ``bidder``'s score equals its best rival's (None: unbounded)."""
 
 
 # -- the one ranking rule ---------------------------------------------------------------
@@ -309,6 +323,7 @@ class _SealedAuction(_Auction):
         self._bids: dict[str, Bid] = {}
         self._answered: set[str] = set()
         self._scores: Mapping[str, float] | None = None
+        self._model: ScoreModel | None = None
         self._pending_score: float | None = None
 
     @property
@@ -348,9 +363,14 @@ class _SealedAuction(_Auction):
             return Action(ActionKind.CLOSE)
         return Action(ActionKind.COLLECT, until=self.deadline)
 
-    def close(self, now: float, scores: Mapping[str, float] | None = None) -> AuctionResult:
-        """``scores``: evaluation scores by bidder (e.g. from evaluation.evaluate), which
-        replace the scores given at submit; every bid must then have one."""
+    def close(self, now: float,
+                scores: Mapping[str, float] | ScoreModel | None = None) -> AuctionResult:
+        """``scores``: evaluation scores by bidder (e.g. from evaluation.evaluate), or a
+        :class:`ScoreModel` (evaluation.Scoring) that gives them and says how they move
+        with the price; they replace the scores given at submit, and every bid must then
+        have one.  A second-score auction needs the model to price a scored award."""
+        if self._result is None and isinstance(scores, ScoreModel):
+            self._model, scores = scores, scores.scores()
         self._scores = scores
         return super().close(now)
 
@@ -398,7 +418,21 @@ class FirstPriceAuction(_SealedAuction):
 
 
 class SecondPriceAuction(_SealedAuction):
-    """Sealed second-price (Vickrey): the winner pays / is paid the runner-up's price."""
+    """Sealed second-price (Vickrey), second-*score* when bids are evaluated.
+
+    Unscored, the winner pays (sale) or is paid (procurement) the runner-up's price.
+    Scored by a :class:`ScoreModel`, it pays / is paid its *critical price*: the price at
+    which its own score would equal the best rival's score (the model's
+    ``critical_price``, whose formula evaluation.Scoring documents), rounded to the
+    milli-credit in the winner's disfavour only as far as it still ranks at least level
+    (checked on the model's own scores, so rounding never breaks the rule), never worse
+    for it than its own bid, and never past the reserve.  This payment does not depend on
+    the winner's own bid, which is what makes bidding one's true value (weakly) dominant;
+    with equal non-price attributes it is the runner-up's price.  No rival: the reserve,
+    or the winner's own price without one; likewise when no price would make a
+    procurement winner lose and there is no reserve.  Bare scores without a model are
+    refused: they cannot say what price would have tied.
+    """
 
     kind = AuctionKind.SECOND_PRICE
 
@@ -406,10 +440,68 @@ class SecondPriceAuction(_SealedAuction):
         own = ranked[0].price
         if len(ranked) == 1:
             return own if self.reserve is None else self.reserve
-        runner_up = ranked[1].price
+        if ranked[0].score is None:
+            runner_up = ranked[1].price
+            return max(own, runner_up) if self.direction is Direction.PROCUREMENT \
+                else min(own, runner_up)
+        if self._model is None:
+            raise InvalidInput(
+                f"auction {self.auction_id!r}: a second-score auction prices the award at the "
+                "score that ties the runner-up, which bare scores cannot tell",
+                hint="close(now, scores=evaluation.Scoring(offers, weights, direction))")
+        return self._critical(ranked[0], [b.bidder for b in ranked[1:]])
+
+    def _critical(self, winner: Bid, rivals: list[str]) -> int:
+        model = self._model
+        assert model is not None
+        t = model.critical_price(winner.bidder, rivals)
+
+        def level(price: int) -> bool:  # the winner's score at `price` is at least every rival's
+            s = model.scores({winner.bidder: price})
+            return all(s[winner.bidder] >= s[r] for r in rivals)
+
         if self.direction is Direction.PROCUREMENT:
-            return max(own, runner_up)
-        return min(own, runner_up)
+            cap = self.reserve
+            if t is None or (cap is not None and t >= cap):
+                return winner.price if cap is None else max(winner.price, cap)
+            start = max(winner.price, math.floor(t + _TICK_EPS))
+            return _last_true(level, start, winner.price, cap, up=True)
+        floor = self.reserve if self.reserve is not None else 0
+        if t is None or t <= floor:
+            return min(winner.price, floor) if t is None else floor
+        start = min(winner.price, math.ceil(min(t, winner.price) - _TICK_EPS))
+        return _last_true(level, start, winner.price, floor, up=False)
+
+
+def _last_true(ok: Callable[[int], bool], guess: int, safe: int, bound: int | None, *,
+               up: bool) -> int:
+    """The farthest price from ``safe`` (where ``ok`` holds) toward ``bound`` at which
+    ``ok`` (monotone: true up to a point) still holds, starting the search at ``guess``
+    (the closed form's rounded answer, off by a rounding error at most): gallop, then
+    bisect, so a good guess costs two or three evaluations."""
+    sign = 1 if up else -1
+    inside = lambda p: bound is None or (p <= bound if up else p >= bound)  # noqa: E731
+    good, bad = safe, None
+    if ok(guess):
+        good = guess
+    else:
+        bad = guess
+    step = 1
+    while bad is None:
+        probe = good + sign * step
+        if not inside(probe):
+            probe = bound
+            if probe == good or ok(probe):
+                return probe
+            bad = probe
+        elif ok(probe):
+            good, step = probe, step * 2
+        else:
+            bad = probe
+    while abs(bad - good) > 1:
+        mid = (good + bad) // 2
+        good, bad = (mid, bad) if ok(mid) else (good, mid)
+    return good
 
 
 # -- English: rounds with a price clock ------------------------------------------------------
@@ -558,11 +650,29 @@ class EnglishAuction(_Auction):
         return self._make_result(now, winner, price, self._stays, reason, self._rounds)
 
 
-# -- Dutch: a price clock, first taker wins -------------------------------------------------
+# -- Dutch: a price clock, one round per tick, first taker wins ----------------------------
+
+_RUNNING, _TAKEN, _RAN_OUT = "running", "taken", "ran out"
+
 
 class DutchAuction(_Auction):
-    """A price clock moving by ``step`` every ``tick`` seconds from ``start``: down to the
-    reserve (or 0) in a sale, up to the reserve (required) in procurement."""
+    """A price clock: round (tick) ``k`` offers ``price_at(k)``, ``start`` moved ``k`` steps
+    of ``step``, down in a sale, up in procurement, never past ``reserve`` (the floor of a
+    sale, 0 without one; the ceiling of procurement, required).
+
+    Every round asks the bidders "do you take it at this price?" (``next_action`` is ASK
+    with the round's price); ``True`` takes, ``False``/``None`` passes this round only (a
+    bidder that passed is asked again at the next price).  A round ends ``tick`` seconds
+    after it opened or, when ``invited`` was given, as soon as every invited bidder has
+    answered it; the clock then moves one step.  The first round with a taker decides: its
+    takers compete by :func:`rank_key` (earliest receipt, then bidder id: deterministic
+    for a given feed) and the winner pays / is paid that round's price.  A take in a later
+    round is refused ("already taken").  No taker by the last round (the price at the
+    reserve): no award.  Rounds nobody answered are not recorded, and silent stretches of
+    the clock are skipped arithmetically, so a clock of many ticks costs nothing idle.  In
+    ``rounds``, ``stayed`` lists a round's takers and ``dropped`` those that passed (or,
+    with ``invited``, did not answer).
+    """
 
     kind = AuctionKind.DUTCH
 
@@ -582,24 +692,44 @@ class DutchAuction(_Auction):
         self.tick = _check_positive(tick, "tick (seconds)")
         limit = self.reserve if self.reserve is not None else 0
         self.last_tick = abs(self.start - limit) // step
+        self.round = 0
+        self._state = _RUNNING
+        self._anchor = (0.0, 0)            # (time, round): rounds run on a grid from here
+        self._round_open = 0.0
+        self._answers: dict[str, bool] = {}
         self._takers: list[Bid] = []
-        self._taken_tick: int | None = None
+        self._rounds: list[RoundRecord] = []
 
-    def tick_at(self, now: float) -> int:
-        assert self.opened_at is not None
-        return math.floor((now - self.opened_at) / self.tick + _TICK_EPS)
+    # -- the clock -----------------------------------------------------------------------
+
+    @property
+    def rounds(self) -> tuple[RoundRecord, ...]:
+        """The rounds ended so far in which somebody answered, oldest first."""
+        return tuple(self._rounds)
+
+    @property
+    def price(self) -> int:
+        """The current round's price."""
+        return self.price_at(self.round)
 
     def price_at(self, tick: int) -> int:
         delta = self.step * tick
         return self.start - delta if self.direction is Direction.SALE else self.start + delta
 
-    def _tick_end(self, tick: int) -> float:
-        assert self.opened_at is not None
-        return self.opened_at + (tick + 1) * self.tick
-
     def tick_start(self, tick: int) -> float:
-        """When ``tick`` begins (the boundary belongs to the new tick)."""
-        return self._tick_end(tick - 1)
+        """When round ``tick`` begins if no round ends early before it (a boundary belongs
+        to the new round); for the current round, when it opened."""
+        if tick == self.round:
+            return self._round_open
+        t0, k0 = self._anchor
+        return t0 + (tick - k0) * self.tick
+
+    def tick_at(self, now: float) -> int:
+        """The round running at ``now`` (not before the last time fed) if no round ends
+        early before it; may exceed ``last_tick`` (the clock has then run out)."""
+        if self._state != _RUNNING or now <= self._now:
+            return self.round
+        return max(self.round, self._scheduled_round(now))
 
     def tick_for(self, limit: int) -> int | None:
         """The first tick whose price a bidder with this limit takes: the first price >=
@@ -611,37 +741,83 @@ class DutchAuction(_Auction):
         tick = max(0, -(-gap // self.step))  # ceil: the first tick at or past the limit
         return tick if tick <= self.last_tick else None
 
+    def _scheduled_round(self, now: float) -> int:
+        t0, k0 = self._anchor
+        return k0 + max(0, math.floor((now - t0) / self.tick + _TICK_EPS))
+
+    def _on_open(self, now: float) -> None:
+        self._anchor, self._round_open = (now, 0), now
+
+    def _everyone_answered(self) -> bool:
+        return self.invited is not None and set(self._answers) >= self.invited
+
+    def _advance(self, now: float) -> None:
+        """End every round that is over at ``now``: answered by everyone (early) or past
+        its boundary (then the silent rounds after it are skipped in one move)."""
+        while self._state == _RUNNING:
+            if self._everyone_answered():
+                self._end_round(now, self.round + 1, early=True)
+                continue
+            due = self._scheduled_round(now)
+            if due <= self.round:
+                return
+            self._end_round(self.tick_start(self.round + 1), due, early=False)
+
+    def _end_round(self, at: float, next_round: int, *, early: bool) -> None:
+        self._record_round(at)
+        if self._takers:
+            self._state = _TAKEN
+            return
+        if next_round > self.last_tick:
+            self._state = _RAN_OUT
+            return
+        if early:  # the grid restarts here: later rounds last a full tick each
+            self._anchor = (at, next_round)
+        t0, k0 = self._anchor
+        self.round, self._answers = next_round, {}
+        self._round_open = t0 + (next_round - k0) * self.tick
+
+    def _record_round(self, at: float) -> None:
+        if not self._answers:
+            return
+        takers = sorted(b for b, took in self._answers.items() if took)
+        asked = self.invited if self.invited is not None else set(self._answers)
+        self._rounds.append(RoundRecord(self.round, self.price, self._round_open, at,
+                                        tuple(takers), tuple(sorted(set(asked) - set(takers)))))
+        self._answers = {}
+
+    # -- answers, actions, result ----------------------------------------------------------
+
     def _take(self, bidder: str, bid: Any, now: float) -> Ack:
         if bid is not None and not isinstance(bid, bool):
             raise InvalidInput(f"expected True (take) or False/None (pass) from {bidder!r} in a "
                                f"Dutch auction, got: {bid!r}")
-        tick = self.tick_at(now)
-        if tick > self.last_tick:
+        if self._state == _RAN_OUT:
             return self._reject(bidder, now, "the clock ran out")
-        if self._taken_tick is not None and tick != self._taken_tick:
-            return self._reject(bidder, now, f"already taken at tick {self._taken_tick}")
-        if not bid:
-            return Ack(True, "passed")
-        if any(t.bidder == bidder for t in self._takers):
-            return self._reject(bidder, now, "already took")
-        self._taken_tick = tick
-        self._takers.append(Bid(bidder, self.price_at(tick), now))
-        return Ack(True)
+        if self._state == _TAKEN:
+            return self._reject(bidder, now, f"already taken at tick {self.round}")
+        if bidder in self._answers:
+            return self._reject(bidder, now, f"already answered tick {self.round}")
+        self._answers[bidder] = bool(bid)
+        if bid:
+            self._takers.append(Bid(bidder, self.price, now))
+        self._advance(now)
+        return Ack(True) if bid else Ack(True, "passed")
 
     def _action(self, now: float) -> Action:
-        tick = self.tick_at(now)
-        if self._taken_tick is not None:
-            end = self._tick_end(self._taken_tick)
-            return Action(ActionKind.CLOSE) if now >= end else Action(ActionKind.WAIT, until=end)
-        if tick > self.last_tick:
+        if self._state != _RUNNING:
             return Action(ActionKind.CLOSE)
-        return Action(ActionKind.ASK, until=self._tick_end(tick), price=self.price_at(tick),
-                      round=tick)
+        until = self.tick_start(self.round + 1)
+        if self._takers:  # taken: later answers of this round still compete
+            return Action(ActionKind.WAIT, until=until)
+        return Action(ActionKind.ASK, until=until, price=self.price, round=self.round)
 
     def _finish(self, now: float) -> AuctionResult:
+        if self._state == _RUNNING:  # forced close mid-round: decide on what is in
+            self._record_round(now)
         if not self._takers:
-            return self._make_result(now, None, None, (),
-                                     "nobody took the price before the clock ran out")
+            reason = ("nobody took the price before the clock ran out" if self._state == _RAN_OUT
+                      else f"closed at tick {self.round} before anybody took the price")
+            return self._make_result(now, None, None, (), reason, self._rounds)
         best = rank(self._takers, self.direction)[0]
-        return self._make_result(now, best, best.price, self._takers, None)
-
+        return self._make_result(now, best, best.price, self._takers, None, self._rounds)

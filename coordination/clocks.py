@@ -6,6 +6,20 @@ before a node's own event, ``merge(other)`` (pointwise max) when it receives a m
 It travels as JSON: ``to_json()`` gives ``{"node": counter}`` and ``from_json`` checks
 what it is given (it comes from other processes).
 
+Each agent keeps its *own* clock: a :class:`NodeClock` is the mutable per-node holder
+a driver gives every agent (one per agent, never one per group: a clock shared by a
+group makes every stamp dominate the earlier ones and hides concurrency).  Its rules,
+Fidge/Mattern's::
+
+    local event   tick()            own entry + 1
+    send          send() -> stamp   own entry + 1; the message carries the new clock
+    receive       receive(stamp)    elementwise max with the stamp, then own entry + 1
+
+so every event of a node gets a distinct stamp, and ``compare(stamp_e, stamp_f)`` is
+BEFORE exactly when e happened before f (a chain of same-node steps and send->receive
+edges leads from e to f), AFTER for the converse, EQUAL only for the same event, and
+CONCURRENT otherwise.
+
 A :class:`LamportClock` is the scalar version: a total order consistent with causality
 (break ties by node name), but it cannot tell concurrent events apart.
 
@@ -23,7 +37,7 @@ from typing import Any
 
 from runtime.errors import InvalidInput
 
-__all__ = ["Order", "VectorClock", "LamportClock"]
+__all__ = ["Order", "VectorClock", "NodeClock", "LamportClock", "compare"]
 
 
 class Order(enum.Enum):
@@ -110,6 +124,49 @@ class VectorClock(Mapping[str, int]):
                 f"expected a vector clock as a JSON object of counters, got: {type(data).__name__}"
             )
         return cls(data)
+
+
+def compare(a: VectorClock, b: VectorClock) -> Order:
+    """How event ``a`` relates to event ``b``: ``a.compare(b)``, as a function."""
+    return a.compare(b)
+
+
+class NodeClock:
+    """The vector clock one node (agent) owns; mutable, one per node.
+
+    ``tick``/``send``/``receive`` each stamp one event of this node and return its stamp
+    (an immutable :class:`VectorClock`, what a message carries as ``to_json()``).
+    """
+
+    __slots__ = ("node", "_now")
+
+    def __init__(self, node: str, start: VectorClock | None = None) -> None:
+        _check_entry(node, 0)
+        self.node = node
+        self._now = start if start is not None else VectorClock()
+
+    @property
+    def now(self) -> VectorClock:
+        """The stamp of this node's latest event."""
+        return self._now
+
+    def tick(self) -> VectorClock:
+        """A local event."""
+        self._now = self._now.increment(self.node)
+        return self._now
+
+    def send(self) -> VectorClock:
+        """A send event: the returned stamp travels with the message."""
+        return self.tick()
+
+    def receive(self, stamp: VectorClock | dict[str, int]) -> VectorClock:
+        """A receive event of a message stamped ``stamp`` (a clock or its JSON form)."""
+        theirs = stamp if isinstance(stamp, VectorClock) else VectorClock.from_json(stamp)
+        self._now = self._now.receive(self.node, theirs)
+        return self._now
+
+    def __repr__(self) -> str:
+        return f"NodeClock({self.node!r}, {self._now!r})"
 
 
 class LamportClock:

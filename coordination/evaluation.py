@@ -32,7 +32,7 @@ from typing import Any
 from coordination.auction import Direction
 from runtime.errors import InvalidInput
 
-__all__ = ["Weights", "Offer", "Evaluation", "evaluate", "scores"]
+__all__ = ["Weights", "Offer", "Evaluation", "Scoring", "evaluate", "scores"]
 
 _CRITERIA = ("price", "quality", "load", "reputation")
 
@@ -141,3 +141,85 @@ def scores(offers: Iterable[Offer], weights: Weights = Weights(),
            direction: Direction = Direction.PROCUREMENT) -> dict[str, float]:
     """bidder -> score, the shape ``close(now, scores=...)`` of a sealed auction takes."""
     return {e.bidder: e.score for e in evaluate(offers, weights, direction)}
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """The round's evaluation as a function of the prices: what a second-score (Vickrey)
+    auction inverts to price its award.  Pass it as ``close(now, scores=Scoring(...))``.
+
+    ``scores(prices)`` re-evaluates the round with some bids' prices replaced (the other
+    criteria do not depend on the price).  ``critical_price(bidder, rivals)`` is the price
+    at which ``bidder``'s score would equal the best of its rivals' scores, everything
+    else fixed.  Writing ``W`` for the normalised price weight, ``Q_k`` for the weighted
+    sum of offer k's other parts, ``p_j`` for a rival's price and ``c`` for the best price
+    among the offers other than ``bidder`` (the lowest in procurement, the highest in a
+    sale; it fixes the price part's normalisation), the crossing with rival j is:
+
+    * procurement (score falls with the price): ``a = p_j * (1 + (Q_i - Q_j) / W)``; if
+      ``a <= c`` the crossing is ``a``, else ``W*c / (W*c/p_j + Q_j - Q_i)`` (unbounded
+      when that denominator is <= 0); the critical price is the least crossing (it must
+      beat every rival), ``None`` when unbounded;
+    * sale (score rises with the price): ``a = p_j + c * (Q_j - Q_i) / W``; if ``a <= c``
+      the crossing is ``max(a, 0)``, else ``W*p_j / (W + Q_i - Q_j)``; the critical price
+      is the greatest crossing.
+
+    With equal other parts (``Q_i = Q_j``) both reduce to ``p_j``: the classic second
+    price.  A zero price weight makes the score ignore the price: unbounded (procurement)
+    or 0 (sale) when ``bidder`` is not behind on the other criteria.
+    """
+
+    offers: tuple[Offer, ...]
+    weights: Weights = Weights()
+    direction: Direction = Direction.PROCUREMENT
+
+    def scores(self, prices: dict[str, int] | None = None) -> dict[str, float]:
+        """bidder -> score, with ``prices`` (bidder -> price) replacing the offered ones."""
+        offers = [o if not prices or o.bidder not in prices
+                  else Offer(o.bidder, prices[o.bidder], o.quality, o.load, o.reputation)
+                  for o in self.offers]
+        return scores(offers, self.weights, self.direction)
+
+    def critical_price(self, bidder: str, rivals: Iterable[str]) -> float | None:
+        rest = [o for o in self.offers if o.bidder != bidder]
+        rival_set = set(rivals)
+        beaten = [o for o in rest if o.bidder in rival_set]
+        if not beaten:
+            return None if self.direction is Direction.PROCUREMENT else 0.0
+        w = self.weights.normalised()
+        q = self._other_parts(w)
+        sale = self.direction is Direction.SALE
+        c = max(o.price for o in rest) if sale else min(o.price for o in rest)
+        cross = self._sale_crossing if sale else self._procurement_crossing
+        ts = [cross(w["price"], q[bidder], q[o.bidder], o.price, c) for o in beaten]
+        if sale:
+            return max(ts)
+        finite = [t for t in ts if t is not None]
+        return min(finite) if finite else None
+
+    def _other_parts(self, w: dict[str, float]) -> dict[str, float]:
+        """bidder -> the weighted sum of its non-price parts (they ignore the prices)."""
+        return {e.bidder: sum(w[n] * e.parts[n] for n in _CRITERIA if n != "price")
+                for e in evaluate(self.offers, self.weights, self.direction)}
+
+    @staticmethod
+    def _procurement_crossing(wp: float, qi: float, qj: float, pj: int, c: int) -> float | None:
+        if wp == 0 or c == 0:            # the price part cannot (or, past 0, no longer) help
+            return None if qi >= qj + (wp if pj == 0 else 0.0) else 0.0
+        a = pj * (1 + (qi - qj) / wp)
+        if a <= c:
+            return max(a, 0.0)
+        d = wp * c / pj + qj - qi
+        return None if d <= 0 else wp * c / d
+
+    @staticmethod
+    def _sale_crossing(wp: float, qi: float, qj: float, pj: int, c: int) -> float:
+        if wp == 0:
+            return 0.0 if qi >= qj else math.inf
+        if c == 0:                       # every rival offers 0: any positive price beats them
+            return 0.0 if qi >= qj else 1e-9
+        a = pj + c * (qj - qi) / wp
+        if a <= c:
+            return max(a, 0.0)
+        e = wp + qi - qj
+        return math.inf if e <= 0 else wp * pj / e

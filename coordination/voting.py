@@ -47,10 +47,31 @@ in the deciding round / ballots (exhausted ballots count against); borda: winner
 the most any option could score; schulze: the winner's weakest head-to-head share
 (min over rivals of voters ranking the winner above the rival, / ballots).
 
-Quorum: ``Quorum(min_ballots, fraction)``; met when the ballots counted (blank included)
-reach ``max(min_ballots, ceil(fraction * electorate size))``.  When it is not met nothing
-is counted: the outcome has no winner, ``quorum_met=False`` and the tally only says what
-was required.
+Quorum: ``Quorum(min_ballots, fraction)``, a count, a fraction of the electorate, or both
+(``Quorum.of(3)``, ``Quorum.of(0.6)``, ``Quorum.of("60%")``); met when the ballots counted
+(blank included; ballots, not weight) reach ``max(min_ballots, ceil(fraction * electorate
+size))``.  When it is not met nothing is counted: the outcome has no winner,
+``quorum_met=False`` and the tally only says what was required.
+
+Weights (``weights={voter: w}``, e.g. reputation or stake in credits) apply to every
+method: a voter of weight ``w`` counts exactly as ``w`` voters casting the same ballot
+(plurality and approval counts, Borda points, IRV and majority rounds, Schulze's pairwise
+matrix, and every support share are in weight; ``ballots_counted``, ``blank`` and the
+quorum stay in ballots).  ``weighted`` is weighted plurality and requires weights; the
+others are unweighted without them.  Weights are finite and >= 0 (0 silences a voter but
+its ballot meets the quorum); every voter who casts needs one; weights naming a voter who
+is not in the electorate (or, without an electorate, who cast no ballot) are refused as
+InvalidInput naming them, since such a weight is most likely a typo.  Arithmetic is exact
+(ints, or Fractions for non-whole weights), so ties are exact and the voters' order never
+matters; the tally's JSON holds ints for whole numbers and floats otherwise.
+
+Majority runoff with a second ballot: when every ballot is a bare name the first round
+cannot say who the voters prefer between the two finalists, so the outcome has no winner,
+``runoff_finalists`` set, and :func:`runoff` (or :meth:`BallotBox.open_runoff` for a live
+vote) tallies the second ballot over the two finalists.  Method names: ``METHODS`` is the
+vocabulary; ``METHOD_ALIASES`` maps other accepted names (``instant_runoff`` -> ``irv``);
+:func:`canonical_method` is the one place that maps them, and outcomes carry the canonical
+name.
 """
 
 from __future__ import annotations
@@ -59,15 +80,16 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
+from fractions import Fraction
 from typing import Any
 
-from runtime.errors import ClosedError, DeadlineExceeded, InvalidInput, PermissionDenied
+from runtime.errors import ClosedError, Conflict, DeadlineExceeded, InvalidInput, PermissionDenied
 
 __all__ = [
-    "METHODS", "LEXICOGRAPHIC", "Outcome", "Quorum", "CastRecord", "BallotBox",
-    "ballot_shape", "priority_order", "tally", "plurality", "majority", "approval",
-    "weighted", "borda", "irv", "schulze",
+    "METHODS", "METHOD_ALIASES", "LEXICOGRAPHIC", "Outcome", "Quorum", "CastRecord",
+    "BallotBox", "canonical_method", "ballot_shape", "priority_order", "tally", "runoff",
+    "plurality", "majority", "approval", "weighted", "borda", "irv", "schulze",
 ]
 
 LEXICOGRAPHIC = "lexicographic"
@@ -76,6 +98,9 @@ _SHAPES = {
     "weighted": "single", "borda": "ranked", "irv": "ranked", "schulze": "ranked",
 }
 METHODS = tuple(_SHAPES)
+#: other names accepted for a method, mapped here and nowhere else: ``instant_runoff``
+#: (a pipeline step's long spelling) is ``irv``.
+METHOD_ALIASES = {"instant_runoff": "irv"}
 _SHAPE_HINT = {
     "single": "send one option name (or a ranking, whose first entry counts)",
     "approval": "send a list of the option names you approve",
@@ -121,7 +146,8 @@ class Quorum:
         n = self.min_ballots
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise InvalidInput(f"quorum min_ballots must be an integer >= 0, got {n!r}")
-        if not 0.0 <= self.fraction <= 1.0:
+        f = self.fraction
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 <= f <= 1.0:
             raise InvalidInput(f"quorum fraction must be within [0, 1], got {self.fraction!r}")
 
     def required(self, electorate_size: int | None) -> int:
@@ -135,16 +161,49 @@ class Quorum:
         # 1e-9: 0.3 * 10 is 3.0000000000000004 in floats, which must still need 3 ballots.
         return max(self.min_ballots, math.ceil(self.fraction * electorate_size - 1e-9))
 
+    @classmethod
+    def of(cls, value: Any) -> Quorum:
+        """A quorum from its everyday spellings: ``None`` (none), an int ``N`` (at least N
+        ballots), a float in (0, 1] (that fraction of the electorate; ``1.0`` is everyone),
+        a ``"60%"`` string, ``{"min_ballots": N, "fraction": f}``, or a Quorum."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, dict) and set(value) <= {"min_ballots", "fraction"}:
+            return cls(value.get("min_ballots", 0), value.get("fraction", 0.0))
+        if isinstance(value, int) and not isinstance(value, bool):
+            return cls(min_ballots=value)
+        if isinstance(value, float) and 0.0 < value <= 1.0:
+            return cls(fraction=value)
+        if isinstance(value, str) and value.endswith("%"):
+            try:
+                return cls(fraction=float(value[:-1]) / 100)
+            except ValueError:
+                pass
+        raise InvalidInput(f"quorum must be a ballot count or a fraction of the electorate, "
+                           f"got {value!r}",
+                           hint='pass an int (ballots), a float in (0, 1], "60%" or '
+                                '{"min_ballots": N, "fraction": f}')
+
+    def to_json(self) -> dict[str, Any]:
+        return {"min_ballots": self.min_ballots, "fraction": self.fraction}
+
 
 # ---------------------------------------------------------------------------- ballots
 
+def canonical_method(method: str) -> str:
+    """The name in ``METHODS`` for ``method`` or one of its aliases (``METHOD_ALIASES``)."""
+    name = METHOD_ALIASES.get(method, method) if isinstance(method, str) else method
+    if name not in _SHAPES:
+        raise InvalidInput(f"unknown voting method {method!r}",
+                           hint=f"use one of {', '.join(METHODS)}")
+    return name
+
+
 def ballot_shape(method: str) -> str:
     """``"single"``, ``"approval"`` or ``"ranked"``: what a voter should send for ``method``."""
-    try:
-        return _SHAPES[method]
-    except KeyError:
-        raise InvalidInput(f"unknown voting method {method!r}",
-                           hint=f"use one of {', '.join(METHODS)}") from None
+    return _SHAPES[canonical_method(method)]
 
 
 def _check_options(options: Iterable[str]) -> tuple[str, ...]:
@@ -271,40 +330,58 @@ class _Count:
     support: float = 0.0
 
 
+_Num = int | Fraction  # an exact count of weight (ints when every weight is a whole number)
+
+
 @dataclass
 class _Ctx:
+    """The validated ballots of one count, each with its exact weight (1 when unweighted)."""
+
     options: tuple[str, ...]
     ballots: list[Any]
     ties: _Ties
-    weights: list[float] = field(default_factory=list)
+    weights: list[_Num]
     single_choice: bool = False
 
     @property
     def blank(self) -> int:
         return sum(1 for b in self.ballots if not b)
 
-    def share(self, votes: float) -> float:
-        return votes / len(self.ballots) if self.ballots else 0.0
+    @property
+    def total(self) -> _Num:
+        return sum(self.weights)
+
+    @property
+    def cast_weight(self) -> _Num:
+        """The weight behind non-blank ballots: 0 means nothing was chosen at all."""
+        return sum(w for b, w in zip(self.ballots, self.weights) if b)
+
+    def weighted(self) -> Iterable[tuple[Any, _Num]]:
+        return zip(self.ballots, self.weights)
+
+    def share(self, votes: _Num) -> float:
+        return float(votes / self.total) if self.total else 0.0
 
 
-def _first_choices(ctx: _Ctx, continuing: Iterable[str]) -> tuple[dict[str, int], int]:
-    """Per continuing option, the ballots whose best continuing choice it is; and exhausted."""
-    counts = dict.fromkeys(continuing, 0)
-    exhausted = 0
-    for ballot in ctx.ballots:
+def _first_choices(ctx: _Ctx, continuing: Iterable[str]) -> tuple[dict[str, _Num], _Num]:
+    """Per continuing option, the weight of ballots whose best continuing choice it is;
+    and the weight of the (non-blank) ballots that rank none of them (exhausted)."""
+    counts: dict[str, _Num] = dict.fromkeys(continuing, 0)
+    exhausted: _Num = 0
+    for ballot, w in ctx.weighted():
         top = next((o for o in ballot if o in counts), None)
         if top is None:
-            exhausted += 1 if ballot else 0
+            exhausted += w if ballot else 0
         else:
-            counts[top] += 1
+            counts[top] += w
     return counts, exhausted
 
 
 def _count_plurality(ctx: _Ctx) -> _Count:
-    counts = dict.fromkeys(ctx.options, 0)
-    for choice in ctx.ballots:
+    counts: dict[str, _Num] = dict.fromkeys(ctx.options, 0)
+    for choice, w in ctx.weighted():
         if choice is not None:
-            counts[choice] += 1
+            counts[choice] += w
     if not any(counts.values()):
         return _Count(None, {"counts": counts, "blank": ctx.blank})
     winner = ctx.ties.top(counts, "winner")
@@ -312,40 +389,32 @@ def _count_plurality(ctx: _Ctx) -> _Count:
 
 
 def _count_weighted(ctx: _Ctx) -> _Count:
-    per_option: dict[str, list[float]] = {o: [] for o in ctx.options}
-    for choice, w in zip(ctx.ballots, ctx.weights):
-        if choice is not None:
-            per_option[choice].append(float(w))
-    # fsum is exact, hence independent of the voters' order (anonymity holds bit for bit).
-    scores = {o: math.fsum(ws) for o, ws in per_option.items()}
-    total = math.fsum(ctx.weights)
-    info = {"weights": scores, "total_weight": total, "blank": ctx.blank}
-    if not any(scores.values()):
-        return _Count(None, info)
-    winner = ctx.ties.top(scores, "winner")
-    return _Count(winner, info, scores[winner] / total)
+    """Weighted plurality, kept as its own method with its own tally keys."""
+    count = _count_plurality(ctx)
+    info = {"weights": count.tally["counts"], "total_weight": ctx.total, "blank": ctx.blank}
+    return _Count(count.winner, info, count.support)
 
 
 def _count_approval(ctx: _Ctx) -> _Count:
-    counts = dict.fromkeys(ctx.options, 0)
-    for approved in ctx.ballots:
+    counts: dict[str, _Num] = dict.fromkeys(ctx.options, 0)
+    for approved, w in ctx.weighted():
         for o in approved:
-            counts[o] += 1
+            counts[o] += w
     if not any(counts.values()):
         return _Count(None, {"approvals": counts, "blank": ctx.blank})
     winner = ctx.ties.top(counts, "winner")
     return _Count(winner, {"approvals": counts, "blank": ctx.blank}, ctx.share(counts[winner]))
 
 
-def _finalists(ctx: _Ctx, counts: dict[str, int]) -> list[str]:
+def _finalists(ties: _Ties, counts: dict[str, _Num]) -> list[str]:
     """The top two by first choices; a tie matters only when it leaves a place open."""
     best = max(counts.values())
     first = [o for o, c in counts.items() if c == best]
     if len(first) == 2:
-        return sorted(first, key=ctx.ties.rank.__getitem__)
-    leader = ctx.ties.pick(first, "first finalist")
+        return sorted(first, key=ties.rank.__getitem__)
+    leader = ties.pick(first, "first finalist")
     rest = {o: c for o, c in counts.items() if o != leader}
-    return [leader, ctx.ties.top(rest, "second finalist")]
+    return [leader, ties.top(rest, "second finalist")]
 
 
 def _count_majority(ctx: _Ctx) -> _Count:
@@ -357,7 +426,7 @@ def _count_majority(ctx: _Ctx) -> _Count:
     leader = max(first, key=first.__getitem__)
     if 2 * first[leader] > valid:                   # a majority is unique: no tie possible
         return _Count(leader, {"rounds": rounds, "blank": ctx.blank}, ctx.share(first[leader]))
-    finalists = _finalists(ctx, first)
+    finalists = _finalists(ctx.ties, first)
     info: dict[str, Any] = {"rounds": rounds, "blank": ctx.blank, "finalists": finalists}
     if ctx.single_choice:
         return _Count(None, {**info, "runoff_needed": True})
@@ -369,23 +438,25 @@ def _count_majority(ctx: _Ctx) -> _Count:
 
 def _count_borda(ctx: _Ctx) -> _Count:
     n = len(ctx.options)
-    doubled = dict.fromkeys(ctx.options, 0)        # doubled points: integers, exact ties
-    for ballot in filter(None, ctx.ballots):        # a blank ballot abstains: no points
+    doubled: dict[str, _Num] = dict.fromkeys(ctx.options, 0)  # doubled points: exact ties
+    for ballot, w in ctx.weighted():
+        if not ballot:                              # a blank ballot abstains: no points
+            continue
         for i, option in enumerate(ballot):
-            doubled[option] += 2 * (n - 1 - i)
+            doubled[option] += 2 * (n - 1 - i) * w
         rest = n - 1 - len(ballot)                  # doubled mean of the positions left
         for option in set(ctx.options).difference(ballot):
-            doubled[option] += rest
-    scores = {o: d / 2 for o, d in doubled.items()}
-    if len(ctx.ballots) == ctx.blank:
+            doubled[option] += rest * w
+    scores = {o: Fraction(d, 2) for o, d in doubled.items()}
+    if ctx.cast_weight == 0:
         return _Count(None, {"scores": scores, "blank": ctx.blank})
     winner = ctx.ties.top(doubled, "winner")
-    most = (n - 1) * len(ctx.ballots)
-    support = scores[winner] / most if n > 1 else ctx.share(len(ctx.ballots) - ctx.blank)
+    most = (n - 1) * ctx.total
+    support = float(scores[winner] / most) if n > 1 else ctx.share(ctx.cast_weight)
     return _Count(winner, {"scores": scores, "blank": ctx.blank}, support)
 
 
-def _irv_eliminate(ctx: _Ctx, counts: dict[str, int], round_no: int) -> list[str]:
+def _irv_eliminate(ctx: _Ctx, counts: dict[str, _Num], round_no: int) -> list[str]:
     """Options that leave after this round: all with no vote at once (that changes no
     count, so it needs no tie-break), else the one with fewest votes."""
     zero = [o for o, c in counts.items() if c == 0]
@@ -399,7 +470,7 @@ def _irv_eliminate(ctx: _Ctx, counts: dict[str, int], round_no: int) -> list[str
 def _count_irv(ctx: _Ctx) -> _Count:
     continuing = list(ctx.options)
     rounds: list[dict[str, Any]] = []
-    if len(ctx.ballots) == ctx.blank:
+    if ctx.cast_weight == 0:
         return _Count(None, {"rounds": rounds, "blank": ctx.blank})
     while True:
         counts, exhausted = _first_choices(ctx, continuing)
@@ -412,19 +483,19 @@ def _count_irv(ctx: _Ctx) -> _Count:
         continuing = [o for o in continuing if o not in out]
 
 
-_Matrix = dict[str, dict[str, int]]
+_Matrix = dict[str, dict[str, _Num]]
 
 
 def _pairwise(ctx: _Ctx) -> _Matrix:
-    """d[a][b]: ballots ranking a above b (a ranked option is above every unranked one)."""
-    d = {a: {b: 0 for b in ctx.options if b != a} for a in ctx.options}
-    for ballot in ctx.ballots:
+    """d[a][b]: weight of ballots ranking a above b (ranked is above every unranked one)."""
+    d: _Matrix = {a: {b: 0 for b in ctx.options if b != a} for a in ctx.options}
+    for ballot, w in ctx.weighted():
         pos = {o: i for i, o in enumerate(ballot)}
         below = len(ballot)
         for a in ballot:
             for b in ctx.options:
                 if b != a and pos[a] < pos.get(b, below):
-                    d[a][b] += 1
+                    d[a][b] += w
     return d
 
 
@@ -448,10 +519,10 @@ def _count_schulze(ctx: _Ctx) -> _Count:
     condorcet = next((a for a in ctx.options if all(d[a][b] > d[b][a] for b in d[a])), None)
     info = {"pairwise": d, "strongest_paths": p, "schulze_winners": best,
             "condorcet_winner": condorcet, "blank": ctx.blank}
-    if len(ctx.ballots) == ctx.blank:
+    if ctx.cast_weight == 0:
         return _Count(None, info)
     winner = ctx.ties.pick(best, "winner")
-    weakest = min(d[winner].values(), default=len(ctx.ballots) - ctx.blank)
+    weakest = min(d[winner].values(), default=ctx.cast_weight)
     return _Count(winner, info, ctx.share(weakest))
 
 
@@ -464,13 +535,69 @@ _COUNTERS: dict[str, Callable[[_Ctx], _Count]] = {
 
 # ---------------------------------------------------------------------------- tally
 
-def _voter_weights(ballots: Mapping[Any, Any], weights: Mapping[Any, float] | None) -> list[float]:
+def _exact(w: float) -> _Num:
+    """A weight as an exact number: sums are then exact and independent of the voters'
+    order (anonymity bit for bit), and whole weights stay fast plain ints."""
+    if isinstance(w, int):
+        return w
+    return int(w) if w.is_integer() else Fraction(w)
+
+
+def _jsonable(value: Any) -> Any:
+    """The tally with exact counts turned into JSON numbers (whole ones as ints)."""
+    if isinstance(value, Fraction):
+        return int(value) if value.denominator == 1 else float(value)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _voter_weights(method: str, ballots: Mapping[Any, Any], weights: Mapping[Any, float] | None,
+                   electorate: frozenset[Any] | None) -> list[_Num]:
+    """Each ballot's exact weight, in ballot order; 1 each when the vote is unweighted."""
+    if weights is None and method != "weighted":
+        return [1] * len(ballots)
     known = _checked_weights(weights)
+    allowed = electorate if electorate is not None else frozenset(ballots)
+    strangers = sorted((v for v in known if v not in allowed), key=str)
+    if strangers:
+        who = "in the electorate" if electorate is not None else "among the voters who cast"
+        raise InvalidInput(f"weights name {strangers}, who are not {who}",
+                           hint="weigh only voters of this vote (a typo in a voter id?)",
+                           voters=[str(v) for v in strangers])
     missing = [v for v in ballots if v not in known]
     if missing:
         raise InvalidInput(f"voter {missing[0]!r} has no weight in a weighted vote",
                            hint="give every voter a weight (0 silences one)", voter=str(missing[0]))
-    return [float(known[v]) for v in ballots]
+    return [_exact(known[v]) for v in ballots]
+
+
+def _check_electorate(ballots: Mapping[Any, Any], electorate: frozenset[Any] | None) -> None:
+    if electorate is None:
+        return
+    outsiders = sorted((v for v in ballots if v not in electorate), key=str)
+    if outsiders:
+        raise InvalidInput(f"ballots from {outsiders}, who are not in the electorate",
+                           hint="count only the electors' ballots", voters=[str(v) for v in outsiders])
+
+
+def _single_choice(ballots: Mapping[Any, Any], weights: list[_Num]) -> bool:
+    """Every ballot that chooses anything (non-blank, positive weight) is a bare name: a
+    runoff cannot be computed from them, it needs a second ballot."""
+    choosing = [b for b, w in zip(ballots.values(), weights) if b and w]
+    return bool(choosing) and all(isinstance(b, str) for b in choosing)
+
+
+def _quorum_failed(method: str, counted: int, needed: int) -> Outcome:
+    return Outcome(None, method, {"quorum_required": needed, "ballots": counted}, counted,
+                   False, None)
+
+
+def _outcome(method: str, count: _Count, ties: _Ties, counted: int) -> Outcome:
+    tally_json = _jsonable({**count.tally, "ties": ties.broken})
+    return Outcome(count.winner, method, tally_json, counted, True, ties.broken_by, count.support)
 
 
 def tally(
@@ -482,26 +609,76 @@ def tally(
     tie_break: str | int = LEXICOGRAPHIC,
     quorum: Quorum | None = None,
     electorate_size: int | None = None,
+    electorate: Iterable[Any] | None = None,
 ) -> Outcome:
     """Count ``ballots`` (voter -> ballot) over ``options`` with ``method``.
 
-    Validates every ballot first (InvalidInput naming the voter), then checks the quorum,
-    then counts.  ``weights`` is read by ``weighted`` only.  Ties follow ``tie_break``.
+    Validates every ballot first (InvalidInput naming the voter), then the weights, then
+    checks the quorum, then counts.  ``weights`` (voter -> weight) apply to every method:
+    a voter of weight w counts as w voters casting the same ballot; ``weighted`` requires
+    them.  ``electorate`` (who may vote) bounds who may cast and be weighed, and gives
+    the electorate size for a fractional quorum.  Ties follow ``tie_break``.
     """
+    method = canonical_method(method)
     opts = _check_options(options)
     normalized = _normalize(opts, method, ballots)
+    voters = None if electorate is None else frozenset(electorate)
+    _check_electorate(ballots, voters)
+    vote_weights = _voter_weights(method, ballots, weights, voters)
     ties = _Ties(opts, tie_break)
-    needed = (quorum or Quorum()).required(electorate_size)
+    size = electorate_size if voters is None else len(voters)
+    needed = (quorum or Quorum()).required(size)
     if len(normalized) < needed:
-        return Outcome(None, method, {"quorum_required": needed, "ballots": len(normalized)},
-                       len(normalized), False, None)
-    ctx = _Ctx(opts, normalized, ties,
-               weights=_voter_weights(ballots, weights) if method == "weighted" else [],
-               single_choice=bool(ballots) and all(isinstance(b, str) for b in ballots.values()))
-    count = _COUNTERS[method](ctx)
-    tally_json = {**count.tally, "ties": ties.broken}
-    return Outcome(count.winner, method, tally_json, len(normalized), True, ties.broken_by,
-                   count.support)
+        return _quorum_failed(method, len(normalized), needed)
+    ctx = _Ctx(opts, normalized, ties, vote_weights, _single_choice(ballots, vote_weights))
+    return _outcome(method, _COUNTERS[method](ctx), ties, len(normalized))
+
+
+def runoff(
+    first: Outcome,
+    ballots: Mapping[Any, Any],
+    *,
+    weights: Mapping[Any, float] | None = None,
+    tie_break: str | int = LEXICOGRAPHIC,
+    quorum: Quorum | None = None,
+    electorate_size: int | None = None,
+    electorate: Iterable[Any] | None = None,
+) -> Outcome:
+    """The second round of a ``majority`` vote whose first round said "runoff needed".
+
+    ``ballots`` are the second-round ballots, over the two finalists only (a name, or a
+    ranking of the finalists whose first entry counts; ``[]`` abstains).  The finalist with
+    more (weighted) votes wins; a tie is decided by the same priority order as the first
+    round.  The outcome is a ``majority`` outcome whose ``tally["rounds"]`` holds both
+    rounds (the second with ``exhausted``: the weight of blank second ballots) and whose
+    support is the winner's share of the second-round ballots.  Keywords as
+    :func:`tally`; pass the first round's ``tie_break``.
+    """
+    finalists = first.runoff_finalists
+    if first.method != "majority" or finalists is None:
+        raise InvalidInput(f"a runoff follows a majority vote that needs one; this {first.method} "
+                           f"outcome has winner {first.winner!r} and no finalists",
+                           hint="call runoff() only when outcome.runoff_finalists is set")
+    second = tally("plurality", finalists, ballots, weights=weights, tie_break=tie_break,
+                   quorum=quorum, electorate_size=electorate_size, electorate=electorate)
+    if not second.quorum_met:
+        return replace(second, method="majority")
+    counts = second.tally["counts"]
+    blank = sum(w for v, w in _runoff_weights(ballots, weights).items() if not ballots[v])
+    rounds = [*first.tally["rounds"], {"counts": counts, "exhausted": _jsonable(blank)}]
+    ties = [*first.tally["ties"], *[{**t, "at": "runoff winner"} for t in second.tally["ties"]]]
+    info = {"rounds": rounds, "blank": second.tally["blank"], "finalists": list(finalists),
+            "runoff_needed": False, "second_ballot": True, "ties": ties}
+    broken_by = second.tie_broken_by or first.tie_broken_by
+    return Outcome(second.winner, "majority", info, second.ballots_counted, True, broken_by,
+                   second.support)
+
+
+def _runoff_weights(ballots: Mapping[Any, Any],
+                    weights: Mapping[Any, float] | None) -> dict[Any, _Num]:
+    if weights is None:
+        return dict.fromkeys(ballots, 1)
+    return {v: _exact(weights[v]) for v in ballots}
 
 
 def plurality(options: Iterable[str], ballots: Mapping[Any, Any], **kw: Any) -> Outcome:
@@ -523,7 +700,7 @@ def majority(options: Iterable[str], ballots: Mapping[Any, Any], **kw: Any) -> O
     every ballot is a single choice (a bare string) the second round cannot be computed:
     the outcome has no winner, ``tally["runoff_needed"] = True`` and
     ``tally["finalists"]`` (also ``Outcome.runoff_finalists``) name the two options for
-    the caller to put to a second vote.  Otherwise the runoff is computed from the same
+    the caller to put to a second vote, counted by :func:`runoff`.  Otherwise the runoff is computed from the same
     ballots: each counts for the finalist it ranks higher; a ballot ranking neither is
     exhausted (a bare string is a ranking of one).  A runoff tie: the priority order
     decides.  Keywords as :func:`tally`.
@@ -546,7 +723,7 @@ def weighted(options: Iterable[str], ballots: Mapping[Any, Any], weights: Mappin
     """Weighted plurality: each voter's single choice counts the voter's weight.
 
     ``weights`` maps every voter to a finite weight >= 0 (0 allowed: the ballot counts
-    for the quorum but adds nothing; negative refused).  Sums are exact (``math.fsum``).
+    for the quorum but adds nothing; negative refused).  Sums are exact.
     Tie for most weight: the priority order decides.  No winner if no positive weight
     backs a choice.  Other keywords as :func:`tally`.
     """
@@ -632,7 +809,7 @@ class BallotBox:
     ) -> None:
         self.question = question
         self.options = _check_options(options)
-        self.method = method
+        self.method = canonical_method(method)
         self._shape = ballot_shape(method)
         self.electorate = None if electorate is None else frozenset(electorate)
         if self.electorate is not None and not self.electorate:
@@ -649,12 +826,21 @@ class BallotBox:
         self._ballots: dict[str, Any] = {}
         self._log: list[CastRecord] = []
         self._outcome: Outcome | None = None
+        self._first: Outcome | None = None     # set on a runoff box: the first round
 
     def _check_box_weights(self, weights: Mapping[str, float] | None) -> dict[str, float] | None:
-        if self.method != "weighted":
+        """Weights apply to every method; given, they must weigh exactly the electorate."""
+        if weights is None and self.method != "weighted":
             return None
         known = _checked_weights(weights)
-        missing = sorted(self.electorate - set(known)) if self.electorate else []
+        if self.electorate is None:
+            return known
+        strangers = sorted(set(known) - self.electorate, key=str)
+        if strangers:
+            raise InvalidInput(f"weights name {strangers}, who are not in the electorate of "
+                               f"{self.question!r}", hint="weigh only electors (a typo?)",
+                               voters=[str(v) for v in strangers])
+        missing = sorted(self.electorate - set(known))
         if missing:
             raise InvalidInput(f"electors {missing} have no weight in a weighted vote",
                                hint="give every elector a weight (0 silences one)")
@@ -687,7 +873,8 @@ class BallotBox:
     def request(self) -> dict[str, Any]:
         """What the coordinator hands each agent's ``vote(request)`` hook."""
         return {"question": self.question, "options": list(self.options), "method": self.method,
-                "shape": self._shape, "deadline": self.deadline}
+                "shape": self._shape, "deadline": self.deadline,
+                "round": 1 if self._first is None else 2}
 
     def cast(self, voter: str, ballot: Any) -> CastRecord:
         """Record ``voter``'s ballot, replacing any earlier one; returns the log record."""
@@ -721,10 +908,35 @@ class BallotBox:
     def close(self) -> Outcome:
         """Stop accepting ballots and count them; a second call returns the same outcome."""
         if self._outcome is None:
-            self._outcome = tally(self.method, self.options, self._ballots, weights=self._weights,
-                                  tie_break=self._tie_break, quorum=self.quorum,
-                                  electorate_size=self._electorate_size)
+            self._outcome = self._count()
         return self._outcome
+
+    def _count(self) -> Outcome:
+        weights = self._weights
+        if weights is not None and self.electorate is None:  # an open vote weighs who cast
+            weights = {v: w for v, w in weights.items() if v in self._ballots}
+        kw = {"weights": weights, "tie_break": self._tie_break, "quorum": self.quorum,
+              "electorate": self.electorate}
+        if self._first is not None:
+            return runoff(self._first, self._ballots, **kw)
+        return tally(self.method, self.options, self._ballots, **kw)
+
+    def open_runoff(self, deadline: float | None = None) -> BallotBox:
+        """The second ballot of a closed ``majority`` vote that needs a runoff: a box over
+        the two finalists with the same electorate, weights, quorum, tie-break and clock;
+        its ``close()`` gives the final outcome (see :func:`runoff`).  Ask the agents again
+        with its ``request()`` (``round`` 2, shape ``single``)."""
+        first = self._outcome
+        if first is None or first.runoff_finalists is None:
+            raise Conflict(f"ballot box {self.question!r} needs no runoff "
+                           f"({'still open' if first is None else f'winner {first.winner!r}'})",
+                           hint="close() the box and open a runoff only when "
+                                "outcome.runoff_finalists is set")
+        box = BallotBox(f"{self.question} (runoff)", first.runoff_finalists, "majority",
+                        self.electorate, self.quorum, deadline, self._clock,
+                        weights=self._weights, tie_break=self._tie_break)
+        box._first, box._shape = first, "single"
+        return box
 
     def to_json(self) -> dict[str, Any]:
         return {

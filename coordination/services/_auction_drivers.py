@@ -21,7 +21,7 @@ from coordination.auction import (
     EnglishAuction,
     rank,
 )
-from coordination.evaluation import Weights, evaluate
+from coordination.evaluation import Scoring, Weights
 from coordination.ledger import MAX_AMOUNT
 from runtime.errors import InvalidInput
 from runtime.observability.trace_context import TraceContext
@@ -210,10 +210,12 @@ class _SealedDriver:
 
     def result(self, r: _Round, now: float) -> tuple[Any, list[tuple[Bid, int]]]:
         """Evaluated scores rank the bids; each is offered at the price the auction's rule
-        gives it against the bids ranked after it (Vickrey: the next one's price)."""
+        gives it against the bids ranked after it (Vickrey: the price at which its score
+        would equal the best of theirs)."""
         offers = self.m.offers(r, now)
-        evaluations = evaluate(offers, self.m.config.weights, _PROCUREMENT) if offers else []
-        result = r.auction.close(now, scores={e.bidder: e.score for e in evaluations})
+        # the model, not bare scores: a second-score auction inverts it to price the award
+        model = Scoring(tuple(offers), self.m.config.weights, _PROCUREMENT) if offers else None
+        result = r.auction.close(now, scores=model)
         ranked = rank(result.bids, _PROCUREMENT)
         return result, [(b, r.auction.payment(ranked[i:])) for i, b in enumerate(ranked)]
 

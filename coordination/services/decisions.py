@@ -58,7 +58,7 @@ from coordination.negotiation import (
     step,
     time_dependent,
 )
-from coordination.voting import METHODS, BallotBox, Outcome, Quorum
+from coordination.voting import METHOD_ALIASES, METHODS, BallotBox, Outcome, Quorum
 from runtime.coordinator.command_kit import Deferred, arg, only
 from runtime.coordinator.host import ServiceHost
 from runtime.errors import AgoraError, InvalidInput, NotFound
@@ -70,8 +70,8 @@ __all__ = ["install", "AskRound", "VoteRun", "NegotiationRun", "BargainRun", "Co
 KEEP_RECENT = 200
 DEFAULT_DEADLINE_S = 5.0
 #: method names a pipeline's consensus step (and ``agora vote``) may use -> voting methods:
-#: voting's own names, and ``instant_runoff`` as the long name of ``irv``
-PIPELINE_METHODS = {**{m: m for m in METHODS}, "instant_runoff": "irv"}
+#: voting's own names and its aliases (``instant_runoff`` is ``irv``)
+PIPELINE_METHODS = {**{m: m for m in METHODS}, **METHOD_ALIASES}
 
 
 class Ports:

@@ -21,7 +21,7 @@ from coordination.contracts import (
     expire,
     start,
 )
-from coordination.evaluation import Offer, Weights, evaluate, scores
+from coordination.evaluation import Offer, Scoring, Weights, evaluate, scores
 from coordination.reputation import (
     Observation,
     Reputation,
@@ -78,7 +78,7 @@ def test_evaluation_scores_pick_the_auction_winner():
     auction.open(0.0)
     for i, o in enumerate(OFFERS):
         auction.submit(o.bidder, o.price, 0.1 * (i + 1))
-    quality_first = scores(OFFERS, Weights(price=0.2, quality=0.4, load=0.2, reputation=0.2))
+    quality_first = Scoring(tuple(OFFERS), Weights(price=0.2, quality=0.4, load=0.2, reputation=0.2))
     assert auction.close(1.0, scores=quality_first).winner == "good"
 
 

@@ -256,7 +256,9 @@ cost = {cost}
 quality = 0.8
 """ for name, cls, cost in (("cheap", "Fast", 1.0), ("mid", "Haggler", 2.0), ("dear", "Fast", 3.0)))
 
-TEXTBOOK = {"sealed-first": 1000, "sealed-second": 2000, "english": 1920, "dutch": 1040}
+# sealed-second first: it is second-*score*, so it pays the runner-up's raw price only while
+# the agents are alike on everything but price (no reputation earned yet by the winner)
+TEXTBOOK = {"sealed-second": 2000, "sealed-first": 1000, "english": 1920, "dutch": 1040}
 
 
 def test_daemon_runs_every_auction_kind_and_pays_the_textbook_price(agora_env):
