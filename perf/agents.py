@@ -7,7 +7,7 @@ import signal
 import time
 from typing import Any
 
-from runtime.agents.agent import Agent, capability
+from agora import Agent, capability
 
 
 class Echo(Agent):

@@ -12,7 +12,7 @@ import os
 import time
 from typing import Any
 
-from runtime.agents.agent import Agent, capability
+from agora import Agent, capability
 
 OFFSETS = (0, 5, -2, 9, 3, -6, 1, 7)
 

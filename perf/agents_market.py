@@ -21,7 +21,7 @@ import time
 import zlib
 from typing import Any
 
-from runtime.agents.agent import Agent, capability
+from agora import Agent, capability
 
 
 class Fast(Agent):

@@ -86,8 +86,8 @@ class RunPaths:
     @classmethod
     def for_home(cls, home: Path | str) -> RunPaths:
         d = str(paths.socket_dir(home))
-        return cls(d, os.path.join(d, "ctl.sock"), os.path.join(d, "root.sock"),
-                   os.path.join(d, "agents.sock"), os.path.join(d, "events.sock"))
+        return cls(d, os.path.join(d, paths.CONTROL_SOCKET), os.path.join(d, paths.ROOT_SOCKET),
+                   os.path.join(d, paths.AGENTS_SOCKET), os.path.join(d, paths.EVENTS_SOCKET))
 
 
 @dataclass(frozen=True)

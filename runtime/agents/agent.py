@@ -2,7 +2,7 @@
 
 ::
 
-    from runtime import Agent, capability
+    from agora import Agent, capability
 
     class Summarizer(Agent):
         def setup(self, ctx):

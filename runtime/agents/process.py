@@ -199,7 +199,7 @@ class AgentRunner:
             self.gone = True
             self.cond.notify_all()
         for waiter in list(self._calls.values()):  # nobody will answer now
-            waiter[1] = {"error": {"code": "UNAVAILABLE", "message": "the coordinator went away"}}
+            waiter[1] = {"error": {"code": Unavailable.code, "message": "the coordinator went away"}}
             waiter[0].set()
 
     def on_control(self, msg: dict[str, Any]) -> None:

@@ -24,7 +24,7 @@ import click
 import orjson
 
 from runtime.cli.group import CliError, call, cli, client, out
-from runtime.errors import AgoraError, NotFound
+from runtime.errors import AgoraError, DaemonNotRunning, NotFound, Unavailable
 from runtime.observability.metrics import quantile, to_prometheus
 
 __all__ = ["trace_cmd", "metrics_cmd", "top_cmd", "local_trace", "render_metrics", "render_top",
@@ -46,7 +46,7 @@ def trace_cmd(ctx: click.Context, ident: str, as_json: bool, brief: bool) -> Non
     try:
         data = client(ctx).call("trace", id=ident)
     except AgoraError as e:
-        if e.code != "DAEMON_NOT_RUNNING":
+        if not isinstance(e, DaemonNotRunning):
             raise CliError(e) from e
         data = _guarded(local_trace, ctx.obj["home"], ident)
     out(data, as_json, lambda d: click.echo("\n".join(render(d["trace"], details=not brief))))
@@ -187,7 +187,7 @@ def top_cmd(ctx: click.Context, once: bool, interval: float) -> None:
             try:
                 data = client(ctx).call("top")
             except AgoraError as e:
-                if e.code in ("DAEMON_NOT_RUNNING", "UNAVAILABLE"):
+                if isinstance(e, Unavailable):  # DaemonNotRunning is one too
                     click.echo("\nthe daemon stopped")
                     return
                 raise CliError(e) from e
@@ -253,7 +253,7 @@ def events(ctx: click.Context, type_: str | None, agent: str | None, since: floa
         try:
             page = c.call("events_after", cursor=cursor, type=type_, agent=agent)
         except AgoraError as e:
-            if e.code in ("DAEMON_NOT_RUNNING", "UNAVAILABLE"):
+            if isinstance(e, Unavailable):  # DaemonNotRunning is one too
                 return  # the daemon stopped: a follow ends cleanly
             raise CliError(e) from e
         for ev in page["events"]:  # (the first call, cursor None, only takes the position)

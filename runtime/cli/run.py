@@ -29,10 +29,11 @@ import orjson
 from runtime.cli.daemon import start_detached
 from runtime.cli.group import CliError, cli, guard
 from runtime.errors import AgoraError, InvalidInput
+from runtime.tasks.task import TERMINAL
 
 __all__ = ["embedded", "run_job"]
 
-FINAL = ("succeeded", "failed", "dead_lettered", "cancelled", "deadline_exceeded")
+FINAL = TERMINAL
 
 
 @contextmanager

@@ -13,7 +13,8 @@ import click
 import orjson
 
 from runtime.cli.group import CliError, call, cli, client, out
-from runtime.errors import AgoraError, InvalidInput
+from runtime.errors import AgoraError, DeadlineExceeded, InvalidInput
+from runtime.tasks.task import TERMINAL
 
 __all__ = ['submit', 'pipeline', 'result', 'tasks', 'cancel', 'read_json_arg', 'wait_with_progress']
 
@@ -63,7 +64,7 @@ def wait_with_progress(ctx: click.Context, tid: str, quiet: bool = False) -> dic
     i = 0
     while True:
         rec = _poll_result(ctx, tid)
-        if rec["state"] in ("succeeded", "failed", "dead_lettered", "cancelled", "deadline_exceeded"):
+        if rec["state"] in TERMINAL:
             if not quiet and sys.stderr.isatty():
                 click.echo("\r" + " " * 60 + "\r", nl=False, err=True)
             return rec
@@ -77,7 +78,7 @@ def _poll_result(ctx: click.Context, tid: str) -> dict[str, Any]:
     try:
         return client(ctx).call("result", id=tid, wait=True, timeout_s=0.25)
     except AgoraError as e:
-        if e.code == "DEADLINE_EXCEEDED":
+        if isinstance(e, DeadlineExceeded):
             return client(ctx).call("result", id=tid)
         raise CliError(e) from e
 

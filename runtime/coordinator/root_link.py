@@ -36,5 +36,5 @@ class RootLink:
             self._sock = None
             raise Unavailable(f"the root supervisor did not answer {cmd!r}: {e}") from e
         if reply is None or "error" in reply:
-            raise from_wire((reply or {}).get("error") or {"code": "UNAVAILABLE", "message": "root closed"})
+            raise from_wire((reply or {}).get("error") or {"code": Unavailable.code, "message": "root closed"})
         return reply["ok"]

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.agents.agent import Agent, capability
+from agora import Agent, capability
 
 WORDS = ("agent market auction vote memory shared process registry partition supervisor "
          "restart journal ledger credit reputation contract lease lock barrier clock trace "

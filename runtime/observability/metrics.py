@@ -39,6 +39,8 @@ import math
 from collections import deque
 from typing import Any
 
+from runtime.tasks.task import TERMINAL
+
 __all__ = ["Metrics", "EventMetrics", "to_prometheus", "quantile", "BUCKETS", "MAX_SERIES"]
 
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -356,8 +358,7 @@ _RULES: dict[str, Any] = {
     "task.rerouted": EventMetrics._requeued,
     "task.requeued": EventMetrics._requeued,
     "task.retry_scheduled": EventMetrics._requeued,
-    **{f"task.{s}": EventMetrics._final for s in ("succeeded", "failed", "dead_lettered", "cancelled",
-                                                   "deadline_exceeded")},
+    **{f"task.{s}": EventMetrics._final for s in sorted(TERMINAL)},
     "agent.died": EventMetrics._died,
     "supervisor.restart": EventMetrics._restart,
     "supervisor.escalation": EventMetrics._escalation,

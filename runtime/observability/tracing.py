@@ -40,11 +40,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from runtime.tasks.pipeline import PIPELINE_TERMINAL
+from runtime.tasks.task import TERMINAL
+
 __all__ = ["build_trace", "render", "span_label", "event_text", "TERMINAL_TYPES"]
 
-TERMINAL_TYPES = {f"task.{s}": s for s in ("succeeded", "failed", "dead_lettered", "cancelled",
-                                           "deadline_exceeded")}
-TERMINAL_TYPES.update({f"pipeline.{s}": s for s in ("succeeded", "failed", "cancelled")})
+TERMINAL_TYPES = {f"task.{s}": s for s in sorted(TERMINAL)}
+TERMINAL_TYPES.update({f"pipeline.{s}": s for s in sorted(PIPELINE_TERMINAL)})
 _ATTEMPT_END = {"task.rerouted": "crashed", "task.requeued": "requeued",
                 "task.retry_scheduled": "failed", "consensus.succeeded": "succeeded",
                 "consensus.failed": "failed"}

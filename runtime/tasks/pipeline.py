@@ -46,7 +46,13 @@ from runtime.errors import InvalidInput, InvalidPipeline
 from runtime.tasks.task import TaskSpec, check_capability, check_json, parse_options
 
 __all__ = ["Pipeline", "Step", "Consensus", "parse_pipeline", "resolve_inputs",
-           "resolve_refs", "find_refs", "MAX_STEPS"]
+           "resolve_refs", "find_refs", "MAX_STEPS",
+           "PIPELINE_STATES", "PIPELINE_TERMINAL"]
+
+#: A pipeline runs until every step has ended, then settles (runtime.tasks.journal);
+#: ``cancelled`` when the user cancelled it.
+PIPELINE_STATES = ("running", "succeeded", "failed", "cancelled")
+PIPELINE_TERMINAL = frozenset(PIPELINE_STATES[1:])
 
 MAX_STEPS = 1000
 STEP_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")

@@ -61,6 +61,12 @@ __all__ = [
     "ensure_private_dir", "ensure_socket_dir", "refusal", "needs_mode_fix", "SUN_PATH_MAX",
 ]
 
+#: The sockets of a run, in ``socket_dir(home)``: one name each, read by RunPaths too.
+CONTROL_SOCKET = "ctl.sock"      # clients (the user's Client and CLI)
+ROOT_SOCKET = "root.sock"        # the coordinator's line to the root
+AGENTS_SOCKET = "agents.sock"    # agents' hellos, results and calls
+EVENTS_SOCKET = "events.sock"    # event batches to the telemetry process
+
 #: Longest socket path in bytes: ``sizeof(sun_path)`` on Linux is 108, one byte is the NUL.
 SUN_PATH_MAX = 107
 _DIGEST_BYTES = 6  # 12 hex digits
@@ -102,7 +108,7 @@ def socket_dir(home: str | os.PathLike[str] | None = None) -> Path:
 
 def control_socket(home: str | os.PathLike[str] | None = None) -> Path:
     """The daemon's control socket for ``home``; refused if too long for ``sun_path``."""
-    path = socket_dir(home) / "ctl.sock"
+    path = socket_dir(home) / CONTROL_SOCKET
     check_socket_path(path)
     return path
 

@@ -1,0 +1,53 @@
+"""agora: cooperating Python agents on one machine, as supervised processes that share
+large read-only context, find work through a registry and a market, and decide together.
+
+This module is the public face; ``import agora`` is all a user needs::
+
+    import agora
+
+    class Echo(agora.Agent):
+        @agora.capability("echo")
+        def echo(self, input, task):
+            return input
+
+    with agora.Client() as c:                 # a running daemon (`agora up`)
+        print(c.call("submit", task={"capability": "echo", "input": {"x": 1}}, result=True))
+
+The packages ``runtime``, ``coordination`` and ``shm`` are agora's internals (see their
+``__init__`` docstrings for the layers); their layout may change, these names will not.
+"""
+
+from __future__ import annotations
+
+from runtime.agents.agent import Agent, AgentContext, TaskHandle, capability
+from runtime.errors import (
+    AgoraError,
+    BrokenError,
+    ClosedError,
+    Conflict,
+    DaemonNotRunning,
+    DeadlineExceeded,
+    InvalidInput,
+    InvalidPipeline,
+    MailboxFull,
+    NotFound,
+    PermissionDenied,
+    ProtocolError,
+    RemoteError,
+    ResourceExhausted,
+    Unavailable,
+    UnknownCapability,
+    UnknownCommand,
+)
+from runtime.observability.trace_context import TraceContext
+from runtime.wire.client import Client
+
+__version__ = "0.2.0"
+
+__all__ = [
+    "Agent", "AgentContext", "TaskHandle", "capability", "Client", "TraceContext",
+    "AgoraError", "BrokenError", "ClosedError", "Conflict", "DaemonNotRunning", "DeadlineExceeded",
+    "InvalidInput", "InvalidPipeline", "MailboxFull", "NotFound", "PermissionDenied", "ProtocolError",
+    "RemoteError", "ResourceExhausted", "Unavailable", "UnknownCapability", "UnknownCommand",
+    "__version__",
+]
