@@ -19,7 +19,7 @@ The packages ``runtime``, ``coordination`` and ``shm`` are agora's internals (se
 
 from __future__ import annotations
 
-from runtime.agents.agent import Agent, AgentContext, TaskHandle, capability
+from runtime.agents.agent import Agent, AgentContext, Cancelled, Fatal, TaskHandle, capability
 from runtime.errors import (
     AgoraError,
     BrokenError,
@@ -45,7 +45,7 @@ from runtime.wire.client import Client
 __version__ = "0.2.0"
 
 __all__ = [
-    "Agent", "AgentContext", "TaskHandle", "capability", "Client", "TraceContext",
+    "Agent", "AgentContext", "TaskHandle", "capability", "Fatal", "Cancelled", "Client", "TraceContext",
     "AgoraError", "BrokenError", "ClosedError", "Conflict", "DaemonNotRunning", "DeadlineExceeded",
     "InvalidInput", "InvalidPipeline", "MailboxFull", "NotFound", "PermissionDenied", "ProtocolError",
     "RemoteError", "ResourceExhausted", "Unavailable", "UnknownCapability", "UnknownCommand",

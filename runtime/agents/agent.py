@@ -43,7 +43,21 @@ from typing import Any
 
 from runtime.observability.trace_context import TraceContext
 
-__all__ = ["Agent", "capability", "TaskHandle", "AgentContext"]
+__all__ = ["Agent", "capability", "TaskHandle", "AgentContext", "Fatal", "Cancelled"]
+
+
+class Fatal(Exception):
+    """Raised by a handler for a failure that another attempt cannot fix (bad input, a
+    refused request): the task fails at once, without retries.  ``raise agora.Fatal("...")``
+    or ``raise agora.Fatal("...") from e`` to keep the cause."""
+
+
+class Cancelled(Exception):
+    """What a handler sees when its task was cancelled or its attempt ran past
+    ``timeout_s``: raised by ``task.check()`` and ``task.emit()`` once the coordinator has
+    asked the agent to stop (an ``async def`` handler gets ``asyncio.CancelledError``
+    instead).  A handler that catches it should return promptly; one that does not stop
+    within the pool's grace period has its agent process killed and replaced."""
 
 
 def capability(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
