@@ -6,8 +6,9 @@ is refused: the supervisor then stops all its children and itself, and the failu
 up one level (escalation).
 
 Defaults (documented in docs/DECISIONS.md): OTP's 1 restart in 5 s for a bare
-``SupervisorSpec``; agora's own trees choose per level (core: 5 in 10 s, agent pools:
-``max(5, 2 * size)`` in 10 s, so that a poison task that kills its agent
+``SupervisorSpec``; agora's own trees choose per level (root and core: 5 in 10 s,
+registry: 10 in 10 s, an agent pool: ``max(5, 2 * max)`` in 10 s, as
+``runtime.pools.specs`` builds it, so that a poison task that kills its agent
 ``max_attempts`` times does not take the pool down with it).
 """
 

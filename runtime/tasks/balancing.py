@@ -6,7 +6,11 @@ these read ``load`` (tasks running or queued at the agent; lower is better) and
 ``reputation`` (0..1; higher is better).  None of them does I/O; randomness comes from
 an injected ``random.Random`` so every choice can be replayed from its seed.
 
-Policies (``POLICIES`` maps the config name to the function):
+Selectors (``SELECTORS`` maps a name to the function; these choose among *registry
+entries*, for a caller that allocates from the registry rather than inside the
+coordinator; the coordinator's allocation policies, the names agora.toml's
+``allocation`` takes, are ``runtime.config.ALLOCATIONS``, and only ``p2c`` is built from
+here):
 
 ``static``         the first candidate in registry order: the baseline the Elixir
                    reference used, kept only so perf scripts can measure against it.
@@ -48,7 +52,7 @@ __all__ = [
     "random_choice",
     "least_loaded",
     "power_of_two",
-    "POLICIES",
+    "SELECTORS",
     "choose",
     "PowerOfTwoPolicy",
 ]
@@ -105,7 +109,7 @@ def power_of_two(candidates: Sequence[Entry], rng: random.Random) -> Entry:
     return min(candidates[a], candidates[b], key=rank)
 
 
-POLICIES: dict[str, Callable[..., Entry]] = {
+SELECTORS: dict[str, Callable[..., Entry]] = {
     "static": static,
     "random": random_choice,
     "least_loaded": least_loaded,
@@ -113,14 +117,14 @@ POLICIES: dict[str, Callable[..., Entry]] = {
 }
 
 
-def choose(policy: str, candidates: Sequence[Entry], rng: random.Random) -> Entry:
-    """Dispatch by policy name (as written in agora.toml)."""
+def choose(selector: str, candidates: Sequence[Entry], rng: random.Random) -> Entry:
+    """Dispatch by selector name (``SELECTORS``)."""
     try:
-        select = POLICIES[policy]
+        select = SELECTORS[selector]
     except KeyError:
         raise InvalidInput(
-            f"expected a balancing policy in {sorted(POLICIES)}, got: {policy!r}",
-            hint="fix the pool's `balancing` setting in agora.toml",
+            f"expected a selector in {sorted(SELECTORS)}, got: {selector!r}",
+            hint="balancing.choose(name, entries, rng) takes one of SELECTORS' names",
         ) from None
     return select(candidates, rng)
 

@@ -8,7 +8,7 @@ import pytest
 
 from runtime.errors import InvalidInput, NotFound
 from runtime.tasks.balancing import (
-    POLICIES,
+    SELECTORS,
     choose,
     least_loaded,
     power_of_two,
@@ -69,7 +69,7 @@ def test_malformed_entries_are_named(bad):
         least_loaded([bad])
 
 
-@pytest.mark.parametrize("policy", sorted(POLICIES))
+@pytest.mark.parametrize("policy", sorted(SELECTORS))
 def test_empty_candidates(policy):
     with pytest.raises(NotFound, match="no candidate"):
         choose(policy, [], random.Random(0))
