@@ -75,8 +75,8 @@ def test_empty_candidates(policy):
         choose(policy, [], random.Random(0))
 
 
-def test_unknown_policy():
-    with pytest.raises(InvalidInput, match="balancing policy"):
+def test_unknown_selector():
+    with pytest.raises(InvalidInput, match="expected a selector"):
         choose("round_robin", entries(1), random.Random(0))
 
 
