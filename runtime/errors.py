@@ -25,6 +25,7 @@ Hierarchy (modelled on trio's closed/broken split)::
     │   └── MailboxFull
     ├── DeadlineExceeded
     ├── PermissionDenied
+    ├── Internal             a bug caught at a boundary: code INTERNAL + an incident id
     └── RemoteError          the far side raised something it could not classify
 
 ``shm`` sits below ``runtime`` and may not import it, so shm's errors are their
@@ -40,7 +41,7 @@ __all__ = [
     "AgoraError", "ClosedError", "BrokenError", "InvalidInput", "ProtocolError",
     "UnknownCommand", "UnknownCapability", "InvalidPipeline", "NotFound", "Conflict",
     "Unavailable", "DaemonNotRunning", "ResourceExhausted", "MailboxFull",
-    "DeadlineExceeded", "PermissionDenied", "RemoteError", "to_wire", "from_wire",
+    "DeadlineExceeded", "PermissionDenied", "Internal", "RemoteError", "to_wire", "from_wire",
     "EXIT_CODES",
 ]
 
@@ -135,6 +136,22 @@ class DeadlineExceeded(AgoraError):
 class PermissionDenied(AgoraError):
     code = "PERMISSION_DENIED"
     exit_code = 77  # EX_NOPERM
+
+
+class Internal(AgoraError):
+    """An exception that is not an ``AgoraError`` reached a boundary (a bug, or a lower
+    layer's failure nobody typed): the caller gets this, with an ``incident`` id that
+    names the traceback in the daemon log and the ``boundary.incident`` event."""
+
+    code = "INTERNAL"
+    default_hint = ("this is a bug in agora; the daemon log (agora.log) and the event "
+                    "'boundary.incident' have the traceback under this incident id")
+    exit_code = 8
+
+    def __init__(self, message: str, *, incident: str, hint: str | None = None,
+                 **details: Any) -> None:
+        super().__init__(message, hint=hint, incident=incident, **details)
+        self.incident = incident
 
 
 class RemoteError(AgoraError):

@@ -13,7 +13,12 @@ from typing import Any
 
 from runtime.errors import InvalidInput, to_wire
 
-__all__ = ["Deferred", "arg", "only"]
+__all__ = ["Deferred", "arg", "only", "int_arg", "num_arg", "str_arg", "list_arg",
+           "MAX_ID", "MAX_TEXT", "MAX_LIST"]
+
+MAX_ID = 256          # task/pipeline ids, registry keys, capability and agent names
+MAX_TEXT = 4096       # paths, filters and other free text
+MAX_LIST = 100_000    # ids of one wait_all / tasks of one submit_many
 
 _MISSING = object()
 
@@ -30,6 +35,46 @@ def arg(args: dict[str, Any], name: str, kind: type | tuple[type, ...], default:
     if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float, (int, float))):
         raise InvalidInput(f"argument {name!r}: expected {getattr(kind, '__name__', kind)}, "
                            f"got {type(value).__name__}", field=name)
+    return value
+
+
+def int_arg(args: dict[str, Any], name: str, default: Any = _MISSING, *,
+            lo: int = 0, hi: int = 2**31) -> Any:
+    """An integer argument in ``[lo, hi]`` (``events --limit -1`` is refused by name)."""
+    value = arg(args, name, int, default)
+    if value is not None and value is not default and not lo <= value <= hi:
+        raise InvalidInput(f"argument {name!r}: {value} is out of range [{lo}, {hi}]", field=name)
+    return value
+
+
+def num_arg(args: dict[str, Any], name: str, default: Any = _MISSING, *,
+            lo: float = 0.0, hi: float = 365 * 86400.0) -> Any:
+    """A finite number in ``[lo, hi]`` (timeouts: seconds, at most a year)."""
+    value = arg(args, name, (int, float), default)
+    if value is not None and value is not default and not lo <= value <= hi:  # NaN fails too
+        raise InvalidInput(f"argument {name!r}: {value} is out of range [{lo}, {hi}]", field=name)
+    return value
+
+
+def str_arg(args: dict[str, Any], name: str, default: Any = _MISSING, *,
+            max_len: int = MAX_ID, min_len: int = 1) -> Any:
+    """A string of ``min_len``..``max_len`` characters without NUL (paths, names, ids)."""
+    value = arg(args, name, str, default)
+    if value is None or value is default:
+        return value
+    if not min_len <= len(value) <= max_len:
+        raise InvalidInput(f"argument {name!r}: a string of {len(value)} characters; "
+                           f"{min_len}-{max_len} expected", field=name)
+    if "\x00" in value:
+        raise InvalidInput(f"argument {name!r} contains a NUL character", field=name)
+    return value
+
+
+def list_arg(args: dict[str, Any], name: str, default: Any = _MISSING, *,
+             max_len: int = MAX_LIST) -> Any:
+    value = arg(args, name, list, default)
+    if isinstance(value, list) and len(value) > max_len:
+        raise InvalidInput(f"argument {name!r}: {len(value)} items, at most {max_len}", field=name)
     return value
 
 

@@ -21,11 +21,12 @@ from typing import Any
 
 import psutil
 
-from runtime.coordinator.command_kit import Deferred, arg, only
+from runtime.coordinator.command_kit import MAX_TEXT, Deferred, arg, int_arg, num_arg, only, str_arg
 from runtime.coordinator.root_link import RootLink
 from runtime.errors import (
     Conflict,
     DeadlineExceeded,
+    InvalidInput,
     NotFound,
     UnknownCommand,
 )
@@ -62,7 +63,8 @@ class Commands:
     def run(self, cmd: str, args: dict[str, Any], trace: TraceContext | None, conn: Any) -> Any:
         fn = self.table.get(cmd)
         if fn is None:
-            raise UnknownCommand(f"unknown command {cmd!r}", hint=f"commands: {sorted(self.table)}")
+            raise UnknownCommand(f"unknown command {cmd!r}", hint=f"commands: {sorted(self.table)}",
+                                 commands=sorted(self.table))
         return fn(args, trace)
 
     # -- per-turn bookkeeping ----------------------------------------------------------
@@ -139,10 +141,18 @@ class Commands:
         The daemon reads the path itself: it runs as the same user on the same machine,
         and a context may be far larger than a control frame."""
         only(args, "name", "path")
-        path = arg(args, "path", str)
+        name = _context_name(args)
+        path = str_arg(args, "path", max_len=MAX_TEXT)
         if not os.path.isfile(path):
-            raise NotFound(f"no file {path!r} (the daemon resolves it; pass an absolute path)")
-        info = self.coord.contexts.put_file(arg(args, "name", str), path)
+            raise NotFound(f"argument 'path': no file {path!r} (the daemon resolves it; pass an "
+                           "absolute path)", field="path")
+        try:
+            info = self.coord.contexts.put_file(name, path)
+        except (ValueError, OSError, EOFError) as e:  # a corrupt .npy, an unreadable file
+            raise InvalidInput(f"argument 'path': {path!r} cannot be published as context "
+                               f"{name!r}: {type(e).__name__}: {str(e)[:200]}", field="path",
+                               hint="a .npy must be a valid numpy file saved without pickles "
+                                    "(np.save(..., allow_pickle=False))") from e
         self.coord.emit("context.published", name=info.name, version=info.version, bytes=info.nbytes)
         return info.to_json()
 
@@ -152,7 +162,10 @@ class Commands:
 
     def context_rm(self, args: dict[str, Any], trace: Any) -> Any:
         only(args, "name")
-        name = arg(args, "name", str)
+        name = _context_name(args)
+        if name not in {i.name for i in self.coord.contexts.list()}:
+            raise NotFound(f"argument 'name': no context named {name!r}", field="name",
+                           hint="`agora context ls` lists the published contexts")
         self.coord.contexts.remove(name)
         self.coord.emit("context.removed", name=name)
         return {"removed": name}
@@ -161,14 +174,14 @@ class Commands:
         only(args, "capability", "where", "order_by", "limit")
         from runtime.registry.model import parse_filters
         where = parse_filters(arg(args, "where", list, []))
-        entries = self.coord.registry.select(capability=arg(args, "capability", str, None), where=where,
-                                             order_by=arg(args, "order_by", str, None),
-                                             limit=arg(args, "limit", int, None))
+        entries = self.coord.registry.select(capability=str_arg(args, "capability", None), where=where,
+                                             order_by=str_arg(args, "order_by", None),
+                                             limit=int_arg(args, "limit", None, hi=1_000_000))
         return [e.to_wire() for e in entries]
 
     def registry_get(self, args: dict[str, Any], trace: Any) -> Any:
         only(args, "key")
-        key = arg(args, "key", str)
+        key = str_arg(args, "key")
         entry = self.coord.registry.lookup(key)
         if entry is None:
             raise NotFound(f"no registry entry {key!r}", hint="`agora registry ls` lists the keys")
@@ -183,9 +196,21 @@ class Commands:
     def events(self, args: dict[str, Any], trace: Any) -> Any:
         only(args, "type", "agent", "since", "limit", "trace_id")
         from runtime.observability.eventlog import read_events
-        return read_events(self.coord.cfg.home, type_prefix=arg(args, "type", str, None),
-                           agent=arg(args, "agent", str, None), since=arg(args, "since", (int, float), None),
-                           trace_id=arg(args, "trace_id", str, None), limit=arg(args, "limit", int, 200))
+        return read_events(self.coord.cfg.home, type_prefix=str_arg(args, "type", None),
+                           agent=str_arg(args, "agent", None),
+                           since=num_arg(args, "since", None, hi=1e12),
+                           trace_id=str_arg(args, "trace_id", None, max_len=64),
+                           limit=int_arg(args, "limit", 200, hi=100_000))
+
+
+_CONTEXT_NAME_MAX = 200  # shm.context's own bound, checked here to name the argument
+
+
+def _context_name(args: dict[str, Any]) -> str:
+    name = str_arg(args, "name", max_len=_CONTEXT_NAME_MAX)
+    if not name.isprintable():
+        raise InvalidInput(f"argument 'name': {name[:40]!r} has unprintable characters", field="name")
+    return name
 
 
 def _flatten(node: dict[str, Any], prefix: str = "") -> list[dict[str, Any]]:

@@ -43,10 +43,11 @@ from runtime.tasks.journal import Journal
 from runtime.tasks.payloads import Payloads
 from runtime.tasks.scheduler import POLICIES, Scheduler, TaskRun
 from runtime.wire import paths
+from runtime.wire.boundary import error_wire
 from runtime.wire.protocol import ProtocolError, parse_request, peer_uid
 from runtime.wire.server import Conn, InternalReader, encode_internal, encode_reply, listen_unix
 
-__all__ = ["Coordinator", "Composition", "coordinator_main"]
+__all__ = ["Coordinator", "Composition", "coordinator_main", "check_agent_message"]
 
 ASK_TTL_S = 60.0  # an ask unanswered for this long is forgotten (its asker timed it out)
 
@@ -240,9 +241,9 @@ class Coordinator:
     def on_client(self, conn: Conn) -> None:
         try:
             frames = conn.read_frames()
-        except AgoraError as e:  # bad bytes: say why, then hang up (the stream is lost)
-            conn.send({"v": 1, "id": None, "error": to_wire(e)})
-            self.close_conn(conn)
+        except AgoraError as e:  # bad bytes: the frames before them are answered, then the
+            # refusal is the connection's last reply and it is closed (the stream is lost)
+            self.refuse_stream(conn, getattr(e, "frames", []), e)
             return
         if frames is None:
             self.close_conn(conn)
@@ -250,16 +251,33 @@ class Coordinator:
         for obj in frames:
             self.request(conn, obj)
 
+    def refuse_stream(self, conn: Conn, frames: list[Any], exc: AgoraError) -> None:
+        """A bad frame glued after good ones (runtime.wire.protocol): the good ones are
+        answered, the bad one refused explicitly, never dropped silently; then hang up
+        once those replies are sent (``send_replies`` closes at ``last_reply``)."""
+        for obj in frames:
+            self.request(conn, obj)
+        msg = {"v": 1, "id": None, "error": to_wire(exc)}
+        conn.state["last_reply"] = msg
+        try:
+            self.sel.unregister(conn.sock)  # read nothing more from a broken stream
+        except (KeyError, ValueError):
+            pass
+        self.reply(conn, msg)
+
     def request(self, conn: Conn, obj: Any) -> None:
+        """One control request under the boundary policy (runtime.wire.boundary): an
+        AgoraError is its own reply, anything else INTERNAL with an incident id; the
+        coordinator never dies of a request."""
         rid = obj.get("id") if isinstance(obj, dict) else None
+        if type(rid) is not int or not 0 <= rid < 2**63:
+            rid = None  # an id we could not echo validly: the reply says null
         try:
             req = parse_request(obj)
             result = self.commands.run(req.cmd, req.args, req.trace, conn)
-        except ProtocolError as e:
-            self.reply(conn, {"v": 1, "id": rid, "error": to_wire(e)})
-            return
-        except AgoraError as e:
-            self.reply(conn, {"v": 1, "id": rid, "error": to_wire(e)})
+        except Exception as e:  # noqa: BLE001 - the control boundary
+            where = f"command {obj.get('cmd')!r}"[:80] if isinstance(obj, dict) else "request"
+            self.reply(conn, {"v": 1, "id": rid, "error": error_wire(e, where, self.emit)})
             return
         if isinstance(result, Deferred):
             result.bind(lambda msg, rid=rid: self.reply(conn, {"v": 1, "id": rid, **msg}))
@@ -280,6 +298,8 @@ class Coordinator:
                 conn.send({"v": 1, "id": msg.get("id"), "error": to_wire(e)})
             if conn.out:
                 self._want_write(conn)
+            if conn.state.get("last_reply") is msg:  # refuse_stream: refused, now hang up
+                self.close_conn(conn)
 
     def _want_write(self, conn: Conn) -> None:
         # rare (a reply larger than the socket buffer): block briefly rather than juggle
@@ -308,7 +328,10 @@ class Coordinator:
     def on_agent(self, conn: Conn) -> None:
         try:
             frames = conn.read_frames()
-        except AgoraError:
+        except AgoraError as e:  # bad bytes: the frames before them count, then hang up
+            self.emit("agent.bad_frame", agent=conn.state.get("agent"), error=to_wire(e))
+            for msg in getattr(e, "frames", []):
+                self.agent_message(conn, msg)
             frames = None
         if frames is None:
             self.close_conn(conn)
@@ -322,7 +345,33 @@ class Coordinator:
         for msg in frames:
             self.agent_message(conn, msg)
 
-    def agent_message(self, conn: Conn, msg: dict[str, Any]) -> None:
+    def agent_message(self, conn: Conn, msg: Any) -> None:
+        """One agent frame under the boundary policy: a frame of the wrong shape is a
+        ProtocolError (event ``agent.bad_frame``; the connection is closed, as for bad
+        bytes: its peer does not speak the protocol); any other exception is an incident
+        and the coordinator goes on serving."""
+        try:
+            check_agent_message(conn.state.get("agent"), msg)
+            self._agent_message(conn, msg)
+        except ProtocolError as e:
+            self.emit("agent.bad_frame", agent=conn.state.get("agent"), error=to_wire(e))
+            if not conn.closed:
+                self._drop_agent_conn(conn)
+        except Exception as e:  # noqa: BLE001 - the agents' boundary
+            t = msg.get("t") if isinstance(msg, dict) else None
+            error_wire(e, f"agent frame {str(t)[:40]!r}", self.emit)
+
+    def _drop_agent_conn(self, conn: Conn) -> None:
+        """Close an agent connection and do what its EOF would (on_agent's death path)."""
+        self.close_conn(conn)
+        agent_id = conn.state.get("agent")
+        if agent_id:
+            self._forget_asks_of(agent_id)
+            self.scheduler.agent_died(agent_id)
+            for listener in self.agent_listeners:
+                listener.agent_died(agent_id)
+
+    def _agent_message(self, conn: Conn, msg: dict[str, Any]) -> None:
         t = msg.get("t")
         if t == "results":
             self.scheduler.results(conn.state["agent"], msg["results"])
@@ -384,13 +433,18 @@ class Coordinator:
         returns a value, a Deferred, or raises; the reply goes back on the agent's socket."""
         rid, op = msg.get("rid"), msg.get("op")
         agent_id = conn.state.get("agent")
-        fn = self.agent_ops.get(op)
+        fn = self.agent_ops.get(op) if isinstance(op, str) else None
         try:
             if fn is None:
-                raise UnknownCommand(f"unknown agent operation {op!r}", hint=f"known: {sorted(self.agent_ops)}")
-            out = fn(agent_id, msg.get("args") or {}, msg.get("trace"))
-        except AgoraError as e:
-            conn.send({"t": "reply", "rid": rid, "error": to_wire(e)})
+                raise UnknownCommand(f"unknown agent operation {str(op)[:64]!r}",
+                                     hint=f"known: {sorted(self.agent_ops)}")
+            args = msg.get("args") or {}
+            if not isinstance(args, dict):
+                raise InvalidInput(f"agent operation {op!r}: 'args' must be an object, "
+                                   f"got {type(args).__name__}", field="args")
+            out = fn(agent_id, args, msg.get("trace"))
+        except Exception as e:  # noqa: BLE001 - the agents' boundary (runtime.wire.boundary)
+            conn.send({"t": "reply", "rid": rid, "error": error_wire(e, f"agent op {str(op)[:40]!r}", self.emit)})
             return
         if isinstance(out, Deferred):
             out.bind(lambda m: conn.send({"t": "reply", "rid": rid, **m}) if not conn.closed else None)
@@ -441,6 +495,34 @@ class Coordinator:
         self.contexts.close()
         self.emit("coordinator.stopped")
         self.emit.close()
+
+
+#: Shapes of the frames an agent may send (beyond "t"): field -> accepted types.  A
+#: frame of another shape is a ProtocolError (Coordinator.agent_message).
+_AGENT_FRAMES: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "results": {"results": list},
+    "answer": {"rid": int},
+    "call": {},
+    "hello": {"agent": str, "pool": str, "pid": int, "caps": (list, dict)},
+}
+
+
+def check_agent_message(agent_id: str | None, msg: Any) -> None:
+    """Refuse an agent frame of the wrong shape (names the field); "results" and "call"
+    need a connection that said hello first."""
+    if not isinstance(msg, dict):
+        raise ProtocolError(f"an agent frame must be a JSON object, got {type(msg).__name__}")
+    t = msg.get("t")
+    fields = _AGENT_FRAMES.get(t) if isinstance(t, str) else None
+    if fields is None:
+        raise ProtocolError(f"agent frame type {str(t)[:40]!r} is not one of {sorted(_AGENT_FRAMES)}")
+    for name, kind in fields.items():
+        if not isinstance(msg.get(name), kind) or isinstance(msg.get(name), bool):
+            raise ProtocolError(f"agent frame {t!r}: field {name!r} must be "
+                                f"{getattr(kind, '__name__', kind)}, got {type(msg.get(name)).__name__}")
+    if t in ("results", "call") and agent_id is None:
+        raise ProtocolError(f"agent frame {t!r} before 'hello' on this connection",
+                            hint="an agent says hello first")
 
 
 def coordinator_main(ctx: Any, cfg: Config, run: RunPaths, composition: Composition | None = None) -> None:

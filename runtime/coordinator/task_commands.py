@@ -16,8 +16,17 @@ from typing import Any
 
 import orjson
 
-from runtime.coordinator.command_kit import Deferred, arg, only
-from runtime.errors import DeadlineExceeded, MailboxFull
+from runtime.coordinator.command_kit import (
+    MAX_ID,
+    Deferred,
+    arg,
+    int_arg,
+    list_arg,
+    num_arg,
+    only,
+    str_arg,
+)
+from runtime.errors import DeadlineExceeded, InvalidInput, MailboxFull
 from runtime.observability.trace_context import TraceContext
 from runtime.tasks.task import TERMINAL, parse_task
 
@@ -43,7 +52,7 @@ class TaskCommands:
         only(args, "task", "wait_s", "result")
         want_result = arg(args, "result", bool, False)
         d = self.submit_many({"tasks": [arg(args, "task", dict)],
-                              "wait_s": arg(args, "wait_s", (int, float), 5.0)}, trace)
+                              "wait_s": num_arg(args, "wait_s", 5.0, hi=3600.0)}, trace)
         if not isinstance(d, Deferred):
             return self._then_result(d[0]) if want_result else d[0]
         inner = Deferred()
@@ -65,18 +74,22 @@ class TaskCommands:
     def wait_all(self, args: dict[str, Any], trace: Any) -> Any:
         """Reply when every task of ``ids`` has ended: counts by final state."""
         only(args, "ids", "timeout_s")
-        ids = arg(args, "ids", list)
+        ids = list_arg(args, "ids")
         counts: dict[str, int] = {}
         pending = set()
+        for i, tid in enumerate(ids):
+            if not isinstance(tid, str) or not 0 < len(tid) <= MAX_ID:
+                raise InvalidInput(f"argument 'ids': item {i} must be a task id (a string of "
+                                   f"1-{MAX_ID} characters), got {type(tid).__name__}", field="ids")
         for tid in ids:
-            rec = self.coord.journal.get(str(tid))
+            rec = self.coord.journal.get(tid)
             if rec.state in TERMINAL:
                 counts[rec.state] = counts.get(rec.state, 0) + 1
             else:
                 pending.add(rec.id)
         if not pending:
             return counts
-        timeout = arg(args, "timeout_s", (int, float), None)
+        timeout = num_arg(args, "timeout_s", None)
         d = self.commands._defer(timeout, lambda: DeadlineExceeded(
             f"{len(pending)} of {len(ids)} tasks still running after {timeout} s"))
 
@@ -92,8 +105,8 @@ class TaskCommands:
     def submit_many(self, args: dict[str, Any], trace: TraceContext | None) -> Any:
         """Validate all, then admit (durable at the end of this turn) or wait for room."""
         only(args, "tasks", "wait_s")
-        raw = arg(args, "tasks", list)
-        wait_s = float(arg(args, "wait_s", (int, float), 5.0))
+        raw = list_arg(args, "tasks", max_len=10_000)
+        wait_s = float(num_arg(args, "wait_s", 5.0, hi=3600.0))
         now, caps = time.time(), self.commands._known_caps()
         specs = [parse_task(t, now=now, capabilities=caps) for t in raw]
         sizes = [len(orjson.dumps(spec.input)) for spec in specs]  # mailbox bytes
@@ -176,11 +189,11 @@ class TaskCommands:
 
     def result(self, args: dict[str, Any], trace: Any) -> Any:
         only(args, "id", "wait", "timeout_s")
-        tid = arg(args, "id", str)
+        tid = str_arg(args, "id")
         rec = self.coord.journal.get(tid)
         if rec.state in TERMINAL or not arg(args, "wait", bool, False):
             return _public(rec)
-        timeout = arg(args, "timeout_s", (int, float), None)
+        timeout = num_arg(args, "timeout_s", None)
         d = self.commands._defer(timeout, lambda: DeadlineExceeded(
             f"task {tid} has not finished within {timeout} s", hint="it goes on; ask again later"))
         self.coord.wait_for(tid, lambda r: d.resolve(_public(r)))
@@ -206,11 +219,11 @@ class TaskCommands:
 
     def pipeline_result(self, args: dict[str, Any], trace: Any) -> Any:
         only(args, "id", "wait", "timeout_s")
-        pid = arg(args, "id", str)
+        pid = str_arg(args, "id")
         p = self.coord.journal.get_pipeline(pid)
         if p.state != "running" or not arg(args, "wait", bool, False):
             return _public_pipeline(p, self.coord.journal)
-        timeout = arg(args, "timeout_s", (int, float), None)
+        timeout = num_arg(args, "timeout_s", None)
         d = self.commands._defer(timeout, lambda: DeadlineExceeded(
             f"pipeline {pid} has not finished within {timeout} s", hint="it goes on; ask again later"))
         self.coord.wait_for(pid, lambda p: d.resolve(_public_pipeline(p, self.coord.journal)))
@@ -218,17 +231,17 @@ class TaskCommands:
 
     def tasks(self, args: dict[str, Any], trace: Any) -> Any:
         only(args, "state", "limit")
-        rows = self.coord.journal.list(state=arg(args, "state", str, None),
-                                       limit=arg(args, "limit", int, 100))
+        rows = self.coord.journal.list(state=str_arg(args, "state", None, max_len=32),
+                                       limit=int_arg(args, "limit", 100, hi=100_000))
         return [_public(r, brief=True) for r in rows]
 
     def attempts(self, args: dict[str, Any], trace: Any) -> Any:
         only(args, "id")
-        return [dataclasses.asdict(a) for a in self.coord.journal.attempts(arg(args, "id", str))]
+        return [dataclasses.asdict(a) for a in self.coord.journal.attempts(str_arg(args, "id"))]
 
     def cancel(self, args: dict[str, Any], trace: Any) -> Any:
         only(args, "id")
-        tid = arg(args, "id", str)
+        tid = str_arg(args, "id")
         done = self.coord.scheduler.cancel(tid)
         return {"id": tid, "state": self.coord.journal.get(tid).state, "cancelled": done}
 

@@ -38,10 +38,18 @@ from runtime.observability.telemetry import telemetry_main
 from runtime.supervision.child_spec import ChildSpec, Strategy, SupervisorSpec
 from runtime.supervision.forking import root_private_fds, set_process_name
 from runtime.supervision.supervisor import Tree
-from runtime.wire.protocol import FrameReader, encode_frame, peer_uid
+from runtime.wire.boundary import error_wire
+from runtime.wire.protocol import FrameReader, Limits, encode_frame, parse_request, peer_uid
 from runtime.wire.server import listen_unix, remove_run_dir
 
-__all__ = ["Daemon", "run_daemon", "PidLock"]
+__all__ = ["Daemon", "run_daemon", "PidLock", "ROOT_LIMITS"]
+
+#: Frames on the root command socket: small requests from the coordinator (and its
+#: scaler); the control channel's checks with a 1 MiB frame.  Replies are bounded in time:
+#: a peer that does not read them within ROOT_SEND_S is dropped (the root never blocks).
+ROOT_LIMITS = Limits(max_frame=1 << 20, max_depth=16, max_string=4096)
+ROOT_SEND_S = 2.0
+_POOL_SUP = "root/core/pools/pool:"
 
 
 class PidLock:
@@ -69,6 +77,23 @@ class PidLock:
             os.unlink(self.path)
         finally:
             os.close(self.fd)
+
+
+def _root_args(cmd: str, args: dict[str, Any], **kinds: type) -> list[Any]:
+    """The arguments of a root command, each of its type (booleans are not ints), no
+    others: InvalidInput naming the argument."""
+    unknown = sorted(set(args) - set(kinds))
+    if unknown:
+        raise InvalidInput(f"{cmd}: unknown argument(s) {[u[:40] for u in unknown]}",
+                           hint=f"allowed: {sorted(kinds)}")
+    out = []
+    for name, kind in kinds.items():
+        value = args.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise InvalidInput(f"{cmd}: argument {name!r} must be {kind.__name__}, "
+                               f"got {type(value).__name__}", field=name)
+        out.append(value)
+    return out
 
 
 def read_pid(home: Path) -> int | None:
@@ -149,55 +174,87 @@ class Daemon:
             conn.close()
             return
         root_private_fds.add(conn.fileno())
-        self.conns[conn] = FrameReader()
+        conn.settimeout(ROOT_SEND_S)
+        self.conns[conn] = FrameReader(ROOT_LIMITS)
 
     def _serve_conn(self, conn: socket.socket) -> None:
+        """Frames of one root connection, under the boundary policy: each request gets a
+        reply; bad bytes get the frames before them answered, then an explicit refusal,
+        then the connection is dropped.  Nothing a peer sends ends the root."""
+        refusal: AgoraError | None = None
         try:
             data = conn.recv(1 << 16)
             frames = self.conns[conn].feed(data) if data else None
-        except (OSError, AgoraError):
+        except AgoraError as e:
+            frames, refusal = getattr(e, "frames", []), e
+        except OSError:
             frames = None
         if frames is None:
             self._drop(conn)
             return
-        for req in frames:
-            conn.sendall(encode_frame(self._command(req)))
+        try:
+            for req in frames:
+                conn.sendall(encode_frame(self._command(req)))
+            if refusal is not None:
+                conn.sendall(encode_frame({"v": 1, "id": None, "error": to_wire(refusal)}))
+        except OSError:  # the peer went away or does not read (ROOT_SEND_S)
+            refusal = refusal or AgoraError("send failed")
+        if refusal is not None:
+            self._drop(conn)
 
     def _drop(self, conn: socket.socket) -> None:
         root_private_fds.discard(conn.fileno())
         del self.conns[conn]
         conn.close()
 
-    def _command(self, req: dict[str, Any]) -> dict[str, Any]:
-        rid = req.get("id")
+    def _command(self, obj: Any) -> dict[str, Any]:
+        """One root request -> its reply (runtime.wire.boundary: never raises)."""
+        rid = obj.get("id") if isinstance(obj, dict) else None
+        rid = rid if type(rid) is int and 0 <= rid < 2**63 else None
         try:
-            return {"v": 1, "id": rid, "ok": self._dispatch(req.get("cmd"), req.get("args") or {})}
-        except AgoraError as e:
-            return {"v": 1, "id": rid, "error": to_wire(e)}
+            req = parse_request(obj)
+            reply = {"v": 1, "id": rid, "ok": self._dispatch(req.cmd, req.args)}
+            encode_frame(reply)  # a reply we cannot encode is an error reply instead
+            return reply
+        except Exception as e:  # noqa: BLE001 - the root's boundary
+            return {"v": 1, "id": rid, "error": error_wire(e, "root command", self.emit)}
 
     def _dispatch(self, cmd: Any, args: dict[str, Any]) -> Any:
         from runtime.pools.specs import agent_spec
+        if cmd in ("tree", "shutdown"):
+            _root_args(cmd, args)
         if cmd == "tree":
             return self.tree.status()
         slots = self.resources.slots
         if cmd == "start_agent":
-            pool, index = args["pool"], int(args["index"])
-            sup = self.tree.find(f"root/core/pools/pool:{pool}")
+            pool, index = _root_args(cmd, args, pool=str, index=int)
+            if not 0 <= index < 1 << 20:
+                raise InvalidInput(f"start_agent: argument 'index' {index} is out of range [0, 2**20)",
+                                   field="index")
+            if not pool or "/" in pool:
+                raise InvalidInput(f"start_agent: argument 'pool' {pool[:80]!r} is not a pool name",
+                                   field="pool")
+            sup = self.tree.find(f"{_POOL_SUP}{pool}")
             try:
                 child = sup.start_child(agent_spec(self.cfg, self.run, pool, index, slots))
-            except AgoraError:
+            except Exception:  # typed by _command; the slot goes back either way
                 slots.give_back(f"{pool}.{index}")
                 raise
             return {"pid": child.pid, "id": child.id}
         if cmd == "terminate_child":
-            self.tree.find(args["supervisor"]).terminate_child(args["child"])
-            if args["child"].startswith("agent:"):
-                slots.give_back(args["child"][len("agent:"):])
+            supervisor, child = _root_args(cmd, args, supervisor=str, child=str)
+            if not supervisor.startswith(_POOL_SUP) or not child.startswith("agent:"):
+                raise InvalidInput(f"terminate_child: only agents of a pool can be terminated "
+                                   f"(supervisor {supervisor[:80]!r}, child {child[:80]!r})",
+                                   field="child", hint=f"supervisor '{_POOL_SUP}<pool>', child 'agent:<id>'")
+            self.tree.find(supervisor).terminate_child(child)
+            slots.give_back(child[len("agent:"):])
             return True
         if cmd == "shutdown":
             self.stopping = True
             return True
-        raise InvalidInput(f"unknown root command {cmd!r}")
+        raise InvalidInput(f"unknown root command {cmd!r}",
+                           hint="root commands: tree, start_agent, terminate_child, shutdown")
 
     # -- signals and shutdown -----------------------------------------------------------
 

@@ -27,6 +27,14 @@ telemetry itself loses what was queued on its socket (at most its 4 MiB receive
 buffer; emitters keep what they could not send and resend it to the restarted one) and
 restarts the metrics from zero (Prometheus reads that as a counter reset); the log on
 disk is kept.
+
+Bad datagrams: any same-uid process can write to the events socket, so every line of a
+batch is decoded under ``LIMITS`` (``runtime.wire.protocol.decode_value``: 1 MiB, depth 1024,
+64-bit integers judged without conversion, no duplicate keys, no NaN, valid UTF-8) and
+must be an object with a finite ``ts``.  A line that fails is counted (``bad_lines``) and
+*not* written to the log, so readers of the log never see it; a line that breaks the
+metrics' folding is an incident on stderr (runtime.wire.boundary) and counted too.  No
+datagram ends the telemetry process.
 """
 
 from __future__ import annotations
@@ -43,10 +51,13 @@ from typing import Any
 
 import orjson
 
+from runtime.errors import ProtocolError
 from runtime.observability.metrics import EventMetrics
+from runtime.wire.boundary import incident
+from runtime.wire.protocol import PARSER_DEPTH, Limits, decode_value
 
 __all__ = ["EventLog", "Collector", "telemetry_main", "read_snapshot", "write_snapshot",
-           "LOG_NAME", "SNAPSHOT_NAME", "SNAPSHOT_S", "RING_SIZE"]
+           "LOG_NAME", "SNAPSHOT_NAME", "SNAPSHOT_S", "RING_SIZE", "LIMITS"]
 
 LOG_NAME = "events.jsonl"
 SNAPSHOT_NAME = "telemetry.json"
@@ -57,6 +68,7 @@ RING_SIZE = 1000
 #: instead of slowing the coordinator and the agents.  5 keeps it a fair share (~1/4 of
 #: a core against one busy process), enough for ~50,000 events/s here.
 NICE = 5
+LIMITS = Limits(max_frame=1 << 20, max_depth=PARSER_DEPTH, max_string=1 << 20)
 
 
 class EventLog:
@@ -97,25 +109,31 @@ class Collector:
         self.received = 0
         self.dirty = False
 
-    def feed(self, batch: bytes) -> None:
-        for line in batch.split(b"\n"):
-            if line:
-                self._one(line)
+    def feed(self, batch: bytes) -> bytes:
+        """Fold a batch in; returns the lines that were valid events (what the log keeps)."""
+        good = [line for line in batch.split(b"\n") if line and self._one(line)]
         self.dirty = True
+        return b"".join(line + b"\n" for line in good)
 
-    def _one(self, line: bytes) -> None:
+    def _one(self, line: bytes) -> bool:
         try:
-            ev = orjson.loads(line)
-        except orjson.JSONDecodeError:
+            ev = decode_value(line, LIMITS)
+        except ProtocolError:
             self.bad_lines += 1
-            return
+            return False
         ts = ev.get("ts") if isinstance(ev, dict) else None
-        if not isinstance(ts, (int, float)) or not math.isfinite(ts):
+        if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not math.isfinite(ts):
             self.bad_lines += 1
-            return
+            return False
+        try:
+            self.metrics.observe(ev)
+        except Exception as e:  # noqa: BLE001 - the events boundary (module docstring)
+            incident(e, "telemetry metrics")
+            self.bad_lines += 1
+            return False
         self.received += 1
         self.ring.append(ev)
-        self.metrics.observe(ev)
+        return True
 
     def snapshot(self, now: float) -> dict[str, Any]:
         return {"ts": now, "received": self.received, "bad_lines": self.bad_lines,
@@ -178,8 +196,9 @@ def _drain(sock: socket.socket, log: EventLog, collector: Collector) -> None:
             batch = sock.recv(1 << 20)
         except BlockingIOError:
             return
-        log.append(batch)
-        collector.feed(batch)
+        good = collector.feed(batch)  # only valid events reach the log (module docstring)
+        if good:
+            log.append(good)
 
 
 def _snapshot_due(collector: Collector, last: float) -> float | None:

@@ -17,6 +17,13 @@ Data flow::
   readable connection is drained, *all* complete frames in the buffer are handled, and
   their replies leave in one ``send``: clients may pipeline, and ``register_many`` carries
   many registrations in one frame.
+* Every frame is decoded by ``runtime.wire.protocol.decode_value`` under ``LIMITS`` (16 MiB,
+  depth left to the parser, integers of 64 bits, no duplicate keys, valid UTF-8).  A bad
+  body gets a ``[null, 1, error]`` reply and the connection goes on (the framing is
+  intact); a header over the limit gets the replies of the frames before it, then the
+  refusal, then the connection is closed.  Every request runs under the boundary policy
+  (``runtime.wire.boundary``): an AgoraError is its reply, anything else INTERNAL with an
+  incident id; nothing a peer sends ends the partition.
 * A write is acknowledged only after it is in the shared table, so a restarted partition
   that rebuilds from its table (``recover``) loses no acknowledged registration; it drops
   entries whose owner died meanwhile (``pidfd_open`` fails, or the pidfd is already
@@ -52,11 +59,15 @@ from runtime.registry.model import (
 )
 from runtime.registry.partitioning import partition_of
 from runtime.registry.table import TableWriter
+from runtime.wire.boundary import error_wire
 from runtime.wire.buffers import RECV_BYTES
+from runtime.wire.protocol import PARSER_DEPTH, Limits, decode_value
 
-__all__ = ["partition_main", "PartitionServer", "MAX_FRAME", "encode_frame", "frame"]
+__all__ = ["partition_main", "PartitionServer", "MAX_FRAME", "LIMITS", "encode_frame", "frame"]
 
 MAX_FRAME = 16 << 20
+LIMITS = Limits(max_frame=MAX_FRAME, max_depth=PARSER_DEPTH, max_int=2**64,
+                max_string=MAX_FRAME, max_containers=1 << 22)
 _LEN = struct.Struct(">I")
 Emit = Callable[..., None]
 
@@ -85,11 +96,12 @@ def partition_main(index: int, n: int, sock_path: str, table: Any, *,
 
 
 class _Conn:
-    __slots__ = ("sock", "inbuf", "outbuf", "writing")
+    __slots__ = ("sock", "inbuf", "outbuf", "writing", "closing")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock, self.inbuf, self.outbuf = sock, bytearray(), bytearray()
         self.writing = False  # registered for EVENT_WRITE
+        self.closing = False  # refused a frame header: close once the replies are out
 
 
 class PartitionServer:
@@ -225,9 +237,13 @@ class PartitionServer:
         buf, pos, replies = conn.inbuf, 0, []
         while len(buf) - pos >= 4:
             size = _LEN.unpack_from(buf, pos)[0]
-            if size > MAX_FRAME:
-                self._drop(conn)
-                return
+            if size > MAX_FRAME:  # refused before the body: answer what came, then close
+                err = ProtocolError(f"registry frame header announces {size} bytes, over the "
+                                    f"{MAX_FRAME}-byte limit")
+                replies.append(encode_frame([None, 1, to_wire(err)]))
+                conn.closing = True
+                pos = len(buf)
+                break
             if len(buf) - pos - 4 < size:
                 break
             replies.append(self._dispatch(bytes(buf[pos + 4: pos + 4 + size])))
@@ -246,6 +262,9 @@ class PartitionServer:
             self._drop(conn)
             return
         del conn.outbuf[:sent]
+        if conn.closing and not conn.outbuf:
+            self._drop(conn)
+            return
         if bool(conn.outbuf) != conn.writing:  # wait for room only while a reply is pending
             conn.writing = not conn.writing
             want = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.writing else 0)
@@ -257,20 +276,22 @@ class PartitionServer:
             conn.sock.close()
 
     def _dispatch(self, body: bytes) -> bytes:
+        """One request -> its reply frame, under the boundary policy (never raises)."""
         rid: Any = None
         try:
-            req = orjson.loads(body)
-            if not isinstance(req, list) or len(req) < 2 or req[1] not in self._ops:
+            req = decode_value(body, LIMITS)
+            if not isinstance(req, list) or len(req) < 2 or not isinstance(req[1], str) \
+                    or req[1] not in self._ops:
                 raise ProtocolError(f"registry request must be [rid, op, *args] with a known op, "
                                     f"got {str(req)[:80]}")
-            rid = req[0]
+            rid = req[0] if isinstance(req[0], int) and not isinstance(req[0], bool) else None
             return encode_frame([rid, 0, self._ops[req[1]](*req[2:])])
-        except AgoraError as exc:
-            return encode_frame([rid, 1, to_wire(exc)])
-        except (orjson.JSONDecodeError, TypeError, ValueError, KeyError) as exc:
-            err = ProtocolError(f"malformed registry request: {type(exc).__name__}: {exc}",
+        except TypeError as exc:  # wrong number of arguments for the op (or of wrong types)
+            err = ProtocolError(f"malformed registry request: {str(exc)[:200]}",
                                 hint="this is a bug in the registry client")
             return encode_frame([rid, 1, to_wire(err)])
+        except Exception as exc:  # noqa: BLE001 - the partition's boundary
+            return encode_frame([rid, 1, error_wire(exc, f"registry.{self.index}", self._emit)])
 
     # ------------------------------------------------------------------ operations
     def _op_ping(self) -> list[int]:

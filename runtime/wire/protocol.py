@@ -32,6 +32,23 @@ Limits (module constants; pass a ``Limits`` to override per reader/call)
 ``MAX_CONTAINERS``  1 Mi arrays/objects per frame, counted as ``{``/``[`` bytes of the raw
                     body before parsing (brackets inside strings count too: the bound is
                     generous).  Without it 16 MiB of ``[{},{},...]`` parses into ~400 MB.
+``int literals``    an integer literal is judged by its digit count first: one longer than
+                    ``max_int`` has digits is refused without ever being converted (CPython
+                    refuses ``int()`` of more than 4,300 digits with ``ValueError``; a
+                    5,000-digit literal must be a protocol error, not a crash).
+``NaN/Infinity``    refused (orjson rejects the literals and any float that overflows to
+                    infinity, e.g. ``1e400``): ``ProtocolError``.
+``duplicate keys``  refused at any depth (``{"cmd":"status","cmd":"down"}`` is never
+                    obeyed): the keys of the parsed value are counted and compared with the
+                    keys of the raw body (``:`` bytes outside strings); on a mismatch the
+                    body is re-read without converting numbers to name the key and path.
+``invalid UTF-8``   and lone surrogates: refused by orjson -> ``ProtocolError``.
+``depth >= 1024``   a ``Limits`` whose ``max_depth`` is at least ``PARSER_DEPTH`` leaves the
+                    depth to orjson (which refuses 1025 levels), so no walk is needed.
+
+Internal sockets use the same decoder with their own ``Limits`` (``INTERNAL_LIMITS`` in
+``runtime.wire.server``, the registry's and telemetry's in their modules): no socket of
+the tree parses bytes without these checks.
 Request fields: ``id`` is an int in ``[0, 2**63)``; ``cmd`` matches ``[a-z][a-z0-9_.:-]*``
 and is at most 64 characters; ``args`` is an object (a missing ``args`` means ``{}``);
 trace ids are 1-32 lowercase hex digits.  Unknown top-level fields are refused: a peer
@@ -70,9 +87,9 @@ from runtime.observability.trace_context import TraceContext
 
 __all__ = [
     "PROTOCOL_VERSION", "MAX_FRAME", "MAX_DEPTH", "MAX_INT", "MAX_STRING", "MAX_CONTAINERS",
-    "MAX_CMD", "HEADER", "Limits", "default_limits", "FrameTooLarge", "TruncatedFrame",
-    "Request", "Reply",
-    "encode_frame", "decode_body", "check_value", "FrameReader", "make_request", "ok_reply",
+    "MAX_CMD", "HEADER", "PARSER_DEPTH", "Limits", "default_limits", "FrameTooLarge",
+    "TruncatedFrame", "Request", "Reply",
+    "encode_frame", "decode_body", "decode_value", "check_value", "FrameReader", "make_request", "ok_reply",
     "error_reply", "more_reply", "parse_request", "parse_reply", "send_frame",
     "recv_frame", "peer_cred", "peer_uid",
 ]
@@ -84,6 +101,7 @@ MAX_INT = 2**63
 MAX_STRING = 8 * 1024 * 1024
 MAX_CONTAINERS = 1 << 20
 MAX_CMD = 64
+PARSER_DEPTH = 1024  # orjson refuses deeper nesting itself
 HEADER = struct.Struct(">I")
 
 _REQUEST_FIELDS = frozenset({"v", "id", "cmd", "args", "trace"})
@@ -199,7 +217,8 @@ def _body_bounds(body: bytes, containers: int, lim: Limits) -> bool:
     '{'/'[' bytes than ``max_depth`` bounds the depth, a body no longer than ``max_string``
     bounds every string.  (Integers: only literals of 19+ digits can reach ``max_int``
     when it is at least 10**18; callers scan for those.)"""
-    return containers <= lim.max_depth and len(body) <= lim.max_string and lim.max_int >= 10**18
+    depth_ok = containers <= lim.max_depth or lim.max_depth >= PARSER_DEPTH
+    return depth_ok and len(body) <= lim.max_string and lim.max_int >= 10**18
 
 
 def _precheck(body: bytes, lim: Limits) -> bool:
@@ -214,11 +233,21 @@ def _precheck(body: bytes, lim: Limits) -> bool:
         return walk
     for m in _STRING_OR_LONG_INT.finditer(body):
         token = m.group()
-        if token[:1] != b'"' and not -lim.max_int < int(token) < lim.max_int:
+        if token[:1] != b'"' and not _int_literal_ok(token, lim):
             shown = token[:40].decode() + ("..." if len(token) > 40 else "")
-            raise ProtocolError(f"frame: integer literal {shown} is out of "
-                                f"range (|n| must be < {lim.max_int})", hint="send it as a string")
+            raise ProtocolError(f"frame: integer literal {shown} ({len(token.lstrip(b'-'))} "
+                                f"digits) is out of range (|n| must be < {lim.max_int})",
+                                hint="send it as a string")
     return walk
+
+
+def _int_literal_ok(token: bytes, lim: Limits) -> bool:
+    """``|int(token)| < max_int`` without converting a literal that cannot fit: its digit
+    count decides first (CPython's int-string limit would raise ValueError at 4,301)."""
+    digits = token.lstrip(b"-")
+    if len(digits) > len(str(lim.max_int)):
+        return False
+    return -lim.max_int < int(token) < lim.max_int
 
 
 # --- frames ------------------------------------------------------------------------------
@@ -243,20 +272,83 @@ def encode_frame(obj: dict[str, Any], limits: Limits | None = None) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
-def decode_body(body: bytes, limits: Limits | None = None) -> dict[str, Any]:
-    """One frame body -> a JSON object, or ProtocolError (whatever the parser raised)."""
+def decode_value(body: bytes, limits: Limits | None = None) -> Any:
+    """One frame body -> any JSON value, under every limit of the module docstring, or
+    ProtocolError (whatever the parser raised)."""
     lim = limits or default_limits()
+    body = bytes(body)
     walk = _precheck(body, lim)
     try:
         obj = orjson.loads(body)
     except (ValueError, RecursionError, TypeError, OverflowError) as e:
         raise ProtocolError(f"frame body ({len(body)} bytes) is not JSON: {e}"
-                            f"{_sniff(bytes(body[:1]))}") from e
-    if not isinstance(obj, dict):
-        raise ProtocolError(f"a frame must be a JSON object, got {type(obj).__name__}")
+                            f"{_sniff(body[:1])}") from e
     if walk:
         check_value(obj, lim)
+    _refuse_duplicate_keys(body, obj)
     return obj
+
+
+def decode_body(body: bytes, limits: Limits | None = None) -> dict[str, Any]:
+    """One frame body -> a JSON object, or ProtocolError (whatever the parser raised)."""
+    obj = decode_value(body, limits)
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"a frame must be a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+
+
+def _count_keys(obj: Any) -> int:
+    """Keys of every object in ``obj`` (iterative: depth is already bounded)."""
+    n, stack = 0, [obj]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            n += len(value)
+            stack.extend(v for v in value.values() if isinstance(v, (dict, list)))
+        else:
+            stack.extend(v for v in value if isinstance(v, (dict, list)))
+    return n
+
+
+def _refuse_duplicate_keys(body: bytes, obj: Any) -> None:
+    """orjson keeps the last of duplicate keys; the protocol refuses them (module
+    docstring).  ``body`` parsed, so ``:`` bytes outside strings are exactly its keys."""
+    colons = body.count(b":")
+    if colons <= 1 or not isinstance(obj, (dict, list)):
+        return
+    parsed = _count_keys(obj)
+    if colons == parsed or _JSON_STRING.sub(b"", body).count(b":") == parsed:
+        return
+    raise ProtocolError(f"frame: {_which_duplicate(body)}",
+                        hint="send each key once (JSON objects with repeated keys are ambiguous)")
+
+
+def _which_duplicate(body: bytes) -> str:
+    """Name the first repeated key and where it is (slow path: only for refused frames;
+    numbers are never converted)."""
+    import json
+
+    found: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        for key, _ in items:
+            if key in seen and not found:
+                found.append(key)
+            seen.add(key)
+        return {}
+
+    try:
+        json.loads(body, object_pairs_hook=pairs, parse_int=lambda s: 0,
+                   parse_float=lambda s: 0.0, parse_constant=lambda s: 0.0)
+    except (ValueError, RecursionError):
+        pass
+    if found:
+        return f"duplicate key {found[0][:64]!r} in an object"
+    return "an object repeats a key"
 
 
 class FrameReader:

@@ -17,14 +17,29 @@ import orjson
 
 from runtime.wire import paths
 from runtime.wire.buffers import RECV_BYTES
-from runtime.wire.protocol import HEADER, MAX_FRAME, FrameReader, ProtocolError, encode_frame
+from runtime.wire.protocol import (
+    HEADER,
+    MAX_FRAME,
+    PARSER_DEPTH,
+    FrameReader,
+    Limits,
+    ProtocolError,
+    decode_value,
+    encode_frame,
+)
 
-__all__ = ["listen_unix", "remove_run_dir", "Conn", "encode_internal", "InternalReader"]
+__all__ = ["listen_unix", "remove_run_dir", "Conn", "encode_internal", "InternalReader",
+           "INTERNAL_LIMITS", "INTERNAL_MAX_FRAME"]
 
-#: Frames between processes of one tree (coordinator <-> agents, root) are trusted: same
-#: header + orjson, without the control channel's per-value walk (which costs more than the
-#: encoding itself on large inputs).  Only a size bound is kept.
+#: Frames between processes of one tree (coordinator <-> agents): same header + orjson and
+#: the same decoder as the control channel (``decode_value``: integer literals, duplicate
+#: keys, UTF-8, NaN), with limits of their own: a larger frame (results may be large),
+#: depth left to the parser (1024, no per-value walk: it cost more than the encoding on
+#: large inputs), strings bounded by the frame, integers by orjson's 64 bits.  A same-uid
+#: process can connect to these sockets, so they are not trusted to be well formed.
 INTERNAL_MAX_FRAME = 1 << 30
+INTERNAL_LIMITS = Limits(max_frame=INTERNAL_MAX_FRAME, max_depth=PARSER_DEPTH, max_int=2**64,
+                         max_string=INTERNAL_MAX_FRAME, max_containers=1 << 24)
 
 
 def encode_reply(obj: Any) -> bytes:
@@ -47,24 +62,38 @@ def encode_internal(obj: Any) -> bytes:
 
 
 class InternalReader:
-    """Incremental decoder of trusted frames."""
+    """Incremental decoder of the tree's internal frames (``INTERNAL_LIMITS``).  Like
+    ``FrameReader``: a ``ProtocolError`` is final for the connection and carries the frames
+    decoded before it in the same ``feed`` as ``.frames`` (answer them, then refuse)."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: Limits = INTERNAL_LIMITS) -> None:
+        self.limits = limits
         self._buf = bytearray()
+        self._failed: ProtocolError | None = None
 
     def feed(self, data: bytes) -> list[Any]:
+        if self._failed is not None:
+            raise ProtocolError(f"this connection already sent a bad frame ({self._failed.message})",
+                                hint="close the connection")
         buf = self._buf
         buf += data
-        frames, start = [], 0
-        while len(buf) - start >= 4:
-            (size,) = HEADER.unpack_from(buf, start)
-            if size > INTERNAL_MAX_FRAME:
-                raise ProtocolError(f"internal frame of {size} bytes exceeds {INTERNAL_MAX_FRAME}")
-            end = start + 4 + size
-            if len(buf) < end:
-                break
-            frames.append(orjson.loads(memoryview(buf)[start + 4:end]))
-            start = end
+        frames: list[Any] = []
+        start = 0
+        try:
+            while len(buf) - start >= 4:
+                (size,) = HEADER.unpack_from(buf, start)
+                if size > self.limits.max_frame:
+                    raise ProtocolError(f"internal frame header announces {size} bytes, over "
+                                        f"the {self.limits.max_frame}-byte limit")
+                end = start + 4 + size
+                if len(buf) < end:
+                    break
+                frames.append(decode_value(bytes(buf[start + 4:end]), self.limits))
+                start = end
+        except ProtocolError as e:
+            self._failed = e
+            e.frames = frames  # type: ignore[attr-defined]
+            raise
         del buf[:start]
         return frames
 

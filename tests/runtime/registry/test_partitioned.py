@@ -244,8 +244,11 @@ def test_bad_frames_get_typed_errors_and_the_partition_keeps_serving(parts, body
 
 def test_oversized_frame_drops_only_that_connection(parts):
     s = raw(parts.paths[0])
-    s.sendall(struct.pack(">I", 1 << 30))
-    assert s.recv(1) == b""  # refused before any body is read
+    s.sendall(encode_frame([7, "ping"]) + struct.pack(">I", 1 << 30))
+    ping, refusal = recv_replies(s, 2)  # the frame before it answered, then the refusal
+    assert ping[:2] == [7, 0]
+    assert refusal[0] is None and refusal[1] == 1 and "1073741824 bytes" in refusal[2]["message"]
+    assert s.recv(1) == b""  # then closed, before any body is read
     s.close()
     with parts.backend() as b:
         assert b.ping(0) == [0, 0]
