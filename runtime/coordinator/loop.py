@@ -107,7 +107,7 @@ class Coordinator:
         self.root = RootLink(run.root_sock)
         self.root.attach(self._open_root_conn, self.close_conn, self.call_later)
         self.latency = LoopLatency()  # `agora metrics`: turn busy time, timer lateness
-        self.slices = Slices(self.call_later, clock, emit=self.emit)  # long commands, sliced
+        self.slices = Slices(None, clock, emit=self.emit)  # long commands, a slice per turn
         self.consensus_methods: set[str] = set()  # what a pipeline step may ask (decisions)
         self.commands = Commands(self)
         self.stopping = False
@@ -219,12 +219,21 @@ class Coordinator:
         self.send_replies()
         self.send_task_batches()
         self.emit.maybe_flush()
+        self.run_slice()
         self.latency.turn(self.clock() - busy_from)
+
+    def run_slice(self) -> None:
+        """Long commands (trace, events, ps) a slice at a time, after this turn's replies
+        went out; the replies of the jobs that ended go out at once."""
+        if self.slices.busy:
+            self.slices.run_slice()
+            self.send_replies()
 
     def _timeout(self) -> float | None:
         mine = max(0.0, self.timers[0][0] - self.clock()) if self.timers else None
         ts = [t for t in (self.scheduler.next_timer_in(), self.emit.flush_due_in(),
-                          self.commands.next_deadline_in(), mine) if t is not None]
+                          self.commands.next_deadline_in(), mine,
+                          0.0 if self.slices.busy else None) if t is not None]
         return min(ts) if ts else None
 
     def on_ready(self, key: selectors.SelectorKey) -> None:

@@ -2,11 +2,15 @@
 ``ps``'s per-process reads.
 
 A job is a generator that does a small unit of work between ``yield``s and ``return``s its
-result.  ``Slices`` runs the jobs it holds round robin from a timer due at once, for at
-most ``budget_s`` per turn in all, so a job of any length adds at most ``budget_s`` (plus
-one unit) to the turn that runs it: requests keep being served between slices and the
-loop's latency stays bounded (issue 15, item 4).  An idle loop runs slice after slice, so
-a lone scan runs at nearly full speed.
+result.  ``Slices`` runs the jobs it holds round robin, for at most ``budget_s`` per turn
+in all, so a job of any length adds at most ``budget_s`` (plus one unit) to a turn:
+requests keep being served between slices and the loop's latency stays bounded (issue 15,
+item 4).  An idle loop runs slice after slice, so a lone scan runs at nearly full speed.
+
+Who runs the slices: the coordinator calls ``run_slice()`` at the end of each turn, after
+the turn's replies went out (a ping that came with a slice is answered before it), and
+does not sleep while ``busy``; without such a driver (``call_later`` given), a timer due
+at once runs each slice.
 
 Why slices and not a thread: the coordinator's work is Python; a scanning thread would hold
 the GIL for up to the 5 ms switch interval each time the loop wants it back (several times
@@ -50,7 +54,7 @@ def run_to_end(job: Job) -> Any:
 class Slices:
     """Jobs run in slices from the host's timers (``call_later(0, ...)``)."""
 
-    def __init__(self, call_later: Callable[[float, Callable[[], None]], None], clock: Callable[[], float],
+    def __init__(self, call_later: Callable[[float, Callable[[], None]], None] | None, clock: Callable[[], float],
                  budget_s: float = SLICE_S, max_jobs: int = MAX_JOBS,
                  emit: Callable[..., None] | None = None) -> None:
         self.call_later, self.clock, self.budget_s, self.max_jobs = call_later, clock, budget_s, max_jobs
@@ -67,8 +71,12 @@ class Slices:
         self.jobs.append((name, job, on_done))
         self._schedule()
 
+    @property
+    def busy(self) -> bool:
+        return bool(self.jobs)
+
     def _schedule(self) -> None:
-        if not self._scheduled and self.jobs:
+        if self.call_later is not None and not self._scheduled and self.jobs:
             self._scheduled = True
             self.call_later(0.0, self.run_slice)
 

@@ -45,7 +45,8 @@ from runtime.observability.tracing import build_trace
 
 __all__ = ["install", "Observe", "RECENT_KINDS", "MAX_TRACE_EVENTS", "MAX_FOLLOW"]
 
-MAX_TRACE_EVENTS = 50_000
+MAX_TRACE_EVENTS = 10_000  # a trace shows its last 10,000 events: its span tree is built in
+#                             one unit of ~1 us per event (10 ms), the reply is ~1.7 MB
 MAX_FOLLOW = 10_000  # events_after: events per call (a follower calls again for more)
 #: Event type prefixes `top` shows as recent coordination activity.
 RECENT_KINDS = ("auction.", "market.", "contract.", "vote.", "consensus.", "negotiation.")
