@@ -7,6 +7,12 @@ submission waiting for mailbox room).  Nothing a client sends is ever unpickled 
 evaluated; a command not in the table is UNKNOWN_COMMAND.
 
 Here: ping, status, ps, down, agents, events, context_put/ls/rm, registry_ls/get.
+
+None of them makes the loop wait (issue 15, item 4): ``status`` and ``ps`` ask the root for
+its tree asynchronously (``RootLink.request``: the reply comes on a later turn, so a root
+busy forking a storm of agents delays only them), ``ps`` reads each process in slices and
+``events`` scans the event log in slices (``runtime.coordinator.slices``).  ``down`` alone
+waits for the root (the shutdown path: what its caller asked for).
 ``runtime.coordinator.task_commands`` adds the task and pipeline commands; the coordination
 services (market, consensus, primitives), the scaler and observability add theirs, all
 through ``Commands.extend`` at coordinator start: the table is fixed once serving begins.
@@ -24,15 +30,19 @@ import psutil
 from runtime.coordinator.command_kit import MAX_TEXT, Deferred, arg, int_arg, num_arg, only, str_arg
 from runtime.coordinator.root_link import RootLink
 from runtime.errors import (
+    AgoraError,
     Conflict,
     DeadlineExceeded,
     InvalidInput,
     NotFound,
+    RemoteError,
     UnknownCommand,
 )
 from runtime.observability.trace_context import TraceContext
 
-__all__ = ["Commands", "Deferred", "arg", "only"]
+__all__ = ["Commands", "Deferred", "arg", "only", "MAX_EVENTS"]
+
+MAX_EVENTS = 10_000  # `events --limit`: what one reply may carry (well inside a frame)
 
 class Commands:
     """The command table and the state commands keep between turns."""
@@ -96,28 +106,50 @@ class Commands:
 
     def status(self, args: dict[str, Any], trace: Any) -> Any:
         only(args)
+        return self.with_tree(self._status)
+
+    def _status(self, tree: Any) -> Any:
         sched = self.coord.scheduler
         return {"home": str(self.coord.cfg.home), "root_pid": self.coord.root_pid,
-                "uptime_s": round(time.time() - self.started, 3), "tree": self.root.call("tree"),
+                "uptime_s": round(time.time() - self.started, 3), "tree": tree,
                 "allocation": self.coord.cfg.allocation, "agents": len(sched.agents),
                 "payloads": sched.payloads.stats,
                 "tasks": self.coord.journal.counts()}
 
+    def with_tree(self, answer: Callable[[Any], Any]) -> Deferred:
+        """A reply built from the root's tree when it comes (a later turn); ``answer(tree)``
+        returns the reply, or a Deferred of it, or raises an AgoraError."""
+        d = Deferred()
+
+        def done(tree: Any, error: Any) -> None:
+            if error is not None:
+                d.fail(error)
+                return
+            try:
+                out = answer(tree)
+            except AgoraError as e:
+                d.fail(e)
+                return
+            except Exception as e:  # noqa: BLE001 -- on a later turn: nobody else would catch it
+                d.fail(RemoteError(f"building the reply failed: {type(e).__name__}: {e}"))
+                return
+            if isinstance(out, Deferred):
+                out.bind(lambda msg: d._finish(msg))
+            else:
+                d.resolve(out)
+        self.root.request("tree", {}, done)
+        return d
+
     def ps(self, args: dict[str, Any], trace: Any) -> Any:
         only(args)
-        rows = []
-        for node in _flatten(self.root.call("tree")):
-            row = {"path": node["path"], "pid": node["pid"], "state": node["state"],
-                   "restarts": node["restarts"]}
-            try:
-                p = psutil.Process(node["pid"])
-                with p.oneshot():
-                    row.update(rss_mib=round(p.memory_info().rss / 2**20, 1),
-                               cpu_s=round(sum(p.cpu_times()[:2]), 2), name=p.name())
-            except (psutil.Error, TypeError):
-                pass
-            rows.append(row)
-        return rows
+        return self.with_tree(lambda tree: self.sliced("ps", _ps_rows(tree)))
+
+    def sliced(self, name: str, job: Any) -> Deferred:
+        """Run ``job`` (a generator, runtime.coordinator.slices) in slices; its return
+        value is the reply."""
+        d = Deferred()
+        self.coord.slices.start(name, job, lambda out, err: d.fail(err) if err is not None else d.resolve(out))
+        return d
 
     def down(self, args: dict[str, Any], trace: Any) -> Any:
         only(args)
@@ -194,13 +226,36 @@ class Commands:
                 for a in self.coord.scheduler.agents.values()]
 
     def events(self, args: dict[str, Any], trace: Any) -> Any:
+        """The last ``limit`` matching events, scanned in slices (a long log never holds
+        the loop)."""
         only(args, "type", "agent", "since", "limit", "trace_id")
-        from runtime.observability.eventlog import read_events
-        return read_events(self.coord.cfg.home, type_prefix=str_arg(args, "type", None),
-                           agent=str_arg(args, "agent", None),
-                           since=num_arg(args, "since", None, hi=1e12),
-                           trace_id=str_arg(args, "trace_id", None, max_len=64),
-                           limit=int_arg(args, "limit", 200, hi=100_000))
+        from runtime.observability.eventlog import scan_events
+        job = scan_events(self.coord.cfg.home, type_prefix=str_arg(args, "type", None),
+                          agent=str_arg(args, "agent", None),
+                          since=num_arg(args, "since", None, hi=1e12),
+                          trace_id=str_arg(args, "trace_id", None, max_len=64),
+                          limit=int_arg(args, "limit", 200, hi=MAX_EVENTS))
+        return self.sliced("events", job)
+
+
+def _ps_rows(tree: dict[str, Any]) -> Any:
+    """``ps``'s rows, one process read (psutil, ~0.1 ms) per unit of the job."""
+    rows = []
+    for node in _flatten(tree):
+        row = {"path": node["path"], "pid": node["pid"], "state": node["state"],
+               "restarts": node["restarts"]}
+        try:
+            if node["pid"] is None:
+                raise ValueError("not running")  # psutil.Process(None) is this process
+            p = psutil.Process(node["pid"])
+            with p.oneshot():
+                row.update(rss_mib=round(p.memory_info().rss / 2**20, 1),
+                           cpu_s=round(sum(p.cpu_times()[:2]), 2), name=p.name())
+        except (psutil.Error, TypeError, ValueError):
+            pass  # gone since the tree was read, or not started (pid None)
+        rows.append(row)
+        yield
+    return rows
 
 
 _CONTEXT_NAME_MAX = 200  # shm.context's own bound, checked here to name the argument

@@ -34,8 +34,10 @@ from runtime.coordinator.command_kit import Deferred
 from runtime.coordinator.commands import Commands
 from runtime.coordinator.host import AgentListener, Command, ServiceFactory, ServiceHost
 from runtime.coordinator.root_link import RootLink
+from runtime.coordinator.slices import Slices
 from runtime.errors import AgoraError, Conflict, InvalidInput, UnknownCommand, to_wire
 from runtime.observability.events import Emitter
+from runtime.observability.metrics import LoopLatency
 from runtime.observability.telemetry import install_stop_wakeup
 from runtime.observability.trace_context import TraceContext
 from runtime.registry.service import open_registry
@@ -44,8 +46,15 @@ from runtime.tasks.payloads import Payloads
 from runtime.tasks.scheduler import POLICIES, Scheduler, TaskRun
 from runtime.wire import paths
 from runtime.wire.boundary import error_wire
-from runtime.wire.protocol import ProtocolError, parse_request, peer_uid
-from runtime.wire.server import Conn, InternalReader, encode_internal, encode_reply, listen_unix
+from runtime.wire.protocol import ProtocolError, encode_frame, parse_request, peer_uid
+from runtime.wire.server import (
+    MAX_PENDING_OUT,
+    Conn,
+    InternalReader,
+    encode_internal,
+    encode_reply,
+    listen_unix,
+)
 
 __all__ = ["Coordinator", "Composition", "coordinator_main", "check_agent_message"]
 
@@ -97,6 +106,9 @@ class Coordinator:
         self.agent_listeners: list[AgentListener] = []
         self.agent_ops: dict[str, Callable[[str, dict[str, Any], Any], Any]] = {}
         self.root = RootLink(run.root_sock)
+        self.root.attach(self._open_root_conn, self.close_conn, self.call_later)
+        self.latency = LoopLatency()  # `agora metrics`: turn busy time, timer lateness
+        self.slices = Slices(None, clock, emit=self.emit)  # long commands, a slice per turn
         self.consensus_methods: set[str] = set()  # what a pipeline step may ask (decisions)
         self.commands = Commands(self)
         self.stopping = False
@@ -191,11 +203,15 @@ class Coordinator:
 
     def turn(self, timeout: float | None) -> None:
         ready = self.sel.select(timeout)
+        busy_from = self.clock()
         with self.journal.transaction():  # group commit: one COMMIT for the whole turn
             # (a turn that wrote nothing commits nothing: no WAL write, no fsync)
             # agents first: a hello or a result that arrived with a request is seen before it
-            for key, _ in sorted(ready, key=lambda kv: kv[0].data[0] != "agent"):
-                self.on_ready(key)
+            for key, mask in sorted(ready, key=lambda kv: kv[0].data[0] != "agent"):
+                if mask & selectors.EVENT_WRITE:
+                    self.on_writable(key)
+                if mask & selectors.EVENT_READ:
+                    self.on_ready(key)
             self.fire_timers()
             self.scheduler.fire_timers()
             for hook in list(self.turn_hooks):
@@ -204,11 +220,21 @@ class Coordinator:
         self.send_replies()
         self.send_task_batches()
         self.emit.maybe_flush()
+        self.run_slice()
+        self.latency.turn(self.clock() - busy_from)
+
+    def run_slice(self) -> None:
+        """Long commands (trace, events, ps) a slice at a time, after this turn's replies
+        went out; the replies of the jobs that ended go out at once."""
+        if self.slices.busy:
+            self.slices.run_slice()
+            self.send_replies()
 
     def _timeout(self) -> float | None:
         mine = max(0.0, self.timers[0][0] - self.clock()) if self.timers else None
         ts = [t for t in (self.scheduler.next_timer_in(), self.emit.flush_due_in(),
-                          self.commands.next_deadline_in(), mine) if t is not None]
+                          self.commands.next_deadline_in(), mine,
+                          0.0 if self.slices.busy else None) if t is not None]
         return min(ts) if ts else None
 
     def on_ready(self, key: selectors.SelectorKey) -> None:
@@ -219,6 +245,8 @@ class Coordinator:
             self.on_client(detail)
         elif kind == "agent":
             self.on_agent(detail)
+        elif kind == "root":
+            self.root.on_readable(detail)
         elif kind == "wake":
             os.read(key.fd, 64)
             self.stopping = True
@@ -235,7 +263,11 @@ class Coordinator:
             self.emit("control.refused", peer_uid=uid, socket=kind)
             sock.close()
             return
-        conn = Conn(sock, encode=encode_reply) if kind == "client" else Conn(sock, InternalReader(), encode_internal)
+        if kind == "client":  # replies wait for a slow reader up to MAX_PENDING_OUT, then it goes
+            conn = Conn(sock, encode=encode_reply, max_out=MAX_PENDING_OUT,
+                        on_backlog=self._want_write, on_full=self._drop_slow_client)
+        else:  # an agent's mailbox bounds what waits for it (the scheduler's mailbox limits)
+            conn = Conn(sock, InternalReader(), encode_internal, on_backlog=self._want_write)
         self.sel.register(sock, selectors.EVENT_READ, (kind, conn))
 
     def on_client(self, conn: Conn) -> None:
@@ -288,6 +320,9 @@ class Coordinator:
         self.replies.append((conn, msg))
 
     def send_replies(self) -> None:
+        """Replies of this turn, into each connection's output buffer: what the socket
+        does not take now is written when the selector says it is writable (``_want_write``,
+        ``on_writable``); the loop never waits for a client to read."""
         replies, self.replies = self.replies, []
         for conn, msg in replies:
             if conn.closed:
@@ -296,23 +331,38 @@ class Coordinator:
                 conn.send(msg)
             except ProtocolError as e:  # a reply we cannot encode: say so instead
                 conn.send({"v": 1, "id": msg.get("id"), "error": to_wire(e)})
-            if conn.out:
-                self._want_write(conn)
             if conn.state.get("last_reply") is msg:  # refuse_stream: refused, now hang up
+                conn.flush()  # a small error reply: what the socket takes now is all it gets
                 self.close_conn(conn)
 
     def _want_write(self, conn: Conn) -> None:
-        # rare (a reply larger than the socket buffer): block briefly rather than juggle
-        # write interest; the peer is a local client reading its reply.
-        conn.sock.setblocking(True)
-        conn.sock.settimeout(5.0)
+        """``conn`` has bytes its socket did not take: be told when it takes more."""
         try:
-            conn.sock.sendall(conn.out)
-            conn.out.clear()
-        except OSError:
-            self.close_conn(conn)
-        else:
-            conn.sock.setblocking(False)
+            key = self.sel.get_key(conn.sock)
+        except (KeyError, ValueError):
+            return  # closed meanwhile
+        if not key.events & selectors.EVENT_WRITE:
+            self.sel.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, key.data)
+
+    def on_writable(self, key: selectors.SelectorKey) -> None:
+        """Write what waits; once nothing does, back to read interest only.  A write error
+        marks the Conn closed and its read side then sees the EOF and cleans up."""
+        conn = key.data[1]
+        conn.flush()
+        if (not conn.out or conn.closed) and conn.sock.fileno() >= 0:
+            self.sel.modify(conn.sock, selectors.EVENT_READ, key.data)
+
+    def _drop_slow_client(self, conn: Conn) -> None:
+        """A client that does not read its replies: MAX_PENDING_OUT bytes wait for it."""
+        self.emit("control.slow_client_dropped", pending_bytes=len(conn.out), limit_bytes=MAX_PENDING_OUT,
+                  reason="the client did not read its replies")
+        self.close_conn(conn)
+
+    def _open_root_conn(self, sock: socket.socket) -> Conn:
+        """The root link's asynchronous socket, served by this loop (RootLink.request)."""
+        conn = Conn(sock, InternalReader(), encode_frame, on_backlog=self._want_write)
+        self.sel.register(sock, selectors.EVENT_READ, ("root", conn))
+        return conn
 
     def close_conn(self, conn: Conn) -> None:
         if not conn.closed or conn.sock.fileno() >= 0:
@@ -426,7 +476,9 @@ class Coordinator:
     def fire_timers(self) -> None:
         now = self.clock()
         while self.timers and self.timers[0][0] <= now:
-            heapq.heappop(self.timers)[2]()
+            due, _, fn = heapq.heappop(self.timers)
+            self.latency.timer(now - due)
+            fn()
 
     def agent_call(self, conn: Conn, msg: dict[str, Any]) -> None:
         """An agent asks the coordinator (locks, leases, barriers...): ``agent_ops[op]``

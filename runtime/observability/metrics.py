@@ -41,11 +41,13 @@ from typing import Any
 
 from runtime.tasks.task import TERMINAL
 
-__all__ = ["Metrics", "EventMetrics", "to_prometheus", "quantile", "BUCKETS", "MAX_SERIES"]
+__all__ = ["Metrics", "EventMetrics", "LoopLatency", "to_prometheus", "quantile", "BUCKETS",
+           "MAX_SERIES", "LOOP_RECENT"]
 
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
            10.0, 30.0, 60.0)
 MAX_SERIES = 500
+LOOP_RECENT = 4096  # turns (and timers) LoopLatency keeps for its exact quantiles
 
 HELP: dict[str, tuple[str, str]] = {
     "agora_events_total": ("counter", "Events received by telemetry, by type."),
@@ -74,6 +76,8 @@ HELP: dict[str, tuple[str, str]] = {
     "agora_agent_memory_bytes": ("gauge", "Resident memory of each agent process (live)."),
     "agora_pool_agents": ("gauge", "Connected agents, by pool (coordinator, live)."),
     "agora_throughput_tasks_per_second": ("gauge", "Tasks finished per second over the last 10 s."),
+    "agora_loop_turn_seconds": ("histogram", "Coordinator loop: busy time of each turn (live)."),
+    "agora_loop_timer_lateness_seconds": ("histogram", "Coordinator loop: how late each timer fired (live)."),
 }
 _BREAKER = {"closed": 0.0, "half_open": 1.0, "half-open": 1.0, "open": 2.0}
 
@@ -192,6 +196,47 @@ def quantile(h: dict[str, Any], q: float) -> float | None:
         if seen >= rank and c:
             return BUCKETS[i] if i < len(BUCKETS) else math.inf
     return math.inf
+
+
+# -- the coordinator loop's own latency ------------------------------------------------------
+
+class LoopLatency:
+    """How long the coordinator's loop keeps a request waiting (issue 15, item 4).
+
+    A request that arrives during a turn waits for the rest of that turn, so the busy time
+    of each turn (from ``select`` returning to the end of the turn) bounds what any client
+    waits for the loop; a timer's lateness (fired at minus due at) is the same wait seen
+    from inside.  Both go to fixed-bucket histograms (they add up with any other
+    histogram; Prometheus reads them) and to a ring of the last ``recent`` values, from
+    which :meth:`summary` gives exact p50/p99/max in milliseconds (bucket bounds are too
+    coarse to check a 20 ms target).  Pure: the loop passes the durations in.
+    """
+
+    def __init__(self, recent: int = LOOP_RECENT) -> None:
+        self.metrics = Metrics()
+        self.turns: deque[float] = deque(maxlen=recent)
+        self.lateness: deque[float] = deque(maxlen=recent)
+        self.count = 0
+
+    def turn(self, busy_s: float) -> None:
+        self.count += 1
+        self.turns.append(busy_s)
+        self.metrics.observe("agora_loop_turn_seconds", busy_s)
+
+    def timer(self, late_s: float) -> None:
+        late_s = max(0.0, late_s)
+        self.lateness.append(late_s)
+        self.metrics.observe("agora_loop_timer_lateness_seconds", late_s)
+
+    def summary(self) -> dict[str, Any]:
+        """Exact quantiles over the recent turns and timers, in milliseconds."""
+        out: dict[str, Any] = {"turns": self.count, "recent": len(self.turns)}
+        for name, xs in (("turn", self.turns), ("timer_late", self.lateness)):
+            ordered = sorted(xs)
+            for label, q in (("p50", 0.5), ("p99", 0.99), ("max", 1.0)):
+                v = ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))] if ordered else None
+                out[f"{name}_{label}_ms"] = None if v is None else round(v * 1000, 3)
+        return out
 
 
 # -- from events ---------------------------------------------------------------------------

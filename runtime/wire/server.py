@@ -29,7 +29,14 @@ from runtime.wire.protocol import (
 )
 
 __all__ = ["listen_unix", "remove_run_dir", "Conn", "encode_internal", "InternalReader",
-           "INTERNAL_LIMITS", "INTERNAL_MAX_FRAME"]
+           "MAX_PENDING_OUT", "SlowPeer", "INTERNAL_LIMITS", "INTERNAL_MAX_FRAME"]
+
+#: Replies queued for one client that is not reading them, in bytes.  A client's replies
+#: wait in its output buffer (the loop never blocks on a socket: issue 15, item 4); a
+#: reply is queued only while less than this is waiting, so one reply of any size up to
+#: the 16 MiB frame limit always fits, and a client that stops reading is dropped once
+#: 8 MiB wait unread (``control.slow_client_dropped``): two full-size replies at most.
+MAX_PENDING_OUT = 8 << 20
 
 #: Frames between processes of one tree (coordinator <-> agents): same header + orjson and
 #: the same decoder as the control channel (``decode_value``: integer literals, duplicate
@@ -119,10 +126,27 @@ def remove_run_dir(run: Any) -> None:
     shutil.rmtree(run.dir, ignore_errors=True)
 
 
-class Conn:
-    """One non-blocking peer: frames in through a FrameReader, bytes out through a buffer."""
+class SlowPeer(Exception):
+    """A peer's output buffer is full: it has not read ``pending`` bytes (see
+    MAX_PENDING_OUT).  Not an AgoraError: nobody is told, the peer is dropped."""
 
-    def __init__(self, sock: socket.socket, reader: Any = None, encode: Any = encode_frame) -> None:
+    def __init__(self, pending: int, limit: int) -> None:
+        super().__init__(f"{pending} bytes wait unread (limit {limit})")
+        self.pending, self.limit = pending, limit
+
+
+class Conn:
+    """One non-blocking peer: frames in through a FrameReader, bytes out through a buffer.
+
+    ``send`` never blocks: what the socket does not take now stays in ``out`` and
+    ``on_backlog(conn)`` is called (the loop then asks the selector for write interest and
+    calls ``flush`` when the socket is writable).  With ``max_out``, once ``max_out`` bytes
+    wait unread ``send`` queues nothing more and calls ``on_full(conn)`` (the loop drops
+    the peer), or raises :class:`SlowPeer` without ``on_full``.
+    """
+
+    def __init__(self, sock: socket.socket, reader: Any = None, encode: Any = encode_frame,
+                 max_out: int | None = None, on_backlog: Any = None, on_full: Any = None) -> None:
         sock.setblocking(False)
         self.sock = sock
         self.reader = reader or FrameReader()
@@ -130,6 +154,9 @@ class Conn:
         self.out = bytearray()
         self.closed = False
         self.state: dict[str, Any] = {}
+        self.max_out = max_out
+        self.on_backlog = on_backlog
+        self.on_full = on_full
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -147,17 +174,34 @@ class Conn:
         return self.reader.feed(data)
 
     def send(self, obj: Any) -> None:
-        self.out += self.encode(obj)
+        """Queue one frame and write what the socket takes now (ProtocolError if ``obj``
+        cannot be encoded: nothing is queued then; SlowPeer if the buffer is full)."""
+        data = self.encode(obj)
+        if self.closed:
+            return  # gone: its EOF is on the way to the loop
+        if self.max_out is not None and len(self.out) >= self.max_out:
+            if self.on_full is None:
+                raise SlowPeer(len(self.out), self.max_out)
+            self.on_full(self)
+            return
+        waiting = bool(self.out)
+        self.out += data
+        if waiting and self.on_backlog is not None:
+            return  # the selector says when the socket takes more: no write that would fail
         self.flush()
+        if self.out and not self.closed and self.on_backlog is not None:
+            self.on_backlog(self)
 
     def flush(self) -> None:
+        """Write until the socket would block; True-ish ``out`` afterwards means more waits."""
         while self.out and not self.closed:
             try:
                 n = self.sock.send(self.out)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
-                self.closed = True
+                self.closed = True  # the read side sees the EOF and closes us
+                self.out.clear()
                 return
             del self.out[:n]
 
