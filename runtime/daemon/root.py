@@ -4,7 +4,7 @@
 
     agora daemon (root: single-threaded, only supervises and forks)
     ├── telemetry                 started first, stopped last: no event is lost
-    └── core (rest_for_one)
+    └── core (one_for_one, transient, significant)
         ├── registry (one_for_one)  registry.0 .. registry.N-1
         ├── coordinator             control socket, journal, dispatch, market, voting
         └── pools (one_for_one)
@@ -15,6 +15,26 @@ The root's loop is one ``multiprocess.connection.wait`` over the workers' sentin
 root command socket (the coordinator asks it to start and stop agents, and for the
 tree's status) and a signal wake-up pipe.  SIGTERM/SIGINT stop the tree in reverse order
 and exit 0.  A pid file with an exclusive ``flock`` keeps two daemons off one home.
+
+Restarts that cannot wedge (issue 15, items 5 and 6):
+
+* ``core`` is ``one_for_one``: a coordinator restart restarts the coordinator only.  Agents
+  keep running their tasks and reconnect to the new coordinator, which reconciles what
+  they announce with the journal (``runtime.coordinator.reconcile``).  The registry
+  partitions keep running too: their entries belong to agent pids, which are still alive,
+  and each agent's new hello registers it again.  Telemetry is outside ``core`` and
+  never notices.
+* The wedge of two coordinator deaths close together came from rest_for_one: the root
+  restarted the pools synchronously, each new agent waited up to 10 s in its start-up to
+  connect to a coordinator that had died again, ``StartFailed`` counted against the pool
+  and started the next one, and the root never got back to its loop (signals, ``down``
+  and the new coordinator's death all unseen).  Now no agent start waits on the
+  coordinator (an agent that cannot connect is ready at once and retries on its own), and
+  a coordinator restart starts no agent.
+* ``core`` is ``transient`` and ``significant``: when its intensity (5 restarts in 10 s) is
+  exceeded it gives up and the root shuts down with it; the daemon exits 1 and its log
+  (stderr, ``agora.log``) and the ``supervisor.escalation`` event name the reason.  There
+  is never a live root that serves nothing.
 """
 
 from __future__ import annotations
@@ -35,7 +55,7 @@ from runtime.config import Config, RunPaths, RunResources, load_config
 from runtime.errors import AgoraError, InvalidInput, Unavailable, to_wire
 from runtime.observability.events import Emitter, set_tracing
 from runtime.observability.telemetry import telemetry_main
-from runtime.supervision.child_spec import ChildSpec, Strategy, SupervisorSpec
+from runtime.supervision.child_spec import ChildSpec, Restart, Strategy, SupervisorSpec
 from runtime.supervision.forking import root_private_fds, set_process_name
 from runtime.supervision.supervisor import Tree
 from runtime.wire.protocol import FrameReader, encode_frame, peer_uid
@@ -89,7 +109,8 @@ def tree_spec(cfg: Config, run: RunPaths, res: RunResources) -> SupervisorSpec:
     coordinator = ChildSpec("coordinator", coordinator_main, (cfg, run, composition(cfg)),
                             shutdown=cfg.drain_s + 5)
     core = SupervisorSpec("core", (registry_spec(cfg, run), coordinator, pools_spec(cfg, run, res.slots)),
-                          strategy=Strategy.REST_FOR_ONE, intensity=5, period=10.0)
+                          strategy=Strategy.ONE_FOR_ONE, intensity=5, period=10.0,
+                          restart=Restart.TRANSIENT, significant=True)
     return SupervisorSpec("root", (telemetry, core), intensity=5, period=10.0)
 
 
@@ -118,9 +139,19 @@ class Daemon:
             self.emit("daemon.started", home=str(self.cfg.home))
             self.emit.flush()
             self._loop(listener, wake_r)
-            return 1 if self.tree.failed else 0
+            return self._exit_code()
         finally:
             self._shutdown(listener, lock)
+
+    def _exit_code(self) -> int:
+        """0 after a requested stop; 1 (the reason on stderr, i.e. agora.log) after the
+        tree gave up."""
+        if not self.tree.failed:
+            return 0
+        reason = self.tree.reason or "the supervision tree gave up"
+        self.emit("daemon.failed", reason=reason)
+        print(f"agora daemon: exiting with status 1: {reason}", file=sys.stderr, flush=True)
+        return 1
 
     def _loop(self, listener: socket.socket, wake_r: int) -> None:
         while not self.stopping and not self.tree.failed:
@@ -161,7 +192,11 @@ class Daemon:
             self._drop(conn)
             return
         for req in frames:
-            conn.sendall(encode_frame(self._command(req)))
+            try:
+                conn.sendall(encode_frame(self._command(req)))
+            except OSError:  # the asker died before reading its answer: never ours to die of
+                self._drop(conn)
+                return
 
     def _drop(self, conn: socket.socket) -> None:
         root_private_fds.discard(conn.fileno())
