@@ -46,4 +46,6 @@ def verify(secret: bytes | None, nonce: str | None, agent_id: object, pid: objec
     if not secret or not nonce or not isinstance(agent_id, str) or not isinstance(given, str) \
             or not isinstance(pid, int) or isinstance(pid, bool):
         return False
-    return hmac.compare_digest(proof(secret, nonce, agent_id, pid), given)
+    # bytes, not str: compare_digest refuses non-ASCII str (a forged proof must not raise)
+    return hmac.compare_digest(proof(secret, nonce, agent_id, pid).encode(),
+                               given.encode("utf-8", "surrogatepass"))
