@@ -52,7 +52,7 @@ from typing import Any
 from multiprocess.connection import wait
 
 from runtime.config import Config, RunPaths, RunResources, load_config
-from runtime.errors import AgoraError, InvalidInput, Unavailable, to_wire
+from runtime.errors import AgoraError, Conflict, InvalidInput, Unavailable, to_wire
 from runtime.observability.events import Emitter, set_tracing
 from runtime.observability.telemetry import telemetry_main
 from runtime.supervision.child_spec import ChildSpec, Restart, Strategy, SupervisorSpec
@@ -61,26 +61,40 @@ from runtime.supervision.supervisor import Tree
 from runtime.wire.protocol import FrameReader, encode_frame, peer_uid
 from runtime.wire.server import listen_unix, remove_run_dir
 
-__all__ = ["Daemon", "run_daemon", "PidLock"]
+__all__ = ["Daemon", "run_daemon", "PidLock", "DaemonRunning", "running", "read_pid", "config_source"]
+
+
+class DaemonRunning(Conflict):
+    """``agora up`` on a home whose daemon runs (exit code 5, Conflict's)."""
+
+    code = "DAEMON_RUNNING"
+
+
+def already_running(home: Path, pid: int | str, config: str) -> DaemonRunning:
+    return DaemonRunning(f"an agora daemon already runs on home {home} (pid {pid}, config {config})",
+                         hint="`agora up --replace` stops it and starts with the new config; "
+                              "`agora down` stops it")
 
 
 class PidLock:
-    """``<home>/agora.pid`` held with flock for the daemon's whole life."""
+    """``<home>/agora.pid`` held with flock for the daemon's whole life.
 
-    def __init__(self, home: Path) -> None:
+    It holds two lines: the root's pid and the config file it runs with (``(defaults)``
+    without one), so that a second ``agora up`` can name both."""
+
+    def __init__(self, home: Path, config: str = "(defaults)") -> None:
         self.path = home / "agora.pid"
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
-            other = os.read(self.fd, 32).decode().strip() or "?"
+            lines = (os.read(self.fd, 4096).decode(errors="replace").splitlines() + ["?", "?"])[:2]
             os.close(self.fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise Unavailable(f"another agora daemon (pid {other}) runs on home {home}",
-                                  hint="use `agora down` first, or another --home") from None
+                raise already_running(home, lines[0] or "?", lines[1] or "?") from None
             raise
         os.ftruncate(self.fd, 0)
-        os.write(self.fd, f"{os.getpid()}\n".encode())
+        os.write(self.fd, f"{os.getpid()}\n{config}\n".encode())
         root_private_fds.add(self.fd)
 
     def release(self) -> None:
@@ -93,9 +107,27 @@ class PidLock:
 
 def read_pid(home: Path) -> int | None:
     try:
-        return int((home / "agora.pid").read_text().strip())
+        return int((home / "agora.pid").read_text().split("\n", 1)[0].strip())
     except (OSError, ValueError):
         return None
+
+
+def running(home: Path) -> tuple[int, str] | None:
+    """(pid, config) of the daemon that runs on ``home``, or None.  Reads the pid file and
+    checks the process is alive and is an agora daemon; it never takes the lock (a check
+    holding it, even briefly, could make a daemon starting at that moment fail)."""
+    try:
+        lines = (home / "agora.pid").read_text().splitlines()
+        pid = int(lines[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
+    if not comm.startswith("agora:daemon"):
+        return None  # a stale file (the daemon was SIGKILLed) whose pid was reused
+    return pid, (lines[1] if len(lines) > 1 else "?")
 
 
 def tree_spec(cfg: Config, run: RunPaths, res: RunResources) -> SupervisorSpec:
@@ -117,8 +149,9 @@ def tree_spec(cfg: Config, run: RunPaths, res: RunResources) -> SupervisorSpec:
 class Daemon:
     """The root process: owns the tree, the pid lock and the root command socket."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, config_path: str = "(defaults)") -> None:
         self.cfg = cfg
+        self.config_path = config_path
         self.run = RunPaths.for_home(cfg.home)
         set_tracing(cfg.tracing)  # before any Emitter here or in a child (runtime.observability.events)
         self.emit = Emitter(self.run.events, "root")
@@ -127,7 +160,7 @@ class Daemon:
 
     def serve(self) -> int:
         set_process_name("agora:daemon")
-        lock = PidLock(self.cfg.home)
+        lock = PidLock(self.cfg.home, self.config_path)
         wake_r = self._install_signals()
         listener = self._listen()
         try:
@@ -290,7 +323,15 @@ def run_daemon(home: str | Path | None = None, config_file: str | Path | None = 
     from runtime.daemon.composition import check_config
     cfg = load_config(home, config_file, **overrides)
     check_config(cfg)
-    return Daemon(cfg).serve()
+    return Daemon(cfg, config_source(cfg.home, config_file)).serve()
+
+
+def config_source(home: Path, config_file: str | Path | None) -> str:
+    """The config file a daemon runs with, as ``agora up`` reports it."""
+    if config_file:
+        return str(Path(config_file).resolve())
+    default = Path(home) / "agora.toml"
+    return str(default.resolve()) if default.exists() else "(defaults)"
 
 
 def wait_until_up(client_factory, deadline: float, proc: Any = None) -> None:
@@ -319,6 +360,14 @@ def wait_until_up(client_factory, deadline: float, proc: Any = None) -> None:
                       hint="see the daemon log in the home directory") from last
 
 
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
+
+
 def wait_gone(home: Path, pid: int | None, deadline: float) -> None:
     """Wait (bounded, with backoff) until the daemon of ``home`` has exited."""
     delay = 0.01
@@ -332,6 +381,8 @@ def wait_gone(home: Path, pid: int | None, deadline: float) -> None:
                 return
         except ChildProcessError:
             pass
+        if _is_zombie(pid):  # exited; its parent (not us) has not reaped it yet
+            return
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
     if pid is not None:
