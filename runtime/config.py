@@ -62,12 +62,19 @@ __all__ = ["Config", "PoolConfig", "RunPaths", "RunResources", "load_config", "p
 class RunResources:
     """What the root makes before it forks anything (``runtime.daemon.resources``) and every
     child inherits through the fork: the run's id (it names the run's segments), the payload
-    arena and its slot table, and the registry partitions' shared tables."""
+    arena and its slot table, and the registry partitions' shared tables.
+
+    ``agent_secret`` proves an agent's kinship (``runtime.supervision.kinship``): it lives
+    only in memory, inherited through fork.  ``coordinator_starts`` is an anonymous shared
+    counter (an 8-byte MAP_SHARED mmap) the coordinator bumps at each start: above one, it
+    is a restart within this run and agents are expected to reconnect."""
 
     run_id: str
     slots: Any = None                 # runtime.tasks.payloads.SlotTable
     arena: Any = None                 # shm.Arena
     registry_tables: list[Any] = field(default_factory=list)  # runtime.registry.table tables
+    agent_secret: bytes = b""         # per-run kinship secret (never in env or a file)
+    coordinator_starts: Any = None    # mmap.mmap(-1, 8): starts of the coordinator this run
 
 
 @dataclass(frozen=True)

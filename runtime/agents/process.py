@@ -27,8 +27,18 @@ Messages (orjson frames, see runtime.wire.protocol):
   -> {"t": "call", "rid", "op", "args"}       the agent asks (locks, leases, barriers...)
   <- {"t": "reply", "rid", "ok": value} | {"t": "reply", "rid", "error": {...}}
 
-EOF from the coordinator means it is gone: the agent exits (the supervisor's
-rest_for_one restarts the pools after a new coordinator anyway).
+Connecting (``runtime.supervision.kinship``): the coordinator first sends
+``{"t": "challenge", "nonce"}``; the hello carries ``proof``, an HMAC of the nonce, the id and
+the pid under the run's secret, which only processes forked by this root hold.
+
+EOF from the coordinator means it died (a coordinator restart does not restart agents,
+see runtime.daemon.root): the agent keeps running its tasks and reconnects with backoff
+(20 ms doubling to 0.5 s, for at most ``RECONNECT_S``; then it exits and its pool restarts
+it).  The new hello re-announces it with ``inflight`` (``[{"id", "attempt"}]`` still
+running) and ``results`` (finished while the coordinator was away, plus the last
+``RECENT_RESULTS`` delivered ones, which the old coordinator may not have committed; the
+journal records each once).  An agent that cannot reach the coordinator at start-up is
+ready at once and keeps trying on its own: no start in the root waits on the coordinator.
 """
 
 from __future__ import annotations
@@ -52,7 +62,11 @@ from runtime.tasks.payloads import Payloads
 from runtime.wire.buffers import RECV_BYTES
 from runtime.wire.server import InternalReader, encode_internal
 
-__all__ = ["agent_main", "import_agent", "AgentRunner"]
+__all__ = ["agent_main", "import_agent", "AgentRunner", "RECONNECT_S"]
+
+RECONNECT_S = 10.0  # how long an agent tries to reach a (restarting) coordinator
+RECENT_RESULTS = 64  # delivered results re-announced after a reconnect
+HANDSHAKE_S = 2.0  # one connection attempt: connect, challenge, hello
 
 
 def import_agent(path: str) -> type[Agent]:
@@ -66,17 +80,31 @@ def import_agent(path: str) -> type[Agent]:
     return cls
 
 
-def _connect(path: str, deadline: float) -> socket.socket:
-    while True:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            s.connect(path)
-            return s
-        except OSError as e:
-            s.close()
-            if time.monotonic() > deadline:
-                raise Unavailable(f"agent cannot reach the coordinator at {path}: {e}") from e
-            time.sleep(0.005)
+def _handshake(path: str, secret: bytes, hello: dict[str, Any]) -> tuple[socket.socket, InternalReader]:
+    """One attempt: connect, read the challenge, send the hello with its proof.
+    Raises OSError (nobody listens, or it went away) or Unavailable (no challenge)."""
+    from runtime.supervision.kinship import proof
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(HANDSHAKE_S)
+        s.connect(path)
+        reader = InternalReader()
+        frames: list[Any] = []
+        while not frames:
+            data = s.recv(RECV_BYTES)
+            if not data:
+                raise ConnectionResetError("the coordinator closed before its challenge")
+            frames = reader.feed(data)
+        first = frames[0]
+        if not isinstance(first, dict) or first.get("t") != "challenge":
+            raise Unavailable(f"expected a challenge from the coordinator, got {str(first)[:80]!r}")
+        s.sendall(encode_internal({**hello, "proof": proof(secret, str(first.get("nonce")),
+                                                           hello["agent"], hello["pid"])}))
+        s.settimeout(None)
+        return s, reader
+    except BaseException:
+        s.close()
+        raise
 
 
 class _Contexts:
@@ -119,11 +147,74 @@ class AgentRunner:
         self._calls: dict[int, list[Any]] = {}  # rid -> [event, reply]
         self._running = threading.local()  # the trace of the task this thread runs
         self._call_ids = itertools.count(1)
+        # the connection part (agent_main sets these): see "EOF from the coordinator"
+        self.path = ""
+        self.secret = b""
+        self.hello: dict[str, Any] = {}
+        self.inflight: dict[str, int] = {}  # task id -> attempt, received and not yet answered
+        self.pending: list[dict[str, Any]] = []  # results the coordinator has not had
+        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_RESULTS)
+        self.reconnects = 0
 
     def send(self, msg: dict[str, Any]) -> None:
         data = encode_internal(msg)
         with self.send_lock:
+            if self.sock is None:
+                raise ConnectionError("not connected to the coordinator (it is restarting)")
             self.sock.sendall(data)
+
+    # -- the connection (hello, reconnect) -----------------------------------------------
+
+    def connect_once(self) -> bool:
+        """One handshake attempt; on success the hello re-announces in-flight attempts and
+        undelivered (and recent) results.  Holds the send lock: nothing else is sent on the
+        new socket before the hello."""
+        with self.send_lock:
+            hello = {**self.hello, "inflight": [{"id": k, "attempt": v} for k, v in self.inflight.items()],
+                     "results": [*self.pending, *(r for r in self.recent if r not in self.pending)]}
+            try:
+                sock, reader = _handshake(self.path, self.secret, hello)
+            except (OSError, Unavailable):
+                return False
+            self.sock, self.frames = sock, reader
+            self.recent.extend(self.pending)
+            self.pending = []
+        return True
+
+    def reconnect(self, budget: float = RECONNECT_S) -> bool:
+        """The coordinator went away: retry with backoff for at most ``budget`` seconds."""
+        with self.send_lock:
+            old, self.sock = self.sock, None
+        if old is not None:
+            old.close()
+        self._fail_calls()
+        deadline = time.monotonic() + budget
+        delay = 0.02
+        while True:
+            if self.connect_once():
+                self.reconnects += 1
+                self.emit("agent.reconnected", agent=self.agent_id, inflight=len(self.inflight))
+                return True
+            if time.monotonic() + delay > deadline:
+                return False
+            time.sleep(delay)  # backoff between attempts (bounded by the deadline above)
+            delay = min(delay * 2, 0.5)
+
+    def _deliver(self, results: list[dict[str, Any]], queued: int) -> None:
+        """Send results; kept for the next hello when the coordinator is away."""
+        data = encode_internal({"t": "results", "results": results, "queue": queued})
+        with self.send_lock:
+            for r in results:
+                if self.inflight.get(r.get("id")) == r.get("attempt"):
+                    del self.inflight[r["id"]]
+            try:
+                if self.sock is None:
+                    raise ConnectionError("not connected")
+                self.sock.sendall(data)
+            except OSError:
+                self.pending.extend(results)
+                return
+            self.recent.extend(results)
 
     def run(self) -> None:
         """Serve until the coordinator goes away: this thread and one helper take turns."""
@@ -169,6 +260,8 @@ class AgentRunner:
             except OSError:
                 data = b""
             if not data:
+                if self.path and self.reconnect():
+                    continue
                 self._coordinator_gone()
                 return
             batch: list[dict[str, Any]] = []
@@ -177,6 +270,8 @@ class AgentRunner:
                     batch.extend(msg["tasks"])
                 else:
                     self.on_control(msg)
+            for t in batch:
+                self.inflight[t["id"]] = t["attempt"]
             if batch and self._hand_over_or_queue(batch):
                 self._run_batch(batch)
                 return
@@ -198,6 +293,9 @@ class AgentRunner:
         with self.cond:
             self.gone = True
             self.cond.notify_all()
+        self._fail_calls()
+
+    def _fail_calls(self) -> None:
         for waiter in list(self._calls.values()):  # nobody will answer now
             waiter[1] = {"error": {"code": Unavailable.code, "message": "the coordinator went away"}}
             waiter[0].set()
@@ -221,7 +319,11 @@ class AgentRunner:
         if trace is not None:  # a call made by a handler belongs to its task's trace
             msg["trace"] = trace.to_wire()
         try:
-            self.send(msg)
+            try:
+                self.send(msg)
+            except OSError as e:  # the coordinator is restarting: a typed, retryable error
+                raise Unavailable(f"the coordinator is not reachable for {op!r}: {e}",
+                                  hint="retry shortly: the agent reconnects on its own") from e
             if not waiter[0].wait(timeout):
                 raise Unavailable(f"the coordinator did not answer {op!r} within {timeout} s")
         finally:
@@ -246,10 +348,7 @@ class AgentRunner:
         results = [self.execute(t) for t in batch]
         with self.cond:
             queued = len(self.tasks)
-        try:
-            self.send({"t": "results", "results": results, "queue": queued})
-        except OSError:
-            pass  # the coordinator is gone: the reading thread sees the EOF and ends the agent
+        self._deliver(results, queued)  # kept for the next hello if the coordinator is away
         self.emit.maybe_flush()
 
     def execute(self, t: dict[str, Any]) -> dict[str, Any]:
@@ -287,15 +386,16 @@ def agent_main(ctx: Any, cfg: Config, run: RunPaths, pool: str, index: int, slot
     actx = AgentContext(agent_id, pool, index, pc.capabilities, _Contexts(str(cfg.home)), emit)
     agent.ctx = actx
     agent.setup(actx)
-    sock = _connect(run.agents_sock, time.monotonic() + 10)
     arena = ctx.resources.arena
     if arena is not None:
         arena.reset_slot(slot)  # a predecessor's blocks (if it died) are stale from now on
-    runner = AgentRunner(agent, sock, emit, agent_id, Payloads(arena, slot))
+    runner = AgentRunner(agent, None, emit, agent_id, Payloads(arena, slot))  # type: ignore[arg-type]
     actx.call = runner.call
-    caps = {c: pc.capabilities.get(c, {}) for c in agent.handlers}
-    runner.send({"t": "hello", "agent": agent_id, "pool": pool, "index": index,
-                 "pid": os.getpid(), "caps": caps})
-    ctx.ready()
-    runner.run()
+    runner.path, runner.secret = run.agents_sock, ctx.resources.agent_secret
+    runner.hello = {"t": "hello", "agent": agent_id, "pool": pool, "index": index,
+                    "pid": os.getpid(), "caps": {c: pc.capabilities.get(c, {}) for c in agent.handlers}}
+    connected = runner.connect_once()
+    ctx.ready()  # connected or not: the root's start never waits on the coordinator
+    if connected or runner.reconnect():
+        runner.run()
     emit.close()

@@ -28,11 +28,19 @@ __all__ = ['up', 'start_detached', 'down', 'status', 'ps', 'agents']
 @click.option("--registry", type=click.Choice(BACKENDS), default=None)
 @click.option("--allocation", type=click.Choice(ALLOCATIONS), default=None)
 @click.option("--wait", "wait_s", default=30.0, show_default=True, help="Seconds to wait for start-up.")
+@click.option("--replace", is_flag=True, help="If a daemon runs on this home, stop it first "
+              "(graceful down), then start with this config.")
 @click.pass_context
 def up(ctx: click.Context, foreground: bool, config_file: str | None, registry: str | None,
-       allocation: str | None, wait_s: float) -> None:
-    """Start the daemon (detached unless --foreground)."""
+       allocation: str | None, wait_s: float, replace: bool) -> None:
+    """Start the daemon (detached unless --foreground).
+
+    A daemon already running on the home is an error (exit code 5, naming its pid and its
+    config) unless ``--replace``: a config must never silently not apply.  Two ``up``s
+    racing on one home leave one daemon (the pid file's flock); the loser says which.
+    """
     home = ctx.obj["home"]
+    guard(_make_room, Path(home), replace, wait_s)
     if foreground:
         from runtime.daemon.root import run_daemon
         raise click.exceptions.Exit(guard(run_daemon, home, config_file, registry=registry,
@@ -40,6 +48,37 @@ def up(ctx: click.Context, foreground: bool, config_file: str | None, registry: 
     proc = guard(start_detached, home, config_file, registry, allocation, wait_s)
     proc.returncode = 0  # detached on purpose: this process will not wait for it
     click.echo(f"agora daemon up (pid {proc.pid}, home {home})")
+
+
+def _make_room(home: Path, replace: bool, wait_s: float) -> None:
+    """Refuse to start over a running daemon, or (``--replace``) stop it first, bounded."""
+    from runtime.daemon.root import already_running, running, wait_gone
+    from runtime.wire.client import Client
+    found = running(home)
+    if found is None:
+        return
+    pid, config = found
+    if not replace:
+        raise already_running(home, pid, config)
+    try:
+        with Client(str(home), timeout=5.0) as c:
+            c.call("down")
+    except AgoraError:  # no coordinator to ask (it is restarting): the root takes SIGTERM
+        os.kill(pid, 15)
+    wait_gone(home, pid, time.monotonic() + max(wait_s, 60.0))
+
+
+def _lost_the_race(home: str, proc: subprocess.Popen) -> None:
+    """The daemon that answered is not ours (another ``up`` won the pid lock): say whose."""
+    from runtime.daemon.root import already_running, running
+    found = running(Path(home))
+    if found is not None and found[0] != proc.pid:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        raise already_running(Path(home), *found)
 
 
 def start_detached(home: str, config_file: str | None, registry: str | None,
@@ -64,10 +103,12 @@ def start_detached(home: str, config_file: str | None, registry: str | None,
     try:
         wait_until_up(lambda: Client(home, timeout=2.0), deadline, proc)
     except AgoraError:
+        _lost_the_race(home, proc)
         if proc.poll() is None:
             proc.terminate()
         proc.wait(10)
         raise
+    _lost_the_race(home, proc)
     return proc
 
 

@@ -179,10 +179,17 @@ class Coordinator:
             self.emit("context.published", name=name, version=info.version, bytes=info.nbytes)
 
     def resume(self) -> None:
-        """Tasks accepted before a restart and not finished go back to their queues
-        (``Journal.unfinished`` closes the attempts that were running as crashed)."""
+        """Tasks accepted before a restart and not finished go back to their queues.
+
+        After a daemon start ``Journal.unfinished`` closes the attempts that were running as
+        crashed.  After a coordinator restart within a run, the agents are still running
+        them: they stay open until the agents reconnect (``runtime.coordinator.reconcile``)."""
+        from runtime.coordinator.reconcile import Reconciler
+        self.reconciler = Reconciler(self.scheduler, self.journal, self.emit,
+                                     self.commands.tasks.task_run, self.call_later)
+        records = self.reconciler.hold() if self._count_start() > 1 else self.journal.unfinished()
         resumed = 0
-        for rec in self.journal.unfinished():
+        for rec in records:
             task = self.commands.tasks.task_run(rec)
             if rec.state == "queued":
                 self.scheduler.enqueue(task)
@@ -191,6 +198,15 @@ class Coordinator:
                 self.scheduler._schedule_retry(task)
             resumed += rec.state != "blocked"
         self.emit("coordinator.resumed", tasks=resumed)
+
+    def _count_start(self) -> int:
+        """This coordinator's number within the run (1: the daemon just started)."""
+        counter = self.resources.coordinator_starts
+        if counter is None:
+            return 1
+        n = int.from_bytes(counter[:8], "little") + 1
+        counter[:8] = n.to_bytes(8, "little")
+        return n
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -269,6 +285,10 @@ class Coordinator:
         else:  # an agent's mailbox bounds what waits for it (the scheduler's mailbox limits)
             conn = Conn(sock, InternalReader(), encode_internal, on_backlog=self._want_write)
         self.sel.register(sock, selectors.EVENT_READ, (kind, conn))
+        if kind == "agent":  # the agent proves its kinship in its hello (runtime.supervision.kinship)
+            from runtime.supervision.kinship import new_nonce
+            conn.state["nonce"] = new_nonce()
+            conn.send({"t": "challenge", "nonce": conn.state["nonce"]})
 
     def on_client(self, conn: Conn) -> None:
         try:
@@ -423,6 +443,9 @@ class Coordinator:
 
     def _agent_message(self, conn: Conn, msg: dict[str, Any]) -> None:
         t = msg.get("t")
+        if "agent" not in conn.state and t != "hello":
+            self.refuse_agent(conn, msg, f"a {str(t)[:32]!r} message before a valid hello")
+            return
         if t == "results":
             self.scheduler.results(conn.state["agent"], msg["results"])
         elif t == "answer":
@@ -432,12 +455,39 @@ class Coordinator:
         elif t == "call":
             self.agent_call(conn, msg)
         elif t == "hello":
-            conn.state["agent"] = msg["agent"]
-            link = self.scheduler.agent_joined(msg["agent"], msg["pool"], msg["pid"], msg["caps"],
-                                               lambda m, c=conn: c.send(m))
-            self.commands.agent_joined(link)
-            for listener in self.agent_listeners:
-                listener.agent_joined(link)
+            self.agent_hello(conn, msg)
+
+    def agent_hello(self, conn: Conn, msg: dict[str, Any]) -> None:
+        """A hello counts only with the proof of kinship, once per connection, and never for
+        an id that is live on another connection; then the reconciler hears what it says."""
+        from runtime.supervision.kinship import verify
+        agent_id, pid = msg.get("agent"), msg.get("pid")
+        if "agent" in conn.state:
+            return self.refuse_agent(conn, msg, "a second hello on one connection")
+        if not verify(self.resources.agent_secret, conn.state.get("nonce"), agent_id, pid, msg.get("proof")):
+            return self.refuse_agent(conn, msg, "no valid proof of kinship (not forked by this root)")
+        if agent_id in self.scheduler.agents:
+            return self.refuse_agent(conn, msg, f"agent id {agent_id!r} is live on another connection")
+        if _peer_pid(conn) not in (pid, None):
+            return self.refuse_agent(conn, msg, f"the hello names pid {pid} but its peer is another process")
+        if not isinstance(msg.get("pool"), str) or not isinstance(msg.get("caps"), dict):
+            return self.refuse_agent(conn, msg, "a hello without its pool or capabilities")
+        conn.state["agent"] = agent_id
+        link = self.scheduler.agent_joined(agent_id, msg["pool"], pid, msg["caps"],
+                                           lambda m, c=conn: c.send(m))
+        self.commands.agent_joined(link)
+        for listener in self.agent_listeners:
+            listener.agent_joined(link)
+        self.reconciler.hello(link, msg.get("inflight"), msg.get("results"))
+
+    def refuse_agent(self, conn: Conn, msg: Any, why: str) -> None:
+        """Refused and logged; the connection is closed (a live agent's own is untouched)."""
+        if conn.state.get("refused"):
+            return
+        conn.state["refused"] = True
+        claimed = msg.get("agent") if isinstance(msg, dict) else None
+        self.emit("agent.refused", reason=why, claimed=str(claimed)[:64], peer_pid=_peer_pid(conn))
+        self.close_conn(conn)
 
     # -- services for coordination modules ---------------------------------------------
 
@@ -575,6 +625,14 @@ def check_agent_message(agent_id: str | None, msg: Any) -> None:
     if t in ("results", "call") and agent_id is None:
         raise ProtocolError(f"agent frame {t!r} before 'hello' on this connection",
                             hint="an agent says hello first")
+
+
+def _peer_pid(conn: Conn) -> int | None:
+    from runtime.wire.protocol import peer_cred
+    try:
+        return peer_cred(conn.sock)[0]
+    except OSError:
+        return None
 
 
 def coordinator_main(ctx: Any, cfg: Config, run: RunPaths, composition: Composition | None = None) -> None:

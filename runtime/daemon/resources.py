@@ -5,6 +5,8 @@
   invisible in /dev/shm, gone with the last process that maps them: they cannot leak).
 * Maps the payload arena (anonymous shared memory too) and numbers its slots: slot 0 for
   the coordinator, a slot per agent (``runtime.tasks.payloads.SlotTable``).
+* Makes the per-run agent secret (``runtime.supervision.kinship``) and the coordinator's
+  start counter (anonymous shared memory): both are inherited through fork only.
 * Names this run (``shm.segment.RunId``): context segments carry it in their names; the
   coordinator, which the root names owner of the context store, lists them in the run's
   manifest, and the root removes whatever the manifest still lists when it stops.
@@ -25,9 +27,13 @@ def prepare_root(cfg: Config, run: RunPaths, emit: Any) -> dict[str, Any]:
     swept = sweep(str(cfg.home))
     if swept:
         emit("shm.swept", segments=swept)
+    import mmap
+
+    from runtime.supervision.kinship import new_secret
     from runtime.tasks.payloads import SlotTable
     from shm.arena import Arena
-    res = RunResources(run_id=str(RunId.new()))
+    res = RunResources(run_id=str(RunId.new()), agent_secret=new_secret(),
+                       coordinator_starts=mmap.mmap(-1, 8))
     slots = SlotTable([(p.name, p.max) for p in cfg.pools])
     res.slots = slots
     res.arena = Arena.create(cfg.arena_mib << 20, slots.size)
@@ -45,6 +51,8 @@ def release_root(res: RunResources | None) -> None:
         table.close()
     if res.arena is not None:
         res.arena.close()
+    if res.coordinator_starts is not None:
+        res.coordinator_starts.close()
     _unlink_run(res.run_id)
 
 

@@ -4,7 +4,7 @@
 
     agora daemon (root: single-threaded, only supervises and forks)
     ├── telemetry                 started first, stopped last: no event is lost
-    └── core (rest_for_one)
+    └── core (one_for_one, transient, significant)
         ├── registry (one_for_one)  registry.0 .. registry.N-1
         ├── coordinator             control socket, journal, dispatch, market, voting
         └── pools (one_for_one)
@@ -15,6 +15,26 @@ The root's loop is one ``multiprocess.connection.wait`` over the workers' sentin
 root command socket (the coordinator asks it to start and stop agents, and for the
 tree's status) and a signal wake-up pipe.  SIGTERM/SIGINT stop the tree in reverse order
 and exit 0.  A pid file with an exclusive ``flock`` keeps two daemons off one home.
+
+Restarts that cannot wedge (issue 15, items 5 and 6):
+
+* ``core`` is ``one_for_one``: a coordinator restart restarts the coordinator only.  Agents
+  keep running their tasks and reconnect to the new coordinator, which reconciles what
+  they announce with the journal (``runtime.coordinator.reconcile``).  The registry
+  partitions keep running too: their entries belong to agent pids, which are still alive,
+  and each agent's new hello registers it again.  Telemetry is outside ``core`` and
+  never notices.
+* The wedge of two coordinator deaths close together came from rest_for_one: the root
+  restarted the pools synchronously, each new agent waited up to 10 s in its start-up to
+  connect to a coordinator that had died again, ``StartFailed`` counted against the pool
+  and started the next one, and the root never got back to its loop (signals, ``down``
+  and the new coordinator's death all unseen).  Now no agent start waits on the
+  coordinator (an agent that cannot connect is ready at once and retries on its own), and
+  a coordinator restart starts no agent.
+* ``core`` is ``transient`` and ``significant``: when its intensity (5 restarts in 10 s) is
+  exceeded it gives up and the root shuts down with it; the daemon exits 1 and its log
+  (stderr, ``agora.log``) and the ``supervisor.escalation`` event name the reason.  There
+  is never a live root that serves nothing.
 """
 
 from __future__ import annotations
@@ -32,17 +52,18 @@ from typing import Any
 from multiprocess.connection import wait
 
 from runtime.config import Config, RunPaths, RunResources, load_config
-from runtime.errors import AgoraError, InvalidInput, Unavailable, to_wire
+from runtime.errors import AgoraError, Conflict, InvalidInput, Unavailable, to_wire
 from runtime.observability.events import Emitter, set_tracing
 from runtime.observability.telemetry import telemetry_main
-from runtime.supervision.child_spec import ChildSpec, Strategy, SupervisorSpec
+from runtime.supervision.child_spec import ChildSpec, Restart, Strategy, SupervisorSpec
 from runtime.supervision.forking import root_private_fds, set_process_name
 from runtime.supervision.supervisor import Tree
 from runtime.wire.boundary import error_wire
 from runtime.wire.protocol import FrameReader, Limits, encode_frame, parse_request, peer_uid
 from runtime.wire.server import listen_unix, remove_run_dir
 
-__all__ = ["Daemon", "run_daemon", "PidLock", "ROOT_LIMITS"]
+__all__ = ["Daemon", "run_daemon", "PidLock", "ROOT_LIMITS", "DaemonRunning", "running", "read_pid",
+           "config_source"]
 
 #: Frames on the root command socket: small requests from the coordinator (and its
 #: scaler); the control channel's checks with a 1 MiB frame.  Replies are bounded in time:
@@ -52,23 +73,37 @@ ROOT_SEND_S = 2.0
 _POOL_SUP = "root/core/pools/pool:"
 
 
-class PidLock:
-    """``<home>/agora.pid`` held with flock for the daemon's whole life."""
+class DaemonRunning(Conflict):
+    """``agora up`` on a home whose daemon runs (exit code 5, Conflict's)."""
 
-    def __init__(self, home: Path) -> None:
+    code = "DAEMON_RUNNING"
+
+
+def already_running(home: Path, pid: int | str, config: str) -> DaemonRunning:
+    return DaemonRunning(f"an agora daemon already runs on home {home} (pid {pid}, config {config})",
+                         hint="`agora up --replace` stops it and starts with the new config; "
+                              "`agora down` stops it")
+
+
+class PidLock:
+    """``<home>/agora.pid`` held with flock for the daemon's whole life.
+
+    It holds two lines: the root's pid and the config file it runs with (``(defaults)``
+    without one), so that a second ``agora up`` can name both."""
+
+    def __init__(self, home: Path, config: str = "(defaults)") -> None:
         self.path = home / "agora.pid"
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
-            other = os.read(self.fd, 32).decode().strip() or "?"
+            lines = (os.read(self.fd, 4096).decode(errors="replace").splitlines() + ["?", "?"])[:2]
             os.close(self.fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise Unavailable(f"another agora daemon (pid {other}) runs on home {home}",
-                                  hint="use `agora down` first, or another --home") from None
+                raise already_running(home, lines[0] or "?", lines[1] or "?") from None
             raise
         os.ftruncate(self.fd, 0)
-        os.write(self.fd, f"{os.getpid()}\n".encode())
+        os.write(self.fd, f"{os.getpid()}\n{config}\n".encode())
         root_private_fds.add(self.fd)
 
     def release(self) -> None:
@@ -98,9 +133,27 @@ def _root_args(cmd: str, args: dict[str, Any], **kinds: type) -> list[Any]:
 
 def read_pid(home: Path) -> int | None:
     try:
-        return int((home / "agora.pid").read_text().strip())
+        return int((home / "agora.pid").read_text().split("\n", 1)[0].strip())
     except (OSError, ValueError):
         return None
+
+
+def running(home: Path) -> tuple[int, str] | None:
+    """(pid, config) of the daemon that runs on ``home``, or None.  Reads the pid file and
+    checks the process is alive and is an agora daemon; it never takes the lock (a check
+    holding it, even briefly, could make a daemon starting at that moment fail)."""
+    try:
+        lines = (home / "agora.pid").read_text().splitlines()
+        pid = int(lines[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
+    if not comm.startswith("agora:daemon"):
+        return None  # a stale file (the daemon was SIGKILLed) whose pid was reused
+    return pid, (lines[1] if len(lines) > 1 else "?")
 
 
 def tree_spec(cfg: Config, run: RunPaths, res: RunResources) -> SupervisorSpec:
@@ -114,15 +167,17 @@ def tree_spec(cfg: Config, run: RunPaths, res: RunResources) -> SupervisorSpec:
     coordinator = ChildSpec("coordinator", coordinator_main, (cfg, run, composition(cfg)),
                             shutdown=cfg.drain_s + 5)
     core = SupervisorSpec("core", (registry_spec(cfg, run), coordinator, pools_spec(cfg, run, res.slots)),
-                          strategy=Strategy.REST_FOR_ONE, intensity=5, period=10.0)
+                          strategy=Strategy.ONE_FOR_ONE, intensity=5, period=10.0,
+                          restart=Restart.TRANSIENT, significant=True)
     return SupervisorSpec("root", (telemetry, core), intensity=5, period=10.0)
 
 
 class Daemon:
     """The root process: owns the tree, the pid lock and the root command socket."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, config_path: str = "(defaults)") -> None:
         self.cfg = cfg
+        self.config_path = config_path
         self.run = RunPaths.for_home(cfg.home)
         set_tracing(cfg.tracing)  # before any Emitter here or in a child (runtime.observability.events)
         self.emit = Emitter(self.run.events, "root")
@@ -131,7 +186,7 @@ class Daemon:
 
     def serve(self) -> int:
         set_process_name("agora:daemon")
-        lock = PidLock(self.cfg.home)
+        lock = PidLock(self.cfg.home, self.config_path)
         wake_r = self._install_signals()
         listener = self._listen()
         try:
@@ -143,9 +198,19 @@ class Daemon:
             self.emit("daemon.started", home=str(self.cfg.home))
             self.emit.flush()
             self._loop(listener, wake_r)
-            return 1 if self.tree.failed else 0
+            return self._exit_code()
         finally:
             self._shutdown(listener, lock)
+
+    def _exit_code(self) -> int:
+        """0 after a requested stop; 1 (the reason on stderr, i.e. agora.log) after the
+        tree gave up."""
+        if not self.tree.failed:
+            return 0
+        reason = self.tree.reason or "the supervision tree gave up"
+        self.emit("daemon.failed", reason=reason)
+        print(f"agora daemon: exiting with status 1: {reason}", file=sys.stderr, flush=True)
+        return 1
 
     def _loop(self, listener: socket.socket, wake_r: int) -> None:
         while not self.stopping and not self.tree.failed:
@@ -312,7 +377,15 @@ def run_daemon(home: str | Path | None = None, config_file: str | Path | None = 
     from runtime.daemon.composition import check_config
     cfg = load_config(home, config_file, **overrides)
     check_config(cfg)
-    return Daemon(cfg).serve()
+    return Daemon(cfg, config_source(cfg.home, config_file)).serve()
+
+
+def config_source(home: Path, config_file: str | Path | None) -> str:
+    """The config file a daemon runs with, as ``agora up`` reports it."""
+    if config_file:
+        return str(Path(config_file).resolve())
+    default = Path(home) / "agora.toml"
+    return str(default.resolve()) if default.exists() else "(defaults)"
 
 
 def wait_until_up(client_factory, deadline: float, proc: Any = None) -> None:
@@ -341,6 +414,14 @@ def wait_until_up(client_factory, deadline: float, proc: Any = None) -> None:
                       hint="see the daemon log in the home directory") from last
 
 
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
+
+
 def wait_gone(home: Path, pid: int | None, deadline: float) -> None:
     """Wait (bounded, with backoff) until the daemon of ``home`` has exited."""
     delay = 0.01
@@ -354,6 +435,8 @@ def wait_gone(home: Path, pid: int | None, deadline: float) -> None:
                 return
         except ChildProcessError:
             pass
+        if _is_zombie(pid):  # exited; its parent (not us) has not reaped it yet
+            return
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
     if pid is not None:

@@ -18,6 +18,12 @@ A :class:`SupervisorSpec` is itself a child: ``strategy`` (``one_for_one`` defau
 ``one_for_all``, ``rest_for_one``), ``intensity``/``period`` (default 1 in 5 s, OTP's),
 and its ``children`` in start order.  Supervisors live inside the root process (the only
 process that forks); a nested supervisor is a logical node, not a process.
+
+``significant`` (OTP 24's significant child with ``auto_shutdown = any_significant``): when a
+significant child exits and is not restarted (it is ``transient`` or ``temporary``, e.g. a
+supervisor that gave up), its parent shuts down too, and the failure goes up a level.  The
+daemon's ``core`` is significant: a core that gave up ends the daemon (exit non-zero with the
+reason) instead of leaving a live root that serves nothing.
 """
 
 from __future__ import annotations
@@ -81,6 +87,7 @@ class SupervisorSpec:
     period: float = 5.0
     restart: Restart = Restart.PERMANENT
     meta: dict[str, Any] = field(default_factory=dict)
+    significant: bool = False  # its parent shuts down when it ends for good (module docstring)
 
     def __post_init__(self) -> None:
         _check_id(self.id)

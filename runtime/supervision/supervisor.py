@@ -26,6 +26,12 @@ OTP rules kept exactly:
   children and exits; its parent treats that as its child's exit (escalation).  A
   supervisor that gave up and is not restarted stays listed as ``failed`` so that status
   shows the degraded branch (RELIABILITY 3: a restart storm in one pool stops that pool).
+* a ``significant`` child that ends for good shuts its parent down (OTP's
+  ``auto_shutdown = any_significant``); at the top, ``Tree.failed`` is set and
+  ``Tree.reason`` says which supervisor gave up on which child, so the daemon exits
+  non-zero naming it.
+* a supervisor that ``failed`` keeps ``failed_at`` and its children's last exits
+  (``last_exits``): a pool's recovery (``runtime.pools.recovery``) reads them.
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ class Worker:
         self.started_at = 0.0
         self.restarts = 0
         self.state = "stopped"
+        self.last_code: int | None = None
 
     @property
     def id(self) -> str:
@@ -123,6 +130,7 @@ class Worker:
         forget(proc)
         proc.close()
         self.state = "exited"
+        self.last_code = code
         return code
 
     @property
@@ -156,6 +164,8 @@ class Supervisor:
         self.restart_times: tuple[float, ...] = ()
         self.restarts = 0
         self.state = "stopped"
+        self.failed_at: float | None = None
+        self.last_exits: list[dict[str, Any]] = []  # the latest child exits (at most 5)
 
     id = property(lambda self: self.spec.id)
     path = property(lambda self: f"{self.parent.path}/{self.id}" if self.parent else self.id)
@@ -212,11 +222,14 @@ class Supervisor:
     def child_exited(self, child: Child, abnormal: bool) -> None:
         """A child died (or a child supervisor gave up): apply restart type and strategy."""
         self.tree.emit("supervisor.child_exited", child=child.path, abnormal=abnormal)
+        self._note_exit(child, abnormal)
         wanted = child.spec.restart is Restart.PERMANENT or (
             child.spec.restart is Restart.TRANSIENT and abnormal)
         if not wanted:
             if child.spec.restart is Restart.TEMPORARY:
                 self.children.remove(child)
+            if getattr(child.spec, "significant", False) and self.state != "stopped":
+                self._give_up(child, why="significant child ended")
             return
         allowed, self.restart_times = add_restart(
             self.restart_times, self.tree.clock(), self.spec.intensity, self.spec.period)
@@ -243,11 +256,22 @@ class Supervisor:
                 self.child_exited(c, abnormal=True)  # counts against the intensity again
                 return
 
-    def _give_up(self, child: Child) -> None:
+    def _note_exit(self, child: Child, abnormal: bool) -> None:
+        code = getattr(child, "last_code", None)
+        self.last_exits = [*self.last_exits[-4:], {
+            "child": child.id, "abnormal": abnormal, "exitcode": code,
+            "at": round(self.tree.clock(), 3)}]
+
+    def _give_up(self, child: Child, why: str = "") -> None:
+        why = why or (f"more than {self.spec.intensity} restarts in {self.spec.period} s")
+        reason = f"supervisor {self.path!r} gave up on {child.path!r}: {why}"
         self.tree.emit("supervisor.escalation", supervisor=self.path, child=child.path,
-                       intensity=self.spec.intensity, period_s=self.spec.period)
+                       intensity=self.spec.intensity, period_s=self.spec.period, reason=reason)
         self.stop()
         self.state = "failed"
+        self.failed_at = self.tree.clock()
+        if not self.tree.reason or self.parent is None:
+            self.tree.reason = self.tree.reason or reason
         if self.parent is None:
             self.tree.failed = True
         else:
@@ -256,10 +280,13 @@ class Supervisor:
             self.parent.child_exited(self, abnormal=self.spec.restart is Restart.PERMANENT)
 
     def status(self, now: float) -> dict[str, Any]:
-        return {"id": self.id, "kind": "supervisor", "state": self.state,
-                "strategy": self.spec.strategy.value, "restarts": self.restarts,
-                "intensity": self.spec.intensity, "period_s": self.spec.period,
-                "children": [c.status(now) for c in self.children]}
+        out = {"id": self.id, "kind": "supervisor", "state": self.state,
+               "strategy": self.spec.strategy.value, "restarts": self.restarts,
+               "intensity": self.spec.intensity, "period_s": self.spec.period,
+               "children": [c.status(now) for c in self.children]}
+        if self.state == "failed":
+            out["last_exits"] = list(self.last_exits)
+        return out
 
 
 def _make(spec: ChildSpec | SupervisorSpec, tree: Tree, parent: Supervisor) -> Child:
@@ -278,6 +305,7 @@ class Tree:
         self.lifeline = Lifeline()
         self._by_sentinel: dict[int, Worker] = {}
         self.failed = False
+        self.reason = ""  # why the tree (or the first supervisor of it) gave up
         self.root = Supervisor(spec, self, None)
 
     def watch(self, worker: Worker) -> None:

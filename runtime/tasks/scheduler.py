@@ -40,6 +40,7 @@ from runtime.tasks.payloads import Payloads
 from runtime.tasks.task import TERMINAL
 
 __all__ = ["Scheduler", "TaskRun", "AgentLink", "StaticPolicy", "LeastLoadedPolicy", "POLICIES",
+           "running_attempts", "resumable", "attempt_open",
            "TAKEN"]
 
 
@@ -401,3 +402,50 @@ class Scheduler:
             for tid in self.journal.promote_due():
                 if tid in self.tasks:
                     self.enqueue(self.tasks[tid])
+
+    # -- reconciliation after a coordinator restart (runtime.coordinator.reconcile) -------
+
+    def adopt(self, task: TaskRun, link: AgentLink, attempt: int) -> None:
+        """A live agent re-announced a running attempt: it runs on, nothing is re-run."""
+        task.state, task.agent, task.attempts = "running", link.id, attempt
+        self.tasks[task.id] = task
+        link.inflight[task.id] = attempt
+        if task.deadline is not None:
+            self._timer(task.deadline, "deadline", task.id)
+        self.emit("task.adopted", task.trace, task_id=task.id, attempt=attempt, agent=link.id)
+
+    def lost(self, task: TaskRun, attempt: int, error: dict[str, Any]) -> None:
+        """No live agent claimed the attempt: it is crashed, and the journal decides."""
+        task.state, task.attempts = "running", attempt
+        self.tasks[task.id] = task
+        fin = self.journal.finish_attempt(task.id, attempt, "crashed", error=error)
+        self.follow(task, attempt, fin, crashed=True)
+
+
+# -- reconciliation after a coordinator restart (runtime.coordinator.reconcile) ------------
+
+def running_attempts(journal: Any) -> list[tuple[str, int, str]]:
+    """(task id, attempt, agent) of every attempt the journal still has open on a running
+    task: after a coordinator restart these may still be running in live agents."""
+    return [tuple(r) for r in journal.conn.execute(
+        "SELECT t.id, a.attempt, a.agent FROM tasks t JOIN attempts a ON a.task_id = t.id "
+        "AND a.attempt = t.attempts WHERE t.state = 'running' AND a.ended IS NULL").fetchall()]
+
+
+def resumable(journal: Any) -> list[Any]:
+    """``Journal.unfinished`` without closing running attempts: queued, retry_wait and
+    blocked tasks (highest priority first)."""
+    from runtime.tasks.journal import _TASK_COLUMNS, TaskRecord
+    rows = journal.conn.execute(
+        f"SELECT {_TASK_COLUMNS} FROM tasks WHERE state IN ('queued', 'retry_wait', 'blocked') "
+        "ORDER BY priority DESC, id").fetchall()
+    return [TaskRecord.from_row(r) for r in rows]
+
+
+def attempt_open(journal: Any, task_id: str, attempt: int) -> bool:
+    """True if the journal would still take a result of this attempt (open, or closed as
+    crashed: a late success revises it; ``Journal._end_attempt``)."""
+    row = journal.conn.execute("SELECT ended, outcome FROM attempts WHERE task_id = ? AND attempt = ?",
+                               (task_id, attempt)).fetchone()
+    return row is not None and (row[0] is None or row[1] == "crashed")
+

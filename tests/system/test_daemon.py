@@ -107,7 +107,7 @@ def test_two_daemons_never_share_a_home(agora_env):
     with running_daemon(agora_env, config(size=1)):
         second = spawn(agora_env, None)
         assert second.wait(30) != 0
-        assert "another agora daemon" in (agora_env / "agora.log").read_text()
+        assert "an agora daemon already runs on home" in (agora_env / "agora.log").read_text()
 
 
 def test_another_user_is_refused(agora_env):
