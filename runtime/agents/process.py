@@ -26,6 +26,7 @@ Messages (orjson frames, see runtime.wire.protocol):
   -> {"t": "answer", "rid", "answer": value | None, "error": str (hook raised)}
   -> {"t": "call", "rid", "op", "args"}       the agent asks (locks, leases, barriers...)
   <- {"t": "reply", "rid", "ok": value} | {"t": "reply", "rid", "error": {...}}
+  <- {"t": "cancel", "tasks": [{"id", "attempt"}]}   stop these attempts (``_on_cancel``)
 
 EOF from the coordinator means it is gone: the agent exits (the supervisor's
 rest_for_one restarts the pools after a new coordinator anyway).
@@ -119,6 +120,7 @@ class AgentRunner:
         self._calls: dict[int, list[Any]] = {}  # rid -> [event, reply]
         self._running = threading.local()  # the trace of the task this thread runs
         self._call_ids = itertools.count(1)
+        self._handles: dict[tuple[str, int], TaskHandle] = {}  # running attempts, for cancel
 
     def send(self, msg: dict[str, Any]) -> None:
         data = encode_internal(msg)
@@ -205,11 +207,22 @@ class AgentRunner:
     def on_control(self, msg: dict[str, Any]) -> None:
         if msg.get("t") == "ask":
             self.answer(msg)
+        elif msg.get("t") == "cancel":
+            self._on_cancel(msg)
         elif msg.get("t") == "reply":
             waiter = self._calls.get(msg.get("rid"))
             if waiter is not None:
                 waiter[1] = msg
                 waiter[0].set()
+
+    def _on_cancel(self, msg: dict[str, Any]) -> None:
+        """The coordinator wants attempts stopped: flag their handles (``task.cancelled``);
+        a handler that never looks is killed after its pool's grace (the coordinator's
+        side, runtime.tasks.scheduler)."""
+        for entry in msg.get("tasks") or ():
+            handle = self._handles.get((entry.get("id"), entry.get("attempt")))
+            if handle is not None:
+                handle.cancelled = True
 
     def call(self, op: str, args: dict[str, Any], timeout: float = 30.0) -> Any:
         """Ask the coordinator (from any thread of the agent); raises its typed error."""
@@ -257,6 +270,7 @@ class AgentRunner:
         handle = TaskHandle(t["id"], t["attempt"], t["cap"], trace, self.emit)
         out: dict[str, Any] = {"id": t["id"], "attempt": t["attempt"]}
         self._running.trace = trace
+        self._handles[(t["id"], t["attempt"])] = handle
         try:
             value = self.agent.handler(t["cap"])(self.payloads.unpack(t, "input"), handle)
             self.payloads.pack(value, "ok", out)
@@ -265,6 +279,7 @@ class AgentRunner:
                             "traceback": traceback.format_exc(limit=20)}
         finally:
             self._running.trace = None
+            self._handles.pop((t["id"], t["attempt"]), None)
         return out
 
 

@@ -21,6 +21,7 @@ from runtime.config import ALLOCATIONS, Config
 from runtime.coordinator.host import ServiceHost
 from runtime.coordinator.loop import Composition, builtin_policy
 from runtime.observability import service as observability
+from runtime.scaling import replacement
 from runtime.scaling import service as scaling
 
 __all__ = ["composition", "check_config", "SERVICES", "POLICY_FACTORIES"]
@@ -31,6 +32,7 @@ SERVICES: tuple[tuple[str, Callable[[ServiceHost], Any]], ...] = (
     ("decisions", decisions.install),
     ("primitives", primitives.install),
     ("scaling", scaling.install),
+    ("replacement", replacement.install),  # agents that ignore a cancel past its grace
     ("observability", observability.install),
 )
 
