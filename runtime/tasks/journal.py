@@ -651,6 +651,10 @@ class Journal:
         """Cancel an unfinished task; False if it had already ended."""
         return self._mark(task_id, "cancel", {"code": "CANCELLED", "message": reason})
 
+    def reject(self, task_id: str, error: Any) -> bool:
+        """Fail a task that never started and cannot (NO_AWARD); False if it had moved on."""
+        return self._mark(task_id, "reject", error)
+
     def dead_letter(self, task_id: str, error: Any) -> bool:
         """Dead-letter a running or waiting task (the coordinator's poison verdict)."""
         return self._mark(task_id, "dead_letter", error)

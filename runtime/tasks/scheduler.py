@@ -436,6 +436,14 @@ class Scheduler:
             self._final(task, "deadline_exceeded" if deadline else "cancelled")
         return done
 
+    def reject(self, task_id: str, error: dict[str, Any]) -> bool:
+        """End a task nobody can take (not started: queued, deferred or waiting) as failed."""
+        done = self.journal.reject(task_id, error)
+        task = self.tasks.get(task_id)
+        if done and task is not None:
+            self._final(task, "failed")
+        return done
+
     def cancel_pipeline(self, pipeline_id: str) -> list[str]:
         """Cancel every unfinished step of a pipeline (running ones are stopped)."""
         ids = self.journal.cancel_pipeline(pipeline_id)

@@ -105,6 +105,9 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     ("retry_wait", "dead_letter"): "dead_lettered",
     ("retry_wait", "retry_due"): "queued",
     ("running", "interrupt"): "queued",
+    # nobody can take it (the market: no bid within the budget after its rounds)
+    ("queued", "reject"): "failed",
+    ("retry_wait", "reject"): "failed",
     ("dead_lettered", "redrive"): "queued",
     ("failed", "redrive"): "queued",
     **{(s, "cancel"): "cancelled" for s in ACTIVE},
