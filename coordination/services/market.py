@@ -173,6 +173,8 @@ __all__ = ["MarketConfig", "MarketPolicy", "install", "configure", "MARKET_KNOBS
 PAYER = "client"
 #: Auctions in a row without an award and without a usable offer before a task ends NO_AWARD.
 MAX_NO_AWARD_ROUNDS = 10
+#: How often old ledger transfers are folded into the checkpoint (retention).
+FOLD_EVERY_S = 60.0
 
 
 def agent_account(agent_id: str) -> str:
@@ -207,6 +209,7 @@ class MarketPolicy:
             "english": _EnglishDriver(self), "dutch": _DutchDriver(self)}
         self._ensure_account(PAYER, self.config.client_grant_mc, "the payer of every task")
         self._refund_stale()
+        self.retention_s = float(getattr(coord.cfg, "retention_age_s", 7 * 86400.0))
 
     def _refund_stale(self) -> None:
         """Contracts open when the previous coordinator stopped: their attempts were closed
@@ -228,6 +231,15 @@ class MarketPolicy:
         self.coord.add_commands({"market": self.cmd_market, "ledger": self.cmd_ledger,
                                     "reputation": self.cmd_reputation,
                                     "market_config": self.cmd_config})
+
+    def fold_ledger(self) -> None:
+        """Retention: fold ledger transfers older than ``retention_age_s`` into the
+        checkpoint (Ledger.fold), every FOLD_EVERY_S."""
+        import time
+        out = self.ledger.fold(time.time() - self.retention_s)
+        if out["transfers"]:
+            self.coord.emit("market.ledger_folded", None, **out)
+        self.coord.call_later(FOLD_EVERY_S, self.fold_ledger)
 
     def _ensure_account(self, account: str, grant: int, why: str) -> None:
         try:
@@ -739,4 +751,5 @@ def install(coord: ServiceHost) -> MarketPolicy:
     if coord.cfg.market:  # [market] in agora.toml: checked as `agora market-config` is
         market.cmd_config(dict(coord.cfg.market), None)
     market.attach()
+    coord.call_later(FOLD_EVERY_S, market.fold_ledger)
     return market

@@ -19,6 +19,7 @@ from coordination.services import decisions, market, primitives
 from coordination.services.market import MarketConfig
 from runtime.config import ALLOCATIONS, Config
 from runtime.coordinator.host import ServiceHost
+from runtime.coordinator import retention
 from runtime.coordinator.loop import Composition, builtin_policy
 from runtime.observability import service as observability
 from runtime.scaling import replacement
@@ -33,6 +34,7 @@ SERVICES: tuple[tuple[str, Callable[[ServiceHost], Any]], ...] = (
     ("primitives", primitives.install),
     ("scaling", scaling.install),
     ("replacement", replacement.install),  # agents that ignore a cancel past its grace
+    ("retention", retention.install),      # the journal's finished work, compacted
     ("observability", observability.install),
 )
 
