@@ -421,6 +421,49 @@ class Ledger:
         cur.execute("UPDATE ledger_escrows SET state = ?, settled_at = ? WHERE contract_id = ?",
                     (state, self._clock(), e.contract_id))
 
+    # -- retention --------------------------------------------------------------------------
+
+    def fold(self, older_than: float, batch: int = 50_000) -> dict[str, int]:
+        """Fold transfers made before ``older_than`` (epoch seconds) into ONE checkpoint
+        transfer holding one entry per account: the net of what was folded.  Balances
+        (cached and summed) stay exact and nothing of the money is deleted: the sum of an
+        account's entries is unchanged, conservation still checks.  Grants are never
+        folded (``issued == granted`` is audited from them; there is one per account),
+        nor the transfers of escrows still held; escrows settled before ``older_than`` go.
+        A previous checkpoint is folded into the new one, so there is at most one.  The
+        checkpoint's ``amount`` counts the transfers folded into it (a transfer needs a
+        positive amount; its money is in its entries).  At most ``batch`` per call."""
+        with self._write() as cur:
+            ids = [r[0] for r in cur.execute(
+                "SELECT id FROM ledger_transfers WHERE at < ? AND kind != 'grant' AND (contract_id IS NULL "
+                "OR contract_id NOT IN (SELECT contract_id FROM ledger_escrows WHERE state = 'held')) "
+                "ORDER BY id LIMIT ?", (older_than, batch)).fetchall()]
+            if not ids:
+                return {"transfers": 0, "accounts": 0, "escrows": 0}
+            in_fold = set(ids)
+            previous = [(i, n) for i, n in cur.execute(
+                "SELECT id, amount FROM ledger_transfers WHERE kind = 'checkpoint'").fetchall() if i in in_fold]
+            count = len(ids) - len(previous) + sum(n for _, n in previous)
+            nets: dict[str, int] = {}
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                marks = ", ".join("?" * len(chunk))
+                for account, amount in cur.execute(
+                        f"SELECT account, sum(amount) FROM ledger_entries WHERE transfer_id IN ({marks}) "
+                        "GROUP BY account", chunk).fetchall():
+                    nets[account] = nets.get(account, 0) + int(amount)
+                cur.execute(f"DELETE FROM ledger_entries WHERE transfer_id IN ({marks})", chunk)
+                cur.execute(f"DELETE FROM ledger_transfers WHERE id IN ({marks})", chunk)
+            cur.execute("INSERT INTO ledger_transfers (at, kind, src, dst, amount, reason) "
+                        "VALUES (?, 'checkpoint', 'checkpoint', 'checkpoint', ?, ?)",
+                        (older_than, count, f"checkpoint of transfers before {older_than}"))
+            tid = cur.lastrowid
+            cur.executemany("INSERT INTO ledger_entries (transfer_id, account, amount) VALUES (?, ?, ?)",
+                            [(tid, a, n) for a, n in sorted(nets.items()) if n])  # a zero net: no row
+            escrows = cur.execute("DELETE FROM ledger_escrows WHERE state != 'held' AND settled_at < ?",
+                                  (older_than,)).rowcount
+        return {"transfers": len(ids), "accounts": sum(1 for n in nets.values() if n), "escrows": escrows}
+
     # -- reading ----------------------------------------------------------------------------
 
     def entries(self, account: str) -> list[Entry]:

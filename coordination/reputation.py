@@ -13,6 +13,18 @@ towards the prior rather than keeping an old verdict forever, and a new agent st
 the prior (default 0.5: neither trusted nor distrusted).  Only the ``window`` most recent
 observations per key are kept (bounded memory for long-lived daemons).
 
+The *weight* of the evidence decays too (:meth:`Reputation.weight`, the sum of the
+observations' decay weights): a reliability gate asks for a minimum weight rather than a
+raw count, so that old history stops dominating and a gated agent's bad record fades.
+
+:class:`Probation` is the way back from a gate, a circuit breaker per (agent,
+capability) in three states::
+
+    closed --failure while the reputation is below the gate--> open(until now + cooldown)
+    open --cooldown over--> half_open: may win ONE task (a trial)
+    half_open --trial succeeded--> closed (cooldown back to base)
+    half_open --trial failed--> open (cooldown x 2, capped)
+
 Pure: every query takes ``now``; nothing is read or written but this object.  The
 snapshot is JSON-able and :meth:`Reputation.from_snapshot` rebuilds the same state.
 Observations stamped after ``now`` count as age 0 (clocks of different processes).
@@ -29,7 +41,7 @@ from typing import Any
 from coordination.contracts import BreachReason, Contract, ContractState
 from runtime.errors import InvalidInput
 
-__all__ = ["Observation", "ReputationConfig", "Reputation", "observation_from_contract"]
+__all__ = ["Observation", "ReputationConfig", "Reputation", "observation_from_contract", "Probation"]
 
 
 def _unit(value: Any, what: str) -> float:
@@ -108,6 +120,11 @@ class Reputation:
         """Observations kept for (agent, capability) (at most ``window``)."""
         return len(self._history.get((agent, capability), ()))
 
+    def weight(self, agent: str, capability: str, now: float) -> float:
+        """The decayed number of observations (each counts 0.5 ** (age / half_life))."""
+        hl = self.config.half_life
+        return sum(0.5 ** (max(0.0, now - o.at) / hl) for o in self._history.get((agent, capability), ()))
+
     def keys(self) -> list[tuple[str, str]]:
         """Every (agent, capability) with observations, sorted."""
         return sorted(self._history)
@@ -153,3 +170,54 @@ class Reputation:
             for at, s, t, q in entry["observations"]:
                 rep.record(entry["agent"], entry["capability"], Observation(at, s, t, q))
         return rep
+
+
+class Probation:
+    """Half-open re-admission of gated agents (see the module docstring).  Pure."""
+
+    def __init__(self, base_s: float = 5.0, cap_s: float = 300.0) -> None:
+        if not (0 < base_s <= cap_s):
+            raise InvalidInput(f"expected 0 < base_s <= cap_s, got base_s={base_s!r} cap_s={cap_s!r}")
+        self.base_s, self.cap_s = base_s, cap_s
+        # key -> [until (None: closed), cooldown, trial task id or None]
+        self._state: dict[tuple[str, str], list[Any]] = {}
+
+    def state(self, agent: str, capability: str, now: float) -> str:
+        st = self._state.get((agent, capability))
+        if st is None or st[0] is None:
+            return "closed"
+        return "open" if now < st[0] else "half_open"
+
+    def admits(self, agent: str, capability: str, now: float) -> bool:
+        """Closed, or half-open with no trial under way."""
+        state = self.state(agent, capability, now)
+        return state == "closed" or (state == "half_open" and self._state[(agent, capability)][2] is None)
+
+    def retry_in(self, agent: str, capability: str, now: float) -> float:
+        st = self._state.get((agent, capability))
+        return 0.0 if st is None or st[0] is None else max(0.0, st[0] - now)
+
+    def on_award(self, agent: str, capability: str, task_id: str, now: float) -> bool:
+        """A half-open agent won a task: that is its trial.  True if it was one."""
+        if self.state(agent, capability, now) != "half_open":
+            return False
+        self._state[(agent, capability)][2] = task_id
+        return True
+
+    def on_outcome(self, agent: str, capability: str, ok: bool, below_gate: bool, now: float) -> str:
+        """An attempt of this agent ended; returns the state after it."""
+        key = (agent, capability)
+        st = self._state.get(key)
+        if st is None or st[0] is None:  # closed
+            if not ok and below_gate:
+                cooldown = self.base_s if st is None else st[1]
+                self._state[key] = [now + cooldown, cooldown, None]
+            return self.state(agent, capability, now)
+        if st[2] is None:
+            return self.state(agent, capability, now)  # not its trial (an older contract)
+        if ok:
+            self._state[key] = [None, self.base_s, None]
+        else:
+            cooldown = min(self.cap_s, st[1] * 2)
+            self._state[key] = [now + cooldown, cooldown, None]
+        return self.state(agent, capability, now)

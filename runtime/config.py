@@ -14,6 +14,8 @@
                                   # so a short task never queues behind a long one in an agent)
     arena_mib = 256               # payload arena (anonymous shared memory, made at start)
     tracing = true                # false: no process emits events (to measure their cost)
+    retention_age_s = 604800.0    # finished tasks/pipelines older than this are compacted
+    retention_tasks = 1000000     # ... and beyond this many finished ones (0 = no count limit)
 
     [market]                      # allocation = "market": the same knobs as `agora market-config`
     auction = "sealed-second"     # sealed-first | sealed-second | english | dutch
@@ -33,6 +35,12 @@
     mailbox_bytes = 16777216
     max_tasks = 0                 # recycle an agent after N tasks (0 = never)
     memory_ceiling_mib = 0        # recycle an agent whose USS exceeds this (0 = never)
+    timeout_s = 0.0               # per-attempt time limit of its tasks (0 = none; a task's
+                                  # options.timeout_s wins)
+    cancel_grace_s = 5.0          # a cancelled attempt's time to stop before the agent is
+                                  # killed and replaced
+    retryable = []                # exception type names retried (empty: all but fatal ones)
+    fatal = []                    # exception type names that end a task at once
     [pools.summarize.scaling]     # autoscaler knobs; keys and defaults: runtime.scaling.policy
     autoscale = true
     [pools.summarize.capabilities.summarize]
@@ -108,6 +116,10 @@ class PoolConfig:
     mailbox_bytes: int = 16 << 20
     max_tasks: int = 0
     memory_ceiling_mib: int = 0
+    timeout_s: float | None = None
+    cancel_grace_s: float = 5.0
+    retryable: tuple[str, ...] = ()
+    fatal: tuple[str, ...] = ()
     scaling: dict[str, Any] = field(default_factory=dict)  # see runtime.scaling.policy.pool_scaling
     capabilities: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -126,6 +138,8 @@ class Config:
     durability: str = "process"
     arena_mib: int = 256
     tracing: bool = True
+    retention_age_s: float = 7 * 86400.0
+    retention_tasks: int = 1_000_000
 
     def pool(self, name: str) -> PoolConfig:
         for p in self.pools:
@@ -136,7 +150,7 @@ class Config:
 
 _DAEMON_KEYS = {"registry": str, "partitions": int, "allocation": str, "drain_s": (int, float),
                 "arena_mib": int, "agent_inflight": int, "durability": str,
-                "tracing": bool}
+                "tracing": bool, "retention_age_s": (int, float), "retention_tasks": int}
 #: Allocation policies by name: the scheduler's own (static, least-loaded, p2c) and the
 #: market's; the composition root (runtime.daemon.composition) builds each.
 ALLOCATIONS = ("static", "least-loaded", "p2c", "market")
@@ -145,7 +159,8 @@ ALLOCATIONS = ("static", "least-loaded", "p2c", "market")
 #: with the same check as `agora market-config`.
 _POOL_KEYS = {"agent": str, "size": int, "min": int, "max": int, "mailbox_messages": int,
               "mailbox_bytes": int, "max_tasks": int, "capabilities": dict,
-              "memory_ceiling_mib": int, "scaling": dict}
+              "memory_ceiling_mib": int, "scaling": dict, "timeout_s": (int, float),
+              "cancel_grace_s": (int, float), "retryable": list, "fatal": list}
 
 
 def _typed(section: str, table: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
@@ -163,7 +178,14 @@ def _pool(name: str, table: dict[str, Any]) -> PoolConfig:
     if "agent" not in t:
         raise InvalidInput(f"pools.{name}.agent is missing", hint="e.g. agent = 'mypkg.agents:MyAgent'")
     caps = {str(c): {k: float(v) for k, v in (d or {}).items()} for c, d in t.get("capabilities", {}).items()}
-    pc = PoolConfig(name=name, **{**t, "capabilities": caps})
+    from runtime.tasks.task import type_names
+    lists = {k: type_names(t[k], f"pools.{name}.{k}") for k in ("retryable", "fatal") if k in t}
+    if "timeout_s" in t:
+        t["timeout_s"] = float(t["timeout_s"]) or None  # 0 = no limit
+    if not 0 < float(t.get("cancel_grace_s", 5.0)) <= 3600:
+        raise InvalidInput(f"expected pools.{name}.cancel_grace_s in (0, 3600] seconds, "
+                           f"got: {t['cancel_grace_s']!r}")
+    pc = PoolConfig(name=name, **{**t, **lists, "capabilities": caps})
     if not (0 <= pc.min <= pc.size <= pc.max) or pc.max < 1:
         raise InvalidInput(f"pools.{name}: expected 0 <= min <= size <= max and max >= 1, "
                            f"got min={pc.min} size={pc.size} max={pc.max}")

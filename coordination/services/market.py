@@ -97,6 +97,20 @@ Decisions where the spec is silent
       any other capable agent is alive (even busy: the task then waits for room).  Scores
       alone trade a known failure rate against a lower price; a gate keeps first-try
       success high.  A gated agent is invited again when it is the only one left.
+    * Probation (issue 16): the gate is a half-open breaker per (agent, capability)
+      (coordination.reputation.Probation): a failure that leaves the decayed success
+      signal below ``min_success`` (with at least ``min_observations`` of decayed
+      evidence weight) gates the agent for a cooldown (5 s, doubling per failed trial up
+      to 5 min); after it, the agent may win one task; its success re-admits it, its
+      failure gates it again, longer.  When every live capable agent is gated, the task
+      goes to the best of them by reputation (it runs rather than waits forever).
+    * Head of line: a task no free agent can be invited for (all free ones gated or
+      excluded for it) is parked with the auction backoff instead of blocking its queue:
+      the tasks behind it are still auctioned.
+    * NO_AWARD: after ``MAX_NO_AWARD_ROUNDS`` (10) auctions in a row that no offer could
+      win (every bid over the budget, or no bid), the task ends ``failed`` with error
+      ``NO_AWARD`` naming the best offer seen and the budget.  With the backoff (50 ms
+      doubling to 1 s) that is about 5 s of trying.
     * Accounts: ``client`` pays for every task (granted ``client_grant_mc`` once, when the
       ledger first sees it); each agent has ``agent:<id>`` (granted ``agent_grant_mc`` at its
       first join) from which it posts its bond (the penalty) at award.  Only these grants
@@ -133,7 +147,7 @@ from coordination.auction import (
 )
 from coordination.evaluation import Offer, Weights
 from coordination.ledger import MAX_AMOUNT, InsufficientCredits, Ledger
-from coordination.reputation import Reputation, observation_from_contract
+from coordination.reputation import Probation, Reputation, observation_from_contract
 from coordination.services._auction_drivers import (
     AUCTION_KINDS,
     MarketConfig,
@@ -157,6 +171,10 @@ __all__ = ["MarketConfig", "MarketPolicy", "install", "configure", "MARKET_KNOBS
            "agent_account", "AUCTION_KINDS", "clock_terms"]
 
 PAYER = "client"
+#: Auctions in a row without an award and without a usable offer before a task ends NO_AWARD.
+MAX_NO_AWARD_ROUNDS = 10
+#: How often old ledger transfers are folded into the checkpoint (retention).
+FOLD_EVERY_S = 60.0
 
 
 def agent_account(agent_id: str) -> str:
@@ -174,6 +192,9 @@ class MarketPolicy:
         self.config = config or MarketConfig()
         self.ledger = Ledger(coord.journal.conn, nested=True)
         self.reputation = Reputation()
+        self.probation = Probation()
+        self.no_award: dict[str, int] = {}           # task id -> auctions in a row without award
+        self.best_offer: dict[str, int] = {}         # task id -> lowest price offered (mc)
         self.rounds: dict[str, _Round] = {}          # auction id -> open round
         self.open: dict[str, _Open] = {}             # task id -> contract under way
         self.auctions_of: dict[str, int] = {}        # task id -> auctions so far
@@ -188,6 +209,7 @@ class MarketPolicy:
             "english": _EnglishDriver(self), "dutch": _DutchDriver(self)}
         self._ensure_account(PAYER, self.config.client_grant_mc, "the payer of every task")
         self._refund_stale()
+        self.retention_s = float(getattr(coord.cfg, "retention_age_s", 7 * 86400.0))
 
     def _refund_stale(self) -> None:
         """Contracts open when the previous coordinator stopped: their attempts were closed
@@ -209,6 +231,15 @@ class MarketPolicy:
         self.coord.add_commands({"market": self.cmd_market, "ledger": self.cmd_ledger,
                                     "reputation": self.cmd_reputation,
                                     "market_config": self.cmd_config})
+
+    def fold_ledger(self) -> None:
+        """Retention: fold ledger transfers older than ``retention_age_s`` into the
+        checkpoint (Ledger.fold), every FOLD_EVERY_S."""
+        import time
+        out = self.ledger.fold(time.time() - self.retention_s)
+        if out["transfers"]:
+            self.coord.emit("market.ledger_folded", None, **out)
+        self.coord.call_later(FOLD_EVERY_S, self.fold_ledger)
 
     def _ensure_account(self, account: str, grant: int, why: str) -> None:
         try:
@@ -237,7 +268,13 @@ class MarketPolicy:
             candidates = self._lift_exclusions(task)
         invited = self._gate(task.capability, candidates)
         if not invited:
-            return None  # wait for room (a result or a join wakes the loop)
+            if not self.sched.candidates(task.capability):
+                return None  # nobody has room: wait for it (a result or a join wakes the loop)
+            # someone free could serve the tasks behind this one: park it, do not block them
+            self.coord.emit("market.parked", task.trace, task_id=task.id,
+                            why="no free agent may be invited for it (gated or excluded)")
+            self._requeue_later(task)
+            return TAKEN
         self._open_round(task, invited)
         return TAKEN
 
@@ -251,22 +288,28 @@ class MarketPolicy:
         task.excluded.clear()
         return self.sched.candidates(task.capability)
 
-    def _gated(self, agent_id: str, capability: str, now: float) -> bool:
-        if self.reputation.count(agent_id, capability) < self.config.min_observations:
+    def _below_gate(self, agent_id: str, capability: str, now: float) -> bool:
+        """A known bad success record: enough decayed evidence, success below the gate."""
+        if self.reputation.weight(agent_id, capability, now) < self.config.min_observations:
             return False
         return self.reputation.signals(agent_id, capability, now)[0] < self.config.min_success
 
+    def _gated(self, agent_id: str, capability: str, now: float) -> bool:
+        return not self.probation.admits(agent_id, capability, now)
+
     def _gate(self, capability: str, candidates: list[AgentLink]) -> list[AgentLink]:
-        """Candidates minus agents with a known bad success record, unless every live
-        capable agent is one of those."""
+        """Candidates minus gated agents; if every live capable agent is gated, the best
+        of the candidates by reputation (the task runs rather than waits forever)."""
         now = self.coord.clock()
         good = [a for a in candidates if not self._gated(a.id, capability, now)]
         if good:
             return good
         live = [aid for aid in self.sched.capable(capability) if aid in self.sched.agents]
-        if any(not self._gated(aid, capability, now) for aid in live):
+        if any(not self._gated(aid, capability, now) for aid in live) or not candidates:
             return []
-        return candidates
+        best = max(candidates, key=lambda a: (self.reputation.score(a.id, capability, now), -a.order))
+        self.coord.emit("market.all_gated", None, capability=capability, chosen=best.id)
+        return [best]
 
     def _reserve_mc(self, task: TaskRun) -> int | None:
         budget = (self.coord.journal.get(task.id).options or {}).get("budget")
@@ -309,8 +352,18 @@ class MarketPolicy:
         if r is None or agent_id is None:
             return  # the auction closed already: a late answer is not in it
         now, driver = self.coord.clock(), self.drivers[r.kind]
+        self._note_offer(r.task.id, msg)
         driver.answer(r, agent_id, round_no, msg, now)
         driver.step(r, now)
+
+    def _note_offer(self, task_id: str, msg: dict[str, Any]) -> None:
+        """The lowest price any agent asked for this task (for a NO_AWARD error)."""
+        try:
+            parsed = parse_bid(msg.get("answer")) if not msg.get("error") else None
+        except InvalidInput:
+            return
+        if parsed is not None:
+            self.best_offer[task_id] = min(parsed[0], self.best_offer.get(task_id, parsed[0]))
 
     def parse(self, r: _Round, agent_id: str, msg: dict[str, Any], parser: Any) -> Any:
         """``parser(answer)``; None for a hook error or junk (told as market.bid_invalid)."""
@@ -394,6 +447,7 @@ class MarketPolicy:
         for bid, price in offers:
             outcome = self._try_contract(r, bid, price, took_ms, bidders)
             if outcome == "awarded":
+                self.no_award.pop(task.id, None)
                 return
             if outcome == "unfunded":
                 self._requeue_later(task)
@@ -402,8 +456,26 @@ class MarketPolicy:
                         reason=reason or "no winner could take the contract", auction_ms=took_ms)
         if offers:
             self.sched.enqueue(task, front=True)  # winners filled up: wait for room as usual
+            return
+        streak = self.no_award[task.id] = self.no_award.get(task.id, 0) + 1
+        if streak >= MAX_NO_AWARD_ROUNDS:
+            self._give_up(task, r, streak)
         else:
             self._requeue_later(task)
+
+    def _give_up(self, task: TaskRun, r: _Round, rounds: int) -> None:
+        """No offer could win in ``rounds`` auctions: end the task NO_AWARD (bounded)."""
+        best = self.best_offer.get(task.id)
+        budget = None if r.budget_mc is None else r.budget_mc / 1000
+        offer = "no agent offered" if best is None else f"the best offer was {best / 1000} credits"
+        error = {"code": "NO_AWARD", "best_offer": None if best is None else best / 1000,
+                 "budget": budget, "rounds": rounds,
+                 "message": f"no bid could win task {task.id} in {rounds} auctions: {offer}, "
+                            f"the budget is {budget if budget is not None else 'unlimited'} credits",
+                 "hint": "raise options.budget, or add agents that bid within it"}
+        self.coord.emit("market.gave_up", r.span, task_id=task.id, **{k: error[k] for k in
+                                                                        ("best_offer", "budget", "rounds")})
+        self.sched.reject(task.id, error)
 
     def _still_waiting(self, task: TaskRun) -> bool:
         """Not cancelled, expired or started meanwhile (dispatch marks a task it handed to
@@ -449,6 +521,9 @@ class MarketPolicy:
         deadline = task.deadline if task.deadline is not None else now + self.config.contract_timeout_s
         contract = K.start(K.award(cid, task.id, link.id, price, max(deadline, now + 1e-6), now), now)
         ahead = len(link.inflight)
+        if self.probation.on_award(link.id, task.capability, task.id, now):
+            self.coord.emit("market.probation", span, task_id=task.id, agent=link.id,
+                            state="trial")
         self.sched.assign(task, link)
         self.open[task.id] = _Open(contract, task.attempts, span, task.capability, ahead)
         self.coord.emit("market.contract", span, task_id=task.id, contract_id=cid, agent=link.id,
@@ -473,13 +548,22 @@ class MarketPolicy:
         if o is None or o.attempt != attempt:
             return
         now = self.coord.clock()
-        if fin.state == "succeeded":  # agora does not grade results: a delivery is quality 1
+        ok = fin.state == "succeeded"
+        if ok:  # agora does not grade results: a delivery is quality 1
             self._measure(o, now)
             self._settle(task, *K.complete(o.contract, now, 1.0, self.config.penalty))
         else:
             why = "the agent died mid-task" if crashed else "the handler failed"
             self._settle(task, *K.breach(o.contract, K.BreachReason.FAILED, now, self.config.penalty),
                          why=why)
+        self._probation_outcome(o.contract.agent, o.capability, ok, task, now)
+
+    def _probation_outcome(self, agent: str, capability: str, ok: bool, task: TaskRun, now: float) -> None:
+        before = self.probation.state(agent, capability, now)
+        after = self.probation.on_outcome(agent, capability, ok, self._below_gate(agent, capability, now), now)
+        if after != before:
+            self.coord.emit("market.probation", task.trace, agent=agent, capability=capability,
+                            state=after, retry_in_s=round(self.probation.retry_in(agent, capability, now), 3))
 
     def on_final(self, task: TaskRun, rec: Any) -> None:
         """The task ended while a contract was still open (cancel, task deadline, or a late
@@ -492,7 +576,7 @@ class MarketPolicy:
                              why="the task's deadline passed under contract")
             else:
                 self._settle(task, *K.cancel(o.contract, now), why=f"the task ended {rec.state}")
-        for table in (self.auctions_of, self.backoff):
+        for table in (self.auctions_of, self.backoff, self.no_award, self.best_offer):
             table.pop(task.id, None)
 
     def _settle(self, task: TaskRun, contract: K.Contract, s: K.Settlement, why: str | None = None) -> None:
@@ -547,8 +631,8 @@ class MarketPolicy:
                  "message": f"agent {contract.agent} did not finish contract {contract.id} in time"}
         fin = self.coord.journal.finish_attempt(task.id, o.attempt, "crashed", error=error)
         link = self.sched.agents.get(contract.agent)
-        if link is not None:
-            link.inflight.pop(task.id, None)
+        if link is not None:  # stop the work: the agent stays busy until it has (no second run)
+            self.sched.stop_attempt(link, task.id, o.attempt, "contract deadline passed", task.trace)
         self.sched.follow(task, o.attempt, fin, crashed=True)
 
     # -- history and commands ------------------------------------------------------------
@@ -597,7 +681,9 @@ class MarketPolicy:
                 rows.append({"agent": agent, "capability": c,
                              "observations": self.reputation.count(agent, c),
                              "score": self.reputation.score(agent, c, now), "success": s,
-                             "timely": t, "quality": q, "gated": self._gated(agent, c, now)})
+                             "timely": t, "quality": q, "gated": self._gated(agent, c, now),
+                             "weight": self.reputation.weight(agent, c, now),
+                             "probation": self.probation.state(agent, c, now)})
         return rows
 
     def cmd_config(self, args: dict[str, Any], trace: Any) -> Any:
@@ -665,4 +751,5 @@ def install(coord: ServiceHost) -> MarketPolicy:
     if coord.cfg.market:  # [market] in agora.toml: checked as `agora market-config` is
         market.cmd_config(dict(coord.cfg.market), None)
     market.attach()
+    coord.call_later(FOLD_EVERY_S, market.fold_ledger)
     return market

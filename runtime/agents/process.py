@@ -26,6 +26,7 @@ Messages (orjson frames, see runtime.wire.protocol):
   -> {"t": "answer", "rid", "answer": value | None, "error": str (hook raised)}
   -> {"t": "call", "rid", "op", "args"}       the agent asks (locks, leases, barriers...)
   <- {"t": "reply", "rid", "ok": value} | {"t": "reply", "rid", "error": {...}}
+  <- {"t": "cancel", "tasks": [{"id", "attempt"}]}   stop these attempts (``_on_cancel``)
 
 Connecting (``runtime.supervision.kinship``): the coordinator first sends
 ``{"t": "challenge", "nonce"}``; the hello carries ``proof``, an HMAC of the nonce, the id and
@@ -155,6 +156,7 @@ class AgentRunner:
         self.pending: list[dict[str, Any]] = []  # results the coordinator has not had
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_RESULTS)
         self.reconnects = 0
+        self._handles: dict[tuple[str, int], TaskHandle] = {}  # running attempts, for cancel
 
     def send(self, msg: dict[str, Any]) -> None:
         data = encode_internal(msg)
@@ -303,11 +305,22 @@ class AgentRunner:
     def on_control(self, msg: dict[str, Any]) -> None:
         if msg.get("t") == "ask":
             self.answer(msg)
+        elif msg.get("t") == "cancel":
+            self._on_cancel(msg)
         elif msg.get("t") == "reply":
             waiter = self._calls.get(msg.get("rid"))
             if waiter is not None:
                 waiter[1] = msg
                 waiter[0].set()
+
+    def _on_cancel(self, msg: dict[str, Any]) -> None:
+        """The coordinator wants attempts stopped: flag their handles (``task.cancelled``);
+        a handler that never looks is killed after its pool's grace (the coordinator's
+        side, runtime.tasks.scheduler)."""
+        for entry in msg.get("tasks") or ():
+            handle = self._handles.get((entry.get("id"), entry.get("attempt")))
+            if handle is not None:
+                handle.cancelled = True
 
     def call(self, op: str, args: dict[str, Any], timeout: float = 30.0) -> Any:
         """Ask the coordinator (from any thread of the agent); raises its typed error."""
@@ -356,6 +369,7 @@ class AgentRunner:
         handle = TaskHandle(t["id"], t["attempt"], t["cap"], trace, self.emit)
         out: dict[str, Any] = {"id": t["id"], "attempt": t["attempt"]}
         self._running.trace = trace
+        self._handles[(t["id"], t["attempt"])] = handle
         try:
             value = self.agent.handler(t["cap"])(self.payloads.unpack(t, "input"), handle)
             self.payloads.pack(value, "ok", out)
@@ -364,6 +378,7 @@ class AgentRunner:
                             "traceback": traceback.format_exc(limit=20)}
         finally:
             self._running.trace = None
+            self._handles.pop((t["id"], t["attempt"]), None)
         return out
 
 

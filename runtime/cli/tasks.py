@@ -1,4 +1,12 @@
-"""``agora submit``, ``pipeline``, ``result``, ``tasks``, ``cancel``: work and its results.
+"""``agora submit``, ``pipeline``, ``result``, ``tasks``, ``cancel``, ``retry``: work and
+its results.
+
+Waiting is bounded: ``submit --wait``, ``result --wait`` and ``pipeline --wait`` take
+``--timeout`` (default ``WAIT_TIMEOUT_S``, 300 s; pipelines 600 s); past it the command
+prints the task's (pipeline's) current state and exits 75 (EX_TEMPFAIL: try again later;
+the work goes on).  ``cancel`` exits 0 when the task was cancelled or its running attempt
+was asked to stop, 1 when it had already ended (its state is printed), 3 for an unknown id.
+``agora tasks --state dead`` lists the dead letters; ``agora retry ID...`` re-drives them.
 """
 
 from __future__ import annotations
@@ -16,7 +24,15 @@ from runtime.cli.group import CliError, call, cli, client, out
 from runtime.errors import AgoraError, DeadlineExceeded, InvalidInput
 from runtime.tasks.task import TERMINAL
 
-__all__ = ['submit', 'pipeline', 'result', 'tasks', 'cancel', 'read_json_arg', 'wait_with_progress']
+__all__ = ['submit', 'pipeline', 'result', 'tasks', 'cancel', 'retry', 'read_json_arg',
+           'wait_with_progress', 'EX_TEMPFAIL', 'WAIT_TIMEOUT_S']
+
+#: sysexits.h: a temporary failure, the user is invited to retry (a wait that timed out).
+EX_TEMPFAIL = 75
+#: How long ``--wait`` waits by default: long enough for interactive work, never forever.
+WAIT_TIMEOUT_S = 300.0
+#: Short names for states on the command line.
+STATE_ALIASES = {"dead": "dead_lettered"}
 
 
 # -- tasks -------------------------------------------------------------------------------
@@ -41,24 +57,37 @@ def read_json_arg(value: str) -> Any:
 @click.option("--max-attempts", type=int, default=None)
 @click.option("--deadline", type=float, default=None, help="Seconds from now.")
 @click.option("--idempotency-key", default=None)
+@click.option("--task-timeout", "task_timeout", type=float, default=None,
+              help="Seconds one attempt may run (options.timeout_s).")
 @click.option("--wait", is_flag=True, help="Wait for the result, showing progress.")
+@click.option("--timeout", "timeout_s", type=float, default=WAIT_TIMEOUT_S, show_default=True,
+              help="With --wait: give up waiting after this many seconds (exit 75).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def submit(ctx: click.Context, capability: str, input_: str, priority: int | None,
            max_attempts: int | None, deadline: float | None, idempotency_key: str | None,
-           wait: bool, as_json: bool) -> None:
+           task_timeout: float | None, wait: bool, timeout_s: float, as_json: bool) -> None:
     """Submit one task; prints its id (durable once printed)."""
     opts = {k: v for k, v in (("priority", priority), ("max_attempts", max_attempts),
-                              ("deadline", deadline), ("idempotency_key", idempotency_key)) if v is not None}
+                              ("deadline", deadline), ("idempotency_key", idempotency_key),
+                              ("timeout_s", task_timeout)) if v is not None}
     task = {"capability": capability, "input": read_json_arg(input_), "options": opts}
     tid = call(ctx, "submit", task=task)
     if not wait:
         out({"id": tid}, as_json, lambda d: click.echo(d["id"]))
         return
-    _show_result(wait_with_progress(ctx, tid, quiet=as_json), as_json)
+    _show_result(wait_with_progress(ctx, tid, quiet=as_json, timeout_s=timeout_s), as_json)
 
 
-def wait_with_progress(ctx: click.Context, tid: str, quiet: bool = False) -> dict[str, Any]:
+def _timed_out(what: str, state: str, waited: float, detail: str = "") -> None:
+    """The wait's bound passed: say where the work is, exit 75 (it goes on)."""
+    click.echo(f"{what} {state}{detail}: still not finished after waiting {waited:g} s "
+               f"(it goes on; ask again with `agora result {what} --wait`)", err=True)
+    raise click.exceptions.Exit(EX_TEMPFAIL)
+
+
+def wait_with_progress(ctx: click.Context, tid: str, quiet: bool = False,
+                       timeout_s: float = WAIT_TIMEOUT_S) -> dict[str, Any]:
     t0 = time.monotonic()
     spin = "|/-\\"
     i = 0
@@ -68,6 +97,8 @@ def wait_with_progress(ctx: click.Context, tid: str, quiet: bool = False) -> dic
             if not quiet and sys.stderr.isatty():
                 click.echo("\r" + " " * 60 + "\r", nl=False, err=True)
             return rec
+        if time.monotonic() - t0 >= timeout_s:
+            _timed_out(tid, rec["state"], timeout_s, f" (attempt {rec.get('attempts', 0)})")
         if not quiet and sys.stderr.isatty():
             click.echo(f"\r{spin[i % 4]} {tid} {rec['state']} attempt {rec.get('attempts', 0)} "
                        f"{time.monotonic() - t0:5.1f}s", nl=False, err=True)
@@ -101,7 +132,14 @@ def pipeline(ctx: click.Context, pipeline_file: str, wait: bool, timeout_s: floa
     """Submit a pipeline (a DAG of steps in a JSON file); validated at submit."""
     p = call(ctx, "pipeline", spec=read_json_arg("@" + pipeline_file))
     if wait:
-        p = call(ctx, "pipeline_result", timeout=timeout_s + 10, id=p["id"], wait=True, timeout_s=timeout_s)
+        try:
+            p = client(ctx, timeout_s + 10).call("pipeline_result", id=p["id"], wait=True, timeout_s=timeout_s)
+        except DeadlineExceeded:
+            now = call(ctx, "pipeline_result", id=p["id"])
+            steps = ", ".join(f"{s['step_id']}={s['state']}" for s in now.get("steps", []))
+            _timed_out(p["id"], now["state"], timeout_s, f" ({steps})")
+        except AgoraError as e:
+            raise CliError(e) from e
 
     def human(d: dict[str, Any]) -> None:
         click.echo(f"{d['id']} {d.get('state', 'submitted')}")
@@ -114,11 +152,14 @@ def pipeline(ctx: click.Context, pipeline_file: str, wait: bool, timeout_s: floa
 @cli.command()
 @click.argument("task_id")
 @click.option("--wait", is_flag=True)
+@click.option("--timeout", "timeout_s", type=float, default=WAIT_TIMEOUT_S, show_default=True,
+              help="With --wait: give up waiting after this many seconds (exit 75).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def result(ctx: click.Context, task_id: str, wait: bool, as_json: bool) -> None:
+def result(ctx: click.Context, task_id: str, wait: bool, timeout_s: float, as_json: bool) -> None:
     """A task's state and result."""
-    rec = wait_with_progress(ctx, task_id, as_json) if wait else call(ctx, "result", id=task_id)
+    rec = (wait_with_progress(ctx, task_id, as_json, timeout_s) if wait
+           else call(ctx, "result", id=task_id))
     out(rec, True if as_json else False, lambda r: click.echo(
         f"{r['id']} {r['state']} attempts={r.get('attempts')}\n"
         + orjson.dumps({"result": r.get("result"), "error": r.get("error")},
@@ -126,12 +167,13 @@ def result(ctx: click.Context, task_id: str, wait: bool, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--state", default=None)
+@click.option("--state", default=None, help="One state (dead = dead_lettered).")
 @click.option("--limit", default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def tasks(ctx: click.Context, state: str | None, limit: int, as_json: bool) -> None:
     """Recent tasks, optionally of one state."""
+    state = STATE_ALIASES.get(state, state) if state else None
     def human(rows: list[dict[str, Any]]) -> None:
         click.echo(f"{'ID':<20} {'CAPABILITY':<16} {'STATE':<16} ATTEMPTS")
         for r in rows:
@@ -143,8 +185,24 @@ def tasks(ctx: click.Context, state: str | None, limit: int, as_json: bool) -> N
 @click.argument("task_id")
 @click.pass_context
 def cancel(ctx: click.Context, task_id: str) -> None:
-    """Cancel a task that has not finished."""
+    """Cancel a task or a whole pipeline (p-... id) that has not finished."""
     r = call(ctx, "cancel", id=task_id)
-    click.echo(f"{r['id']} {r['state']}")
+    said = {"cancelled": "cancelled", "stopping": "cancelled; its running attempt was asked to stop",
+            "already_ended": "had already ended: nothing to cancel"}[r["outcome"]]
+    steps = f" ({len(r['steps'])} step(s))" if r.get("kind") == "pipeline" and r.get("steps") else ""
+    click.echo(f"{r['id']} {r['state']}: {said}{steps}")
+    if r["outcome"] == "already_ended":
+        raise click.exceptions.Exit(1)
+
+
+@cli.command()
+@click.argument("task_ids", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def retry(ctx: click.Context, task_ids: tuple[str, ...], as_json: bool) -> None:
+    """Re-drive dead-lettered or failed tasks (fresh attempts; the history stays)."""
+    rows = call(ctx, "retry", ids=list(task_ids))
+    out(rows, as_json, lambda rs: [click.echo(f"{r['id']} {r['state']} (attempts so far {r['attempts']}, "
+                                              f"up to {r['max_attempts']})") for r in rs])
 
 

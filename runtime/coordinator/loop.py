@@ -92,6 +92,7 @@ class Coordinator:
         self.scheduler = Scheduler(self.journal, None, self.emit, clock,  # policy: at start()
                                    capacity=cfg.agent_inflight, membership=self.registry)
         self.scheduler.final_listeners.append(self._task_final)
+        self.scheduler.pools = {p.name: p for p in cfg.pools}  # timeout_s, cancel_grace_s, retry lists
         self.scheduler.payloads = Payloads(self.resources.arena, 0)
         self.sel = selectors.DefaultSelector()
         self.replies: list[tuple[Conn, dict[str, Any]]] = []
@@ -558,6 +559,10 @@ class Coordinator:
             link = self.scheduler.agents.get(agent_id)
             if link is not None:
                 link.send({"t": "tasks", "tasks": tasks})
+        for agent_id, stops in self.scheduler.take_cancels().items():  # after the tasks they name
+            link = self.scheduler.agents.get(agent_id)
+            if link is not None:
+                link.send({"t": "cancel", "tasks": stops})
 
     # -- results and shutdown ----------------------------------------------------------
 
@@ -593,7 +598,9 @@ class Coordinator:
         deadline = self.clock() + self.cfg.drain_s
         while any(a.inflight for a in self.scheduler.agents.values()) and self.clock() < deadline:
             self.turn(min(0.05, max(0.0, deadline - self.clock())))
-        self.journal.close()  # running attempts stay open: the next start requeues them
+        # a graceful stop never burns an attempt: what still runs is given up uncharged
+        self.journal.interrupt_running()
+        self.journal.close()
         self.contexts.close()
         self.emit("coordinator.stopped")
         self.emit.close()

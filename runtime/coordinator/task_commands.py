@@ -5,6 +5,13 @@ A submission is validated whole, then either accepted in this turn (durable at t
 COMMIT, acknowledged after it) or parked until its capability's mailbox has room, in
 messages and in bytes, for at most ``wait_s`` (then MAILBOX_FULL).  Nothing is accepted
 that is not in the journal, and nothing in the journal is dropped.
+
+Every wait here is bounded: ``result``/``pipeline_result``/``wait_all`` without a
+``timeout_s`` wait at most ``MAX_WAIT_S`` (then DEADLINE_EXCEEDED; the task goes on).
+``cancel`` takes a task or a pipeline id and says what happened (``outcome``):
+``cancelled`` (it was queued or waiting), ``stopping`` (a running attempt was asked to
+stop), ``already_ended`` (nothing to do; ``state`` says how it ended).  ``retry``
+re-drives dead-lettered or failed tasks (``Journal.redrive``).
 """
 
 from __future__ import annotations
@@ -30,6 +37,10 @@ from runtime.errors import DeadlineExceeded, InvalidInput, MailboxFull
 from runtime.observability.trace_context import TraceContext
 from runtime.tasks.task import TERMINAL, parse_task
 
+#: The longest a single server-side wait lasts when the caller gave no bound (a client
+#: that wants longer asks again: `agora result --wait` does).
+MAX_WAIT_S = 3600.0
+
 __all__ = ["TaskCommands"]
 
 
@@ -44,6 +55,7 @@ class TaskCommands:
             "submit": self.submit, "submit_many": self.submit_many, "result": self.result,
             "wait_all": self.wait_all, "tasks": self.tasks, "attempts": self.attempts,
             "cancel": self.cancel, "pipeline": self.pipeline, "pipeline_result": self.pipeline_result,
+            "retry": self.retry, "journal_stats": self.journal_stats,
         })
 
     def submit(self, args: dict[str, Any], trace: TraceContext | None) -> Any:
@@ -89,7 +101,7 @@ class TaskCommands:
                 pending.add(rec.id)
         if not pending:
             return counts
-        timeout = num_arg(args, "timeout_s", None)
+        timeout = num_arg(args, "timeout_s", MAX_WAIT_S, hi=MAX_WAIT_S)
         d = self.commands._defer(timeout, lambda: DeadlineExceeded(
             f"{len(pending)} of {len(ids)} tasks still running after {timeout} s"))
 
@@ -173,7 +185,8 @@ class TaskCommands:
         from runtime.tasks.scheduler import TaskRun
         deadline = time.monotonic() + (spec.deadline - time.time()) if spec.deadline else None
         return TaskRun(tid, spec.capability, spec.input, trace, max_attempts=spec.max_attempts,
-                       priority=spec.priority, deadline=deadline, size=size)
+                       priority=spec.priority, deadline=deadline, size=size, timeout_s=spec.timeout_s,
+                       retryable=spec.retryable, fatal=spec.fatal)
 
     def task_run(self, rec: Any, trace: TraceContext | None = None) -> Any:
         """The scheduler's view of a journal record (deadline moved to the monotonic clock)."""
@@ -183,9 +196,11 @@ class TaskCommands:
         # a pipeline step's span is a child of its pipeline's span (see pipeline())
         tr = trace or TraceContext(rec.trace_id or os.urandom(8).hex(), os.urandom(8).hex(),
                                    rec.trace_id[:16] if rec.pipeline_id and rec.trace_id else None)
+        opts = rec.options or {}
         return TaskRun(rec.id, rec.capability, rec.input, tr, max_attempts=rec.max_attempts,
                        priority=rec.priority, deadline=deadline, pipeline_id=rec.pipeline_id,
-                       attempts=rec.attempts)
+                       attempts=rec.attempts, timeout_s=opts.get("timeout_s"),
+                       retryable=tuple(opts.get("retryable") or ()), fatal=tuple(opts.get("fatal") or ()))
 
     def result(self, args: dict[str, Any], trace: Any) -> Any:
         only(args, "id", "wait", "timeout_s")
@@ -193,7 +208,7 @@ class TaskCommands:
         rec = self.coord.journal.get(tid)
         if rec.state in TERMINAL or not arg(args, "wait", bool, False):
             return _public(rec)
-        timeout = num_arg(args, "timeout_s", None)
+        timeout = num_arg(args, "timeout_s", MAX_WAIT_S, hi=MAX_WAIT_S)
         d = self.commands._defer(timeout, lambda: DeadlineExceeded(
             f"task {tid} has not finished within {timeout} s", hint="it goes on; ask again later"))
         self.coord.wait_for(tid, lambda r: d.resolve(_public(r)))
@@ -223,7 +238,7 @@ class TaskCommands:
         p = self.coord.journal.get_pipeline(pid)
         if p.state != "running" or not arg(args, "wait", bool, False):
             return _public_pipeline(p, self.coord.journal)
-        timeout = num_arg(args, "timeout_s", None)
+        timeout = num_arg(args, "timeout_s", MAX_WAIT_S, hi=MAX_WAIT_S)
         d = self.commands._defer(timeout, lambda: DeadlineExceeded(
             f"pipeline {pid} has not finished within {timeout} s", hint="it goes on; ask again later"))
         self.coord.wait_for(pid, lambda p: d.resolve(_public_pipeline(p, self.coord.journal)))
@@ -236,14 +251,46 @@ class TaskCommands:
         return [_public(r, brief=True) for r in rows]
 
     def attempts(self, args: dict[str, Any], trace: Any) -> Any:
+        """Every attempt with its agent and outcome; ``lost`` marks the ones that did not
+        finish (agent died or killed, daemon killed), counted apart from handler failures."""
         only(args, "id")
-        return [dataclasses.asdict(a) for a in self.coord.journal.attempts(str_arg(args, "id"))]
+        return [{**dataclasses.asdict(a), "lost": a.outcome == "crashed"}
+                for a in self.coord.journal.attempts(str_arg(args, "id"))]
 
     def cancel(self, args: dict[str, Any], trace: Any) -> Any:
+        """A task or a whole pipeline (``p-`` ids); ``outcome`` says what happened."""
         only(args, "id")
         tid = str_arg(args, "id")
-        done = self.coord.scheduler.cancel(tid)
-        return {"id": tid, "state": self.coord.journal.get(tid).state, "cancelled": done}
+        sched = self.coord.scheduler
+        if tid.startswith("p-"):
+            steps = sched.cancel_pipeline(tid)
+            state = self.coord.journal.get_pipeline(tid).state
+            return {"id": tid, "kind": "pipeline", "state": state, "cancelled": bool(steps),
+                    "steps": steps, "outcome": "cancelled" if steps else "already_ended"}
+        task = sched.tasks.get(tid)
+        was_running = task is not None and task.state == "running"
+        done = sched.cancel(tid)
+        outcome = ("stopping" if was_running else "cancelled") if done else "already_ended"
+        return {"id": tid, "kind": "task", "state": self.coord.journal.get(tid).state,
+                "cancelled": done, "outcome": outcome}
+
+    def retry(self, args: dict[str, Any], trace: Any) -> Any:
+        """Re-drive dead-lettered or failed tasks: queued again with fresh attempts."""
+        only(args, "ids")
+        out = []
+        for tid in arg(args, "ids", list)[:10_000]:
+            rec = self.coord.journal.redrive(str(tid))
+            self.coord.scheduler.enqueue(self.task_run(rec))
+            self.coord.emit("task.redriven", None, task_id=rec.id, attempts=rec.attempts,
+                            max_attempts=rec.max_attempts)
+            out.append(_public(rec, brief=True))
+        return out
+
+    def journal_stats(self, args: dict[str, Any], trace: Any) -> Any:
+        only(args)
+        stats = self.coord.journal.stats()
+        stats["retention"] = getattr(self.coord, "retention_report", None)
+        return stats
 
 
 _PUBLIC = ("id", "capability", "state", "attempts", "max_attempts", "priority", "created",

@@ -18,9 +18,11 @@ from typing import Any
 from coordination.services import decisions, market, primitives
 from coordination.services.market import MarketConfig
 from runtime.config import ALLOCATIONS, Config
+from runtime.coordinator import retention
 from runtime.coordinator.host import ServiceHost
 from runtime.coordinator.loop import Composition, builtin_policy
 from runtime.observability import service as observability
+from runtime.scaling import replacement
 from runtime.scaling import service as scaling
 
 __all__ = ["composition", "check_config", "SERVICES", "POLICY_FACTORIES"]
@@ -31,6 +33,8 @@ SERVICES: tuple[tuple[str, Callable[[ServiceHost], Any]], ...] = (
     ("decisions", decisions.install),
     ("primitives", primitives.install),
     ("scaling", scaling.install),
+    ("replacement", replacement.install),  # agents that ignore a cancel past its grace
+    ("retention", retention.install),      # the journal's finished work, compacted
     ("observability", observability.install),
 )
 

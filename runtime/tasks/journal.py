@@ -79,7 +79,7 @@ from typing import Any
 
 import orjson
 
-from runtime.errors import BrokenError, InvalidInput, NotFound, ResourceExhausted, Unavailable
+from runtime.errors import BrokenError, Conflict, InvalidInput, NotFound, ResourceExhausted, Unavailable
 from runtime.observability.trace_context import new_id
 from runtime.tasks.pipeline import Pipeline, parse_pipeline, resolve_refs
 from runtime.tasks.task import OUTCOMES, STATES, TERMINAL, TaskSpec, outcome_event, retry_delay, sources, transition
@@ -574,7 +574,7 @@ class Journal:
                                 (task_id,)).fetchone()
         if row[0] != "running" or row[1] != attempt:
             return  # a late failure of an old attempt: recorded in attempts, nothing else
-        event = outcome_event(outcome, attempt, row[2])
+        event = outcome_event(outcome, self._charged(task_id, attempt), row[2])
         state = transition("running", event)
         not_before = (now + retry_delay(attempt, self.retry_base, self.retry_cap, self.rng)
                       if state == "retry_wait" else None)
@@ -587,11 +587,73 @@ class Journal:
                           "WHERE id = ? AND state = 'running' AND attempts = ?",
                           (state, _dumps(error), not_before, now, task_id, attempt))
 
+    def _charged(self, task_id: str, attempts: int) -> int:
+        """Attempts that count against max_attempts: all but those a graceful stop
+        interrupted (one indexed read, on the failure path only)."""
+        spared = self._one("SELECT count(*) FROM attempts WHERE task_id = ? AND outcome = 'interrupted'",
+                           (task_id,))
+        return attempts - int(spared or 0)
+
+    def interrupt_running(self, reason: str = "the daemon stopped (graceful stop past drain_s)") -> list[str]:
+        """A graceful stop gives up the attempts still running: each is closed as
+        ``interrupted`` and its task goes back to ``queued`` uncharged (the next start
+        runs it again without burning an attempt).  Returns the task ids."""
+        error = {"code": "INTERRUPTED", "message": reason}
+        with self.transaction():
+            rows = self.conn.execute(
+                "SELECT t.id, a.attempt FROM tasks t JOIN attempts a ON a.task_id = t.id "
+                "AND a.attempt = t.attempts WHERE t.state = 'running' AND a.ended IS NULL").fetchall()
+            for task_id, attempt in rows:
+                self.finish_attempt(task_id, attempt, "interrupted", error=error)
+        return [r[0] for r in rows]
+
+    def attempt_summary(self, task_id: str) -> dict[str, int]:
+        """Attempts per outcome (``crashed`` shown as ``lost``; ``open`` still running)."""
+        rows = self.conn.execute("SELECT coalesce(outcome, 'open'), count(*) FROM attempts "
+                                 "WHERE task_id = ? GROUP BY 1", (task_id,)).fetchall()
+        return {("lost" if k == "crashed" else k): n for k, n in rows}
+
+    def redrive(self, task_id: str) -> TaskRecord:
+        """Queue a dead-lettered or failed task again with ``max_attempts`` fresh attempts
+        (its original budget); its attempt history stays.  Pipeline steps are refused:
+        their downstream steps were already settled (resubmit the pipeline)."""
+        now = self.clock()
+        with self.transaction():
+            rec = self.get(task_id)
+            if rec.pipeline_id is not None:
+                raise Conflict(f"task {task_id} is step {rec.step_id!r} of pipeline {rec.pipeline_id}: "
+                               "its downstream steps have already been settled",
+                               hint="resubmit the pipeline (`agora pipeline FILE`)", field="id")
+            transition(rec.state, "redrive")  # IllegalTransition names the state
+            fresh = int((rec.options or {}).get("max_attempts") or rec.max_attempts)
+            self.conn.execute("UPDATE tasks SET state = 'queued', max_attempts = ?, error = NULL, "
+                              "not_before = NULL, updated = ? WHERE id = ? AND state IN "
+                              f"{_legal_from('redrive')}", (rec.attempts + fresh, now, task_id))
+            return self.get(task_id)
+
+    def cancel_pipeline(self, pipeline_id: str, reason: str = "pipeline cancelled by request") -> list[str]:
+        """Cancel every unfinished step and mark the pipeline ``cancelled``; returns the
+        ids of the steps this cancelled (empty if it had ended)."""
+        now = self.clock()
+        with self.transaction():
+            self.get_pipeline(pipeline_id)  # NotFound names it
+            rows = self.conn.execute(
+                f"UPDATE tasks SET state = 'cancelled', error = ?, updated = ?, not_before = NULL "
+                f"WHERE pipeline_id = ? AND state IN {_legal_from('cancel')} RETURNING id",
+                (_dumps({"code": "CANCELLED", "message": reason}), now, pipeline_id)).fetchall()
+            self.conn.execute("UPDATE pipelines SET state = 'cancelled', updated = ? "
+                              "WHERE id = ? AND state = 'running'", (now, pipeline_id))
+        return sorted(r[0] for r in rows)
+
     # -- other state changes --------------------------------------------------------------
 
     def cancel(self, task_id: str, reason: str = "cancelled by request") -> bool:
         """Cancel an unfinished task; False if it had already ended."""
         return self._mark(task_id, "cancel", {"code": "CANCELLED", "message": reason})
+
+    def reject(self, task_id: str, error: Any) -> bool:
+        """Fail a task that never started and cannot (NO_AWARD); False if it had moved on."""
+        return self._mark(task_id, "reject", error)
 
     def dead_letter(self, task_id: str, error: Any) -> bool:
         """Dead-letter a running or waiting task (the coordinator's poison verdict)."""
@@ -751,3 +813,75 @@ class Journal:
         steps = dict(self.conn.execute("SELECT step_id, id FROM tasks WHERE pipeline_id = ?",
                                        (pipeline_id,)).fetchall())
         return PipelineRecord(*row[:6], steps, _loads(row[6]))
+
+    # -- retention ------------------------------------------------------------------------
+
+    def compact(self, *, max_age_s: float | None = None, keep: int | None = None,
+                now: float | None = None, batch: int = 5000) -> dict[str, int]:
+        """Delete finished work: standalone tasks that ended more than ``max_age_s`` ago or
+        beyond the ``keep`` most recent finished ones, their attempts, and finished
+        pipelines (with their steps) by the same two rules.  Live tasks, running pipelines
+        and their steps are never touched.  At most ``batch`` tasks per call, so a turn
+        of the coordinator stays short; call again while it returns ``tasks == batch``.
+
+        SQLite reuses the freed pages, so the file stops growing at its high-water mark
+        (it does not shrink: ``VACUUM`` would lock the writer for seconds).  An
+        idempotency key of a deleted task no longer deduplicates (decision: retention
+        is also the key's lifetime)."""
+        now = self.clock() if now is None else now
+        done = _in(TERMINAL)
+        with self.transaction():
+            ids = self._expired_tasks(done, max_age_s, keep, now, batch)
+            pids = self._expired_pipelines(max_age_s, keep, now, max(1, batch // 10))
+            ids += [r[0] for p in pids for r in self.conn.execute(
+                "SELECT id FROM tasks WHERE pipeline_id = ?", (p,)).fetchall()]
+            for i in range(0, len(ids), _CHUNK):
+                chunk = ids[i:i + _CHUNK]
+                marks = ", ".join("?" * len(chunk))
+                self.conn.execute(f"DELETE FROM attempts WHERE task_id IN ({marks})", chunk)
+                self.conn.execute(f"DELETE FROM tasks WHERE id IN ({marks})", chunk)
+            self.conn.executemany("DELETE FROM pipelines WHERE id = ?", [(p,) for p in pids])
+        return {"tasks": len(ids), "pipelines": len(pids)}
+
+    def _expired_tasks(self, done: str, max_age_s: float | None, keep: int | None,
+                       now: float, batch: int) -> list[str]:
+        found: list[str] = []
+        if max_age_s is not None:
+            found += [r[0] for r in self.conn.execute(
+                f"SELECT id FROM tasks WHERE pipeline_id IS NULL AND state IN {done} AND updated < ? "
+                "LIMIT ?", (now - max_age_s, batch)).fetchall()]
+        if keep is not None and len(found) < batch:
+            found += [r[0] for r in self.conn.execute(
+                f"SELECT id FROM tasks WHERE pipeline_id IS NULL AND state IN {done} "
+                "ORDER BY id DESC LIMIT ? OFFSET ?", (batch - len(found), keep)).fetchall()]
+        return list(dict.fromkeys(found))
+
+    def _expired_pipelines(self, max_age_s: float | None, keep: int | None, now: float,
+                           batch: int) -> list[str]:
+        found: list[str] = []
+        if max_age_s is not None:
+            found += [r[0] for r in self.conn.execute(
+                "SELECT id FROM pipelines WHERE state != 'running' AND updated < ? LIMIT ?",
+                (now - max_age_s, batch)).fetchall()]
+        if keep is not None:
+            found += [r[0] for r in self.conn.execute(
+                "SELECT id FROM pipelines WHERE state != 'running' ORDER BY id DESC LIMIT ? OFFSET ?",
+                (batch, keep)).fetchall()]
+        return list(dict.fromkeys(found))[:batch]
+
+    def stats(self) -> dict[str, Any]:
+        """Sizes for `agora journal stats`: files, pages, rows per table, tasks per state."""
+        def size(path: str) -> int:
+            try:
+                return os.path.getsize(path)
+            except OSError:
+                return 0
+        tables = [r[0] for r in self.conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").fetchall()]
+        rows = {t: int(self._one(f'SELECT count(*) FROM "{t}"')) for t in tables}
+        page = int(self._one("PRAGMA page_size"))
+        return {"path": self.path, "file_bytes": size(self.path), "wal_bytes": size(self.path + "-wal"),
+                "page_size": page, "pages": int(self._one("PRAGMA page_count")),
+                "free_pages": int(self._one("PRAGMA freelist_count")), "rows": rows,
+                "tasks_by_state": self.counts(),
+                "oldest_finished": self._one(f"SELECT min(updated) FROM tasks WHERE state IN {_in(TERMINAL)}")}

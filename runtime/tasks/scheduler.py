@@ -13,6 +13,22 @@ Life of a task::
                 |                                   |                      \\--no attempts left--> failed
                 +------ agent died (attempt + 1) ---+--no attempts left--> dead_lettered
     cancel / deadline at any live state -> cancelled / deadline_exceeded
+    running --timeout_s passed--> (attempt failed: TIMED_OUT) -> retry policy, another agent
+
+Stopping work (cancel, deadline, ``timeout_s``): the journal's verdict is immediate (the
+task is ``cancelled`` at once), but the agent's room is not given back until its attempt
+has *ended*: the agent is sent ``{"t": "cancel", "tasks": [{"id", "attempt"}]}`` (queued
+in ``cancels``, sent after the turn's task batches), its handler sees it cooperatively,
+and it reports a normal result (``Cancelled``, or its real one).  An agent that has not
+reported within its pool's ``cancel_grace_s`` (default 5 s) is killed and replaced: the
+scheduler tells its ``kill_listeners`` (the coordinator asks the root), marks the agent
+draining, and the death that follows closes the attempt as ``crashed`` (LOST: code
+``LOST``, never a handler failure).
+
+Retry policy: a handler error goes through ``runtime.tasks.task.error_outcome`` with the
+task's and its pool's ``fatal`` / ``retryable`` lists; a retry goes to an agent that has
+not run the task yet when one is free (``TaskRun.tried``: the journal records the agent
+of every attempt), else to any.
 
 A death is seen when the agent's socket reaches EOF (the kernel closes it the moment
 the process dies): its in-flight tasks go straight back to the head of their queue on
@@ -37,11 +53,18 @@ from runtime.errors import AgoraError
 from runtime.observability.trace_context import TraceContext
 from runtime.tasks.balancing import PowerOfTwoPolicy
 from runtime.tasks.payloads import Payloads
-from runtime.tasks.task import TERMINAL
+from runtime.tasks.task import TERMINAL, error_outcome
 
 __all__ = ["Scheduler", "TaskRun", "AgentLink", "StaticPolicy", "LeastLoadedPolicy", "POLICIES",
            "running_attempts", "resumable", "attempt_open",
-           "TAKEN"]
+           "TAKEN", "DEFAULT_CANCEL_GRACE_S"]
+
+
+#: Seconds an agent has to end a cancelled attempt before it is killed (per pool:
+#: ``cancel_grace_s``).  A cooperative handler checks ``task.cancelled`` far more often;
+#: 5 s is long enough for a handler to close a file or a connection, short enough that a
+#: user who cancelled sees the agent free again before they wonder why.
+DEFAULT_CANCEL_GRACE_S = 5.0
 
 
 
@@ -64,6 +87,10 @@ class TaskRun:
     excluded: set[str] = field(default_factory=set)
     seq: int = 0
     size: int = 0  # bytes of input, for mailbox accounting
+    timeout_s: float | None = None  # per attempt; None: the pool's default
+    retryable: tuple[str, ...] = ()
+    fatal: tuple[str, ...] = ()
+    tried: list[str] = field(default_factory=list)  # the agent of each attempt, in order
 
 
 @dataclass
@@ -77,6 +104,8 @@ class AgentLink:
     inflight: dict[str, int] = field(default_factory=dict)  # task id -> attempt
     done: int = 0
     draining: bool = False
+    stopping: dict[str, int] = field(default_factory=dict)  # task id -> attempt asked to stop
+    killed: str | None = None  # why the coordinator had this agent killed
 
 
 #: What an asynchronous policy's ``choose`` returns when it took the task (market: an
@@ -126,7 +155,8 @@ class Scheduler:
         self.queues: dict[str, list[tuple[int, int, str]]] = {}
         self.agents: dict[str, AgentLink] = {}
         self.outbox: dict[str, list[dict[str, Any]]] = {}
-        self.timers: list[tuple[float, int, str, str]] = []  # (when, seq, kind, task id)
+        # (when, seq, kind, task id | (task id, attempt, agent id) for "grace"/"timeout")
+        self.timers: list[tuple[float, int, str, Any]] = []
         self._seq = itertools.count()
         self._order = itertools.count()
         # Hooks are lists of listeners, called in order of registration; none depends on
@@ -139,6 +169,12 @@ class Scheduler:
         self.takers: list[Callable[[TaskRun], bool]] = []
         # task id -> who takes that task's results instead (a consensus step's k candidate runs)
         self.result_sinks: dict[str, Callable[[AgentLink | None, dict[str, Any]], None]] = {}
+        # pool name -> its config (timeout_s, cancel_grace_s, retryable, fatal); the
+        # coordinator fills it from agora.toml
+        self.pools: dict[str, Any] = {}
+        # an agent that ignored a cancel past its grace: (link, why); the coordinator kills it
+        self.kill_listeners: list[Callable[[AgentLink, str], None]] = []
+        self.cancels: dict[str, list[dict[str, Any]]] = {}  # agent id -> cancel frames' entries
 
     # -- agents ------------------------------------------------------------------------
 
@@ -161,7 +197,9 @@ class Scheduler:
         self._by_cap.clear()
         self.emit("agent.died", agent=agent_id, pid=link.pid, inflight=len(link.inflight))
         self._forget_registration(link)
-        error = {"code": "AGENT_DIED", "message": f"agent {agent_id} (pid {link.pid}) died mid-task"}
+        error = ({"code": "LOST", "message": f"agent {agent_id} (pid {link.pid}) was killed: {link.killed}"}
+                 if link.killed else
+                 {"code": "AGENT_DIED", "message": f"agent {agent_id} (pid {link.pid}) died mid-task"})
         moved = []
         for tid, attempt in link.inflight.items():
             fin = self.journal.finish_attempt(tid, attempt, "crashed", error=error)
@@ -243,10 +281,13 @@ class Scheduler:
         return out
 
     def _choose(self, task: TaskRun, cap: str) -> AgentLink | None | object:
-        """A taker's (TAKEN), else the policy's choice among the capable agents with room."""
+        """A taker's (TAKEN), else the policy's choice among the capable agents with room;
+        agents that have not run this task yet first (a retry goes elsewhere if it can)."""
         if any(take(task) for take in self.takers):
             return TAKEN
-        return self.policy.choose(task, [a for a in self.candidates(cap) if a.id not in task.excluded])
+        able = [a for a in self.candidates(cap) if a.id not in task.excluded and task.id not in a.inflight]
+        fresh = [a for a in able if a.id not in task.tried] if task.tried else able
+        return self.policy.choose(task, fresh or able)
 
     def dispatch(self) -> int:
         """Give queued tasks to agents until queues or room run out; returns tasks sent.
@@ -290,6 +331,10 @@ class Scheduler:
         for (task, agent), attempt in zip(picks, numbers):
             task.attempts = attempt
             agent.inflight[task.id] = attempt
+            task.tried.append(agent.id)
+            limit = task.timeout_s or self._pool_knob(agent.pool, "timeout_s", None)
+            if limit:
+                self._timer(self.clock() + limit, "timeout", (task.id, attempt, agent.id))
             span = task.trace.child()
             self.emit("task.attempt", span, task_id=task.id, attempt=attempt, agent=agent.id,
                       policy=self.policy.name)
@@ -315,14 +360,28 @@ class Scheduler:
             return
         if link is not None and link.inflight.get(tid) == attempt:
             del link.inflight[tid]
+            link.stopping.pop(tid, None)
             link.done += 1
         ok = "error" not in r
-        fin = self.journal.finish_attempt(tid, attempt, "succeeded" if ok else "failed",
+        task = self.tasks.get(tid)
+        outcome = "succeeded" if ok else self._judge(task, link, r.get("error"))
+        fin = self.journal.finish_attempt(tid, attempt, outcome,
                                           result=self.payloads.unpack(r, "ok") if ok else None,
                                           error=r.get("error"))
-        task = self.tasks.get(tid)
         if task is not None:
             self.follow(task, attempt, fin)
+
+    def _pool_knob(self, pool: str | None, name: str, default: Any) -> Any:
+        value = getattr(self.pools.get(pool or ""), name, None)
+        return default if value is None else value
+
+    def _judge(self, task: TaskRun | None, link: AgentLink | None, error: Any) -> str:
+        """``failed`` or ``fatal`` for a handler error: the task's lists, then its pool's."""
+        pool = link.pool if link is not None else None
+        fatal = tuple(task.fatal if task else ()) + tuple(self._pool_knob(pool, "fatal", ()))
+        retryable = (task.retryable if task and task.retryable else
+                     tuple(self._pool_knob(pool, "retryable", ())))
+        return error_outcome(error, fatal, retryable)
 
     def follow(self, task: TaskRun, attempt: int, fin: Any, crashed: bool = False) -> None:
         """Mirror the journal's verdict on an attempt (it alone decides states)."""
@@ -370,17 +429,81 @@ class Scheduler:
             listener(task, rec)
 
     def cancel(self, task_id: str, deadline: bool = False) -> bool:
-        """Cancel (or expire) a live task; its running attempt's late result is ignored."""
+        """Cancel (or expire) a live task: ended in the journal now; a running attempt is
+        asked to stop and its agent stays busy until it has (see the module docstring)."""
         done = self.journal.mark_deadline(task_id) if deadline else self.journal.cancel(task_id)
         task = self.tasks.get(task_id)
         if done and task is not None:
-            self._forget_inflight(task)
+            self._stop_running(task, "deadline passed" if deadline else "cancelled")
             self._final(task, "deadline_exceeded" if deadline else "cancelled")
         return done
 
+    def reject(self, task_id: str, error: dict[str, Any]) -> bool:
+        """End a task nobody can take (not started: queued, deferred or waiting) as failed."""
+        done = self.journal.reject(task_id, error)
+        task = self.tasks.get(task_id)
+        if done and task is not None:
+            self._final(task, "failed")
+        return done
+
+    def cancel_pipeline(self, pipeline_id: str) -> list[str]:
+        """Cancel every unfinished step of a pipeline (running ones are stopped)."""
+        ids = self.journal.cancel_pipeline(pipeline_id)
+        for tid in ids:
+            task = self.tasks.get(tid)
+            if task is not None:
+                self._stop_running(task, "pipeline cancelled")
+                self._final(task, "cancelled")
+        return ids
+
+    def _stop_running(self, task: TaskRun, why: str) -> None:
+        link = self.agents.get(task.agent) if task.state == "running" and task.agent else None
+        attempt = link.inflight.get(task.id) if link is not None else None
+        if link is not None and attempt:
+            self.stop_attempt(link, task.id, attempt, why, task.trace)
+
+    def stop_attempt(self, link: AgentLink, task_id: str, attempt: int, why: str,
+                     trace: TraceContext | None = None) -> None:
+        """Ask the agent to stop an attempt; arm the kill after its pool's grace."""
+        if link.stopping.get(task_id) == attempt:
+            return
+        link.stopping[task_id] = attempt
+        self.cancels.setdefault(link.id, []).append({"id": task_id, "attempt": attempt})
+        grace = float(self._pool_knob(link.pool, "cancel_grace_s", DEFAULT_CANCEL_GRACE_S))
+        self.emit("task.stop_requested", trace, task_id=task_id, attempt=attempt, agent=link.id,
+                  why=why, grace_s=grace)
+        self._timer(self.clock() + grace, "grace", (task_id, attempt, link.id))
+
+    def take_cancels(self) -> dict[str, list[dict[str, Any]]]:
+        out, self.cancels = self.cancels, {}
+        return out
+
+    def _grace_over(self, task_id: str, attempt: int, agent_id: str) -> None:
+        link = self.agents.get(agent_id)
+        if link is None or link.inflight.get(task_id) != attempt or link.killed:
+            return  # it stopped (or died) in time
+        link.killed = f"attempt {attempt} of {task_id} did not stop within its cancel grace"
+        link.draining = True  # no new work for it while the root replaces it
+        self.emit("agent.kill", agent=agent_id, pid=link.pid, task_id=task_id, why=link.killed)
+        for listener in self.kill_listeners:
+            listener(link, link.killed)
+
+    def _timed_out(self, task_id: str, attempt: int, agent_id: str) -> None:
+        """An attempt ran past its ``timeout_s``: stop it and let the retry policy decide
+        (the agent stays busy until the attempt has ended or it is killed)."""
+        link, task = self.agents.get(agent_id), self.tasks.get(task_id)
+        if link is None or link.inflight.get(task_id) != attempt or task is None or task.attempts != attempt:
+            return
+        self.stop_attempt(link, task_id, attempt, "timeout_s passed", task.trace)
+        error = {"code": "TIMED_OUT", "type": "TimedOut",
+                 "message": f"attempt {attempt} on agent {agent_id} ran past its timeout_s",
+                 "hint": "raise options.timeout_s (or the pool's timeout_s) or make the handler faster"}
+        self.emit("task.timed_out", task.trace, task_id=task_id, attempt=attempt, agent=agent_id)
+        self.follow(task, attempt, self.journal.finish_attempt(task_id, attempt, "failed", error=error))
+
     # -- timers ------------------------------------------------------------------------
 
-    def _timer(self, when: float, kind: str, task_id: str) -> None:
+    def _timer(self, when: float, kind: str, task_id: Any) -> None:
         heapq.heappush(self.timers, (when, next(self._seq), kind, task_id))
 
     def next_timer_in(self) -> float | None:
@@ -391,6 +514,12 @@ class Scheduler:
         due_retry = False
         while self.timers and self.timers[0][0] <= now:
             _, _, kind, tid = heapq.heappop(self.timers)
+            if kind == "grace":
+                self._grace_over(*tid)
+                continue
+            if kind == "timeout":
+                self._timed_out(*tid)
+                continue
             task = self.tasks.get(tid)
             if task is None:
                 continue

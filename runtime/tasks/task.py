@@ -9,7 +9,10 @@ a task file, a pipeline step)::
                  "max_attempts": 3,         # attempts in all, first one included
                  "priority": 0,             # higher runs first
                  "idempotency_key": "k-1",  # a second submit with it returns the first id
-                 "budget": 100}}            # credits the market may spend; absent = no cap
+                 "budget": 100,             # credits the market may spend; absent = no cap
+                 "timeout_s": 10.0,         # execution time per attempt (default: the pool's)
+                 "retryable": ["IOError"],  # only these exception types are retried
+                 "fatal": ["KeyError"]}}    # these end the task at once (agora.Fatal always does)
 
 Decisions where the spec was silent:
 
@@ -20,6 +23,17 @@ Decisions where the spec was silent:
 * Limits: ``max_attempts`` in 1..100, ``priority`` in -1e6..1e6, ``budget`` >= 0 and
   below 2**53, ``idempotency_key`` 1..200 characters, ``capability`` 1..200 characters.
   Booleans are not integers here (JSON ``true`` is not a priority).
+* ``timeout_s`` bounds one attempt (0 < t <= 1e6 s; absent: the pool's ``timeout_s``,
+  absent there too: no limit); an attempt past it is cancelled (the agent gets a cancel
+  frame, then is killed after the pool's ``cancel_grace_s``) and counts as a failure
+  (error code ``TIMED_OUT``) for the retry policy, the retry preferring another agent.
+  ``deadline`` stays the wall clock of the whole task; its end state keeps its name
+  ``deadline_exceeded`` (the issue's "timed_out").
+* Retry policy (``error_outcome``): a handler error whose type is ``Fatal`` (or whose wire
+  code is ``FATAL``), or is in the task's or pool's ``fatal`` list, or is not in a
+  non-empty ``retryable`` list, ends the task at once (outcome ``fatal``); any other
+  error is retried with backoff while attempts are left.  Type names are matched on the
+  class name only (``"TimeoutError"``), as the agent reports ``type(e).__name__``.
 * The input must be encodable by orjson (it is checked, so a Python caller cannot sneak a
   set or an object into the journal).
 
@@ -40,6 +54,10 @@ from ``TRANSITIONS``)::
 that did not finish (the agent died, its lease expired, the daemon restarted) while
 attempts are left; ``dead_letter`` is the same with no attempt left (a poison task).
 ``fail_retry`` / ``fail`` is a handler error with / without attempts left.
+``interrupted`` is an attempt a graceful stop cut short: the task goes back to ``queued``
+and the attempt is not charged (``charged`` attempts exclude it), so a restart never
+burns an attempt.  ``redrive`` (``agora retry ID``) puts a dead-lettered or failed task
+back in the queue with fresh attempts, its attempt history kept.
 ``outcome_event`` maps an attempt's outcome to the event, so the journal and the
 coordinator apply one rule.
 """
@@ -57,7 +75,7 @@ from runtime.errors import Conflict, InvalidInput, UnknownCapability
 __all__ = [
     "TaskSpec", "parse_task", "parse_options", "transition", "sources", "outcome_event",
     "retry_delay", "IllegalTransition", "STATES", "TERMINAL", "ACTIVE", "EVENTS",
-    "OUTCOMES", "TRANSITIONS",
+    "OUTCOMES", "TRANSITIONS", "error_outcome", "REDRIVABLE",
 ]
 
 MAX_ATTEMPTS_LIMIT = 100
@@ -86,6 +104,12 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     ("running", "dead_letter"): "dead_lettered",
     ("retry_wait", "dead_letter"): "dead_lettered",
     ("retry_wait", "retry_due"): "queued",
+    ("running", "interrupt"): "queued",
+    # nobody can take it (the market: no bid within the budget after its rounds)
+    ("queued", "reject"): "failed",
+    ("retry_wait", "reject"): "failed",
+    ("dead_lettered", "redrive"): "queued",
+    ("failed", "redrive"): "queued",
     **{(s, "cancel"): "cancelled" for s in ACTIVE},
     **{(s, "deadline"): "deadline_exceeded" for s in ACTIVE},
 }
@@ -93,8 +117,11 @@ EVENTS = tuple(sorted({e for _, e in TRANSITIONS}))
 
 #: What an attempt can end with: the handler returned (``succeeded``), raised
 #: (``failed``: retried per policy), raised an error retrying cannot fix (``fatal``), or
-#: the attempt did not finish (``crashed``: agent died, lease expired, daemon restarted).
-OUTCOMES = ("succeeded", "failed", "fatal", "crashed")
+#: the attempt did not finish (``crashed``, shown as LOST: agent died, lease expired, daemon
+#: restarted), or a graceful stop cut it short (``interrupted``: not charged).
+OUTCOMES = ("succeeded", "failed", "fatal", "crashed", "interrupted")
+#: States ``agora retry`` can take a task out of.
+REDRIVABLE = ("dead_lettered", "failed")
 
 
 class IllegalTransition(Conflict):
@@ -134,7 +161,23 @@ def outcome_event(outcome: str, attempts: int, max_attempts: int) -> str:
         return "fail"
     if outcome == "crashed":
         return "requeue" if left else "dead_letter"
+    if outcome == "interrupted":
+        return "interrupt"
     raise InvalidInput(f"unknown attempt outcome {outcome!r}", hint=f"outcomes are {', '.join(OUTCOMES)}")
+
+
+def error_outcome(error: Any, fatal: tuple[str, ...] | list[str] = (),
+                  retryable: tuple[str, ...] | list[str] = ()) -> str:
+    """``failed`` (retried per policy) or ``fatal`` (ends the task) for a handler's error
+    as the agent reported it (``{"type", "message", "code"?}``).  Pure."""
+    if not isinstance(error, dict):
+        return "failed"
+    kind = str(error.get("type") or "")
+    if kind == "Fatal" or error.get("code") == "FATAL" or kind in fatal:
+        return "fatal"
+    if retryable and kind not in retryable:
+        return "fatal"
+    return "failed"
 
 
 def retry_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
@@ -162,6 +205,9 @@ class TaskSpec:
     priority: int = 0
     idempotency_key: str | None = None
     budget: int | None = None
+    timeout_s: float | None = None
+    retryable: tuple[str, ...] = ()
+    fatal: tuple[str, ...] = ()
 
     FIELDS: ClassVar[tuple[str, ...]] = ("capability", "input", "options")
 
@@ -169,7 +215,8 @@ class TaskSpec:
         """The options as stored in the journal (deadline absolute there)."""
         return {"deadline": self.deadline, "max_attempts": self.max_attempts,
                 "priority": self.priority, "idempotency_key": self.idempotency_key,
-                "budget": self.budget}
+                "budget": self.budget, "timeout_s": self.timeout_s,
+                "retryable": list(self.retryable), "fatal": list(self.fatal)}
 
 
 def _where(where: str, field: str) -> str:
@@ -205,7 +252,8 @@ def _refuse_unknown(obj: dict[str, Any], allowed: tuple[str, ...], where: str) -
 
 def parse_options(obj: Any, *, now: float, where: str = "",
                   allowed: tuple[str, ...] = ("deadline", "max_attempts", "priority",
-                                              "idempotency_key", "budget")) -> dict[str, Any]:
+                                              "idempotency_key", "budget", "timeout_s",
+                                              "retryable", "fatal")) -> dict[str, Any]:
     """Validate an ``options`` object; return TaskSpec keyword arguments (deadline absolute)."""
     where = _where(where, "options")
     if not isinstance(obj, dict):
@@ -222,7 +270,28 @@ def parse_options(obj: Any, *, now: float, where: str = "",
         out["idempotency_key"] = _name(obj["idempotency_key"], _where(where, "idempotency_key"))
     if obj.get("budget") is not None:
         out["budget"] = _int(obj["budget"], _where(where, "budget"), 0, BUDGET_LIMIT)
+    if obj.get("timeout_s") is not None:
+        out["timeout_s"] = _seconds(obj["timeout_s"], _where(where, "timeout_s"))
+    for key in ("retryable", "fatal"):
+        if obj.get(key) is not None:
+            out[key] = type_names(obj[key], _where(where, key))
     return out
+
+
+def _seconds(value: Any, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1e6:
+        raise InvalidInput(f"{field} must be a number of seconds, > 0 and <= 1e6, got {value!r}",
+                           field=field)
+    return float(value)
+
+
+def type_names(value: Any, field: str) -> tuple[str, ...]:
+    """A list of exception class names (``["KeyError", "TimeoutError"]``), at most 50."""
+    if not isinstance(value, list) or len(value) > 50 or not all(
+            isinstance(v, str) and v.isidentifier() for v in value):
+        raise InvalidInput(f"{field} must be a list of at most 50 exception class names, "
+                           f"got {value!r:.80}", field=field)
+    return tuple(value)
 
 
 def check_json(value: Any, field: str) -> None:
