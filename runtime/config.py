@@ -33,6 +33,8 @@
     mailbox_bytes = 16777216
     max_tasks = 0                 # recycle an agent after N tasks (0 = never)
     memory_ceiling_mib = 0        # recycle an agent whose USS exceeds this (0 = never)
+    concurrency = 1               # attempts one agent runs at once (async def handlers on its
+                                  # event loop, plain ones on a thread pool of this size)
     [pools.summarize.scaling]     # autoscaler knobs; keys and defaults: runtime.scaling.policy
     autoscale = true
     [pools.summarize.capabilities.summarize]
@@ -101,6 +103,7 @@ class PoolConfig:
     mailbox_bytes: int = 16 << 20
     max_tasks: int = 0
     memory_ceiling_mib: int = 0
+    concurrency: int = 1  # attempts one agent runs at once (runtime.agents.executor)
     scaling: dict[str, Any] = field(default_factory=dict)  # see runtime.scaling.policy.pool_scaling
     capabilities: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -138,7 +141,7 @@ ALLOCATIONS = ("static", "least-loaded", "p2c", "market")
 #: with the same check as `agora market-config`.
 _POOL_KEYS = {"agent": str, "size": int, "min": int, "max": int, "mailbox_messages": int,
               "mailbox_bytes": int, "max_tasks": int, "capabilities": dict,
-              "memory_ceiling_mib": int, "scaling": dict}
+              "memory_ceiling_mib": int, "scaling": dict, "concurrency": int}
 
 
 def _typed(section: str, table: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
@@ -160,6 +163,9 @@ def _pool(name: str, table: dict[str, Any]) -> PoolConfig:
     if not (0 <= pc.min <= pc.size <= pc.max) or pc.max < 1:
         raise InvalidInput(f"pools.{name}: expected 0 <= min <= size <= max and max >= 1, "
                            f"got min={pc.min} size={pc.size} max={pc.max}")
+    if not 1 <= pc.concurrency <= 4096:
+        raise InvalidInput(f"pools.{name}.concurrency: expected an integer in 1..4096, got {pc.concurrency}",
+                           hint="the number of tasks one agent runs at once (1: one at a time)")
     from runtime.scaling.policy import pool_scaling
     pool_scaling(pc)  # refuse bad [pools.NAME.scaling] knobs at load time, not in the coordinator
     return pc

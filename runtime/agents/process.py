@@ -26,6 +26,11 @@ Messages (orjson frames, see runtime.wire.protocol):
   -> {"t": "answer", "rid", "answer": value | None, "error": str (hook raised)}
   -> {"t": "call", "rid", "op", "args"}       the agent asks (locks, leases, barriers...)
   <- {"t": "reply", "rid", "ok": value} | {"t": "reply", "rid", "error": {...}}
+  <- {"t": "cancel", "tasks": [{"id", "attempt"}], "reason"?}   stop these attempts
+The hello also says "concurrency": n (attempts at once).  An agent whose pool has
+``concurrency > 1`` or an ``async def`` handler runs its attempts through
+runtime.agents.executor (ConcurrentRunner below); the others keep the two threads above
+(InlineRunner: with cancellation).
 
 EOF from the coordinator means it is gone: the agent exits (the supervisor's
 rest_for_one restarts the pools after a new coordinator anyway).
@@ -44,6 +49,7 @@ from collections import deque
 from typing import Any
 
 from runtime.agents.agent import Agent, AgentContext, TaskHandle
+from runtime.agents.executor import ConcurrentMixin, InlineMixin, needs_executor
 from runtime.config import Config, RunPaths
 from runtime.errors import InvalidInput, Unavailable, from_wire
 from runtime.observability.events import Emitter
@@ -52,7 +58,7 @@ from runtime.tasks.payloads import Payloads
 from runtime.wire.buffers import RECV_BYTES
 from runtime.wire.server import InternalReader, encode_internal
 
-__all__ = ["agent_main", "import_agent", "AgentRunner"]
+__all__ = ["agent_main", "import_agent", "AgentRunner", "InlineRunner", "ConcurrentRunner", "make_runner"]
 
 
 def import_agent(path: str) -> type[Agent]:
@@ -268,6 +274,22 @@ class AgentRunner:
         return out
 
 
+class InlineRunner(InlineMixin, AgentRunner):
+    """One plain handler at a time, no hand-off on the task's path, plus cancellation."""
+
+
+class ConcurrentRunner(ConcurrentMixin, AgentRunner):
+    """Up to ``concurrency`` attempts at once (runtime.agents.executor)."""
+
+
+def make_runner(agent: Agent, sock: socket.socket, emit: Emitter, agent_id: str, payloads: Payloads,
+                concurrency: int) -> AgentRunner:
+    """The runner this agent needs (see runtime.agents.executor)."""
+    if needs_executor(agent, concurrency):
+        return ConcurrentRunner(agent, sock, emit, agent_id, payloads, concurrency)
+    return InlineRunner(agent, sock, emit, agent_id, payloads)
+
+
 def _volunteer_for_the_oom_killer() -> None:
     """RELIABILITY 9: when memory runs out the kernel should pick an agent, never the
     supervisor or the coordinator.  Raising one's own score needs no privilege."""
@@ -291,11 +313,11 @@ def agent_main(ctx: Any, cfg: Config, run: RunPaths, pool: str, index: int, slot
     arena = ctx.resources.arena
     if arena is not None:
         arena.reset_slot(slot)  # a predecessor's blocks (if it died) are stale from now on
-    runner = AgentRunner(agent, sock, emit, agent_id, Payloads(arena, slot))
+    runner = make_runner(agent, sock, emit, agent_id, Payloads(arena, slot), pc.concurrency)
     actx.call = runner.call
     caps = {c: pc.capabilities.get(c, {}) for c in agent.handlers}
     runner.send({"t": "hello", "agent": agent_id, "pool": pool, "index": index,
-                 "pid": os.getpid(), "caps": caps})
+                 "pid": os.getpid(), "caps": caps, "concurrency": pc.concurrency})
     ctx.ready()
     runner.run()
     emit.close()

@@ -335,7 +335,8 @@ class Coordinator:
         elif t == "hello":
             conn.state["agent"] = msg["agent"]
             link = self.scheduler.agent_joined(msg["agent"], msg["pool"], msg["pid"], msg["caps"],
-                                               lambda m, c=conn: c.send(m))
+                                               lambda m, c=conn: c.send(m),
+                                               concurrency=msg.get("concurrency", 1))
             self.commands.agent_joined(link)
             for listener in self.agent_listeners:
                 listener.agent_joined(link)
