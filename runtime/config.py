@@ -41,6 +41,11 @@
     cost = 1.0                    # declared price basis for bids
     quality = 0.8                 # declared capability score
 
+    [services.llm]                # an external service's guards (keys: runtime.guards.service),
+    timeout_s = 20                # checked at load time; breaker and limiter state is shared by
+    rate = 50                     # every agent of the machine (ctx.service("llm"))
+    cache_ttl_s = 600
+
 Unknown keys are refused with the key named: a typo must not silently change nothing.
 Relative paths are relative to the config file's directory.
 """
@@ -70,6 +75,7 @@ class RunResources:
     slots: Any = None                 # runtime.tasks.payloads.SlotTable
     arena: Any = None                 # shm.Arena
     registry_tables: list[Any] = field(default_factory=list)  # runtime.registry.table tables
+    guard_table: Any = None           # shm.guard_state.GuardStateTable ([services.*] breakers, limiters)
 
 
 @dataclass(frozen=True)
@@ -122,6 +128,7 @@ class Config:
     durability: str = "process"
     arena_mib: int = 256
     tracing: bool = True
+    services: dict[str, dict[str, Any]] = field(default_factory=dict)  # [services.NAME] tables
 
     def pool(self, name: str) -> PoolConfig:
         for p in self.pools:
@@ -171,17 +178,28 @@ def _pool(name: str, table: dict[str, Any]) -> PoolConfig:
     return pc
 
 
+def _services(raw: Any) -> dict[str, dict[str, Any]]:
+    """``[services.NAME]`` tables, each checked now (a typo must fail at load, not mid-task)."""
+    from runtime.guards.service import ServiceConfig
+    if not isinstance(raw, dict):
+        raise InvalidInput(f"[services] must hold tables [services.NAME], got {type(raw).__name__}")
+    for name, table in raw.items():
+        ServiceConfig.from_dict(name, table)
+    return {str(n): dict(t) for n, t in raw.items()}
+
+
 def parse_config(raw: dict[str, Any], home: Path, base: Path, **overrides: Any) -> Config:
-    unknown = set(raw) - {"daemon", "pools", "context", "market"}
+    unknown = set(raw) - {"daemon", "pools", "context", "market", "services"}
     if unknown:
         raise InvalidInput(f"unknown config sections {sorted(unknown)}",
-                           hint="sections: [daemon], [context], [market], [pools.NAME]")
+                           hint="sections: [daemon], [context], [market], [pools.NAME], [services.NAME]")
     market = dict(raw.get("market", {}))
     daemon = _typed("daemon", dict(raw.get("daemon", {})), _DAEMON_KEYS)
     daemon.update({k: v for k, v in overrides.items() if v is not None})
     pools = tuple(_pool(n, t) for n, t in raw.get("pools", {}).items())
     contexts = {n: str((base / p).resolve()) for n, p in raw.get("context", {}).items()}
-    cfg = Config(home=home, pools=pools, contexts=contexts, market=market, **daemon)
+    services = _services(raw.get("services", {}))
+    cfg = Config(home=home, pools=pools, contexts=contexts, market=market, services=services, **daemon)
     if cfg.registry not in BACKENDS:
         raise InvalidInput(f"daemon.registry: expected one of {list(BACKENDS)}, got {cfg.registry!r}")
     if cfg.allocation not in ALLOCATIONS:

@@ -50,6 +50,7 @@ from typing import Any
 
 from runtime.agents.agent import Agent, AgentContext, TaskHandle
 from runtime.agents.executor import ConcurrentMixin, InlineMixin, needs_executor
+from runtime.agents.services import agent_guards
 from runtime.config import Config, RunPaths
 from runtime.errors import InvalidInput, Unavailable, from_wire
 from runtime.observability.events import Emitter
@@ -308,6 +309,7 @@ def agent_main(ctx: Any, cfg: Config, run: RunPaths, pool: str, index: int, slot
     agent = import_agent(pc.agent)()
     actx = AgentContext(agent_id, pool, index, pc.capabilities, _Contexts(str(cfg.home)), emit)
     agent.ctx = actx
+    actx.guards = agent_guards(cfg.services, ctx.resources.guard_table, emit)
     agent.setup(actx)
     sock = _connect(run.agents_sock, time.monotonic() + 10)
     arena = ctx.resources.arena
