@@ -41,11 +41,18 @@
                                   # killed and replaced
     retryable = []                # exception type names retried (empty: all but fatal ones)
     fatal = []                    # exception type names that end a task at once
+    concurrency = 1               # attempts one agent runs at once (async def handlers on its
+                                  # event loop, plain ones on a thread pool of this size)
     [pools.summarize.scaling]     # autoscaler knobs; keys and defaults: runtime.scaling.policy
     autoscale = true
     [pools.summarize.capabilities.summarize]
     cost = 1.0                    # declared price basis for bids
     quality = 0.8                 # declared capability score
+
+    [services.llm]                # an external service's guards (keys: runtime.guards.service),
+    timeout_s = 20                # checked at load time; breaker and limiter state is shared by
+    rate = 50                     # every agent of the machine (ctx.service("llm"))
+    cache_ttl_s = 600
 
 Unknown keys are refused with the key named: a typo must not silently change nothing.
 Relative paths are relative to the config file's directory.
@@ -83,6 +90,7 @@ class RunResources:
     registry_tables: list[Any] = field(default_factory=list)  # runtime.registry.table tables
     agent_secret: bytes = b""         # per-run kinship secret (never in env or a file)
     coordinator_starts: Any = None    # mmap.mmap(-1, 8): starts of the coordinator this run
+    guard_table: Any = None           # shm.guard_state.GuardStateTable ([services.*] breakers, limiters)
 
 
 @dataclass(frozen=True)
@@ -120,6 +128,7 @@ class PoolConfig:
     cancel_grace_s: float = 5.0
     retryable: tuple[str, ...] = ()
     fatal: tuple[str, ...] = ()
+    concurrency: int = 1  # attempts one agent runs at once (runtime.agents.executor)
     scaling: dict[str, Any] = field(default_factory=dict)  # see runtime.scaling.policy.pool_scaling
     capabilities: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -140,6 +149,7 @@ class Config:
     tracing: bool = True
     retention_age_s: float = 7 * 86400.0
     retention_tasks: int = 1_000_000
+    services: dict[str, dict[str, Any]] = field(default_factory=dict)  # [services.NAME] tables
 
     def pool(self, name: str) -> PoolConfig:
         for p in self.pools:
@@ -160,7 +170,7 @@ ALLOCATIONS = ("static", "least-loaded", "p2c", "market")
 _POOL_KEYS = {"agent": str, "size": int, "min": int, "max": int, "mailbox_messages": int,
               "mailbox_bytes": int, "max_tasks": int, "capabilities": dict,
               "memory_ceiling_mib": int, "scaling": dict, "timeout_s": (int, float),
-              "cancel_grace_s": (int, float), "retryable": list, "fatal": list}
+              "cancel_grace_s": (int, float), "retryable": list, "fatal": list, "concurrency": int}
 
 
 def _typed(section: str, table: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
@@ -189,22 +199,36 @@ def _pool(name: str, table: dict[str, Any]) -> PoolConfig:
     if not (0 <= pc.min <= pc.size <= pc.max) or pc.max < 1:
         raise InvalidInput(f"pools.{name}: expected 0 <= min <= size <= max and max >= 1, "
                            f"got min={pc.min} size={pc.size} max={pc.max}")
+    if not 1 <= pc.concurrency <= 4096:
+        raise InvalidInput(f"pools.{name}.concurrency: expected an integer in 1..4096, got {pc.concurrency}",
+                           hint="the number of tasks one agent runs at once (1: one at a time)")
     from runtime.scaling.policy import pool_scaling
     pool_scaling(pc)  # refuse bad [pools.NAME.scaling] knobs at load time, not in the coordinator
     return pc
 
 
+def _services(raw: Any) -> dict[str, dict[str, Any]]:
+    """``[services.NAME]`` tables, each checked now (a typo must fail at load, not mid-task)."""
+    from runtime.guards.service import ServiceConfig
+    if not isinstance(raw, dict):
+        raise InvalidInput(f"[services] must hold tables [services.NAME], got {type(raw).__name__}")
+    for name, table in raw.items():
+        ServiceConfig.from_dict(name, table)
+    return {str(n): dict(t) for n, t in raw.items()}
+
+
 def parse_config(raw: dict[str, Any], home: Path, base: Path, **overrides: Any) -> Config:
-    unknown = set(raw) - {"daemon", "pools", "context", "market"}
+    unknown = set(raw) - {"daemon", "pools", "context", "market", "services"}
     if unknown:
         raise InvalidInput(f"unknown config sections {sorted(unknown)}",
-                           hint="sections: [daemon], [context], [market], [pools.NAME]")
+                           hint="sections: [daemon], [context], [market], [pools.NAME], [services.NAME]")
     market = dict(raw.get("market", {}))
     daemon = _typed("daemon", dict(raw.get("daemon", {})), _DAEMON_KEYS)
     daemon.update({k: v for k, v in overrides.items() if v is not None})
     pools = tuple(_pool(n, t) for n, t in raw.get("pools", {}).items())
     contexts = {n: str((base / p).resolve()) for n, p in raw.get("context", {}).items()}
-    cfg = Config(home=home, pools=pools, contexts=contexts, market=market, **daemon)
+    services = _services(raw.get("services", {}))
+    cfg = Config(home=home, pools=pools, contexts=contexts, market=market, services=services, **daemon)
     if cfg.registry not in BACKENDS:
         raise InvalidInput(f"daemon.registry: expected one of {list(BACKENDS)}, got {cfg.registry!r}")
     if cfg.allocation not in ALLOCATIONS:

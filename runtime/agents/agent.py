@@ -38,12 +38,23 @@ inventing one); ``propose`` proposes nothing.
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable
 from typing import Any
 
 from runtime.observability.trace_context import TraceContext
 
-__all__ = ["Agent", "capability", "TaskHandle", "AgentContext", "Fatal", "Cancelled"]
+__all__ = ["Agent", "capability", "TaskHandle", "AgentContext", "Fatal", "Cancelled", "current_task"]
+
+#: The attempt the current thread or asyncio task is running (set by the agent's executor),
+#: so that code called from a handler without the handle (a service's guards) can put its
+#: events in that task's trace.
+_CURRENT: contextvars.ContextVar[TaskHandle | None] = contextvars.ContextVar("agora_task", default=None)
+
+
+def current_task() -> TaskHandle | None:
+    """The :class:`TaskHandle` of the handler running here (thread or asyncio task), or None."""
+    return _CURRENT.get()
 
 
 class Fatal(Exception):
@@ -84,6 +95,7 @@ class AgentContext:
         self._contexts = contexts
         self.emit = emit
         self.call: Callable[..., Any] = _not_connected
+        self.guards: Any = None  # runtime.guards.Guards of [services.*], set by the agent process
 
     # ``call(op, args, timeout=30.0)`` asks the coordinator from any thread of the agent
     # (coordination primitives: ``ctx.call("lock.acquire", {"name": "db", "ttl": 5})``);
@@ -95,6 +107,18 @@ class AgentContext:
 
     def bytes(self, name: str) -> memoryview:
         return self._contexts.bytes(name)
+
+    def service(self, name: str) -> Any:
+        """The guarded ``runtime.guards.Service`` of ``[services.<name>]`` in agora.toml: its
+        breaker and rate limiter are shared by every agent of the machine, its cache (with
+        in-flight de-duplication) and batches by the tasks of this agent.  Use it as a
+        decorator (``@svc``), ``svc.call(fn, ...)`` / ``await svc.acall(fn, ...)``, ``with
+        svc.attempt():``, or ``svc.transport()`` / ``svc.async_transport()`` for httpx."""
+        if self.guards is None:
+            from runtime.errors import NotFound
+            raise NotFound(f"no service named {name!r}: this agent runs without [services] tables",
+                           hint=f"add a [services.{name}] table to agora.toml")
+        return self.guards.service(name)
 
 
 def _not_connected(*_: Any, **__: Any) -> Any:
@@ -112,10 +136,32 @@ class TaskHandle:
         self.capability = capability
         self.trace = trace
         self._emit = emit
+        self.cancelled = False  # True once the coordinator asked this attempt to stop
+        self.cancel_reason = ""
+        self.on_cancel: Callable[[], None] | None = None  # the executor's (an async handler's task)
 
     def emit(self, type_: str, **fields: Any) -> None:
-        """An event in this task's trace (a child span of the attempt)."""
+        """An event in this task's trace (a child span of the attempt); raises
+        :class:`Cancelled` once the attempt was cancelled (from any thread or the loop)."""
+        self.check()
         self._emit(type_, self.trace, task_id=self.id, **fields)
+
+    def check(self) -> None:
+        """Raise :class:`Cancelled` if the coordinator asked this attempt to stop; a long
+        synchronous handler calls it between steps (it is cheap: one attribute read)."""
+        if self.cancelled:
+            raise Cancelled(f"task {self.id} attempt {self.attempt} was cancelled"
+                            + (f" ({self.cancel_reason})" if self.cancel_reason else ""))
+
+    def cancel(self, reason: str = "") -> None:
+        """Mark the attempt cancelled (the agent's control path calls it on a cancel frame)."""
+        if self.cancelled:
+            return
+        self.cancel_reason = reason
+        self.cancelled = True
+        hook = self.on_cancel
+        if hook is not None:
+            hook()
 
 
 class Agent:

@@ -26,7 +26,11 @@ Messages (orjson frames, see runtime.wire.protocol):
   -> {"t": "answer", "rid", "answer": value | None, "error": str (hook raised)}
   -> {"t": "call", "rid", "op", "args"}       the agent asks (locks, leases, barriers...)
   <- {"t": "reply", "rid", "ok": value} | {"t": "reply", "rid", "error": {...}}
-  <- {"t": "cancel", "tasks": [{"id", "attempt"}]}   stop these attempts (``_on_cancel``)
+  <- {"t": "cancel", "tasks": [{"id", "attempt"}], "reason"?}   stop these attempts
+The hello also says "concurrency": n (attempts at once).  An agent whose pool has
+``concurrency > 1`` or an ``async def`` handler runs its attempts through
+runtime.agents.executor (ConcurrentRunner below); the others keep the two threads above
+(InlineRunner: with cancellation).
 
 Connecting (``runtime.supervision.kinship``): the coordinator first sends
 ``{"t": "challenge", "nonce"}``; the hello carries ``proof``, an HMAC of the nonce, the id and
@@ -55,6 +59,8 @@ from collections import deque
 from typing import Any
 
 from runtime.agents.agent import Agent, AgentContext, TaskHandle
+from runtime.agents.executor import ConcurrentMixin, InlineMixin, needs_executor
+from runtime.agents.services import agent_guards
 from runtime.config import Config, RunPaths
 from runtime.errors import InvalidInput, Unavailable, from_wire
 from runtime.observability.events import Emitter
@@ -63,7 +69,8 @@ from runtime.tasks.payloads import Payloads
 from runtime.wire.buffers import RECV_BYTES
 from runtime.wire.server import InternalReader, encode_internal
 
-__all__ = ["agent_main", "import_agent", "AgentRunner", "RECONNECT_S"]
+__all__ = ["agent_main", "import_agent", "AgentRunner", "InlineRunner", "ConcurrentRunner", "make_runner",
+           "RECONNECT_S"]
 
 RECONNECT_S = 10.0  # how long an agent tries to reach a (restarting) coordinator
 RECENT_RESULTS = 64  # delivered results re-announced after a reconnect
@@ -382,6 +389,22 @@ class AgentRunner:
         return out
 
 
+class InlineRunner(InlineMixin, AgentRunner):
+    """One plain handler at a time, no hand-off on the task's path, plus cancellation."""
+
+
+class ConcurrentRunner(ConcurrentMixin, AgentRunner):
+    """Up to ``concurrency`` attempts at once (runtime.agents.executor)."""
+
+
+def make_runner(agent: Agent, sock: socket.socket, emit: Emitter, agent_id: str, payloads: Payloads,
+                concurrency: int) -> AgentRunner:
+    """The runner this agent needs (see runtime.agents.executor)."""
+    if needs_executor(agent, concurrency):
+        return ConcurrentRunner(agent, sock, emit, agent_id, payloads, concurrency)
+    return InlineRunner(agent, sock, emit, agent_id, payloads)
+
+
 def _volunteer_for_the_oom_killer() -> None:
     """RELIABILITY 9: when memory runs out the kernel should pick an agent, never the
     supervisor or the coordinator.  Raising one's own score needs no privilege."""
@@ -400,15 +423,17 @@ def agent_main(ctx: Any, cfg: Config, run: RunPaths, pool: str, index: int, slot
     agent = import_agent(pc.agent)()
     actx = AgentContext(agent_id, pool, index, pc.capabilities, _Contexts(str(cfg.home)), emit)
     agent.ctx = actx
+    actx.guards = agent_guards(cfg.services, ctx.resources.guard_table, emit)
     agent.setup(actx)
     arena = ctx.resources.arena
     if arena is not None:
         arena.reset_slot(slot)  # a predecessor's blocks (if it died) are stale from now on
-    runner = AgentRunner(agent, None, emit, agent_id, Payloads(arena, slot))  # type: ignore[arg-type]
+    runner = make_runner(agent, None, emit, agent_id, Payloads(arena, slot), pc.concurrency)  # type: ignore[arg-type]
     actx.call = runner.call
     runner.path, runner.secret = run.agents_sock, ctx.resources.agent_secret
-    runner.hello = {"t": "hello", "agent": agent_id, "pool": pool, "index": index,
-                    "pid": os.getpid(), "caps": {c: pc.capabilities.get(c, {}) for c in agent.handlers}}
+    runner.hello = {"t": "hello", "agent": agent_id, "pool": pool, "index": index, "pid": os.getpid(),
+                    "caps": {c: pc.capabilities.get(c, {}) for c in agent.handlers},
+                    "concurrency": pc.concurrency}
     connected = runner.connect_once()
     ctx.ready()  # connected or not: the root's start never waits on the coordinator
     if connected or runner.reconnect():

@@ -474,8 +474,11 @@ class Coordinator:
         if not isinstance(msg.get("pool"), str) or not isinstance(msg.get("caps"), dict):
             return self.refuse_agent(conn, msg, "a hello without its pool or capabilities")
         conn.state["agent"] = agent_id
+        concurrency = msg.get("concurrency", 1)
+        if type(concurrency) is not int or not 1 <= concurrency <= 1024:
+            return self.refuse_agent(conn, msg, f"a hello with concurrency {concurrency!r} (1..1024)")
         link = self.scheduler.agent_joined(agent_id, msg["pool"], pid, msg["caps"],
-                                           lambda m, c=conn: c.send(m))
+                                           lambda m, c=conn: c.send(m), concurrency=concurrency)
         self.commands.agent_joined(link)
         for listener in self.agent_listeners:
             listener.agent_joined(link)

@@ -7,6 +7,11 @@
   the coordinator, a slot per agent (``runtime.tasks.payloads.SlotTable``).
 * Makes the per-run agent secret (``runtime.supervision.kinship``) and the coordinator's
   start counter (anonymous shared memory): both are inherited through fork only.
+* Makes the service guards' shared state table (``shm.guard_state.GuardStateTable``, a
+  /dev/shm segment named after the run) when agora.toml has ``[services.NAME]`` tables: the
+  breakers and rate limiters of every agent of the machine live there.  Agents use the table
+  they inherit across the fork (POSIX record locks are per process, so the inherited mapping is
+  theirs to lock); the root closes it and unlinks the run's segments when it stops.
 * Names this run (``shm.segment.RunId``): context segments carry it in their names; the
   coordinator, which the root names owner of the context store, lists them in the run's
   manifest, and the root removes whatever the manifest still lists when it stops.
@@ -32,8 +37,8 @@ def prepare_root(cfg: Config, run: RunPaths, emit: Any) -> dict[str, Any]:
     from runtime.supervision.kinship import new_secret
     from runtime.tasks.payloads import SlotTable
     from shm.arena import Arena
-    res = RunResources(run_id=str(RunId.new()), agent_secret=new_secret(),
-                       coordinator_starts=mmap.mmap(-1, 8))
+    run_id = RunId.new()
+    res = RunResources(run_id=str(run_id), agent_secret=new_secret(), coordinator_starts=mmap.mmap(-1, 8))
     slots = SlotTable([(p.name, p.max) for p in cfg.pools])
     res.slots = slots
     res.arena = Arena.create(cfg.arena_mib << 20, slots.size)
@@ -41,7 +46,15 @@ def prepare_root(cfg: Config, run: RunPaths, emit: Any) -> dict[str, Any]:
         from runtime.registry.service import TABLE_CAPACITY
         from runtime.registry.table import make_tables
         res.registry_tables = make_tables(cfg.partitions, TABLE_CAPACITY)
+    if cfg.services:
+        res.guard_table = _guard_table(run_id, len(cfg.services))
     return res
+
+
+def _guard_table(run_id: Any, services: int) -> Any:
+    """One breaker and up to one limiter record per service, with room to spare."""
+    from shm.guard_state import GuardStateTable
+    return GuardStateTable.create(run_id, slots=max(64, 4 * services), slot_size=2048)
 
 
 def release_root(res: RunResources | None) -> None:
@@ -49,6 +62,8 @@ def release_root(res: RunResources | None) -> None:
         return
     for table in res.registry_tables:
         table.close()
+    if res.guard_table is not None:
+        res.guard_table.close()
     if res.arena is not None:
         res.arena.close()
     if res.coordinator_starts is not None:

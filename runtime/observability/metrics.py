@@ -24,7 +24,10 @@ Decisions where the issue was silent:
   (``auction.*`` / ``market.*`` feed ``agora_auction_latency_seconds``, any other kind
   ``agora_span_duration_seconds{kind}``); ``ledger.*`` events with a numeric ``amount``
   feed the ledger volume; ``breaker.*`` events with ``breaker`` (or ``name``) and
-  ``state`` (closed / half_open / open) set ``agora_breaker_state``.
+  ``state`` (closed / half_open / open) set ``agora_breaker_state``; ``service.<decision>``
+  events of the service guards (runtime.agents.services) count
+  ``agora_service_decisions_total{service, decision}`` (cache hits, batch joins, throttle
+  waits, whose ``wait_s`` also sums into ``agora_service_throttle_seconds_total``).
 * **Bounded memory.**  At most ``MAX_SERIES`` label sets per metric (more are counted in
   ``agora_metrics_series_dropped_total`` and dropped); task start times are kept for at
   most ``max_tracked`` tasks (oldest forgotten first); throughput keeps one bucket per
@@ -70,6 +73,9 @@ HELP: dict[str, tuple[str, str]] = {
     "agora_scaling_decisions_total": ("counter", "Scaler decisions, by pool and action."),
     "agora_breaker_state": ("gauge", "Circuit breaker state: 0 closed, 1 half open, 2 open."),
     "agora_breaker_transitions_total": ("counter", "Circuit breaker transitions, by breaker and state."),
+    "agora_service_decisions_total": ("counter", "Service guard decisions (cache_hit, cache_join, throttle_wait, "
+                                      "batch_join, batch_flush, retry, timeout, breaker_reject), by service."),
+    "agora_service_throttle_seconds_total": ("counter", "Seconds callers waited on a service's rate limiter."),
     "agora_metrics_series_dropped_total": ("counter", "Label sets refused past MAX_SERIES."),
     "agora_queue_depth": ("gauge", "Tasks queued, by capability (coordinator, live)."),
     "agora_agent_inflight": ("gauge", "Tasks in flight, by agent (coordinator, live)."),
@@ -358,6 +364,13 @@ class EventMetrics:
         self.metrics.set("agora_breaker_state", _BREAKER[state], breaker=str(name))
         self.metrics.inc("agora_breaker_transitions_total", breaker=str(name), state=state)
 
+    def _service(self, ev: dict[str, Any]) -> None:
+        decision = ev["type"].split(".", 1)[1]
+        service = str(ev.get("service"))
+        self.metrics.inc("agora_service_decisions_total", service=service, decision=decision)
+        if decision == "throttle_wait" and _is_num(ev.get("wait_s")):
+            self.metrics.inc("agora_service_throttle_seconds_total", float(ev["wait_s"]), service=service)
+
     def _award(self, ev: dict[str, Any]) -> None:
         self.metrics.inc("agora_auctions_total", outcome=ev["type"].split(".", 1)[1])
         if _is_num(ev.get("auction_ms")):
@@ -419,6 +432,7 @@ _RULES: dict[str, Any] = {
     "vote.outcome": EventMetrics._vote,
     "scaling.decision": EventMetrics._scaling,
     "breaker.*": EventMetrics._breaker,
+    "service.*": EventMetrics._service,
 }
 
 

@@ -54,7 +54,7 @@ Decisions (the issue leaves them open):
   predicates is SCARD.
 * **update** reads the entry, merges the patch here and writes it back with a
   compare-and-set on (version, owner, capabilities): two round trips; a CAS lost to a
-  concurrent writer without ``expected_version`` is retried (at most 32 times).
+  concurrent writer without ``expected_version`` is retried (at most 256 times, with a jittered backoff).
 * **Where Redis may be.** ``redis_url`` is ``unix:///path/redis.sock`` or
   ``redis://127.0.0.1:PORT/DB``; any other host is refused unless ``allow_remote=True``
   (a registry on another machine is asked for by name, never reached by a typo).
@@ -69,9 +69,11 @@ Decisions (the issue leaves them open):
 from __future__ import annotations
 
 import os
+import random
 import re
 import socket
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -108,7 +110,7 @@ from runtime.registry.partitioning import key_hash, partition_of_hash
 __all__ = ["RedisBackend", "check_redis_url", "LUA", "DEFAULT_LEASE_TTL"]
 
 DEFAULT_LEASE_TTL = 10.0  # seconds; see "Bound" above
-_CAS_ATTEMPTS = 32
+_CAS_ATTEMPTS = 256  # with a jittered backoff after each lost race (<= 10 ms)
 _NODE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _LOOPBACK = ("127.0.0.1", "::1")
 
@@ -360,7 +362,9 @@ class RedisBackend:
         check_key(key)
         if not isinstance(metadata_patch, Mapping):
             raise InvalidInput(f"metadata patch must be a mapping, got {metadata_patch!r}")
-        for _ in range(_CAS_ATTEMPTS):
+        for attempt in range(_CAS_ATTEMPTS):
+            if attempt:  # lost a race: back off a little, jittered, so two writers interleave
+                time.sleep(random.uniform(0, min(0.01, 0.0005 * 2 ** min(attempt, 5))))
             found = self._get(key)
             if found is None:
                 raise _not_found(key)

@@ -106,6 +106,7 @@ class AgentLink:
     draining: bool = False
     stopping: dict[str, int] = field(default_factory=dict)  # task id -> attempt asked to stop
     killed: str | None = None  # why the coordinator had this agent killed
+    concurrency: int = 1  # attempts the agent runs at once (its hello says; runtime.agents.executor)
 
 
 #: What an asynchronous policy's ``choose`` returns when it took the task (market: an
@@ -179,8 +180,9 @@ class Scheduler:
     # -- agents ------------------------------------------------------------------------
 
     def agent_joined(self, agent_id: str, pool: str, pid: int, caps: dict[str, Any],
-                     send: Callable[[dict[str, Any]], None]) -> AgentLink:
-        link = AgentLink(agent_id, pool, pid, caps, send, next(self._order))
+                     send: Callable[[dict[str, Any]], None], concurrency: int = 1) -> AgentLink:
+        link = AgentLink(agent_id, pool, pid, caps, send, next(self._order),
+                         concurrency=max(1, int(concurrency)))
         self.agents[agent_id] = link
         self._unregistered.add(agent_id)
         self._register_pending()
@@ -276,9 +278,13 @@ class Scheduler:
         out = []
         for aid in self.capable(capability):
             a = self.agents.get(aid)
-            if a is not None and not a.draining and len(a.inflight) < self.capacity:
+            if a is not None and not a.draining and len(a.inflight) < self.room(a):
                 out.append(a)
         return out
+
+    def room(self, agent: AgentLink) -> int:
+        """Attempts an agent may hold: its concurrency plus the prefetch (``agent_inflight - 1``)."""
+        return agent.concurrency + self.capacity - 1
 
     def _choose(self, task: TaskRun, cap: str) -> AgentLink | None | object:
         """A taker's (TAKEN), else the policy's choice among the capable agents with room;
