@@ -19,7 +19,7 @@ The packages ``runtime``, ``coordination`` and ``shm`` are agora's internals (se
 
 from __future__ import annotations
 
-from runtime.agents.agent import Agent, AgentContext, Cancelled, Fatal, TaskHandle, capability
+from runtime.agents.agent import Agent, AgentContext, Cancelled, Fatal, TaskHandle, capability, current_task
 from runtime.errors import (
     AgoraError,
     BrokenError,
@@ -39,6 +39,7 @@ from runtime.errors import (
     UnknownCapability,
     UnknownCommand,
 )
+from runtime.guards.errors import CallTimeout, CircuitOpen, ServiceError, Throttled
 from runtime.observability.trace_context import TraceContext
 from runtime.wire.client import Client
 
@@ -49,5 +50,6 @@ __all__ = [
     "AgoraError", "BrokenError", "ClosedError", "Conflict", "DaemonNotRunning", "DeadlineExceeded",
     "InvalidInput", "InvalidPipeline", "MailboxFull", "NotFound", "PermissionDenied", "ProtocolError",
     "RemoteError", "ResourceExhausted", "Unavailable", "UnknownCapability", "UnknownCommand",
+    "current_task", "CircuitOpen", "CallTimeout", "Throttled", "ServiceError",
     "__version__",
 ]

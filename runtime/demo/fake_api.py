@@ -73,7 +73,7 @@ class FakeAPI:
         self.in_flight = 0
         self.max_in_flight = 0
         self._n = 0
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._server = _Server(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = False  # server_close() joins the request threads
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="fake-api", daemon=True)
@@ -204,6 +204,13 @@ class FakeAPI:
     def record_status(self, status: int) -> None:
         with self._lock:
             self.by_status[status] += 1
+
+
+class _Server(ThreadingHTTPServer):
+    """A listen backlog for many clients at once (the default of 5 drops SYNs when 64 agents'
+    calls connect together; the kernel then retries them only after 1 s, 3 s, ...)."""
+
+    request_queue_size = 256
 
 
 def _digest(body: bytes | str) -> str:

@@ -87,7 +87,7 @@ def test_identical_calls_in_flight_in_one_agent_make_one_request(tmp_path):
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:  # the agent itself says when the second call joined
             counts = c.call("submit", task={"capability": "counts", "input": {}}, result=True)["result"]
-            if counts.get("cache_join"):
+            if counts.get("cache_join") and api.requests:  # joined, and the leader's call is held
                 break
             time.sleep(0.01)
         counts.pop("pid")
