@@ -405,13 +405,7 @@ class Coordinator:
                 self.agent_message(conn, msg)
             frames = None
         if frames is None:
-            self.close_conn(conn)
-            agent_id = conn.state.get("agent")
-            if agent_id:
-                self._forget_asks_of(agent_id)
-                self.scheduler.agent_died(agent_id)
-                for listener in self.agent_listeners:
-                    listener.agent_died(agent_id)
+            self._drop_agent_conn(conn)
             return
         for msg in frames:
             self.agent_message(conn, msg)
@@ -433,7 +427,8 @@ class Coordinator:
             error_wire(e, f"agent frame {str(t)[:40]!r}", self.emit)
 
     def _drop_agent_conn(self, conn: Conn) -> None:
-        """Close an agent connection and do what its EOF would (on_agent's death path)."""
+        """Close an agent connection and tell everyone its agent is gone (EOF, bad bytes,
+        a frame of the wrong shape: one death path)."""
         self.close_conn(conn)
         agent_id = conn.state.get("agent")
         if agent_id:
