@@ -67,7 +67,7 @@ INFLIGHT = 4
 
 POOL = """
 [pools.{name}]
-agent = "perf.agents_market:{cls}"
+agent = "perf._agents_market:{cls}"
 size = {size}
 max = {size}
 [pools.{name}.capabilities.work]

@@ -41,7 +41,7 @@ POOL = """
 [daemon]
 drain_s = 2.0
 [pools.{name}]
-agent = "perf.agents_consensus:{cls}"
+agent = "perf._agents_consensus:{cls}"
 size = {size}
 min = {size}
 max = {max}

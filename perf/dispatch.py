@@ -36,7 +36,7 @@ POOL = """
 drain_s = 2.0
 agent_inflight = {inflight}
 [pools.w]
-agent = "perf.agents:Echo"
+agent = "perf._agents:Echo"
 size = {size}
 max = {size}
 mailbox_messages = 100000

@@ -54,7 +54,7 @@ CONFIG = f"""
 [daemon]
 drain_s = 1.0
 [pools.w]
-agent = "perf.agents:Echo"
+agent = "perf._agents:Echo"
 size = {AGENTS}
 max = {AGENTS}
 mailbox_messages = 100000

@@ -44,7 +44,7 @@ from _common import Daemon, emit_json, parse_args, pct
 
 ECHO_POOL = """
 [pools.w]
-agent = "perf.agents:Echo"
+agent = "perf._agents:Echo"
 size = {size}
 max = {size}
 mailbox_messages = 100000
@@ -54,7 +54,7 @@ CTX_POOL = """
 [context]
 vec = "{path}"
 [pools.v]
-agent = "perf.agents:Vectors"
+agent = "perf._agents:Vectors"
 size = 4
 max = 4
 """

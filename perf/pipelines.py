@@ -9,7 +9,7 @@ allocation is the first suspect).  No figures have come out of this script yet.
 
 One fake external API (runtime.demo.fake_api: 127.0.0.1, lognormal latency around 300 ms
 with a heavy tail, a concurrency cap) serves both configurations, in this run, one after
-the other.  A pipeline is 6 steps over a shared context (perf/agents_pipeline.py)::
+the other.  A pipeline is 6 steps over a shared context (perf/_agents_pipeline.py)::
 
     retrieve -> embed -> llm -> check (consensus of 3 agents) -> summarize -> score
 
@@ -76,7 +76,7 @@ drain_s = 5.0
 [context]
 corpus = "{corpus}"
 [pools.pipe]
-agent = "perf.agents_pipeline:{cls}"
+agent = "perf._agents_pipeline:{cls}"
 size = {agents}
 min = {agents}
 max = {agents}

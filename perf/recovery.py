@@ -34,7 +34,7 @@ CONFIG = """
 [daemon]
 drain_s = 1.0
 [pools.w]
-agent = "perf.agents:Echo"
+agent = "perf._agents:Echo"
 size = 4
 max = 64
 [pools.w.capabilities.sleep]

@@ -49,7 +49,7 @@ drain_s = 2.0
 agent_inflight = 64
 tracing = {tracing}
 [pools.w]
-agent = "perf.agents:Echo"
+agent = "perf._agents:Echo"
 size = 2
 max = 2
 mailbox_messages = 100000

@@ -1,5 +1,5 @@
-"""The workload agents of perf/agents.py, under the name the tests' configs use."""
+"""The workload agents of perf/_agents.py, under the name the tests' configs use."""
 
-from perf.agents import Echo, Vectors
+from perf._agents import Echo, Vectors
 
 __all__ = ["Echo", "Vectors"]

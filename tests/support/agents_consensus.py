@@ -1,6 +1,6 @@
-"""The workload agents of perf/agents_consensus.py, under the name the tests' configs use."""
+"""The workload agents of perf/_agents_consensus.py, under the name the tests' configs use."""
 
-from perf.agents_consensus import (
+from perf._agents_consensus import (
     Abstainer,
     Guesser,
     Locker,
