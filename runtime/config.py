@@ -141,6 +141,9 @@ class Config:
     market: dict[str, Any] = field(default_factory=dict)
     registry: str = "partitioned"
     partitions: int = 4
+    redis_url: str = ""            # registry = "redis": unix:///path.sock or redis://127.0.0.1:PORT/DB
+    redis_namespace: str = "agora"  # key prefix in Redis: one per daemon sharing a server
+    redis_lease_ttl: float = 10.0   # an owner's entries expire this long after its last renewal
     allocation: str = "least-loaded"
     drain_s: float = 10.0
     agent_inflight: int = 1
@@ -160,7 +163,8 @@ class Config:
 
 _DAEMON_KEYS = {"registry": str, "partitions": int, "allocation": str, "drain_s": (int, float),
                 "arena_mib": int, "agent_inflight": int, "durability": str,
-                "tracing": bool, "retention_age_s": (int, float), "retention_tasks": int}
+                "tracing": bool, "retention_age_s": (int, float), "retention_tasks": int,
+                "redis_url": str, "redis_namespace": str, "redis_lease_ttl": (int, float)}
 #: Allocation policies by name: the scheduler's own (static, least-loaded, p2c) and the
 #: market's; the composition root (runtime.daemon.composition) builds each.
 ALLOCATIONS = ("static", "least-loaded", "p2c", "market")
@@ -231,6 +235,9 @@ def parse_config(raw: dict[str, Any], home: Path, base: Path, **overrides: Any) 
     cfg = Config(home=home, pools=pools, contexts=contexts, market=market, services=services, **daemon)
     if cfg.registry not in BACKENDS:
         raise InvalidInput(f"daemon.registry: expected one of {list(BACKENDS)}, got {cfg.registry!r}")
+    if cfg.registry == "redis" and not cfg.redis_url:
+        raise InvalidInput("daemon.registry = 'redis' needs daemon.redis_url",
+                           hint="e.g. redis_url = 'unix:///run/redis/redis.sock' or 'redis://127.0.0.1:6379/0'")
     if cfg.allocation not in ALLOCATIONS:
         raise InvalidInput(f"daemon.allocation: expected one of {list(ALLOCATIONS)}, got {cfg.allocation!r}")
     if cfg.durability not in ("process", "power"):

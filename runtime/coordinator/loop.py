@@ -600,8 +600,19 @@ class Coordinator:
         self.journal.interrupt_running()
         self.journal.close()
         self.contexts.close()
+        self._close_registry()
         self.emit("coordinator.stopped")
         self.emit.close()
+
+    def _close_registry(self) -> None:
+        """A daemon going down takes its agents out of the registry: with Redis the
+        entries would otherwise outlive it until their leases ran out."""
+        try:
+            if self.cfg.registry == "redis":
+                self.registry.clear()
+            self.registry.close()
+        except AgoraError as e:  # the server is gone: the leases expire the entries
+            self.emit("registry.unavailable", error=e.message)
 
 
 #: Shapes of the frames an agent may send (beyond "t"): field -> accepted types.  A

@@ -9,6 +9,16 @@ from its predecessor's table (no registration of a live owner is lost).
 
 With ``registry = "local"`` there are no partition processes: the coordinator keeps a
 LocalBackend in its own memory (for tests and embedding).
+
+With ``registry = "redis"`` there are no partition processes either: the registry is a
+Redis server (``redis_url``), under the key prefix ``redis_namespace``, four hash-tagged
+partitions (``runtime.registry._redis``).  The coordinator is the only process of the tree
+that registers (agents join through it), so it is the one that runs the lease keeper
+thread: it does not fork (the root does), which the keeper needs.  A coordinator restart
+re-registers each agent as it says hello again; entries of agents that died meanwhile
+go at the new keeper's first pass (``lease_ttl / 3``), and those of a whole machine that
+died within ``redis_lease_ttl``.  One namespace belongs to one daemon: the agent ids
+(``pool.N``) are the keys, so two daemons sharing a Redis server need two namespaces.
 """
 
 from __future__ import annotations
@@ -46,6 +56,10 @@ def open_registry(cfg: Config, run: RunPaths, res: RunResources) -> Any:
     if cfg.registry == "local":
         from runtime.registry._local import LocalBackend
         return LocalBackend()
+    if cfg.registry == "redis":
+        from runtime.registry.backends import make_backend
+        return make_backend("redis", redis_url=cfg.redis_url, namespace=cfg.redis_namespace,
+                            partitions=cfg.partitions, lease_ttl=float(cfg.redis_lease_ttl))
     from runtime.registry._client import PartitionedBackend
     return PartitionedBackend([run.registry(i) for i in range(cfg.partitions)],
                               res.registry_tables)
