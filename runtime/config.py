@@ -91,6 +91,7 @@ class RunResources:
     agent_secret: bytes = b""         # per-run kinship secret (never in env or a file)
     coordinator_starts: Any = None    # mmap.mmap(-1, 8): starts of the coordinator this run
     guard_table: Any = None           # shm.guard_state.GuardStateTable ([services.*] breakers, limiters)
+    ray_address: str = ""             # pools with engine = "ray": the cluster's address (runtime.pools.ray_head)
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,8 @@ class PoolConfig:
     retryable: tuple[str, ...] = ()
     fatal: tuple[str, ...] = ()
     concurrency: int = 1  # attempts one agent runs at once (runtime.agents.executor)
+    engine: str = "local"  # where handlers run: ENGINES (runtime.agents.engines)
+    ray: dict[str, Any] = field(default_factory=dict)  # engine = "ray": actor options (placement)
     scaling: dict[str, Any] = field(default_factory=dict)  # see runtime.scaling.policy.pool_scaling
     capabilities: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -153,6 +156,7 @@ class Config:
     retention_age_s: float = 7 * 86400.0
     retention_tasks: int = 1_000_000
     services: dict[str, dict[str, Any]] = field(default_factory=dict)  # [services.NAME] tables
+    ray: dict[str, Any] = field(default_factory=dict)  # [ray]: address, num_cpus, allow_network, ...
 
     def pool(self, name: str) -> PoolConfig:
         for p in self.pools:
@@ -174,7 +178,8 @@ ALLOCATIONS = ("static", "least-loaded", "p2c", "market")
 _POOL_KEYS = {"agent": str, "size": int, "min": int, "max": int, "mailbox_messages": int,
               "mailbox_bytes": int, "max_tasks": int, "capabilities": dict,
               "memory_ceiling_mib": int, "scaling": dict, "timeout_s": (int, float),
-              "cancel_grace_s": (int, float), "retryable": list, "fatal": list, "concurrency": int}
+              "cancel_grace_s": (int, float), "retryable": list, "fatal": list, "concurrency": int,
+              "engine": str, "ray": dict}
 
 
 def _typed(section: str, table: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
@@ -200,6 +205,8 @@ def _pool(name: str, table: dict[str, Any]) -> PoolConfig:
         raise InvalidInput(f"expected pools.{name}.cancel_grace_s in (0, 3600] seconds, "
                            f"got: {t['cancel_grace_s']!r}")
     pc = PoolConfig(name=name, **{**t, **lists, "capabilities": caps})
+    from runtime.agents.engines import check_pool_engine
+    check_pool_engine(pc)
     if not (0 <= pc.min <= pc.size <= pc.max) or pc.max < 1:
         raise InvalidInput(f"pools.{name}: expected 0 <= min <= size <= max and max >= 1, "
                            f"got min={pc.min} size={pc.size} max={pc.max}")
@@ -222,17 +229,20 @@ def _services(raw: Any) -> dict[str, dict[str, Any]]:
 
 
 def parse_config(raw: dict[str, Any], home: Path, base: Path, **overrides: Any) -> Config:
-    unknown = set(raw) - {"daemon", "pools", "context", "market", "services"}
+    unknown = set(raw) - {"daemon", "pools", "context", "market", "services", "ray"}
     if unknown:
         raise InvalidInput(f"unknown config sections {sorted(unknown)}",
-                           hint="sections: [daemon], [context], [market], [pools.NAME], [services.NAME]")
+                           hint="sections: [daemon], [context], [market], [pools.NAME], [services.NAME], [ray]")
     market = dict(raw.get("market", {}))
     daemon = _typed("daemon", dict(raw.get("daemon", {})), _DAEMON_KEYS)
     daemon.update({k: v for k, v in overrides.items() if v is not None})
     pools = tuple(_pool(n, t) for n, t in raw.get("pools", {}).items())
     contexts = {n: str((base / p).resolve()) for n, p in raw.get("context", {}).items()}
     services = _services(raw.get("services", {}))
-    cfg = Config(home=home, pools=pools, contexts=contexts, market=market, services=services, **daemon)
+    from runtime.agents.engines import check_ray_section
+    ray = check_ray_section(raw.get("ray", {}))
+    cfg = Config(home=home, pools=pools, contexts=contexts, market=market, services=services,
+                 ray=ray, **daemon)
     if cfg.registry not in BACKENDS:
         raise InvalidInput(f"daemon.registry: expected one of {list(BACKENDS)}, got {cfg.registry!r}")
     if cfg.registry == "redis" and not cfg.redis_url:

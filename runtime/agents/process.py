@@ -415,12 +415,20 @@ def _volunteer_for_the_oom_killer() -> None:
         pass  # not Linux, or /proc read-only: the default scores apply
 
 
+def _make_agent(cfg: Config, pc: Any, ids: tuple[str, str, int], res: Any) -> Any:
+    """The user's Agent here (engine "local"), or the driver of its Ray actor (runtime.agents.engines)."""
+    if pc.engine == "ray":
+        from runtime.agents._ray import RayAgent
+        return RayAgent(cfg, pc, import_agent(pc.agent), ids, res.ray_address)
+    return import_agent(pc.agent)()
+
+
 def agent_main(ctx: Any, cfg: Config, run: RunPaths, pool: str, index: int, slot: int) -> None:
     _volunteer_for_the_oom_killer()
     pc = cfg.pool(pool)
     agent_id = f"{pool}.{index}"
     emit = Emitter(run.events, f"agent:{agent_id}")
-    agent = import_agent(pc.agent)()
+    agent = _make_agent(cfg, pc, (agent_id, pool, index), ctx.resources)
     actx = AgentContext(agent_id, pool, index, pc.capabilities, _Contexts(str(cfg.home)), emit)
     agent.ctx = actx
     actx.guards = agent_guards(cfg.services, ctx.resources.guard_table, emit)

@@ -166,7 +166,11 @@ def tree_spec(cfg: Config, run: RunPaths, res: RunResources) -> SupervisorSpec:
     telemetry = ChildSpec("telemetry", telemetry_main, (str(cfg.home), run.events), shutdown=5.0)
     coordinator = ChildSpec("coordinator", coordinator_main, (cfg, run, composition(cfg)),
                             shutdown=cfg.drain_s + 5)
-    core = SupervisorSpec("core", (registry_spec(cfg, run), coordinator, pools_spec(cfg, run, res.slots)),
+    from runtime.pools.ray_head import ray_head_spec
+    head = ray_head_spec(cfg)  # pools with engine = "ray" and no [ray] address
+    children = (registry_spec(cfg, run), coordinator, *([head] if head else []),
+                pools_spec(cfg, run, res.slots))
+    core = SupervisorSpec("core", children,
                           strategy=Strategy.ONE_FOR_ONE, intensity=5, period=10.0,
                           restart=Restart.TRANSIENT, significant=True)
     return SupervisorSpec("root", (telemetry, core), intensity=5, period=10.0)
