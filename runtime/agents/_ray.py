@@ -34,7 +34,7 @@ __all__ = ["RayAgent", "ACTOR_DIED", "connect"]
 
 ACTOR_DIED = 75  # the agent process's exit code when its actor is gone (EX_TEMPFAIL)
 POLL_S = 0.05  # how often a waiting handler looks at task.cancelled
-CONNECT_S = 60.0  # bound on reaching the cluster (a local head may still be starting)
+CONNECT_S = 120.0  # bound on reaching the cluster (a local head may still be starting)
 HOOK_S = 10.0  # bound on a bid, a ballot or a proposal from the actor
 
 

@@ -21,7 +21,7 @@ from runtime.supervision.child_spec import ChildSpec, Restart, SupervisorSpec
 
 __all__ = ["pools_spec", "agent_spec", "pool_path", "RAY_AGENT_START_S"]
 
-RAY_AGENT_START_S = 90.0
+RAY_AGENT_START_S = 180.0  # > runtime.agents._ray.CONNECT_S
 
 
 def pool_path(pool: str) -> str:

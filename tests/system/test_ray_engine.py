@@ -9,12 +9,16 @@ import signal
 
 import pytest
 
+from coordination.voting import tally
+from tests.support.agents_consensus import estimate, rank_options
+
 from tests.support.helpers import eventually
 from tests.support.ray_netns import require_ray, running_ray_daemon
 
 CONFIG = """
 [daemon]
 drain_s = 3.0
+allocation = "market"
 [ray]
 num_cpus = 2
 [pools.rayecho]
@@ -22,6 +26,15 @@ agent = "tests.support.agents:Echo"
 engine = "ray"
 size = 2
 max = 2
+[pools.gl]
+agent = "tests.support.agents_consensus:Guesser"
+size = 1
+max = 1
+[pools.gr]
+agent = "tests.support.agents_consensus:Guesser"
+engine = "ray"
+size = 1
+max = 1
 """
 
 
@@ -55,3 +68,21 @@ def test_an_actor_death_is_a_lost_attempt_and_the_task_is_rerouted(ray_daemon, t
     rec = c.call("result", id=tid, wait=True, timeout_s=60)
     assert rec["state"] == "succeeded" and rec["attempts"] == 2, rec
     assert [a["outcome"] for a in c.call("attempts", id=tid)] == ["crashed", "succeeded"]
+
+
+def test_a_local_and_a_ray_pool_answer_one_vote_and_bid_in_one_auction(ray_daemon):
+    c, _ = ray_daemon
+    voters = eventually(lambda: (ids := sorted(a["id"] for a in c.call("agents")
+                                               if a["pool"] in ("gl", "gr"))) == ["gl.0", "gr.0"] and ids,
+                        "both guessers joined", timeout=60)
+    options = ["3", "8", "14"]
+    got = c.call("vote", question="how many?", options=options, method="borda", voters=voters,
+                 deadline_s=30)
+    rankings = {v: rank_options(options, estimate(0)) for v in voters}  # both are index 0
+    assert sorted(b["voter"] for b in got["ballots"]) == voters and got["missing"] == []
+    assert got["outcome"]["winner"] == tally("borda", options, rankings).winner
+    rec = c.call("submit", task={"capability": "guess", "input": {"base": 1.0}}, result=True)
+    assert rec["state"] == "succeeded"
+    auctions = c.call("market", limit=10)["auctions"]
+    bidders = {b["bidder"] for a in auctions if a.get("capability") == "guess" for b in a["bids"]}
+    assert bidders == {"gl.0", "gr.0"}, auctions
