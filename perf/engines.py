@@ -107,7 +107,9 @@ def daemon_figures(engine: str, n: int, total: int, rng: random.Random) -> tuple
 
 def ray_bare(n: int, total: int) -> dict[str, tuple[float, float]]:
     import ray
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import secrets
+    # a token of this run's own: without one, Ray writes ~/.ray/auth_token for every cluster
+    os.environ.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
         @ray.remote

@@ -92,6 +92,7 @@ class RunResources:
     coordinator_starts: Any = None    # mmap.mmap(-1, 8): starts of the coordinator this run
     guard_table: Any = None           # shm.guard_state.GuardStateTable ([services.*] breakers, limiters)
     ray_address: str = ""             # pools with engine = "ray": the cluster's address (runtime.pools.ray_head)
+    ray_token: str = ""               # the local Ray head's auth token, per run (never in a file)
 
 
 @dataclass(frozen=True)

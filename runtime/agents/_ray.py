@@ -38,8 +38,10 @@ CONNECT_S = 120.0  # bound on reaching the cluster (a local head may still be st
 HOOK_S = 10.0  # bound on a bid, a ballot or a proposal from the actor
 
 
-def connect(cfg: Any, address: str) -> Any:
-    """``ray.init`` on ``address`` (bounded retries: a local head may still be starting)."""
+def connect(cfg: Any, address: str, env: dict[str, str]) -> Any:
+    """``ray.init`` on ``address`` (bounded retries: a local head may still be starting);
+    ``env``: what joining needs (the local head's token, runtime.pools.ray_head.ray_env)."""
+    os.environ.update(env)  # before ray is imported: it reads its auth settings once
     import ray
     from runtime.agents.engines import loopback_only
     if not (loopback_only() or cfg.ray.get("allow_network")):
@@ -47,7 +49,6 @@ def connect(cfg: Any, address: str) -> Any:
                           "loopback, and Ray sends traffic beyond them",
                           hint="run the daemon in a loopback-only namespace (unshare --net, then "
                                "`ip link set lo up`), or set [ray] allow_network = true")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     deadline, delay = time.monotonic() + CONNECT_S, 0.1
     while True:
         try:
@@ -116,13 +117,15 @@ class RayAgent:
     """What the agent process's runner drives when its pool's engine is ``ray``: the
     Agent's surface (handlers, bid, vote, propose), each a call on the actor."""
 
-    def __init__(self, cfg: Any, pc: Any, cls: type[Agent], ids: tuple[str, str, int], address: str) -> None:
+    def __init__(self, cfg: Any, pc: Any, cls: type[Agent], ids: tuple[str, str, int], address: str,
+                 env: dict[str, str]) -> None:
+        os.environ.update(env)  # before ray is imported: it reads its auth settings once
         import ray
         self.handlers = dict(cls.handlers)
         self.queue_len = 0
         self.ctx: AgentContext | None = None
         self._ray = ray
-        connect(cfg, address)
+        connect(cfg, address, env)
         self._refs = _put_contexts(str(cfg.home))
         opts = {"max_concurrency": pc.concurrency, "num_cpus": 0, **pc.ray}
         self.actor = ray.remote(_Host).options(**opts).remote(cls, ids, pc.capabilities, self._refs)

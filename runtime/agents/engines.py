@@ -37,7 +37,7 @@ from typing import Any
 from runtime.errors import InvalidInput
 
 __all__ = ["ENGINES", "RAY_KEYS", "RAY_POOL_KEYS", "check_pool_engine", "check_ray_section",
-           "loopback_only", "uses_ray"]
+           "loopback_only", "ray_env", "uses_ray"]
 
 #: Engines by name (config validation and docs read this).
 ENGINES = ("local", "ray")
@@ -85,3 +85,11 @@ def loopback_only(net_dev: str = "/proc/self/net/dev") -> bool:
     except OSError:
         return False
     return names <= {"lo"}
+
+
+def ray_env(token: str) -> dict[str, str]:
+    """The environment a process needs to start or join this run's local Ray head."""
+    env = {"RAY_USAGE_STATS_ENABLED": "0"}
+    if token:
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+    return env

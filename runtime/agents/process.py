@@ -419,7 +419,8 @@ def _make_agent(cfg: Config, pc: Any, ids: tuple[str, str, int], res: Any) -> An
     """The user's Agent here (engine "local"), or the driver of its Ray actor (runtime.agents.engines)."""
     if pc.engine == "ray":
         from runtime.agents._ray import RayAgent
-        return RayAgent(cfg, pc, import_agent(pc.agent), ids, res.ray_address)
+        from runtime.agents.engines import ray_env
+        return RayAgent(cfg, pc, import_agent(pc.agent), ids, res.ray_address, ray_env(res.ray_token))
     return import_agent(pc.agent)()
 
 
@@ -428,6 +429,8 @@ def agent_main(ctx: Any, cfg: Config, run: RunPaths, pool: str, index: int, slot
     pc = cfg.pool(pool)
     agent_id = f"{pool}.{index}"
     emit = Emitter(run.events, f"agent:{agent_id}")
+    if pc.engine == "ray":  # joining the cluster and placing the actor take seconds (or
+        ctx.ready()         # never, if no node fits): the root's start must not wait on it
     agent = _make_agent(cfg, pc, (agent_id, pool, index), ctx.resources)
     actx = AgentContext(agent_id, pool, index, pc.capabilities, _Contexts(str(cfg.home)), emit)
     agent.ctx = actx

@@ -48,8 +48,8 @@ def prepare_root(cfg: Config, run: RunPaths, emit: Any) -> dict[str, Any]:
         res.registry_tables = make_tables(cfg.partitions, TABLE_CAPACITY)
     if cfg.services:
         res.guard_table = _guard_table(run_id, len(cfg.services))
-    from runtime.pools.ray_head import ray_address
-    res.ray_address = ray_address(cfg)
+    from runtime.pools.ray_head import ray_address, ray_token
+    res.ray_address, res.ray_token = ray_address(cfg), ray_token(cfg)
     return res
 
 

@@ -28,7 +28,7 @@ from runtime.config import Config
 from runtime.errors import Unavailable
 from runtime.supervision.child_spec import ChildSpec
 
-__all__ = ["ray_address", "ray_head_spec", "START_S"]
+__all__ = ["ray_address", "ray_token", "ray_head_spec", "START_S"]
 
 START_S = 90.0  # bound on the head's start (Ray takes several seconds on a loaded machine)
 STOP_S = 20.0
@@ -44,6 +44,15 @@ def ray_address(cfg: Config) -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def ray_token(cfg: Config) -> str:
+    """A per-run token for the local head's token authentication: only processes of this
+    tree (which inherit it through the fork) can join the cluster.  Ray would otherwise
+    read or write ~/.ray/auth_token, shared by every cluster of the user."""
+    import secrets
+    from runtime.agents.engines import uses_ray
+    return secrets.token_hex(32) if uses_ray(cfg) and not cfg.ray.get("address") else ""
 
 
 def ray_head_spec(cfg: Config) -> ChildSpec | None:
@@ -65,7 +74,7 @@ def _head_main(ctx: Any, num_cpus: int, allow_network: bool) -> None:
                                "`ip link set lo up`), or set [ray] allow_network = true")
     host, port = ctx.resources.ray_address.rsplit(":", 1)
     tmp = tempfile.mkdtemp(prefix="agora-ray-", dir="/tmp")
-    proc = _start(host, int(port), num_cpus, tmp)
+    proc = _start(host, int(port), num_cpus, tmp, ctx.resources.ray_token)
     signal.set_wakeup_fd(-1)  # the root's wake-up pipe is not ours (closed after the fork)
     # the stop itself runs below, in the main thread: a handler that waited on ``proc``
     # would spin on the waitpid lock the interrupted ``proc.wait()`` holds
@@ -78,9 +87,10 @@ def _head_main(ctx: Any, num_cpus: int, allow_network: bool) -> None:
         _stop(proc, tmp)
 
 
-def _start(host: str, port: int, num_cpus: int, tmp: str) -> subprocess.Popen:
+def _start(host: str, port: int, num_cpus: int, tmp: str, token: str) -> subprocess.Popen:
     ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    from runtime.agents.engines import ray_env
+    env = {**os.environ, **ray_env(token)}
     log = open(os.path.join(tmp, "head.log"), "ab")
     try:
         return subprocess.Popen(

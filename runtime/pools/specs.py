@@ -19,9 +19,7 @@ from runtime.agents.process import agent_main
 from runtime.config import Config, RunPaths
 from runtime.supervision.child_spec import ChildSpec, Restart, SupervisorSpec
 
-__all__ = ["pools_spec", "agent_spec", "pool_path", "RAY_AGENT_START_S"]
-
-RAY_AGENT_START_S = 180.0  # > runtime.agents._ray.CONNECT_S
+__all__ = ["pools_spec", "agent_spec", "pool_path"]
 
 
 def pool_path(pool: str) -> str:
@@ -31,11 +29,9 @@ def pool_path(pool: str) -> str:
 def agent_spec(cfg: Config, run: RunPaths, pool: str, index: int, slots: Any) -> ChildSpec:
     """An agent's spec; its payload-arena slot is taken now, in the root, before the fork."""
     slot = slots.take(pool, f"{pool}.{index}")
-    # a Ray agent joins the cluster and makes its actor before it is ready (seconds)
-    start_s = RAY_AGENT_START_S if cfg.pool(pool).engine == "ray" else 10.0
     return ChildSpec(f"agent:{pool}.{index}", agent_main, (cfg, run, pool, index, slot),
                      restart=Restart.PERMANENT, shutdown=2.0,
-                     title=f"agora:{pool}.{index}", start_timeout=start_s)
+                     title=f"agora:{pool}.{index}")
 
 
 def pools_spec(cfg: Config, run: RunPaths, slots: Any) -> SupervisorSpec:

@@ -19,6 +19,8 @@ CONFIG = """
 [daemon]
 drain_s = 3.0
 allocation = "market"
+[market]
+window_ms = 5000   # an actor call is milliseconds, more on a loaded machine; all bids close it early
 [ray]
 num_cpus = 2
 [pools.rayecho]
@@ -42,6 +44,8 @@ max = 1
 def ray_daemon(agora_env):
     require_ray()
     with running_ray_daemon(agora_env, CONFIG) as got:
+        # a Ray agent is ready for the root at once and joins once its actor is placed
+        eventually(lambda: len(got[0].call("agents")) == 4 or None, "the four agents joined", timeout=120)
         yield got
 
 
@@ -84,5 +88,6 @@ def test_a_local_and_a_ray_pool_answer_one_vote_and_bid_in_one_auction(ray_daemo
     rec = c.call("submit", task={"capability": "guess", "input": {"base": 1.0}}, result=True)
     assert rec["state"] == "succeeded"
     auctions = c.call("market", limit=10)["auctions"]
-    bidders = {b["bidder"] for a in auctions if a.get("capability") == "guess" for b in a["bids"]}
-    assert bidders == {"gl.0", "gr.0"}, auctions
+    guess = [a for a in auctions if a.get("capability") == "guess"]
+    assert guess and all(a["invited"] == ["gl.0", "gr.0"] for a in guess), auctions
+    assert {b["bidder"] for a in guess for b in a["bids"]} == {"gl.0", "gr.0"}, auctions
