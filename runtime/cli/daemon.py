@@ -12,12 +12,12 @@ from typing import Any
 
 import click
 
-from runtime.cli.group import call, cli, guard, out
+from runtime.cli.group import EXIT_CODES, CliError, call, cli, client, guard, out
 from runtime.config import ALLOCATIONS
-from runtime.errors import AgoraError
+from runtime.errors import AgoraError, DaemonNotRunning
 from runtime.registry.model import BACKENDS
 
-__all__ = ['up', 'start_detached', 'down', 'status', 'ps', 'agents']
+__all__ = ['up', 'start_detached', 'StartFailed', 'log_tail', 'down', 'status', 'ps', 'agents']
 
 
 # -- daemon ------------------------------------------------------------------------------
@@ -83,10 +83,30 @@ def _lost_the_race(home: str, proc: subprocess.Popen) -> None:
 
 def start_detached(home: str, config_file: str | None, registry: str | None,
                    allocation: str | None, wait_s: float) -> subprocess.Popen:
-    """Start ``agora up --foreground`` in its own session; return once it serves."""
+    """Start ``agora up --foreground`` in its own session; return once it serves.
+
+    A daemon that fails to start raises :class:`StartFailed`: its exit code (2 for an
+    invalid config) and the lines it wrote to its log during this start-up."""
     from runtime.daemon.root import wait_until_up
     from runtime.wire.client import Client
     Path(home).mkdir(parents=True, exist_ok=True, mode=0o700)
+    log_path = Path(home) / "agora.log"
+    offset = log_path.stat().st_size if log_path.exists() else 0
+    proc = _spawn_foreground(home, config_file, registry, allocation, log_path)
+    try:
+        wait_until_up(lambda: Client(home, timeout=2.0), time.monotonic() + wait_s, proc)
+    except AgoraError as e:
+        _lost_the_race(home, proc)
+        if proc.poll() is None:
+            proc.terminate()
+        proc.wait(10)
+        raise StartFailed(e, proc.returncode, log_path, offset) from e
+    _lost_the_race(home, proc)
+    return proc
+
+
+def _spawn_foreground(home: str, config_file: str | None, registry: str | None,
+                      allocation: str | None, log_path: Path) -> subprocess.Popen:
     argv = [sys.executable, "-m", "runtime.cli.main", "--home", home, "up", "--foreground"]
     for flag, val in (("--config", config_file), ("--registry", registry), ("--allocation", allocation)):
         if val:
@@ -96,33 +116,65 @@ def start_detached(home: str, config_file: str | None, registry: str | None,
     here = str(Path(__file__).resolve().parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (here, os.environ.get("PYTHONPATH", ""), os.getcwd()) if p)}
-    with open(Path(home) / "agora.log", "ab") as log:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 start_new_session=True, cwd=os.getcwd(), env=env)
-    deadline = time.monotonic() + wait_s
+
+
+#: How much of the log a failed start-up shows (the error is at its end).
+LOG_TAIL_LINES = 15
+
+
+class StartFailed(AgoraError):
+    """The daemon did not come up: why (the tail of its log), where the log is, and the
+    daemon's own exit code (2: invalid config, 4: a child failed to start, ...)."""
+
+    code = "DAEMON_START_FAILED"
+
+    def __init__(self, cause: AgoraError, returncode: int | None, log_path: Path, offset: int) -> None:
+        tail = log_tail(log_path, offset)
+        body = "\n".join(f"  | {line}" for line in tail) or "  | (the log is empty)"
+        super().__init__(f"the daemon did not start: {cause.message}\n"
+                         f"last lines of its log ({log_path}):\n{body}",
+                         hint=f"the whole log: {log_path}")
+        known = {code for code, _ in EXIT_CODES}
+        self.exit_code = returncode if returncode in known and returncode else cause.exit_code
+
+
+def log_tail(log_path: Path, offset: int = 0, lines: int = LOG_TAIL_LINES) -> list[str]:
+    """The last ``lines`` lines the log got after ``offset`` (this start-up's, not older)."""
     try:
-        wait_until_up(lambda: Client(home, timeout=2.0), deadline, proc)
-    except AgoraError:
-        _lost_the_race(home, proc)
-        if proc.poll() is None:
-            proc.terminate()
-        proc.wait(10)
-        raise
-    _lost_the_race(home, proc)
-    return proc
+        with open(log_path, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if line.strip()][-lines:]
 
 
 @cli.command()
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the exit.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 @click.pass_context
-def down(ctx: click.Context, timeout: float) -> None:
-    """Stop the daemon gracefully (drain, then exit)."""
-    from runtime.daemon.root import read_pid, wait_gone
+def down(ctx: click.Context, timeout: float, as_json: bool) -> None:
+    """Stop the daemon gracefully (drain, then exit).  A stopped daemon is not an error:
+    `down` says so and exits 0 (as systemctl stop does)."""
+    from runtime.daemon.root import read_pid, running, wait_gone
     home = Path(ctx.obj["home"])
     pid = read_pid(home)
-    call(ctx, "down")
+    try:
+        client(ctx).call("down")
+    except DaemonNotRunning as e:
+        if running(home) is not None:  # the root lives, its coordinator does not answer
+            raise CliError(e) from e
+        out({"home": str(home), "was_running": False, "stopped": True}, as_json,
+            lambda d: click.echo(f"agora daemon is not running on home {d['home']}: nothing to stop"))
+        return
+    except AgoraError as e:
+        raise CliError(e) from e
     guard(wait_gone, home, pid, time.monotonic() + timeout)
-    click.echo("agora daemon stopped")
+    out({"home": str(home), "was_running": True, "stopped": True, "pid": pid}, as_json,
+        lambda d: click.echo(f"agora daemon stopped (pid {d['pid']}, home {d['home']})"))
 
 
 def _print_tree(node: dict[str, Any], depth: int = 0) -> None:
