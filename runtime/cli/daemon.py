@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from runtime.cli.group import EXIT_CODES, CliError, call, cli, client, guard, out
+from runtime.cli.group import CliError, EXIT_CODES, call, cli, client, guard, json_option, out
 from runtime.config import ALLOCATIONS
 from runtime.errors import AgoraError, DaemonNotRunning
 from runtime.registry.model import BACKENDS
@@ -24,15 +24,19 @@ __all__ = ['up', 'start_detached', 'StartFailed', 'log_tail', 'down', 'status', 
 
 @cli.command()
 @click.option("--foreground", is_flag=True, help="Stay attached (logs to stderr).")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True))
-@click.option("--registry", type=click.Choice(BACKENDS), default=None)
-@click.option("--allocation", type=click.Choice(ALLOCATIONS), default=None)
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True),
+              help="agora.toml to run with (default: HOME/agora.toml, else the defaults).")
+@click.option("--registry", type=click.Choice(BACKENDS), default=None,
+              help="Registry backend (overrides the config's).")
+@click.option("--allocation", type=click.Choice(ALLOCATIONS), default=None,
+              help="How tasks find agents (overrides the config's).")
 @click.option("--wait", "wait_s", default=30.0, show_default=True, help="Seconds to wait for start-up.")
 @click.option("--replace", is_flag=True, help="If a daemon runs on this home, stop it first "
               "(graceful down), then start with this config.")
+@json_option
 @click.pass_context
 def up(ctx: click.Context, foreground: bool, config_file: str | None, registry: str | None,
-       allocation: str | None, wait_s: float, replace: bool) -> None:
+       allocation: str | None, wait_s: float, replace: bool, as_json: bool) -> None:
     """Start the daemon (detached unless --foreground).
 
     A daemon already running on the home is an error (exit code 5, naming its pid and its
@@ -47,7 +51,8 @@ def up(ctx: click.Context, foreground: bool, config_file: str | None, registry: 
                                            allocation=allocation))
     proc = guard(start_detached, home, config_file, registry, allocation, wait_s)
     proc.returncode = 0  # detached on purpose: this process will not wait for it
-    click.echo(f"agora daemon up (pid {proc.pid}, home {home})")
+    out({"pid": proc.pid, "home": home, "log": str(Path(home) / "agora.log")}, as_json,
+        lambda d: click.echo(f"agora daemon up (pid {d['pid']}, home {d['home']})"))
 
 
 def _make_room(home: Path, replace: bool, wait_s: float) -> None:
@@ -177,6 +182,18 @@ def down(ctx: click.Context, timeout: float, as_json: bool) -> None:
         lambda d: click.echo(f"agora daemon stopped (pid {d['pid']}, home {d['home']})"))
 
 
+def duration(seconds: float | None) -> str:
+    """``12.3s``, ``4m05s``, ``2h03m``, ``3d04h``: an uptime at a glance; ``-`` if unknown."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    d, h = divmod(h, 24)
+    return f"{d}d{h:02d}h" if d else f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
 def _print_tree(node: dict[str, Any], depth: int = 0) -> None:
     pad = "  " * depth
     if node["kind"] == "supervisor":
@@ -185,18 +202,21 @@ def _print_tree(node: dict[str, Any], depth: int = 0) -> None:
         for c in node["children"]:
             _print_tree(c, depth + 1)
     else:
-        up_s = f"{node['uptime_s']:.1f}s" if node.get("uptime_s") is not None else "-"
+        up_s = duration(node.get("uptime_s"))
         click.echo(f"{pad}{node['id']:<28} pid={str(node['pid']):<8} {node['state']:<8} "
                    f"restarts={node['restarts']:<3} uptime={up_s}")
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the daemon's answer as JSON.")
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
-    """The supervision tree: child, pid, state, restarts, uptime."""
+    """The daemon's uptime and its supervision tree: child, pid, state, restarts, each
+    process's own uptime."""
     def human(s: dict[str, Any]) -> None:
-        click.echo(f"home {s['home']}  root pid {s['root_pid']}  up {s['uptime_s']:.1f}s  "
+        click.echo(f"home {s['home']}  root pid {s['root_pid']}  "
+                   f"daemon up {duration(s.get('daemon_uptime_s'))}  "
+                   f"(coordinator up {duration(s['uptime_s'])})  "
                    f"allocation {s['allocation']}  agents {s['agents']}")
         click.echo("tasks " + (", ".join(f"{k}={v}" for k, v in sorted(s["tasks"].items())) or "none"))
         _print_tree(s["tree"])
@@ -204,7 +224,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_context
 def ps(ctx: click.Context, as_json: bool) -> None:
     """The daemon's processes with pid, memory and CPU time."""
@@ -218,7 +238,7 @@ def ps(ctx: click.Context, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_context
 def agents(ctx: click.Context, as_json: bool) -> None:
     """Live agents: pool, pid, capabilities, load."""

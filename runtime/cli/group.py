@@ -19,7 +19,8 @@ from runtime.errors import AgoraError
 from runtime.wire import paths
 
 __all__ = ["CliError", "client", "call", "out", "guard", "cli", "EXIT_CODES", "EX_FAILED",
-           "EX_USAGE", "EX_TEMPFAIL", "exit_table", "version"]
+           "EX_USAGE", "EX_TEMPFAIL", "exit_table", "version", "json_option",
+           "add_global_options"]
 
 #: A task (pipeline, job) ended failed, dead-lettered or cancelled; ``cancel`` had nothing to cancel.
 EX_FAILED = 1
@@ -129,6 +130,11 @@ def guard(fn: Any, *a: Any, **kw: Any) -> Any:
         raise CliError(e) from e
 
 
+JSON_HELP = "Print the answer as JSON (the daemon's own fields) instead of a table."
+
+#: ``--json``, the same on every command that prints data.
+json_option = click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+
 HOME_HELP = "State directory (default: $AGORA_HOME or ~/.local/state/agora)."
 
 
@@ -163,6 +169,9 @@ def add_global_options(group: click.Group) -> None:
     """Give every command of ``group`` (recursively) the global ``--home`` as well, so a
     global option works after the subcommand too, as users of systemctl expect."""
     for cmd in group.commands.values():
+        for p in cmd.params:  # a --json declared without json_option still says what it does
+            if isinstance(p, click.Option) and p.name == "as_json" and not p.help:
+                p.help = JSON_HELP
         if not any(p.name == "home" for p in cmd.params):
             cmd.params.append(click.Option(["--home"], type=click.Path(file_okay=False),
                                            expose_value=False, is_eager=True,

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from runtime.cli.group import call, cli, out
+from runtime.cli.group import call, cli, json_option, out
 
 __all__ = ["market", "market_config", "ledger", "reputation"]
 
@@ -48,7 +48,7 @@ def _show_market(m: dict[str, Any]) -> None:
 
 @cli.command()
 @click.option("--limit", default=20, show_default=True, help="Auctions and contracts to show.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_context
 def market(ctx: click.Context, limit: int, as_json: bool) -> None:
     """Recent auctions and contracts."""
@@ -69,7 +69,7 @@ def _show_config(cfg: dict[str, Any]) -> None:
 @click.option("--tick-ms", type=float, default=None, help="Dutch: clock tick.")
 @click.option("--min-decrement", type=float, default=None, help="English: least price step (credits).")
 @click.option("--clock-steps", type=int, default=None, help="English/Dutch: clock moves over the range.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_context
 def market_config(ctx: click.Context, as_json: bool, **knobs: Any) -> None:
     """Show the market's knobs, or change them on the running daemon."""
@@ -97,7 +97,7 @@ def _show_entries(data: dict[str, Any]) -> None:
 @cli.command()
 @click.argument("agent", required=False)
 @click.option("--limit", default=50, show_default=True, help="Entries to show for AGENT.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_context
 def ledger(ctx: click.Context, agent: str | None, limit: int, as_json: bool) -> None:
     """Balances of every account, or AGENT's entries (AGENT: an agent id, or `client`)."""
@@ -118,7 +118,7 @@ def _show_reputation(rows: list[dict[str, Any]]) -> None:
 
 @cli.command()
 @click.option("--capability", default=None, help="Only this capability.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_context
 def reputation(ctx: click.Context, capability: str | None, as_json: bool) -> None:
     """Reputation per agent and capability (decaying success, timeliness, quality)."""

@@ -27,7 +27,7 @@ import click
 import orjson
 
 from runtime.cli.daemon import start_detached
-from runtime.cli.group import EX_FAILED, CliError, cli, guard
+from runtime.cli.group import CliError, EX_FAILED, cli, guard, json_option
 from runtime.errors import AgoraError, InvalidInput
 from runtime.tasks.task import TERMINAL
 
@@ -176,7 +176,7 @@ def _check_config(cfg: str) -> None:
 
 
 @cli.command("demo")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def demo_cmd(as_json: bool) -> None:
     """Run the built-in demo: shared-memory context, three pools, one pipeline."""
     from runtime.demo.agents import make_corpus

@@ -20,7 +20,7 @@ from typing import Any
 import click
 import orjson
 
-from runtime.cli.group import EX_FAILED, EX_TEMPFAIL, CliError, call, cli, client, out
+from runtime.cli.group import CliError, EX_FAILED, EX_TEMPFAIL, call, cli, client, json_option, out
 from runtime.errors import AgoraError, DeadlineExceeded, InvalidInput
 from runtime.tasks.task import TERMINAL
 
@@ -51,16 +51,18 @@ def read_json_arg(value: str) -> Any:
 @cli.command()
 @click.argument("capability")
 @click.option("--input", "input_", default="null", help="JSON, or @file.")
-@click.option("--priority", type=int, default=None)
-@click.option("--max-attempts", type=int, default=None)
+@click.option("--priority", type=int, default=None, help="Higher runs sooner (default 0).")
+@click.option("--max-attempts", type=int, default=None,
+              help="Attempts before the task is dead-lettered (default: the pool's).")
 @click.option("--deadline", type=float, default=None, help="Seconds from now.")
-@click.option("--idempotency-key", default=None)
+@click.option("--idempotency-key", default=None,
+              help="A second submit with the same key returns the first task's id.")
 @click.option("--task-timeout", "task_timeout", type=float, default=None,
               help="Seconds one attempt may run (options.timeout_s).")
 @click.option("--wait", is_flag=True, help="Wait for the result, showing progress.")
 @click.option("--timeout", "timeout_s", type=float, default=WAIT_TIMEOUT_S, show_default=True,
               help="With --wait: give up waiting after this many seconds (exit 75).")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_context
 def submit(ctx: click.Context, capability: str, input_: str, priority: int | None,
            max_attempts: int | None, deadline: float | None, idempotency_key: str | None,
@@ -229,8 +231,8 @@ def result(ctx: click.Context, task_id: str, wait: bool, timeout_s: float, as_js
 
 @cli.command()
 @click.option("--state", default=None, help="One state (dead = dead_lettered).")
-@click.option("--limit", default=100, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--limit", default=100, show_default=True, help="At most this many tasks (newest first).")
+@json_option
 @click.pass_context
 def tasks(ctx: click.Context, state: str | None, limit: int, as_json: bool) -> None:
     """Recent tasks, optionally of one state."""
@@ -244,21 +246,25 @@ def tasks(ctx: click.Context, state: str | None, limit: int, as_json: bool) -> N
 
 @cli.command()
 @click.argument("task_id")
+@json_option
 @click.pass_context
-def cancel(ctx: click.Context, task_id: str) -> None:
+def cancel(ctx: click.Context, task_id: str, as_json: bool) -> None:
     """Cancel a task or a whole pipeline (p-... id) that has not finished."""
     r = call(ctx, "cancel", id=task_id)
-    said = {"cancelled": "cancelled", "stopping": "cancelled; its running attempt was asked to stop",
-            "already_ended": "had already ended: nothing to cancel"}[r["outcome"]]
-    steps = f" ({len(r['steps'])} step(s))" if r.get("kind") == "pipeline" and r.get("steps") else ""
-    click.echo(f"{r['id']} {r['state']}: {said}{steps}")
+
+    def human(r: dict[str, Any]) -> None:
+        said = {"cancelled": "cancelled", "stopping": "cancelled; its running attempt was asked to stop",
+                "already_ended": "had already ended: nothing to cancel"}[r["outcome"]]
+        steps = f" ({len(r['steps'])} step(s))" if r.get("kind") == "pipeline" and r.get("steps") else ""
+        click.echo(f"{r['id']} {r['state']}: {said}{steps}")
+    out(r, as_json, human)
     if r["outcome"] == "already_ended":
         raise click.exceptions.Exit(1)
 
 
 @cli.command()
 @click.argument("task_ids", nargs=-1, required=True)
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_context
 def retry(ctx: click.Context, task_ids: tuple[str, ...], as_json: bool) -> None:
     """Re-drive dead-lettered or failed tasks (fresh attempts; the history stays)."""
