@@ -21,6 +21,8 @@ README = Path(__file__).resolve().parents[3] / "README.md"
 def _commands(group: click.Group, path: tuple[str, ...] = ()):
     for name, cmd in sorted(group.commands.items()):
         if isinstance(cmd, click.Group):
+            if cmd.invoke_without_command:  # a group that prints data itself (`agora market`)
+                yield (*path, name), cmd
             yield from _commands(cmd, (*path, name))
         else:
             yield (*path, name), cmd
@@ -31,7 +33,7 @@ ALL = list(_commands(cli))
 
 def test_the_tree_is_walked():
     names = {" ".join(p) for p, _ in ALL}
-    assert {"submit", "context put", "journal stats", "market", "top", "events"} <= names
+    assert {"submit", "context put", "journal stats", "market", "market show", "top", "events"} <= names
 
 
 @pytest.mark.parametrize("path,cmd", ALL, ids=[" ".join(p) for p, _ in ALL])
