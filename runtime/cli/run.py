@@ -31,7 +31,7 @@ from runtime.cli.group import CliError, EX_FAILED, cli, guard, json_option
 from runtime.errors import AgoraError, InvalidInput
 from runtime.tasks.task import TERMINAL
 
-__all__ = ["embedded", "run_job", "Failed"]
+__all__ = ["embedded", "run_job", "Failed", "demo_story"]
 
 FINAL = TERMINAL
 
@@ -176,9 +176,12 @@ def _check_config(cfg: str) -> None:
 
 
 @cli.command("demo")
+@click.option("--keep", is_flag=True, help="Keep the demo's home afterwards (its event log, "
+              "journal and agora.log), for `agora --home HOME trace ID`.")
 @json_option
-def demo_cmd(as_json: bool) -> None:
-    """Run the built-in demo: shared-memory context, three pools, one pipeline."""
+def demo_cmd(keep: bool, as_json: bool) -> None:
+    """Run the built-in demo: shared-memory context, three pools, one pipeline; then say
+    what happened and what to try next."""
     from runtime.demo.agents import make_corpus
     demo = Path(__file__).parent.parent / "demo"
     corpus_dir = Path(tempfile.mkdtemp(prefix="agora-demo-"))
@@ -187,19 +190,58 @@ def demo_cmd(as_json: bool) -> None:
         text = (demo / "agora.toml").read_text() + "\n[context]\n" + "".join(
             f'{k} = "{v}"\n' for k, v in ctx.items())
         job = json.loads((demo / "pipeline.json").read_text())
-        with guard(embedded, text) as (c, _home):
+        with guard(embedded, text, keep=keep) as (c, home):
             status = guard(c.call, "status")
             res = guard(run_job, c, job)
             agents = guard(c.call, "agents")
-        if as_json:
-            click.echo(orjson.dumps({"result": res, "agents": agents}).decode())
-        else:
-            pools = sorted({a["pool"] for a in agents})
-            click.echo(f"agora demo: {len(agents)} agents in pools {pools} sharing the context "
-                       f"{sorted(ctx)} (one copy in shared memory); daemon pid {status['root_pid']}")
-            _print_run(res)
-            click.echo("agents: " + ", ".join(f"{a['id']}(done={a['done']})" for a in agents))
+    except AgoraError as e:
+        raise CliError(e) from e
     finally:
         shutil.rmtree(corpus_dir, ignore_errors=True)
+    if as_json:
+        click.echo(orjson.dumps({"result": res, "agents": agents,
+                                 "home": str(home) if keep else None}).decode())
+    else:
+        _print_run(res)
+        click.echo("")
+        click.echo("\n".join(demo_story(res, agents, status, sorted(ctx), home if keep else None)))
     if _failed(res):
-        raise click.exceptions.Exit(1)
+        raise click.exceptions.Exit(EX_FAILED)
+
+
+def demo_story(res: dict[str, Any], agents: list[dict[str, Any]], status: dict[str, Any],
+               contexts: list[str], kept: Path | None) -> list[str]:
+    """What the demo did, and what to try next (pure: from what the run returned)."""
+    pools = sorted({a["pool"] for a in agents})
+    steps = " -> ".join(s["step_id"] for s in res["steps"])
+    trace = (f"agora --home {kept} trace {res['id']}" if kept
+             else "agora demo --keep            (keeps the home, then prints the trace command)")
+    return [
+        "What happened:",
+        f"  a private daemon (pid {status['root_pid']}) started {len(agents)} agent processes "
+        f"in pools {', '.join(pools)}, supervised;",
+        f"  the context {', '.join(contexts)} was published once in shared memory and every "
+        "agent read the same copy;",
+        f"  the pipeline {res['id']} ({steps}) ran {res['state']} in {res['elapsed_s']} s, "
+        "each step journalled before it ran;",
+        "  then everything stopped: no process, socket or shared-memory segment is left"
+        + (f" (the home is kept: {kept})." if kept else "."),
+        "",
+        "Try next:",
+        f"  {trace}",
+        "  agora up --config my.toml && agora submit CAPABILITY --input '{...}' --wait",
+        "  agora status / agora top / agora events --follow   (watch a running daemon)",
+        "",
+        "Your own agent (my_agents.py next to my.toml):",
+        "  import agora",
+        "  class Echo(agora.Agent):",
+        "      @agora.capability(\"echo\")",
+        "      def echo(self, input, task):",
+        "          return input",
+        "my.toml:",
+        "  [pools.echo]",
+        "  agent = \"my_agents:Echo\"",
+        "  size = 2",
+        "  [pools.echo.capabilities.echo]",
+        "  cost = 1.0",
+    ]
