@@ -198,15 +198,16 @@ def top_cmd(ctx: click.Context, once: bool, interval: float, as_json: bool) -> N
 
 def top_loop(fetch: Callable[[], dict[str, Any]], keys: Keys, interval: float) -> str:
     """Draw frames until q, Ctrl-C or the daemon stops; returns why it ended."""
-    footer = "q quits" if keys.live else "Ctrl-C quits"
+    footer, drawn = ("q quits" if keys.live else "Ctrl-C quits"), False
     try:
         while True:
             try:
                 data = fetch()
             except AgoraError as e:
-                if isinstance(e, Unavailable):  # DaemonNotRunning is one too
+                if drawn and isinstance(e, Unavailable):  # DaemonNotRunning is one too
                     return "the daemon stopped"
-                raise CliError(e) from e
+                raise CliError(e) from e  # not running at all: the usual error, exit 69
+            drawn = True
             click.echo(CLEAR + "\n".join([*render_top(data), "", footer]))
             if keys.wait_for("qQ", interval):
                 return "quit (q pressed)"

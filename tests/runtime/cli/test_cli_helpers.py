@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
+from runtime.cli.group import CliError
 from runtime.cli.daemon import duration, log_tail
 from runtime.cli.observe import Keys, event_line, top_loop
 from runtime.errors import DaemonNotRunning
@@ -62,9 +65,17 @@ def test_top_quits_on_q_and_says_so(capsys):
     assert len(frames) == 2 and "q quits" in capsys.readouterr().out
 
 
-def test_top_ends_when_the_daemon_stops():
+def test_top_ends_when_the_daemon_stops_and_fails_when_it_never_ran():
+    frames = []
+
     def fetch():
-        raise DaemonNotRunning("gone")
+        frames.append(1)
+        if len(frames) > 1:
+            raise DaemonNotRunning("gone")
+        return FRAME
     with Keys(object()) as keys:  # no fd: Ctrl-C only
         assert not keys.live
         assert top_loop(fetch, keys, interval=0.1) == "the daemon stopped"
+        with pytest.raises(CliError) as e:
+            top_loop(fetch, keys, interval=0.1)  # no frame drawn: an error, not an ending
+    assert e.value.exit_code == 69
