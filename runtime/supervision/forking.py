@@ -56,9 +56,25 @@ def set_process_name(title: str, role: str | None = None) -> None:
     """Name this process for ps/top: ``title`` as the kernel's name (15 bytes kept) and
     the full role (default: derived from ``title``) as its command line."""
     if _set_cmdline is not None:
-        _set_cmdline(role or full_title(title))
+        _set_cmdline_only(role or full_title(title))
     # after setproctitle, which sets the kernel's name too, from its own (longer) title
     _libc.prctl(_PR_SET_NAME, title.encode()[:15], 0, 0, 0)
+
+
+def _set_cmdline_only(text: str) -> None:
+    """setproctitle within the original argv's space only (SPT_NOENV, read at its first
+    call): by default it would take the environment's space too, and /proc/PID/environ,
+    which tools (and our tests) read to tell one daemon's processes from another's,
+    would then hold the title.  An `agora up` command line is long enough for any role."""
+    saved = os.environ.get("SPT_NOENV")
+    os.environ["SPT_NOENV"] = "1"
+    try:
+        _set_cmdline(text)
+    finally:
+        if saved is None:
+            del os.environ["SPT_NOENV"]
+        else:
+            os.environ["SPT_NOENV"] = saved
 
 
 _NUMBERED = re.compile(r"([A-Za-z_-]+)\.(\d+)")

@@ -131,7 +131,9 @@ def test_up_prints_an_agent_that_fails_to_start(agora_env, tmp_path):
                    "[pools.x.capabilities.x]\ncost = 1.0\n")
     res = _agora(agora_env, "up", "--config", str(bad), "--wait", "60")
     assert res.exit_code in (2, 4), res.output  # invalid config (checked early) or a child failed
-    assert "no_such_module_here" in res.stderr and str(agora_env / "agora.log") in res.stderr
+    assert "no_such_module_here" in res.stderr
+    if (agora_env / "agora.log").exists():  # a daemon was started: its log is named
+        assert str(agora_env / "agora.log") in res.stderr
     assert "Traceback (most recent call last)" not in res.stderr.split("last lines of its log")[0]
 
 

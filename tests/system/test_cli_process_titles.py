@@ -3,6 +3,7 @@ while the kernel's 15-byte name stays what ``agora up`` and ``ps -o comm`` know 
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import psutil
@@ -30,6 +31,8 @@ def test_ps_shows_every_role_in_full(agora_env):
         shown = {int(line.split(None, 1)[0]): line.split(None, 1)[1].strip()
                  for line in ps.splitlines()[1:] if line.split(None, 1)[0] in {str(p) for p in args}}
         names = {p.pid: p.name() for p in tree}
+        envs = [p.environ().get("AGORA_RUNTIME_DIR") for p in tree]  # the title took argv's space only
+    assert set(envs) == {os.environ["AGORA_RUNTIME_DIR"]}
     expected = {"agora: daemon", "agora: telemetry", "agora: coordinator", "agora: agent echo.0",
                 "agora: agent echo.1", *(f"agora: registry {i}" for i in range(4))}
     assert expected <= set(shown.values()), shown
