@@ -42,7 +42,7 @@ def embedded(config_text: str | None, config_file: str | None = None, wait_s: fl
     """A private daemon for the duration of the block; yields (connected Client, home).
 
     The home is removed afterwards unless ``keep`` or the block failed (a start-up that
-    failed, an exception, or ``Kept`` raised by the caller): then it stays, for
+    failed, an exception, or ``Failed`` raised by the caller): then it stays, for
     `agora --home HOME trace ID` and its agora.log, and its path is printed."""
     from runtime.wire.client import Client
     home = Path(tempfile.mkdtemp(prefix="agora-run-"))
