@@ -44,7 +44,7 @@
     concurrency = 1               # attempts one agent runs at once (async def handlers on its
                                   # event loop, plain ones on a thread pool of this size)
     [pools.summarize.scaling]     # autoscaler knobs; keys and defaults: runtime.scaling.policy
-    autoscale = true
+    autoscale = true              # the default when the pool states a max above its size
     [pools.summarize.capabilities.summarize]
     cost = 1.0                    # declared price basis for bids
     quality = 0.8                 # declared capability score
@@ -62,7 +62,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +214,10 @@ def _pool(name: str, table: dict[str, Any]) -> PoolConfig:
     if not 1 <= pc.concurrency <= 4096:
         raise InvalidInput(f"pools.{name}.concurrency: expected an integer in 1..4096, got {pc.concurrency}",
                            hint="the number of tasks one agent runs at once (1: one at a time)")
+    if "max" in t and pc.max > pc.size and "autoscale" not in pc.scaling:
+        # a pool given room to grow (max > size) is autoscaled unless it says otherwise;
+        # one that states no max keeps its size (issue 17: as the README promises)
+        pc = replace(pc, scaling={**pc.scaling, "autoscale": True})
     from runtime.scaling.policy import pool_scaling
     pool_scaling(pc)  # refuse bad [pools.NAME.scaling] knobs at load time, not in the coordinator
     return pc

@@ -130,7 +130,7 @@ class MailboxFull(ResourceExhausted):
 
 class DeadlineExceeded(AgoraError):
     code = "DEADLINE_EXCEEDED"
-    exit_code = 7
+    exit_code = 75  # EX_TEMPFAIL: the CLI's one code for "timed out" (runtime.cli.group.EXIT_CODES)
 
 
 class PermissionDenied(AgoraError):

@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from coordination.voting import METHODS
-from runtime.cli.group import call, cli, out
+from runtime.cli.group import call, cli, json_option, out
 
 __all__ = ["vote", "votes", "negotiate", "locks", "leaders"]
 
@@ -38,12 +38,13 @@ def _show_outcome(rec: dict[str, Any]) -> None:
 @cli.command()
 @click.option("--question", "-q", required=True, help="What is being decided.")
 @click.option("--option", "options", multiple=True, required=True, help="An option (repeat).")
-@click.option("--method", type=click.Choice(METHODS), default="plurality", show_default=True)
+@click.option("--method", type=click.Choice(METHODS), default="plurality", show_default=True,
+              help="How the ballots are counted.")
 @click.option("--pool", default=None, help="Voters: the agents of this pool (default: all agents).")
 @click.option("--deadline", "deadline_s", type=float, default=5.0, show_default=True,
               help="Seconds the agents have to vote.")
 @click.option("--quorum", type=int, default=None, help="Minimum ballots for a valid outcome.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_context
 def vote(ctx: click.Context, question: str, options: tuple[str, ...], method: str, pool: str | None,
          deadline_s: float, quorum: int | None, as_json: bool) -> None:
@@ -59,8 +60,8 @@ def vote(ctx: click.Context, question: str, options: tuple[str, ...], method: st
 
 @cli.command()
 @click.option("--id", "vote_id", default=None, help="One vote, in full.")
-@click.option("--limit", type=int, default=50, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--limit", type=int, default=50, show_default=True, help="At most this many records.")
+@json_option
 @click.pass_context
 def votes(ctx: click.Context, vote_id: str | None, limit: int, as_json: bool) -> None:
     """Recent votes, negotiations and bargains (kept in the daemon's memory)."""
@@ -86,15 +87,18 @@ def votes(ctx: click.Context, vote_id: str | None, limit: int, as_json: bool) ->
 
 
 @cli.command()
-@click.option("--question", "-q", required=True)
+@click.option("--question", "-q", required=True, help="What is being negotiated.")
 @click.option("--option", "options", multiple=True, required=True, help="An option (repeat).")
-@click.option("--method", type=click.Choice(METHODS), default="plurality", show_default=True)
+@click.option("--method", type=click.Choice(METHODS), default="plurality", show_default=True,
+              help="How each round's ballots are counted.")
 @click.option("--threshold", type=float, default=0.5, show_default=True,
               help="Support the winner needs to agree.")
-@click.option("--rounds", "max_rounds", type=int, default=3, show_default=True)
-@click.option("--round-s", "round_s", type=float, default=5.0, show_default=True)
-@click.option("--pool", default=None)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--rounds", "max_rounds", type=int, default=3, show_default=True,
+              help="At most this many rounds.")
+@click.option("--round-s", "round_s", type=float, default=5.0, show_default=True,
+              help="Seconds the agents have to answer each round.")
+@click.option("--pool", default=None, help="Negotiators: the agents of this pool (default: all).")
+@json_option
 @click.pass_context
 def negotiate(ctx: click.Context, question: str, options: tuple[str, ...], method: str,
               threshold: float, max_rounds: int, round_s: float, pool: str | None,
@@ -117,7 +121,7 @@ def negotiate(ctx: click.Context, question: str, options: tuple[str, ...], metho
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_context
 def locks(ctx: click.Context, as_json: bool) -> None:
     """Leases and locks held or waited for, with their fencing tokens."""
@@ -134,7 +138,7 @@ def locks(ctx: click.Context, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_context
 def leaders(ctx: click.Context, as_json: bool) -> None:
     """Leader election groups: the leader, its term (a fencing token) and the candidates."""

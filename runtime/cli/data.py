@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import orjson
 
-from runtime.cli.group import call, cli, out
+from runtime.cli.group import call, cli, json_option, out
 
 __all__ = ['context', 'registry']
 
@@ -21,15 +21,16 @@ def context() -> None:
 @context.command("put")
 @click.argument("name")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@json_option
 @click.pass_context
-def context_put(ctx: click.Context, name: str, file: str) -> None:
+def context_put(ctx: click.Context, name: str, file: str, as_json: bool) -> None:
     """Publish FILE (.npy -> array, else bytes) as a new version of NAME."""
     info = call(ctx, "context_put", name=name, path=str(Path(file).resolve()))
-    click.echo(f"{info['name']} v{info['version']} {info['nbytes']} bytes")
+    out(info, as_json, lambda i: click.echo(f"{i['name']} v{i['version']} {i['nbytes']} bytes"))
 
 
 @context.command("ls")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_context
 def context_ls(ctx: click.Context, as_json: bool) -> None:
     """Published contexts."""
@@ -39,11 +40,11 @@ def context_ls(ctx: click.Context, as_json: bool) -> None:
 
 @context.command("rm")
 @click.argument("name")
+@json_option
 @click.pass_context
-def context_rm(ctx: click.Context, name: str) -> None:
+def context_rm(ctx: click.Context, name: str, as_json: bool) -> None:
     """Unpublish NAME (agents holding a view keep it until they let go)."""
-    call(ctx, "context_rm", name=name)
-    click.echo(f"removed {name}")
+    out(call(ctx, "context_rm", name=name), as_json, lambda r: click.echo(f"removed {r['removed']}"))
 
 
 @cli.group()
@@ -52,9 +53,9 @@ def registry() -> None:
 
 
 @registry.command("ls")
-@click.option("--capability", default=None)
+@click.option("--capability", default=None, help="Only entries offering this capability.")
 @click.option("--where", multiple=True, help="A filter such as 'load<0.5' or 'pool=echo'.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_context
 def registry_ls(ctx: click.Context, capability: str | None, where: tuple[str, ...], as_json: bool) -> None:
     """Entries, optionally offering a capability and matching filters."""
@@ -66,10 +67,10 @@ def registry_ls(ctx: click.Context, capability: str | None, where: tuple[str, ..
 
 @registry.command("get")
 @click.argument("key")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_context
 def registry_get(ctx: click.Context, key: str, as_json: bool) -> None:
-    """One entry."""
+    """One entry (always printed as JSON: its metadata is free-form)."""
     out(call(ctx, "registry_get", key=key), True)
 
 

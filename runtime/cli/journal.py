@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from runtime.cli.group import CliError, call, cli, out
+from runtime.cli.group import CliError, call, cli, json_option, out
 from runtime.errors import AgoraError, Unavailable
 
 __all__ = ["journal", "stats"]
@@ -45,7 +45,7 @@ def _human(s: dict[str, Any]) -> None:
 
 
 @journal.command()
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_context
 def stats(ctx: click.Context, as_json: bool) -> None:
     """File size, rows per table, tasks per state, retention."""

@@ -1,4 +1,4 @@
-"""``agora market``, ``agora market-config``, ``agora ledger [AGENT]``, ``agora reputation``:
+"""``agora market [show ID]``, ``agora market-config``, ``agora ledger [AGENT]``, ``agora reputation``:
 the market as the daemon sees it (coordination.services.market serves the ``market``,
 ``market_config``, ``ledger`` and ``reputation`` commands).
 
@@ -16,9 +16,10 @@ from typing import Any
 
 import click
 
-from runtime.cli.group import call, cli, out
+from runtime.cli.group import CliError, call, cli, json_option, out
+from runtime.errors import NotFound
 
-__all__ = ["market", "market_config", "ledger", "reputation"]
+__all__ = ["market", "market_show", "find_auctions", "market_config", "ledger", "reputation"]
 
 AUCTION_KINDS = ("sealed-first", "sealed-second", "english", "dutch")  # coordination.services.market's
 
@@ -46,13 +47,55 @@ def _show_market(m: dict[str, Any]) -> None:
                    f"{c['state']:<10} {c['breach'] or ''}")
 
 
-@cli.command()
+@cli.group(invoke_without_command=True)
 @click.option("--limit", default=20, show_default=True, help="Auctions and contracts to show.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_context
 def market(ctx: click.Context, limit: int, as_json: bool) -> None:
-    """Recent auctions and contracts."""
-    out(call(ctx, "market", limit=limit), as_json, _show_market)
+    """Recent auctions and contracts; `agora market show ID` for one auction's bids."""
+    if ctx.invoked_subcommand is None:
+        out(call(ctx, "market", limit=limit), as_json, _show_market)
+
+
+#: ``show`` searches every auction the daemon remembers (``[market] history`` of them).
+_ALL_REMEMBERED = 1_000_000
+
+
+@market.command("show")
+@click.argument("ident")
+@json_option
+@click.pass_context
+def market_show(ctx: click.Context, ident: str, as_json: bool) -> None:
+    """One auction (by auction id or task id): each bidder's price and score, the winner,
+    in credits.  The daemon remembers the latest auctions only ([market] history)."""
+    found = find_auctions(call(ctx, "market", limit=_ALL_REMEMBERED)["auctions"], ident)
+    if not found:
+        raise CliError(NotFound(f"no remembered auction has id or task id {ident!r}",
+                                hint="`agora market --limit 50` lists the recent auctions; "
+                                     "older ones are forgotten ([market] history)"))
+    out(found if len(found) > 1 else found[0], as_json,
+        lambda d: [_show_auction(a) for a in (d if isinstance(d, list) else [d])])
+
+
+def find_auctions(auctions: list[dict[str, Any]], ident: str) -> list[dict[str, Any]]:
+    """The auctions named ``ident`` (an auction id, or a task's: a retried task has several)."""
+    return [a for a in auctions if ident in (a.get("auction_id"), a.get("task_id"))]
+
+
+def _show_auction(a: dict[str, Any]) -> None:
+    click.echo(f"auction {a['auction_id']}  {a.get('kind', '-')}  task {a.get('task_id', '-')} "
+               f"({a.get('capability', '-')})  rounds {a.get('rounds', 0)}  "
+               f"{a['auction_ms']:.3f} ms")
+    click.echo(f"  {'bidder':<20} {'price':>10} {'score':>8}")
+    for b in sorted(a["bids"], key=lambda b: (b["bidder"] != a["winner"], b["price"])):
+        mark = "  <- winner" if b["bidder"] == a["winner"] else ""
+        score = "-" if b.get("score") is None else f"{b['score']:.3f}"
+        click.echo(f"  {b['bidder']:<20} {_credits(b['price']):>10} {score:>8}{mark}")
+    silent = sorted(set(a.get("invited") or ()) - {b["bidder"] for b in a["bids"]})
+    if silent:
+        click.echo(f"  no bid from: {', '.join(silent)}")
+    click.echo(f"  winner {a['winner'] or 'none'} at {_credits(a['price_mc'])} credits"
+               + (f" ({a['reason']})" if a.get("reason") else ""))
 
 
 def _show_config(cfg: dict[str, Any]) -> None:
@@ -69,7 +112,7 @@ def _show_config(cfg: dict[str, Any]) -> None:
 @click.option("--tick-ms", type=float, default=None, help="Dutch: clock tick.")
 @click.option("--min-decrement", type=float, default=None, help="English: least price step (credits).")
 @click.option("--clock-steps", type=int, default=None, help="English/Dutch: clock moves over the range.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_context
 def market_config(ctx: click.Context, as_json: bool, **knobs: Any) -> None:
     """Show the market's knobs, or change them on the running daemon."""
@@ -97,7 +140,7 @@ def _show_entries(data: dict[str, Any]) -> None:
 @cli.command()
 @click.argument("agent", required=False)
 @click.option("--limit", default=50, show_default=True, help="Entries to show for AGENT.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_context
 def ledger(ctx: click.Context, agent: str | None, limit: int, as_json: bool) -> None:
     """Balances of every account, or AGENT's entries (AGENT: an agent id, or `client`)."""
@@ -118,7 +161,7 @@ def _show_reputation(rows: list[dict[str, Any]]) -> None:
 
 @cli.command()
 @click.option("--capability", default=None, help="Only this capability.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_context
 def reputation(ctx: click.Context, capability: str | None, as_json: bool) -> None:
     """Reputation per agent and capability (decaying success, timeliness, quality)."""

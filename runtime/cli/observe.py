@@ -8,11 +8,16 @@
   this CLI process; each scrape asks the daemon anew, so a scrape is never stale by more
   than the telemetry snapshot age).
 * ``agora top [--once] [--interval S]``: a live view redrawn in place (ANSI home + clear)
-  until Ctrl-C or until the daemon stops; ``--once`` prints one frame without escapes.
+  until q, Ctrl-C or the daemon stops (it says which); ``--once`` prints one frame
+  without escapes.
+* ``agora events [--follow] [--since T] [--json]``: readable lines (JSON lines with
+  ``--json``); ``--follow`` starts at the end unless ``--since``.
 """
 
 from __future__ import annotations
 
+import os
+import select
 import threading
 import time
 from collections.abc import Callable
@@ -23,12 +28,12 @@ from typing import Any
 import click
 import orjson
 
-from runtime.cli.group import CliError, call, cli, client, out
+from runtime.cli.group import CliError, call, cli, client, json_option, out
 from runtime.errors import AgoraError, DaemonNotRunning, NotFound, Unavailable
 from runtime.observability.metrics import quantile, to_prometheus
 
 __all__ = ["trace_cmd", "metrics_cmd", "top_cmd", "local_trace", "render_metrics", "render_top",
-           "start_metrics_server", "events"]
+           "start_metrics_server", "events", "event_line", "top_loop", "Keys"]
 
 CLEAR = "\x1b[H\x1b[2J"
 
@@ -77,7 +82,7 @@ def _guarded(fn: Callable[..., Any], *a: Any) -> Any:
 @click.option("--prometheus", is_flag=True, help="Prometheus text exposition format.")
 @click.option("--serve", "port", type=click.IntRange(0, 65535), default=None,
               help="Serve /metrics on 127.0.0.1:PORT until Ctrl-C.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_context
 def metrics_cmd(ctx: click.Context, prometheus: bool, port: int | None, as_json: bool) -> None:
     """Counters, gauges and histograms of the whole daemon."""
@@ -175,26 +180,79 @@ def _serve(ctx: click.Context, port: int) -> None:
 
 @cli.command("top")
 @click.option("--once", is_flag=True, help="Print one frame (no ANSI escapes) and exit.")
-@click.option("--interval", type=click.FloatRange(0.1, 60.0), default=1.0, show_default=True)
+@click.option("--interval", type=click.FloatRange(0.1, 60.0), default=1.0, show_default=True,
+              help="Seconds between frames.")
+@click.option("--json", "as_json", is_flag=True, help="With --once: the frame's data as JSON.")
 @click.pass_context
-def top_cmd(ctx: click.Context, once: bool, interval: float) -> None:
-    """A live view: supervision tree, pools, throughput, restarts, auctions and votes."""
-    if once:
-        click.echo("\n".join(render_top(call(ctx, "top"))))
+def top_cmd(ctx: click.Context, once: bool, interval: float, as_json: bool) -> None:
+    """A live view: supervision tree, pools, throughput, restarts, auctions and votes.
+
+    Press q to quit (or Ctrl-C); it also ends when the daemon stops."""
+    if once or as_json:
+        out(call(ctx, "top"), as_json, lambda d: click.echo("\n".join(render_top(d))))
         return
+    with Keys(click.get_text_stream("stdin")) as keys:
+        reason = top_loop(lambda: client(ctx).call("top"), keys, interval)
+    click.echo(f"\nagora top: {reason}")
+
+
+def top_loop(fetch: Callable[[], dict[str, Any]], keys: Keys, interval: float) -> str:
+    """Draw frames until q, Ctrl-C or the daemon stops; returns why it ended."""
+    footer, drawn = ("q quits" if keys.live else "Ctrl-C quits"), False
     try:
         while True:
             try:
-                data = client(ctx).call("top")
+                data = fetch()
             except AgoraError as e:
-                if isinstance(e, Unavailable):  # DaemonNotRunning is one too
-                    click.echo("\nthe daemon stopped")
-                    return
-                raise CliError(e) from e
-            click.echo(CLEAR + "\n".join(render_top(data)))
-            time.sleep(interval)
+                if drawn and isinstance(e, Unavailable):  # DaemonNotRunning is one too
+                    return "the daemon stopped"
+                raise CliError(e) from e  # not running at all: the usual error, exit 69
+            drawn = True
+            click.echo(CLEAR + "\n".join([*render_top(data), "", footer]))
+            if keys.wait_for("qQ", interval):
+                return "quit (q pressed)"
     except KeyboardInterrupt:
-        click.echo()
+        return "quit (Ctrl-C)"
+
+
+class Keys:
+    """Single key presses from a terminal (cbreak mode while in use, restored after); on
+    anything else (a pipe, a file) reads what comes, and on nothing at all only waits."""
+
+    def __init__(self, stream: Any) -> None:
+        try:
+            self.fd: int | None = stream.fileno()
+        except (AttributeError, OSError, ValueError):  # CliRunner's stdin has no fd
+            self.fd = None
+        self.live = self.fd is not None
+        self._saved: Any = None
+
+    def __enter__(self) -> Keys:
+        if self.fd is not None and os.isatty(self.fd):
+            import termios
+            import tty
+            self._saved = termios.tcgetattr(self.fd)
+            tty.setcbreak(self.fd)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._saved is not None:
+            import termios
+            termios.tcsetattr(self.fd, termios.TCSADRAIN, self._saved)
+
+    def wait_for(self, keys: str, timeout: float) -> bool:
+        """Wait up to ``timeout`` s; True as soon as one of ``keys`` is pressed."""
+        deadline = time.monotonic() + timeout
+        while self.live and (left := deadline - time.monotonic()) > 0:
+            if not select.select([self.fd], [], [], left)[0]:
+                return False
+            got = os.read(self.fd, 64)
+            if not got:  # end of input: nothing more will come from there
+                self.live = False
+            elif any(k in got.decode(errors="replace") for k in keys):
+                return True
+        time.sleep(max(0.0, deadline - time.monotonic()))
+        return False
 
 
 def render_top(d: dict[str, Any]) -> list[str]:
@@ -235,31 +293,59 @@ def _event_line(ev: dict[str, Any]) -> str:
 
 @cli.command()
 @click.option("--type", "type_", default=None, help="Event type prefix, e.g. task. or supervisor.")
-@click.option("--agent", default=None)
-@click.option("--since", type=float, default=None, help="Epoch seconds.")
-@click.option("--limit", default=200, show_default=True)
-@click.option("--follow", is_flag=True, help="Keep printing new events until the daemon stops.")
+@click.option("--agent", default=None, help="Only events of this agent (e.g. echo.0).")
+@click.option("--since", type=float, default=None,
+              help="Epoch seconds; with --follow, print the events since then first.")
+@click.option("--limit", default=200, show_default=True, help="At most this many past events.")
+@click.option("--follow", is_flag=True, help="Print new events as they come, from now on "
+              "(from --since if given), until the daemon stops or Ctrl-C.")
+@click.option("--json", "as_json", is_flag=True, help="One raw JSON object per line.")
 @click.pass_context
 def events(ctx: click.Context, type_: str | None, agent: str | None, since: float | None,
-           limit: int, follow: bool) -> None:
-    """The event log (JSON lines); --follow reads on by file position, losing nothing."""
-    c = client(ctx)
-    for ev in call(ctx, "events", type=type_, agent=agent, since=since, limit=limit):
-        click.echo(orjson.dumps(ev).decode())
+           limit: int, follow: bool, as_json: bool) -> None:
+    """The event log as readable lines (--json: JSON lines).
+
+    --follow starts at the end of the log (as tail -f does) unless --since is given, and
+    reads on by file position, losing nothing."""
+    show = (lambda ev: click.echo(orjson.dumps(ev).decode())) if as_json else (
+        lambda ev: click.echo(event_line(ev)))
     if not follow:
+        for ev in call(ctx, "events", type=type_, agent=agent, since=since, limit=limit):
+            show(ev)
         return
-    cursor = None
+    filters = {"type": type_, "agent": agent}
+    cursor = call(ctx, "events_after", cursor=None, **filters)["cursor"]  # the end, now
+    seen: set[bytes] = set()
+    if since is not None:  # the past first; what also follows the cursor is printed once
+        for ev in call(ctx, "events", since=since, limit=limit, **filters):
+            seen.add(orjson.dumps(ev))
+            show(ev)
+    try:
+        _follow(ctx, cursor, filters, seen, show)
+    except KeyboardInterrupt:
+        pass
+
+
+def _follow(ctx: click.Context, cursor: Any, filters: dict[str, Any], seen: set[bytes],
+            show: Callable[[dict[str, Any]], None]) -> None:
     while True:
         try:
-            page = c.call("events_after", cursor=cursor, type=type_, agent=agent)
+            page = client(ctx).call("events_after", cursor=cursor, **filters)
         except AgoraError as e:
             if isinstance(e, Unavailable):  # DaemonNotRunning is one too
                 return  # the daemon stopped: a follow ends cleanly
             raise CliError(e) from e
-        for ev in page["events"]:  # (the first call, cursor None, only takes the position)
-            click.echo(orjson.dumps(ev).decode())
+        for ev in page["events"]:
+            if not seen or orjson.dumps(ev) not in seen:
+                show(ev)
         cursor = page["cursor"]
         if not page["events"]:
+            seen.clear()  # the history's overlap is behind us
             time.sleep(0.25)
 
 
+def event_line(ev: dict[str, Any]) -> str:
+    """One event as a readable line: local time, type, source, its fields."""
+    from runtime.observability.tracing import event_text
+    clock = datetime.fromtimestamp(ev.get("ts", 0)).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    return f"{clock} {event_text(ev)}"

@@ -27,20 +27,26 @@ import click
 import orjson
 
 from runtime.cli.daemon import start_detached
-from runtime.cli.group import CliError, cli, guard
+from runtime.cli.group import CliError, EX_FAILED, cli, guard, json_option
 from runtime.errors import AgoraError, InvalidInput
 from runtime.tasks.task import TERMINAL
 
-__all__ = ["embedded", "run_job"]
+__all__ = ["embedded", "run_job", "Failed", "demo_story"]
 
 FINAL = TERMINAL
 
 
 @contextmanager
-def embedded(config_text: str | None, config_file: str | None = None, wait_s: float = 60.0):
-    """A private daemon for the duration of the block; yields a connected Client."""
+def embedded(config_text: str | None, config_file: str | None = None, wait_s: float = 60.0,
+             keep: bool = False):
+    """A private daemon for the duration of the block; yields (connected Client, home).
+
+    The home is removed afterwards unless ``keep`` or the block failed (a start-up that
+    failed, an exception, or ``Failed`` raised by the caller): then it stays, for
+    `agora --home HOME trace ID` and its agora.log, and its path is printed."""
     from runtime.wire.client import Client
     home = Path(tempfile.mkdtemp(prefix="agora-run-"))
+    failed = True
     try:
         if config_text is not None:
             (home / "agora.toml").write_text(config_text)
@@ -48,10 +54,19 @@ def embedded(config_text: str | None, config_file: str | None = None, wait_s: fl
         try:
             with Client(str(home), timeout=60.0) as c:
                 yield c, home
+            failed = False
         finally:
             _stop(home, proc)
     finally:
-        shutil.rmtree(home, ignore_errors=True)
+        if keep or failed:
+            click.echo(f"home kept for inspection: {home} (agora --home {home} trace ID; "
+                       f"its log: {home / 'agora.log'})", err=True)
+        else:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+class Failed(Exception):
+    """Raised inside ``embedded`` by a caller whose job failed: the home is kept."""
 
 
 def _stop(home: Path, proc: Any) -> None:
@@ -84,16 +99,17 @@ def run_job(c: Any, job: Any, timeout_s: float = 300.0) -> dict[str, Any]:
 
 
 def _print_run(res: dict[str, Any]) -> None:
+    from runtime.cli.tasks import error_text, step_line
     if res["kind"] == "pipeline":
         click.echo(f"pipeline {res['id']} {res['state']} in {res['elapsed_s']}s")
         for step in res["steps"]:
-            click.echo(f"  {step['step_id']:<14} {step['state']:<12} attempts={step['attempts']}")
-        final = res["steps"][-1] if res["steps"] else {}
-        click.echo(orjson.dumps(final.get("result"), option=orjson.OPT_INDENT_2).decode())
+            click.echo(step_line(step))
+        if res["state"] == "succeeded" and res["steps"]:
+            click.echo(orjson.dumps(res["steps"][-1].get("result"), option=orjson.OPT_INDENT_2).decode())
         return
     for r in res["tasks"]:
-        body = r["result"] if r["state"] == "succeeded" else r["error"]
-        click.echo(f"{r['id']} {r['state']} attempts={r['attempts']}: {orjson.dumps(body).decode()[:300]}")
+        body = orjson.dumps(r["result"]).decode()[:300] if r["state"] == "succeeded" else error_text(r["error"])
+        click.echo(f"{r['id']} {r['state']} attempts={r['attempts']}: {body}")
     click.echo(f"{len(res['tasks'])} task(s) in {res['elapsed_s']}s")
 
 
@@ -107,27 +123,65 @@ def _failed(res: dict[str, Any]) -> bool:
 @click.argument("job_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
               help="agora.toml with the pools (default: ./agora.toml).")
-@click.option("--json", "as_json", is_flag=True)
-def run_cmd(job_file: str, config_file: str | None, as_json: bool) -> None:
-    """Run a task or pipeline file on an embedded runtime, print the results, stop."""
+@click.option("--keep", is_flag=True, help="Keep the embedded runtime's home afterwards "
+              "(it is always kept when the run fails) and print its path.")
+@click.option("--timeout", "timeout_s", type=float, default=300.0, show_default=True,
+              help="Seconds to wait for the job's results (exit 75 past it).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON object.")
+def run_cmd(job_file: str, config_file: str | None, keep: bool, timeout_s: float, as_json: bool) -> None:
+    """Run a task or pipeline file on an embedded runtime, print the results, stop.
+
+    Exit 0 if everything succeeded, 1 if a task failed, 2 for an invalid config or job
+    file; a failed run keeps its home (path printed) for `agora --home HOME trace ID`.
+    """
     cfg = config_file or ("agora.toml" if Path("agora.toml").exists() else None)
     if cfg is None:
-        raise CliError(InvalidInput("no pools configured", hint="pass --config agora.toml"))
+        raise CliError(InvalidInput("no pools configured: no --config and no ./agora.toml",
+                                    hint="pass --config agora.toml"))
+    job = _read_job(job_file)
+    _check_config(cfg)
     try:
-        job = json.loads(Path(job_file).read_text())
-    except ValueError as e:
-        raise CliError(InvalidInput(f"{job_file} is not JSON: {e}")) from e
-    with guard(embedded, None, str(Path(cfg).resolve())) as (c, _home):
-        res = guard(run_job, c, job)
+        with embedded(None, str(Path(cfg).resolve()), keep=keep) as (c, _home):
+            res = guard(run_job, c, job, timeout_s)
+            if _failed(res):
+                raise Failed()
+    except Failed:
+        pass
+    except AgoraError as e:
+        raise CliError(e) from e
     (click.echo(orjson.dumps(res).decode()) if as_json else _print_run(res))
     if _failed(res):
-        raise click.exceptions.Exit(1)
+        raise click.exceptions.Exit(EX_FAILED)
+
+
+def _read_job(job_file: str) -> Any:
+    try:
+        job = json.loads(Path(job_file).read_text())
+    except (OSError, ValueError) as e:
+        raise CliError(InvalidInput(f"{job_file} is not a JSON job file: {e}")) from e
+    if not isinstance(job, dict):
+        raise CliError(InvalidInput(f"{job_file} must hold a JSON object",
+                                    hint="a task, {\"tasks\": [...]}, or a pipeline {\"name\", \"steps\"}"))
+    return job
+
+
+def _check_config(cfg: str) -> None:
+    """An invalid config is refused here, at once and with exit 2, before a daemon starts."""
+    from runtime.config import load_config
+    from runtime.daemon.composition import check_config
+    try:
+        check_config(load_config(None, cfg))  # reads only: nothing is created in the home
+    except AgoraError as e:
+        raise CliError(e) from e
 
 
 @cli.command("demo")
-@click.option("--json", "as_json", is_flag=True)
-def demo_cmd(as_json: bool) -> None:
-    """Run the built-in demo: shared-memory context, three pools, one pipeline."""
+@click.option("--keep", is_flag=True, help="Keep the demo's home afterwards (its event log, "
+              "journal and agora.log), for `agora --home HOME trace ID`.")
+@json_option
+def demo_cmd(keep: bool, as_json: bool) -> None:
+    """Run the built-in demo: shared-memory context, three pools, one pipeline; then say
+    what happened and what to try next."""
     from runtime.demo.agents import make_corpus
     demo = Path(__file__).parent.parent / "demo"
     corpus_dir = Path(tempfile.mkdtemp(prefix="agora-demo-"))
@@ -136,19 +190,58 @@ def demo_cmd(as_json: bool) -> None:
         text = (demo / "agora.toml").read_text() + "\n[context]\n" + "".join(
             f'{k} = "{v}"\n' for k, v in ctx.items())
         job = json.loads((demo / "pipeline.json").read_text())
-        with guard(embedded, text) as (c, _home):
+        with guard(embedded, text, keep=keep) as (c, home):
             status = guard(c.call, "status")
             res = guard(run_job, c, job)
             agents = guard(c.call, "agents")
-        if as_json:
-            click.echo(orjson.dumps({"result": res, "agents": agents}).decode())
-        else:
-            pools = sorted({a["pool"] for a in agents})
-            click.echo(f"agora demo: {len(agents)} agents in pools {pools} sharing the context "
-                       f"{sorted(ctx)} (one copy in shared memory); daemon pid {status['root_pid']}")
-            _print_run(res)
-            click.echo("agents: " + ", ".join(f"{a['id']}(done={a['done']})" for a in agents))
+    except AgoraError as e:
+        raise CliError(e) from e
     finally:
         shutil.rmtree(corpus_dir, ignore_errors=True)
+    if as_json:
+        click.echo(orjson.dumps({"result": res, "agents": agents,
+                                 "home": str(home) if keep else None}).decode())
+    else:
+        _print_run(res)
+        click.echo("")
+        click.echo("\n".join(demo_story(res, agents, status, sorted(ctx), home if keep else None)))
     if _failed(res):
-        raise click.exceptions.Exit(1)
+        raise click.exceptions.Exit(EX_FAILED)
+
+
+def demo_story(res: dict[str, Any], agents: list[dict[str, Any]], status: dict[str, Any],
+               contexts: list[str], kept: Path | None) -> list[str]:
+    """What the demo did, and what to try next (pure: from what the run returned)."""
+    pools = sorted({a["pool"] for a in agents})
+    steps = " -> ".join(s["step_id"] for s in res["steps"])
+    trace = (f"agora --home {kept} trace {res['id']}" if kept
+             else "agora demo --keep            (keeps the home, then prints the trace command)")
+    return [
+        "What happened:",
+        f"  a private daemon (pid {status['root_pid']}) started {len(agents)} agent processes "
+        f"in pools {', '.join(pools)}, supervised;",
+        f"  the context {', '.join(contexts)} was published once in shared memory and every "
+        "agent read the same copy;",
+        f"  the pipeline {res['id']} ({steps}) ran {res['state']} in {res['elapsed_s']} s, "
+        "each step journalled before it ran;",
+        "  then everything stopped: no process, socket or shared-memory segment is left"
+        + (f" (the home is kept: {kept})." if kept else "."),
+        "",
+        "Try next:",
+        f"  {trace}",
+        "  agora up --config my.toml && agora submit CAPABILITY --input '{...}' --wait",
+        "  agora status / agora top / agora events --follow   (watch a running daemon)",
+        "",
+        "Your own agent (my_agents.py next to my.toml):",
+        "  import agora",
+        "  class Echo(agora.Agent):",
+        "      @agora.capability(\"echo\")",
+        "      def echo(self, input, task):",
+        "          return input",
+        "my.toml:",
+        "  [pools.echo]",
+        "  agent = \"my_agents:Echo\"",
+        "  size = 2",
+        "  [pools.echo.capabilities.echo]",
+        "  cost = 1.0",
+    ]

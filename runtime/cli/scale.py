@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from runtime.cli.group import call, cli, out
+from runtime.cli.group import call, cli, json_option, out
 
 __all__ = ["scale", "pools"]
 
@@ -19,7 +19,7 @@ __all__ = ["scale", "pools"]
 @cli.command()
 @click.argument("pool")
 @click.argument("size", type=int)
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_context
 def scale(ctx: click.Context, pool: str, size: int, as_json: bool) -> None:
     """Resize POOL to SIZE agents now (agents leaving finish their tasks first)."""

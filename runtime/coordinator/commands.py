@@ -112,6 +112,7 @@ class Commands:
         sched = self.coord.scheduler
         return {"home": str(self.coord.cfg.home), "root_pid": self.coord.root_pid,
                 "uptime_s": round(time.time() - self.started, 3), "tree": tree,
+                "daemon_uptime_s": _process_uptime(self.coord.root_pid),
                 "allocation": self.coord.cfg.allocation, "agents": len(sched.agents),
                 "payloads": sched.payloads.stats,
                 "tasks": self.coord.journal.counts()}
@@ -236,6 +237,15 @@ class Commands:
                           trace_id=str_arg(args, "trace_id", None, max_len=64),
                           limit=int_arg(args, "limit", 200, hi=MAX_EVENTS))
         return self.sliced("events", job)
+
+
+def _process_uptime(pid: int) -> float | None:
+    """Seconds since ``pid`` started (the root's: the daemon's uptime, which a restarted
+    coordinator's own ``uptime_s`` is not)."""
+    try:
+        return round(time.time() - psutil.Process(pid).create_time(), 3)
+    except (psutil.Error, TypeError, ValueError):
+        return None
 
 
 def _ps_rows(tree: dict[str, Any]) -> Any:

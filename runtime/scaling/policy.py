@@ -62,8 +62,9 @@ Pool config (``agora.toml``): ``min``/``max`` of ``[pools.NAME]`` are ``min_size
 ``max_size``, ``max_tasks`` (0 = off) is ``recycle_after_tasks``, ``memory_ceiling_mib``
 (0 = off) is ``memory_ceiling``; the ``[pools.NAME.scaling]`` table holds the rest, under
 the field names above, with memory in MiB (``memory_floor_mib``), plus two keys of the
-scaler's own: ``autoscale`` (bool, default false: the policy only runs for pools that ask
-for it; recycling and ``agora scale`` work either way) and ``retire_timeout_s`` (default
+scaler's own: ``autoscale`` (bool, default false here: the policy only runs for pools that
+ask for it; runtime.config asks for a pool that states a ``max`` above its ``size``;
+recycling and ``agora scale`` work either way) and ``retire_timeout_s`` (default
 30.0: how long a retiring agent may take to finish its tasks before it is terminated and
 its tasks re-routed).  :func:`pool_scaling` reads them; unknown keys are refused.
 

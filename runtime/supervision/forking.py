@@ -13,7 +13,11 @@ ties the child's life to the root before running the spec's target:
   command sockets) are closed in the child so they cannot keep anything alive.
 * ``gc.freeze()`` runs in the root before every fork, so that collections in the child
   do not write to the inherited heap's copy-on-write pages.
-* The child names itself (PR_SET_NAME, 15 bytes, shown by ps -o comm and top).
+* The child names itself twice: PR_SET_NAME (15 bytes, ``ps -o comm``, ``top``; what
+  ``agora up`` checks a pid file's process by) and, with the setproctitle package, its
+  whole command line (``ps -eo pid,args``, ``top -c``): ``agora: registry 2``,
+  ``agora: agent summarize.3``, in full where the kernel's name stops at 15 bytes (all
+  four partitions read ``agora:registry.`` there).  Without setproctitle only the first.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import os
+import re
 import signal
 import sys
 import threading
@@ -30,7 +35,13 @@ import multiprocess
 
 from runtime.supervision.child_spec import ChildSpec
 
-__all__ = ["ChildContext", "fork_child", "set_process_name", "root_private_fds", "Lifeline"]
+try:
+    from setproctitle import setproctitle as _set_cmdline
+except ImportError:  # optional: without it ps shows the kernel's 15-byte name only
+    _set_cmdline = None
+
+__all__ = ["ChildContext", "fork_child", "set_process_name", "full_title", "root_private_fds",
+           "Lifeline"]
 
 _PR_SET_NAME = 15
 _PR_SET_PDEATHSIG = 1
@@ -41,9 +52,46 @@ _FORK = multiprocess.get_context("fork")
 root_private_fds: set[int] = set()
 
 
-def set_process_name(title: str) -> None:
-    """Name this process for ps/top (the kernel keeps 15 bytes)."""
+def set_process_name(title: str, role: str | None = None) -> None:
+    """Name this process for ps/top: ``title`` as the kernel's name (15 bytes kept) and
+    the full role (default: derived from ``title``) as its command line."""
+    if _set_cmdline is not None:
+        _set_cmdline_only(role or full_title(title))
+    # after setproctitle, which sets the kernel's name too, from its own (longer) title
     _libc.prctl(_PR_SET_NAME, title.encode()[:15], 0, 0, 0)
+
+
+def _set_cmdline_only(text: str) -> None:
+    """setproctitle within the original argv's space only (SPT_NOENV, read at its first
+    call): by default it would take the environment's space too, and /proc/PID/environ,
+    which tools (and our tests) read to tell one daemon's processes from another's,
+    would then hold the title.  An `agora up` command line is long enough for any role."""
+    saved = os.environ.get("SPT_NOENV")
+    os.environ["SPT_NOENV"] = "1"
+    try:
+        _set_cmdline(text)
+    finally:
+        if saved is None:
+            del os.environ["SPT_NOENV"]
+        else:
+            os.environ["SPT_NOENV"] = saved
+
+
+_NUMBERED = re.compile(r"([A-Za-z_-]+)\.(\d+)")
+
+
+def full_title(name: str) -> str:
+    """A process's role as ps shows it: a child id or short title made readable.
+
+    ``agora:daemon`` -> ``agora: daemon``, ``registry.2`` -> ``agora: registry 2``,
+    ``agent:summarize.3`` -> ``agora: agent summarize.3``, ``coordinator`` -> ``agora: coordinator``.
+    """
+    name = name.removeprefix("agora:")
+    kind, sep, rest = name.partition(":")
+    if sep:
+        return f"agora: {kind} {rest}"
+    numbered = _NUMBERED.fullmatch(name)
+    return f"agora: {numbered[1]} {numbered[2]}" if numbered else f"agora: {name}"
 
 
 class Lifeline:
@@ -108,7 +156,7 @@ def _child_main(spec: ChildSpec, ready_fd: int, root_pid: int, lifeline_r: int,
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C reaches the root, which stops us in order
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _tie_to_root(root_pid, lifeline_r)
-    set_process_name(spec.process_title)
+    set_process_name(spec.process_title, full_title(spec.id))
     spec.target(ChildContext(spec, ready_fd, root_pid, resources), *spec.args)
 
 

@@ -75,3 +75,15 @@ def test_a_toml_syntax_error_is_invalid_input(tmp_path):
     (tmp_path / "agora.toml").write_text("[daemon\n")
     with pytest.raises(InvalidInput):
         load_config(tmp_path / "home", tmp_path / "agora.toml")
+
+
+@pytest.mark.parametrize("table,autoscale", [
+    ({"size": 2, "max": 4}, True),                                   # room to grow: autoscaled
+    ({"size": 2, "max": 2}, False),                                  # fixed by its own bounds
+    ({"size": 2}, False),                                            # no max stated: fixed size
+    ({"size": 2, "max": 4, "scaling": {"autoscale": False}}, False),  # the pool's word wins
+])
+def test_autoscaling_is_on_by_default_when_max_exceeds_size(tmp_path, table, autoscale):
+    from runtime.scaling.policy import pool_scaling
+    cfg = parse_config({"pools": {"p": {"agent": "m:A", **table}}}, tmp_path, tmp_path)
+    assert pool_scaling(cfg.pools[0]).autoscale is autoscale

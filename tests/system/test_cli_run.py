@@ -41,3 +41,20 @@ def test_demo(agora_env, capsys):
     assert [s["state"] for s in steps] == ["succeeded"] * 3
     answer = steps[-1]["result"]
     assert answer["best_score"] > 0 and len(answer["themes"]) > 0
+
+
+def test_demo_says_what_it_did_and_keep_leaves_a_home_to_trace(agora_env, capsys):
+    import shutil
+    from pathlib import Path
+    assert main(["demo", "--keep"]) == 0
+    captured = capsys.readouterr()
+    out = captured.out
+    assert "What happened:" in out and "Try next:" in out and "class Echo(agora.Agent):" in out
+    trace_cmd = next(line.strip() for line in out.splitlines() if " trace p-" in line)
+    home = Path(trace_cmd.split("--home ")[1].split()[0])
+    try:
+        assert home.is_dir() and f"home kept for inspection: {home}" in captured.err
+        assert main(trace_cmd.split()[1:] + ["--brief"]) == 0  # post-mortem, from the kept log
+        assert "pipeline p-" in capsys.readouterr().out
+    finally:
+        shutil.rmtree(home, ignore_errors=True)

@@ -83,7 +83,7 @@ def finished(c, state, n):
 def follow_events(home):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "runtime.cli.main", "--home", str(home), "events",
-                             "--follow"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                             "--follow", "--since", "0", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                             cwd=str(REPO))
     ready, _, _ = select.select([proc.stdout], [], [], 20)
     assert ready, "`agora events --follow` printed nothing"
