@@ -140,21 +140,23 @@ class RayAgent:
         return lambda value, task: self._run(cap, value, task)
 
     def _run(self, cap: str, value: Any, task: Any) -> Any:
+        from ray.exceptions import GetTimeoutError
         ref = self.actor.run.remote({"id": task.id, "attempt": task.attempt, "cap": cap}, value)
         while True:
-            ready, _ = self._ray.wait([ref], timeout=POLL_S)
-            if ready:
+            try:
+                result, events = self._get(ref, POLL_S)  # one call per poll: no ray.wait first
                 break
-            if task.cancelled:
-                self._ray.cancel(ref)
-                task.check()  # raises Cancelled
-        result, events = self._wait(ref, None)
+            except GetTimeoutError:
+                if task.cancelled:
+                    self._ray.cancel(ref)
+                    task.check()  # raises Cancelled
         for type_, fields in events:
             task.emit(type_, **fields)
         return result
 
-    def _wait(self, ref: Any, timeout: float | None) -> Any:
-        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+    def _get(self, ref: Any, timeout: float | None) -> Any:
+        """The call's value; the handler's own exception; an actor death ends this process."""
+        from ray.exceptions import RayActorError, RayTaskError
         try:
             return self._ray.get(ref, timeout=timeout)
         except RayTaskError as e:  # the handler raised: its own exception, for the retry policy
@@ -164,6 +166,11 @@ class RayAgent:
             raise cause from None
         except RayActorError as e:  # the actor (its worker, its node) is gone: see the docstring
             self._actor_died(e)
+
+    def _wait(self, ref: Any, timeout: float) -> Any:
+        from ray.exceptions import GetTimeoutError
+        try:
+            return self._get(ref, timeout)
         except GetTimeoutError as e:
             raise Unavailable(f"the Ray actor did not answer within {timeout} s") from e
 
