@@ -55,7 +55,9 @@
     cache_ttl_s = 600
 
 Unknown keys are refused with the key named: a typo must not silently change nothing.
-Relative paths are relative to the config file's directory.
+Relative paths are relative to the config file's directory, and an agent's module is
+looked for there as well as on the path and in the current directory
+(``runtime.agents.loading``); ``agent = "script.py:Class"`` imports a file by path.
 """
 
 from __future__ import annotations
@@ -150,6 +152,7 @@ class Config:
     retention_age_s: float = 7 * 86400.0
     retention_tasks: int = 1_000_000
     services: dict[str, dict[str, Any]] = field(default_factory=dict)  # [services.NAME] tables
+    config_dir: Path | None = None  # the config file's directory: agent imports look there too
 
     def pool(self, name: str) -> PoolConfig:
         for p in self.pools:
@@ -228,7 +231,8 @@ def parse_config(raw: dict[str, Any], home: Path, base: Path, **overrides: Any) 
     pools = tuple(_pool(n, t) for n, t in raw.get("pools", {}).items())
     contexts = {n: str((base / p).resolve()) for n, p in raw.get("context", {}).items()}
     services = _services(raw.get("services", {}))
-    cfg = Config(home=home, pools=pools, contexts=contexts, market=market, services=services, **daemon)
+    cfg = Config(home=home, pools=pools, contexts=contexts, market=market, services=services,
+                 config_dir=base, **daemon)
     if cfg.registry not in BACKENDS:
         raise InvalidInput(f"daemon.registry: expected one of {list(BACKENDS)}, got {cfg.registry!r}")
     if cfg.allocation not in ALLOCATIONS:

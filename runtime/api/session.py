@@ -188,9 +188,10 @@ class Session:
         return self.call("attempts", id=task_id)
 
     def pipeline(self, spec: dict[str, Any]) -> PipelineFuture:
-        """Submit a pipeline (``{"steps": [{"id", "capability", "input", "after"...}]}``);
+        """Submit a pipeline (``{"name": .., "steps": [{"id", "capability", "input"}, ...]}``,
+        a step's input may hold ``{"$ref": "other_step"}``; ``name`` defaults to "pipeline");
         a future whose result maps each step id to its output."""
-        made = self.call("pipeline", spec=spec)
+        made = self.call("pipeline", spec={"name": "pipeline", **spec})
         pf = PipelineFuture(self.conn, made["id"], made["steps"])
         pf.watch()
         return pf
