@@ -35,10 +35,14 @@ from runtime.errors import AgoraError, ClosedError, DeadlineExceeded, ProtocolEr
 from runtime.observability.trace_context import TraceContext
 from runtime.wire.client import DEFAULT_TIMEOUT, Client
 from runtime.wire.protocol import FrameReader, Reply, encode_frame, make_request, parse_reply
+from runtime.wire.spin import spin_until_readable
 
 __all__ = ["Connection", "Pending", "reply_value"]
 
 RECV_BYTES = 1 << 18
+#: Seconds the reader polls for a due reply before it blocks (runtime.wire.spin: waking a
+#: sleeping thread costs about as much as the daemon's work for a trivial task).
+SPIN_S = 0.0005
 
 
 def reply_value(reply: Reply) -> Any:
@@ -174,6 +178,8 @@ class Connection(Client):
         why: BaseException | None = None
         try:
             while True:
+                if self._pending:  # a reply is due: poll a little before sleeping in recv
+                    spin_until_readable(sock, SPIN_S)
                 data = sock.recv(RECV_BYTES)
                 if not data:
                     reader.feed_eof()
