@@ -135,11 +135,10 @@ class TaskFuture(_AgoraFuture):
     def wait_id(self, timeout: float = 30.0) -> str:
         """The task's id, once the daemon has it durably (bounded by ``timeout``)."""
         if not self._has_id.wait(timeout):
-            if self.done() and self.exception() is not None:
-                raise self.exception()  # type: ignore[misc]
             raise DeadlineExceeded(f"the submission of a {self.capability!r} task was not "
                                    f"acknowledged within {timeout:g} s")
-        assert self.task_id is not None
+        if self.task_id is None:  # the submission itself failed
+            raise self.exception(0)  # type: ignore[misc]
         return self.task_id
 
     def cancel(self) -> bool:
