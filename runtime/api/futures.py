@@ -101,6 +101,31 @@ class _AgoraFuture(cf.Future):  # type: ignore[type-arg]
     def __await__(self) -> Generator[Any, None, Any]:
         return asyncio.wrap_future(self).__await__()
 
+    def result(self, timeout: float | None = None) -> Any:
+        """The outcome, waiting at most ``timeout`` seconds (this thread reads the
+        connection meanwhile: ``runtime.api.connection``)."""
+        self._await(timeout)
+        return super().result(0)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._await(timeout)
+        return super().exception(0)
+
+    def add_done_callback(self, fn: Any) -> None:
+        """As ``concurrent.futures``; the connection's background reader reads for it."""
+        super().add_done_callback(fn)
+        if not self.done():
+            self._conn.want_reader()
+
+    def _await(self, timeout: float | None) -> None:
+        if not self.done():
+            self._conn.wait_until(self.done, self._sleep, timeout)
+
+    def _sleep(self, seconds: float) -> None:
+        with self._condition:
+            if not self.done():
+                self._condition.wait(seconds)
+
     def _settle(self, value: Any = None, error: BaseException | None = None) -> None:
         """Complete once (a cancel may have come first: the later outcome is dropped)."""
         try:
@@ -115,7 +140,7 @@ class _AgoraFuture(cf.Future):  # type: ignore[type-arg]
         return super().cancel()
 
     def _on_reader_thread(self) -> bool:
-        return threading.current_thread() is self._conn._reader
+        return self._conn.on_reading_thread()
 
 
 class TaskFuture(_AgoraFuture):
@@ -258,10 +283,19 @@ def wait(fs: Iterable[cf.Future], timeout: float | None = None,  # type: ignore[
          return_when: str = ALL_COMPLETED) -> cf._base.DoneAndNotDoneFutures:  # type: ignore[type-arg]
     """``concurrent.futures.wait`` over task and pipeline futures (and any others):
     ``(done, not_done)`` once ``return_when`` holds or ``timeout`` seconds passed."""
-    return cf.wait(list(fs), timeout=timeout, return_when=return_when)
+    fs = _wanted(fs)
+    return cf.wait(fs, timeout=timeout, return_when=return_when)
 
 
 def as_completed(fs: Iterable[cf.Future], timeout: float | None = None) -> Iterator[cf.Future]:  # type: ignore[type-arg]
     """The futures in the order they finish (``concurrent.futures.as_completed``);
     ``TimeoutError`` if ``timeout`` seconds pass first."""
-    return cf.as_completed(list(fs), timeout=timeout)
+    return cf.as_completed(_wanted(fs), timeout=timeout)
+
+
+def _wanted(fs: Iterable[cf.Future]) -> list[cf.Future]:  # type: ignore[type-arg]
+    """The futures, their connections told that replies must be read for them."""
+    fs = list(fs)
+    for conn in {id(f._conn): f._conn for f in fs if isinstance(f, _AgoraFuture) and not f.done()}.values():
+        conn.want_reader()
+    return fs

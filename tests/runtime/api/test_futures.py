@@ -33,6 +33,15 @@ class FakeConn:
             p.finish(Reply(p.rid, "ok", [{"agent": "boom.0"}, {"agent": "boom.1"}]))
         return p
 
+    def on_reading_thread(self):
+        return False
+
+    def want_reader(self):
+        pass
+
+    def wait_until(self, done, sleep, timeout):
+        return done()
+
     def request(self, cmd, args=None, **kw):
         self.sent.append((cmd, args))
         return {"outcome": "stopping"} if cmd == "cancel" else None
