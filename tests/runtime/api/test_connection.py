@@ -126,3 +126,31 @@ def test_a_closed_connection_refuses_requests(agora_env):
 def test_no_daemon_is_daemon_not_running(agora_env):
     with pytest.raises(DaemonNotRunning, match="no agora daemon"):
         Connection(agora_env)
+
+
+def test_the_background_reader_completes_callbacks_nobody_waits_for(agora_env):
+    srv = Server(agora_env, 1, lambda reqs: [ok_reply(reqs[0]["id"], "for a callback")])
+    got, done = [], threading.Event()
+    with Connection(agora_env, timeout=10) as c:
+        c.send("x", callback=lambda p: (got.append(p.value()), done.set()))
+        c.want_reader()
+        assert done.wait(10) and got == ["for a callback"]
+    srv.close()
+
+
+def test_threads_waiting_at_once_each_get_their_own_reply(agora_env):
+    n = 6
+    srv = Server(agora_env, n, lambda reqs: [ok_reply(r["id"], r["args"]["n"]) for r in reversed(reqs)])
+    results = {}
+    with Connection(agora_env, timeout=10) as c:
+        pendings = [c.send("echo", {"n": i}) for i in range(n)]
+
+        def wait(i):
+            results[i] = pendings[i].wait(10)
+        threads = [threading.Thread(target=wait, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+    assert results == {i: i for i in range(n)}
+    srv.close()
