@@ -262,6 +262,10 @@ class Session:
         """Who is registered, with what capabilities."""
         return self.call("registry_ls")
 
+    def registry_get(self, key: str) -> dict[str, Any]:
+        """One registry entry (``NotFound`` if there is none)."""
+        return self.call("registry_get", key=key)
+
     # --- market and decisions ---------------------------------------------------------
 
     def market(self, limit: int = 50) -> Any:
@@ -287,6 +291,16 @@ class Session:
         bound = (deadline_s or self.timeout) + 10.0 if wait else None
         return self.call("vote", timeout=bound, question=question, options=options, method=method,
                          wait=wait, **args)
+
+    def negotiate(self, question: str, options: list[str], *, method: str = "plurality",
+                  threshold: float = 0.5, max_rounds: int = 3, round_s: float | None = None,
+                  pool: str | None = None, voters: list[str] | None = None) -> dict[str, Any]:
+        """Rounds of proposals and votes until ``threshold`` agrees (or ``max_rounds``)."""
+        given = {"round_s": round_s, "pool": pool, "voters": voters}
+        bound = max_rounds * (round_s or self.timeout) + 10.0
+        return self.call("negotiate", timeout=bound, question=question, options=options, method=method,
+                         threshold=threshold, max_rounds=max_rounds,
+                         **{k: v for k, v in given.items() if v is not None})
 
     def votes(self, id: str | None = None, limit: int = 50) -> Any:
         """Recent votes and negotiations (one by ``id``)."""

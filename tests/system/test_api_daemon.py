@@ -110,10 +110,15 @@ def test_agents_from_the_users_main_script_and_nothing_left_behind(agora_env, tm
 
 
 def test_an_exception_in_the_block_still_stops_everything(agora_env):
+    pools = {"echo": agora.Pool("tests.support.agents:Echo", size=1),
+             "guessers": agora.Pool("tests.support.agents_consensus:Guesser", size=2)}
     with pytest.raises(KeyError, match="from the block"):
-        with agora.start(pools={"echo": agora.Pool("tests.support.agents:Echo", size=1)}) as rt:
+        with agora.start(pools=pools) as rt:
             home, proc = rt.home, rt._proc
             assert rt.submit("echo", {}).result(timeout=30)["echo"] == {}
+            got = rt.vote("how many?", ["3", "8", "14"], pool="guessers", deadline_s=10)
+            assert len(got["ballots"]) == 2 and got["outcome"]["winner"] in ("3", "8", "14")
+            assert rt.votes(got["id"])["id"] == got["id"]
             raise KeyError("from the block")
     assert proc.poll() is not None and not home.exists()
     with pytest.raises(agora.ClosedError):

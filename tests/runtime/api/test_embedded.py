@@ -74,3 +74,12 @@ def test_a_config_file_keeps_its_relative_paths(tmp_path):
 def test_a_missing_config_file_is_invalid_input(tmp_path):
     with pytest.raises(InvalidInput, match="cannot read config"):
         agora.start(config=tmp_path / "nope.toml")
+
+
+def test_every_session_method_has_a_docstring_and_type_hints():
+    import inspect
+    for name, fn in inspect.getmembers(agora.Session, inspect.isfunction):
+        if name.startswith("_"):
+            continue
+        assert fn.__doc__, f"Session.{name} has no docstring"
+        assert "return" in fn.__annotations__, f"Session.{name} has no return type"

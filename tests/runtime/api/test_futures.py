@@ -149,3 +149,19 @@ def _pending(reply):
     p = Pending(reply.id or 1, "submit", lambda p: None)
     p.reply = reply
     return p
+
+
+def test_the_asyncio_flavour_waits_gathers_and_yields_as_completed():
+    import agora
+    a = finished({**FAILED, "state": "succeeded", "result": 1, "error": None})
+    b = finished({**FAILED, "id": "t-2", "state": "succeeded", "result": 2, "error": None})
+    slow = TaskFuture(FakeConn(), "echo", "t-3")
+
+    async def main():
+        got = [f.result() async for f in agora.aio.as_completed([a, b])]
+        done, pending = await agora.aio.wait([a, slow], timeout=0.01)
+        with pytest.raises(TimeoutError):
+            [f async for f in agora.aio.as_completed([slow], timeout=0.01)]
+        return sorted(got), done, pending, await agora.aio.gather(a, b)
+    got, done, pending, gathered = asyncio.run(main())
+    assert got == [1, 2] and done == {a} and pending == {slow} and gathered == [1, 2]
