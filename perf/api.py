@@ -9,10 +9,12 @@ with a pool of 2 agents running a trivial task (``add``), and a
 
 * ``raw_rtt_p50_us``: ``Client.call("submit", task=..., result=True)``, sequential: the
   raw client's round trip (one request).
-* ``api_rtt_p50_us``: ``rt.submit(...).result()``, sequential, on the same daemon, the
-  two interleaved in rounds so that load drifts hit both alike.  ``api_overhead``:
-  ``api / raw - 1`` (target <= 0.10).
+* ``api_rtt_p50_us``: ``rt.submit(...).result()``, sequential, on the same daemon; the
+  raw, API and executor calls take turns one by one, so load drifts hit all alike.
+  ``api_overhead``: ``api / raw - 1`` (target <= 0.10).
 * ``ppe_rtt_p50_us``: ``executor.submit(add, ...).result()``.
+* ``raw_client_cpu_us`` / ``api_client_cpu_us``: this process's CPU time per round trip,
+  neither spinning for its reply: the API's own cost, which no load on the machine moves.
 * ``map_per_s``: ``list(rt.map("add", inputs))`` over ``N`` inputs (10,000; 3,000 with
   ``--quick``), results in input order; ``ppe_map_per_s``: ``list(executor.map(add,
   inputs))`` (chunksize 1, the default), same inputs.  ``map_vs_ppe`` is their ratio
@@ -48,6 +50,37 @@ def p50_us(fn: Any, n: int) -> float:
     return statistics.median(xs) * 1e6
 
 
+def alternating(calls: dict[str, Any], n: int) -> dict[str, float]:
+    """p50 (us) of each call, the calls taking turns one by one: a load that drifts (this
+    machine is shared) lands on all of them alike."""
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    for _ in range(n):
+        for k, fn in calls.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) * 1e6 for k, v in times.items()}
+
+
+def client_cpu_us(raw: Any, rt: Any, task: dict[str, Any], n: int) -> dict[str, float]:
+    """This process's CPU time per round trip, raw client against the API, neither
+    spinning for its reply: what the API itself costs, whatever the load."""
+    from runtime.api import connection
+    spin, connection.SPIN_S, raw.spin_s = connection.SPIN_S, 0.0, 0.0
+    me = psutil.Process()
+    try:
+        out = {}
+        for name, fn in (("raw", lambda: raw.call("submit", task=task, result=True)),
+                         ("api", lambda: rt.submit("add", {"a": 1, "b": 2}).result(30))):
+            c0 = cpu_of([me])
+            for _ in range(n):
+                fn()
+            out[f"{name}_client_cpu_us"] = round((cpu_of([me]) - c0) / n * 1e6, 1)
+        return out
+    finally:
+        connection.SPIN_S = spin
+
+
 def cpu_of(procs: list[psutil.Process]) -> float:
     total = 0.0
     for p in procs:
@@ -73,7 +106,7 @@ def measured(fn: Any, procs: list[psutil.Process]) -> tuple[float, float]:
 
 
 def main() -> None:
-    args = parse_args(__doc__, **{"--reps": {"type": int, "default": 3}})
+    args = parse_args(__doc__, **{"--reps": {"type": int, "default": 3, "help": "map rounds (best kept)"}})
     private_runtime_dir()
     n_map = 3000 if args.quick else 10_000
     n_rtt = 300 if args.quick else 2000
@@ -87,14 +120,13 @@ def main() -> None:
         ex.submit(add, {"a": 0, "b": 0}).result()  # the workers exist once one answered
         ex_procs = [psutil.Process(p.pid) for p in ex._processes.values()]
         list(rt.map("add", inputs[:500]))  # warm: every agent connected, caches filled
-        raws, apis, ppes = [], [], []
-        for _ in range(args.reps):
-            raws.append(p50_us(lambda: raw.call("submit", task=task, result=True), n_rtt // args.reps))
-            apis.append(p50_us(lambda: rt.submit("add", {"a": 1, "b": 2}).result(30), n_rtt // args.reps))
-            ppes.append(p50_us(lambda: ex.submit(add, {"a": 1, "b": 2}).result(30), n_rtt // args.reps))
-        out.update(raw_rtt_p50_us=round(statistics.median(raws), 1), api_rtt_p50_us=round(statistics.median(apis), 1),
-                   ppe_rtt_p50_us=round(statistics.median(ppes), 1))
+        calls = {"raw": lambda: raw.call("submit", task=task, result=True),
+                 "api": lambda: rt.submit("add", {"a": 1, "b": 2}).result(30),
+                 "ppe": lambda: ex.submit(add, {"a": 1, "b": 2}).result(30)}
+        rtt = alternating(calls, n_rtt)
+        out.update({f"{k}_rtt_p50_us": round(v, 1) for k, v in rtt.items()})
         out["api_overhead"] = round(out["api_rtt_p50_us"] / out["raw_rtt_p50_us"] - 1, 3)
+        out.update(client_cpu_us(raw, rt, task, n_rtt))
         maps, ppe_maps = [], []
         for _ in range(args.reps):
             got: list[Any] = []

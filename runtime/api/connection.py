@@ -129,6 +129,7 @@ class Connection(Client):
         self._frames = FrameReader(self.limits)
         self._waiters = 0                      # threads waiting for a reply (they read)
         self._wanted = False                   # replies are awaited by callbacks: read them
+        self._bg_reading = False               # the background reader holds the socket
         self._cond = threading.Condition()     # the background reader's: waiters, pending
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -222,7 +223,8 @@ class Connection(Client):
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             self._waiters += 1
-        self._wake()  # a background reader in its poll steps aside
+        if self._bg_reading:
+            self._wake()  # the background reader in its poll steps aside
         try:
             while not done():
                 left = None if deadline is None else deadline - time.monotonic()
@@ -286,10 +288,12 @@ class Connection(Client):
             if self._closed:
                 return
             if not self._waiters and self._rlock.acquire(timeout=SLICE_S):
+                self._bg_reading = True  # (before the check: a waiter now wakes us)
                 try:
                     if not self._waiters:
                         self._read_some(SLICE_S, spin=False)
                 finally:
+                    self._bg_reading = False
                     self._reading = None
                     self._rlock.release()
 
