@@ -5,8 +5,10 @@ A :class:`TaskFuture` is a :class:`concurrent.futures.Future`: ``result(timeout)
 ``as_completed`` (re-exported as ``agora.wait`` / ``agora.as_completed``) work as with a
 ``ProcessPoolExecutor``.  What differs:
 
-* ``task_id`` is the journal's id (``None`` for the few microseconds before the daemon
-  acknowledged the submission; :meth:`TaskFuture.wait_id` waits for it, bounded).
+* ``task_id`` is the journal's id.  The daemon sends it ahead of the result only when the
+  task is still running 5 ms after it became durable (a trivial task's round trip stays
+  one frame each way); until then it is ``None`` and :meth:`TaskFuture.wait_id` waits for
+  it, bounded (``cancel`` does).
 * ``cancel()`` cancels the *task* on the daemon (queued: it never runs; running: its
   agent is asked to stop) and returns True unless it had already ended.
 * A task that did not succeed raises :class:`TaskFailed` from ``result()``: the message

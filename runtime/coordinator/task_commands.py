@@ -40,6 +40,9 @@ from runtime.tasks.task import TERMINAL, parse_task
 #: The longest a single server-side wait lasts when the caller gave no bound (a client
 #: that wants longer asks again: `agora result --wait` does).
 MAX_WAIT_S = 3600.0
+#: ``submit`` with ``ack``: how long a task may run before its id is sent ahead of its
+#: result (a trivial task's round trip stays one frame each way).
+ACK_AFTER_S = 0.005
 
 __all__ = ["TaskCommands"]
 
@@ -61,8 +64,9 @@ class TaskCommands:
     def submit(self, args: dict[str, Any], trace: TraceContext | None) -> Any:
         """One task; with ``result: true`` the reply is the finished task, not its id
         (one request for the whole round trip; the id is durable before the task runs).
-        With ``ack: true`` as well, a ``more`` frame ``{"id": ...}`` comes first, as soon
-        as the task is durable (a future knows its task id before the task ends)."""
+        With ``ack: true`` as well, a ``more`` frame ``{"id": ...}`` comes first once the
+        task is durable, if it is still running ``ACK_AFTER_S`` later (a future then knows
+        its task id long before the task ends)."""
         only(args, "task", "wait_s", "result", "ack")
         want_result = arg(args, "result", bool, False)
         ack = want_result and arg(args, "ack", bool, False)
@@ -77,17 +81,16 @@ class TaskCommands:
         return inner
 
     def _then_result(self, tid: str, ack: bool = False, into: Deferred | None = None) -> Deferred:
-        """The finished task's record; with ``ack`` a ``more`` frame ``{"id": ...}`` first,
-        once the task is durable (``runtime.api`` learns the id of a future that way)."""
+        """The finished task's record; with ``ack`` a ``more`` frame ``{"id": ...}`` first
+        if the task is still running ``ACK_AFTER_S`` after it became durable
+        (``runtime.api`` learns the id of a future that way)."""
         d = self._result_of(tid)
+        out = into if into is not None else d
         if into is not None:
-            if ack:
-                into.notify({"id": tid})
             d.bind(into._finish)
-            return into
-        if ack:
-            d.notify({"id": tid})
-        return d
+        if ack:  # a task that ends sooner carries its id in the reply: no frame, no wake-up
+            self.coord.call_later(ACK_AFTER_S, lambda: out.notify({"id": tid}))
+        return out
 
     def _result_of(self, tid: str) -> Deferred:
         d = Deferred()
