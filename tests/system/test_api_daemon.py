@@ -125,8 +125,15 @@ def test_an_exception_in_the_block_still_stops_everything(agora_env):
         rt.submit("echo", {})
 
 
-def test_a_bad_agent_path_is_reported_with_its_cause_and_leaves_nothing(agora_env, tmp_path):
-    before = set(os.listdir("/tmp"))
+def test_a_bad_agent_path_is_reported_with_its_cause_and_leaves_nothing(agora_env, monkeypatch):
+    import runtime.api.embedded as embedded
+    made = []
+
+    def mkdtemp(**kw):  # the home start() makes (other programs share /tmp: look at ours only)
+        made.append(real(**kw))
+        return made[-1]
+    real = embedded.tempfile.mkdtemp
+    monkeypatch.setattr(embedded.tempfile, "mkdtemp", mkdtemp)
     with pytest.raises(Unavailable, match="no module named 'no_such_pkg'"):
         agora.start(pools={"x": agora.Pool("no_such_pkg.agents:A")}, start_timeout=60)
-    assert not [d for d in set(os.listdir("/tmp")) - before if d.startswith("agora-")]
+    assert len(made) == 1 and not os.path.exists(made[0])
