@@ -10,8 +10,12 @@ This module is the public face; ``import agora`` is all a user needs::
         def echo(self, input, task):
             return input
 
-    with agora.Client() as c:                 # a running daemon (`agora up`)
-        print(c.call("submit", task={"capability": "echo", "input": {"x": 1}}, result=True))
+    if __name__ == "__main__":                # agent processes import this script again
+        with agora.start(pools={"echo": agora.Pool(Echo, size=2)}) as rt:   # a private daemon
+            print(rt.submit("echo", {"x": 1}).result(timeout=10))
+
+    with agora.connect() as s:                # or a running daemon (`agora up`)
+        print(list(s.map("echo", [{"x": i} for i in range(100)])))
 
 The packages ``runtime``, ``coordination`` and ``shm`` are agora's internals (see their
 ``__init__`` docstrings for the layers); their layout may change, these names will not.
@@ -19,6 +23,20 @@ The packages ``runtime``, ``coordination`` and ``shm`` are agora's internals (se
 
 from __future__ import annotations
 
+from runtime.api import aio
+from runtime.api.embedded import Pool, Runtime, start
+from runtime.api.futures import (
+    ALL_COMPLETED,
+    FIRST_COMPLETED,
+    FIRST_EXCEPTION,
+    PipelineFuture,
+    RemoteTraceback,
+    TaskFailed,
+    TaskFuture,
+    as_completed,
+    wait,
+)
+from runtime.api.session import Session, connect
 from runtime.agents.agent import Agent, AgentContext, Cancelled, Fatal, TaskHandle, capability, current_task
 from runtime.errors import (
     AgoraError,
@@ -51,5 +69,7 @@ __all__ = [
     "InvalidInput", "InvalidPipeline", "MailboxFull", "NotFound", "PermissionDenied", "ProtocolError",
     "RemoteError", "ResourceExhausted", "Unavailable", "UnknownCapability", "UnknownCommand",
     "current_task", "CircuitOpen", "CallTimeout", "Throttled", "ServiceError",
-    "__version__",
+    "start", "connect", "Pool", "Runtime", "Session", "TaskFuture", "PipelineFuture", "TaskFailed",
+    "RemoteTraceback", "wait", "as_completed", "FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED",
+    "aio", "__version__",
 ]

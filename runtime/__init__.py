@@ -16,6 +16,7 @@ composition root)::
     coordinator/           the coordinator's loop, command table and ServiceHost surface
     scaling/               the pure scaling policy, sampling, the scaler service
     daemon/                the root process, its resources, the composition root
+    api/                   the Python API: connect(), start(), futures (``import agora``)
     cli/                   the ``agora`` command
 
 Only ``daemon/`` and ``cli/`` import ``coordination`` (the composition root hands the

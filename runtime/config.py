@@ -55,7 +55,9 @@
     cache_ttl_s = 600
 
 Unknown keys are refused with the key named: a typo must not silently change nothing.
-Relative paths are relative to the config file's directory.
+Relative paths are relative to the config file's directory, and an agent's module is
+looked for there as well as on the path and in the current directory
+(``runtime.agents.loading``); ``agent = "script.py:Class"`` imports a file by path.
 """
 
 from __future__ import annotations
@@ -158,6 +160,7 @@ class Config:
     retention_tasks: int = 1_000_000
     services: dict[str, dict[str, Any]] = field(default_factory=dict)  # [services.NAME] tables
     ray: dict[str, Any] = field(default_factory=dict)  # [ray]: address, num_cpus, allow_network, ...
+    config_dir: Path | None = None  # the config file's directory: agent imports look there too
 
     def pool(self, name: str) -> PoolConfig:
         for p in self.pools:
@@ -247,7 +250,7 @@ def parse_config(raw: dict[str, Any], home: Path, base: Path, **overrides: Any) 
     from runtime.agents.engines import check_ray_section
     ray = check_ray_section(raw.get("ray", {}))
     cfg = Config(home=home, pools=pools, contexts=contexts, market=market, services=services,
-                 ray=ray, **daemon)
+                 ray=ray, config_dir=base, **daemon)
     if cfg.registry not in BACKENDS:
         raise InvalidInput(f"daemon.registry: expected one of {list(BACKENDS)}, got {cfg.registry!r}")
     if cfg.registry == "redis" and not cfg.redis_url:

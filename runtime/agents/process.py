@@ -48,7 +48,6 @@ ready at once and keeps trying on its own: no start in the root waits on the coo
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import os
 import socket
@@ -60,9 +59,10 @@ from typing import Any
 
 from runtime.agents.agent import Agent, AgentContext, TaskHandle
 from runtime.agents.executor import ConcurrentMixin, InlineMixin, needs_executor
+from runtime.agents.loading import import_agent
 from runtime.agents.services import agent_guards
 from runtime.config import Config, RunPaths
-from runtime.errors import InvalidInput, Unavailable, from_wire
+from runtime.errors import Unavailable, from_wire
 from runtime.observability.events import Emitter
 from runtime.observability.trace_context import TraceContext
 from runtime.tasks.payloads import Payloads
@@ -75,17 +75,6 @@ __all__ = ["agent_main", "import_agent", "AgentRunner", "InlineRunner", "Concurr
 RECONNECT_S = 10.0  # how long an agent tries to reach a (restarting) coordinator
 RECENT_RESULTS = 64  # delivered results re-announced after a reconnect
 HANDSHAKE_S = 2.0  # one connection attempt: connect, challenge, hello
-
-
-def import_agent(path: str) -> type[Agent]:
-    """``"package.module:ClassName"`` -> the class (imported here, after the fork)."""
-    mod_name, _, cls_name = path.partition(":")
-    if not mod_name or not cls_name:
-        raise InvalidInput(f"expected an agent import path 'module:Class', got {path!r}")
-    cls = getattr(importlib.import_module(mod_name), cls_name, None)
-    if not (isinstance(cls, type) and issubclass(cls, Agent)):
-        raise InvalidInput(f"{path!r} is not a runtime.Agent subclass")
-    return cls
 
 
 def _handshake(path: str, secret: bytes, hello: dict[str, Any]) -> tuple[socket.socket, InternalReader]:
@@ -420,8 +409,8 @@ def _make_agent(cfg: Config, pc: Any, ids: tuple[str, str, int], res: Any) -> An
     if pc.engine == "ray":
         from runtime.agents._ray import RayAgent
         from runtime.agents.engines import ray_env
-        return RayAgent(cfg, pc, import_agent(pc.agent), ids, res.ray_address, ray_env(res.ray_token))
-    return import_agent(pc.agent)()
+        return RayAgent(cfg, pc, import_agent(pc.agent, cfg.config_dir), ids, res.ray_address, ray_env(res.ray_token))
+    return import_agent(pc.agent, cfg.config_dir)()
 
 
 def agent_main(ctx: Any, cfg: Config, run: RunPaths, pool: str, index: int, slot: int) -> None:

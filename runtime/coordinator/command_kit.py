@@ -92,13 +92,27 @@ class Deferred:
         self.on_expire = on_expire
         self._cb: Callable[[dict[str, Any]], None] | None = None
         self._msg: dict[str, Any] | None = None
+        self._early: list[dict[str, Any]] = []  # interim frames sent before bind()
         self.done = False
 
     def bind(self, cb: Callable[[dict[str, Any]], None]) -> None:
         """Where the reply goes; a Deferred finished before it was bound delivers now."""
         self._cb = cb
+        for msg in self._early:
+            cb(msg)
+        self._early = []
         if self.done and self._msg is not None:
             cb(self._msg)
+
+    def notify(self, value: Any) -> None:
+        """An interim ``more`` frame before the final reply (the wire's stream shape):
+        ``submit`` with ``ack`` tells the id as soon as the task is durable."""
+        if self.done:
+            return
+        if self._cb is None:
+            self._early.append({"more": value})
+        else:
+            self._cb({"more": value})
 
     def resolve(self, value: Any) -> None:
         self._finish({"ok": value})

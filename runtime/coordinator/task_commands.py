@@ -40,6 +40,9 @@ from runtime.tasks.task import TERMINAL, parse_task
 #: The longest a single server-side wait lasts when the caller gave no bound (a client
 #: that wants longer asks again: `agora result --wait` does).
 MAX_WAIT_S = 3600.0
+#: ``submit`` with ``ack``: how long a task may run before its id is sent ahead of its
+#: result (a trivial task's round trip stays one frame each way).
+ACK_AFTER_S = 0.005
 
 __all__ = ["TaskCommands"]
 
@@ -60,20 +63,36 @@ class TaskCommands:
 
     def submit(self, args: dict[str, Any], trace: TraceContext | None) -> Any:
         """One task; with ``result: true`` the reply is the finished task, not its id
-        (one request for the whole round trip; the id is durable before the task runs)."""
-        only(args, "task", "wait_s", "result")
+        (one request for the whole round trip; the id is durable before the task runs).
+        With ``ack: true`` as well, a ``more`` frame ``{"id": ...}`` comes first once the
+        task is durable, if it is still running ``ACK_AFTER_S`` later (a future then knows
+        its task id long before the task ends)."""
+        only(args, "task", "wait_s", "result", "ack")
         want_result = arg(args, "result", bool, False)
+        ack = want_result and arg(args, "ack", bool, False)
         d = self.submit_many({"tasks": [arg(args, "task", dict)],
                               "wait_s": num_arg(args, "wait_s", 5.0, hi=3600.0)}, trace)
         if not isinstance(d, Deferred):
-            return self._then_result(d[0]) if want_result else d[0]
+            return self._then_result(d[0], ack) if want_result else d[0]
         inner = Deferred()
         d.bind(lambda msg: inner._finish(msg) if "ok" not in msg else (
-            self._then_result(msg["ok"][0]).bind(inner._finish) if want_result
+            self._then_result(msg["ok"][0], ack, inner) if want_result
             else inner.resolve(msg["ok"][0])))
         return inner
 
-    def _then_result(self, tid: str) -> Deferred:
+    def _then_result(self, tid: str, ack: bool = False, into: Deferred | None = None) -> Deferred:
+        """The finished task's record; with ``ack`` a ``more`` frame ``{"id": ...}`` first
+        if the task is still running ``ACK_AFTER_S`` after it became durable
+        (``runtime.api`` learns the id of a future that way)."""
+        d = self._result_of(tid)
+        out = into if into is not None else d
+        if into is not None:
+            d.bind(into._finish)
+        if ack:  # a task that ends sooner carries its id in the reply: no frame, no wake-up
+            self.coord.call_later(ACK_AFTER_S, lambda: out.notify({"id": tid}))
+        return out
+
+    def _result_of(self, tid: str) -> Deferred:
         d = Deferred()
         if tid not in self.coord.scheduler.tasks:  # live tasks are not read back
             rec = self.coord.journal.get(tid)
@@ -116,8 +135,10 @@ class TaskCommands:
 
     def submit_many(self, args: dict[str, Any], trace: TraceContext | None) -> Any:
         """Validate all, then admit (durable at the end of this turn) or wait for room."""
-        only(args, "tasks", "wait_s")
+        only(args, "tasks", "wait_s", "results")
         raw = list_arg(args, "tasks", max_len=10_000)
+        if arg(args, "results", bool, False):
+            return self._streamed(self.submit_many({k: v for k, v in args.items() if k != "results"}, trace))
         wait_s = float(num_arg(args, "wait_s", 5.0, hi=3600.0))
         now, caps = time.time(), self.commands._known_caps()
         specs = [parse_task(t, now=now, capabilities=caps) for t in raw]
@@ -131,6 +152,44 @@ class TaskCommands:
             queued_bytes=self.coord.scheduler.queued_bytes.get(specs[0].capability, 0)))
         self.pending_submits.append((d, specs, sizes, trace))
         return d
+
+    def _streamed(self, accepted: Any) -> Deferred:
+        """``submit_many`` with ``results``: a ``more`` frame ``{"ids": [...]}`` once the
+        tasks are durable, then ``{"done": [records]}`` frames (one per turn, the tasks
+        that ended in it), then ``{"count": n}``.  ``runtime.api``'s ``map`` reads this:
+        one request per chunk instead of one wait per task.  Bounded like ``result``."""
+        out = self.commands._defer(MAX_WAIT_S, lambda: DeadlineExceeded(
+            f"tasks still running after {MAX_WAIT_S} s", hint="ask for each with `result`"))
+        if isinstance(accepted, Deferred):  # parked for mailbox room: stream once admitted
+            accepted.bind(lambda msg: self._stream_into(out, msg["ok"]) if "ok" in msg else out._finish(msg))
+        else:
+            self._stream_into(out, accepted)
+        return out
+
+    def _stream_into(self, out: Deferred, ids: list[str]) -> None:
+        out.notify({"ids": ids})
+        batch: list[dict[str, Any]] = []
+        left = [len(ids)]
+
+        def flush() -> None:
+            items, batch[:] = list(batch), []
+            out.notify({"done": items})
+            if not left[0]:
+                out.resolve({"count": len(ids)})
+
+        def one(rec: Any) -> None:
+            left[0] -= 1
+            batch.append(_public(rec))
+            if len(batch) == 1:  # the first of this turn: flush when the turn's timers run
+                self.coord.call_later(0.0, flush)
+        for tid in ids:
+            rec = None if tid in self.coord.scheduler.tasks else self.coord.journal.get(tid)
+            if rec is not None and rec.state in TERMINAL:
+                one(rec)
+            else:
+                self.coord.wait_for(tid, one)
+        if not ids:
+            out.resolve({"count": 0})
 
     def _mailbox_limit(self, capability: str) -> tuple[int, int]:
         pools = [p for p in self.coord.cfg.pools if capability in p.capabilities] or list(self.coord.cfg.pools)

@@ -381,6 +381,8 @@ def run_daemon(home: str | Path | None = None, config_file: str | Path | None = 
     from runtime.daemon.composition import check_config
     cfg = load_config(home, config_file, **overrides)
     check_config(cfg)
+    from runtime.agents.loading import probe_agents  # a bad agent path fails now, not after a time-out
+    probe_agents(((p.name, p.agent) for p in cfg.pools), cfg.config_dir)
     return Daemon(cfg, config_source(cfg.home, config_file)).serve()
 
 
