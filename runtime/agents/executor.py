@@ -79,8 +79,9 @@ def _failure(e: BaseException, handle: TaskHandle) -> dict[str, Any]:
     return {"type": type(e).__name__, "message": str(e), "traceback": traceback.format_exc(limit=20)}
 
 
-def make_handle(t: dict[str, Any], emit: Callable[..., None]) -> TaskHandle:
-    return TaskHandle(t["id"], t["attempt"], t["cap"], TraceContext.from_wire(t.get("trace")), emit)
+def make_handle(t: dict[str, Any], emit: Callable[..., None],
+                call: Callable[..., Any] | None = None) -> TaskHandle:
+    return TaskHandle(t["id"], t["attempt"], t["cap"], TraceContext.from_wire(t.get("trace")), emit, call)
 
 
 def run_attempt(agent: Agent, t: dict[str, Any], handle: TaskHandle, payloads: Payloads) -> dict[str, Any]:
@@ -167,7 +168,7 @@ class Executor:
 
     # -- submit, finish, cancel ------------------------------------------------------
     def submit(self, t: dict[str, Any]) -> None:
-        handle = make_handle(t, self.emit)
+        handle = make_handle(t, self.emit, self.call)
         self.live.add(handle)
         with self._lock:
             if self._running >= self.concurrency:
@@ -272,7 +273,7 @@ class InlineMixin:
             super().on_control(msg)
 
     def execute(self, t: dict[str, Any]) -> dict[str, Any]:
-        handle = make_handle(t, self.emit)
+        handle = make_handle(t, self.emit, self.call)
         self.live.add(handle)
         self._running.trace = handle.trace
         try:

@@ -373,7 +373,7 @@ class AgentRunner:
 
     def execute(self, t: dict[str, Any]) -> dict[str, Any]:
         trace = TraceContext.from_wire(t.get("trace"))
-        handle = TaskHandle(t["id"], t["attempt"], t["cap"], trace, self.emit)
+        handle = TaskHandle(t["id"], t["attempt"], t["cap"], trace, self.emit, self.call)
         out: dict[str, Any] = {"id": t["id"], "attempt": t["attempt"]}
         self._running.trace = trace
         self._handles[(t["id"], t["attempt"])] = handle
