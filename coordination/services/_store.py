@@ -8,7 +8,9 @@ What is kept, one table each (all named ``coord_*``, created on first use)::
     coord_elections  group -> term and candidates in seniority order (the leader is the first)
     coord_counters   name -> value
     coord_barriers   name -> parties, arrivals and wall-clock deadline of a waiting barrier
-    coord_blobs      key -> a JSON document (the market's reputation and service times)
+    coord_blobs      key -> a JSON document
+    coord_reputation the market's reputation observations (the last ``window`` per key)
+    coord_service_times  the market's service-time estimates (EWMA seconds per agent, capability)
 
 How it stays consistent (decisions):
 
@@ -34,7 +36,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["Store", "LeaseRow"]
+__all__ = ["Store", "LeaseRow", "MarketMemory"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS coord_tokens (resource TEXT PRIMARY KEY, last INTEGER NOT NULL);
@@ -46,6 +48,13 @@ CREATE TABLE IF NOT EXISTS coord_elections (
 CREATE TABLE IF NOT EXISTS coord_counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS coord_barriers (name TEXT PRIMARY KEY, state TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS coord_blobs (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS coord_reputation (
+    seq INTEGER PRIMARY KEY, agent TEXT NOT NULL, capability TEXT NOT NULL,
+    at_wall REAL NOT NULL, success REAL NOT NULL, timely REAL NOT NULL, quality REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS coord_reputation_key ON coord_reputation (agent, capability, seq);
+CREATE TABLE IF NOT EXISTS coord_service_times (
+    agent TEXT NOT NULL, capability TEXT NOT NULL, seconds REAL NOT NULL,
+    PRIMARY KEY (agent, capability));
 """
 
 #: (resource, holder, token, ttl, expires_wall, agent, pid)
@@ -119,3 +128,40 @@ class Store:
     def put_blob(self, key: str, value: Any) -> None:
         self.conn.execute("INSERT OR REPLACE INTO coord_blobs VALUES (?, ?)",
                           (key, orjson.dumps(value).decode()))
+
+
+class MarketMemory:
+    """The market's learned state through the store: reputation observations (one row
+    each, appended as contracts end; the last ``window`` per key kept) and service-time
+    estimates (one row per agent and capability).  ``load`` puts them back into a new
+    coordinator's market; ``observed`` and ``measured`` are the market's two hooks."""
+
+    def __init__(self, store: Store, clock: Callable[[], float]) -> None:
+        self.store, self.clock = store, clock
+
+    def load(self, reputation: Any, service_s: dict[tuple[str, str], float]) -> int:
+        """Replay what was learned; observations keep their age (wall clock on disk)."""
+        from coordination.reputation import Observation
+        shift = self.clock() - self.store.wall()
+        rows = self.store.conn.execute(
+            "SELECT agent, capability, at_wall, success, timely, quality FROM coord_reputation "
+            "ORDER BY seq").fetchall()
+        for agent, cap, at, s, t, q in rows:
+            reputation.record(agent, cap, Observation(at + shift, s, t, q))
+        service_s.update(((a, c), sec) for a, c, sec in self.store.conn.execute(
+            "SELECT agent, capability, seconds FROM coord_service_times").fetchall())
+        return len(rows)
+
+    def observed(self, agent: str, capability: str, observation: Any, window: int) -> None:
+        at = observation.at - self.clock() + self.store.wall()
+        conn = self.store.conn
+        conn.execute("INSERT INTO coord_reputation (agent, capability, at_wall, success, timely, "
+                     "quality) VALUES (?, ?, ?, ?, ?, ?)", (agent, capability, at, observation.success,
+                                                            observation.timely, observation.quality))
+        conn.execute("DELETE FROM coord_reputation WHERE agent = ? AND capability = ? AND seq <= "
+                     "(SELECT seq FROM coord_reputation WHERE agent = ? AND capability = ? "
+                     "ORDER BY seq DESC LIMIT 1 OFFSET ?)", (agent, capability, agent, capability, window))
+
+    def measured(self, agent: str, capability: str, seconds: float) -> None:
+        self.store.conn.execute("INSERT OR REPLACE INTO coord_service_times VALUES (?, ?, ?)",
+                                (agent, capability, seconds))
