@@ -146,6 +146,7 @@ class Executor:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         self.agent, self.payloads, self.emit = agent, payloads, emit
         self.concurrency, self.deliver = concurrency, deliver
+        self.call: Callable[..., Any] | None = None  # the runner's coordinator call (task.lock)
         self.live = _Live()
         self._lock = threading.Lock()
         self._running = 0
@@ -301,6 +302,7 @@ class ConcurrentMixin:
                  concurrency: int = 1) -> None:
         super().__init__(agent, sock, emit, agent_id, payloads)
         self.executor = Executor(agent, self.payloads, emit, concurrency, self._deliver)
+        self.executor.call = self.call
         self._running = _CurrentTrace()  # ctx.call from a handler: the trace of *its* attempt
         self._out: list[dict[str, Any]] = []
         self._out_lock = threading.Lock()

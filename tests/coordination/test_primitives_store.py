@@ -195,8 +195,7 @@ def test_task_held_lock_is_released_when_the_attempt_ends_and_survives_a_restart
 
 
 def test_task_held_lock_goes_with_its_agent():
-    from tests.system.test_primitives_daemon import FakeLoop
-    loop = FakeLoop()
+    loop = Loop([0.0], 0.0)
     agents = {"a": link("a", 1, **{"t-9": 2})}
     p = Primitives(loop.clock, loop.emit, loop.call_later, agents=agents)
     p.lock_acquire("a", {"name": "L", "task": {"id": "t-9", "attempt": 2}}, None)
