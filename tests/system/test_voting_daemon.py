@@ -7,6 +7,7 @@ ballots the agents' own (plain, importable) preference function gives.
 from __future__ import annotations
 
 import pytest
+from click.testing import CliRunner
 
 from coordination.voting import METHODS, runoff, tally
 from runtime.errors import AgoraError
@@ -90,6 +91,26 @@ def test_live_runoff_weights_quorum_and_revotes(agora_env):
         final = {b["voter"]: b["ballot"] for b in rec["ballots"] if b["counted"]}
         assert final == {"revoters.0": "y", "revoters.1": "y"}, rec["ballots"]
         assert rec["outcome"]["winner"] == "y" and rec["outcome"]["ballots_counted"] == 2
+
+        # the CLI: a quorum as a share, weights as pairs, negotiate --method weighted
+        import orjson
+
+        import runtime.cli.consensus  # noqa: F401  (registers the commands on the group)
+        from runtime.cli.main import cli
+        runner, home = CliRunner(), ["--home", str(agora_env)]
+        base = [*home, "vote", "-q", "pick", "--option", "a", "--option", "b", "--option", "c",
+                "--pool", "voters", "--json"]
+        r = runner.invoke(cli, [*base, "--quorum", "60%", "--method", "borda",
+                                "--weights", "voters.0=3,voters.1=1,voters.2=2"])
+        assert r.exit_code == 0, r.output
+        got = orjson.loads(r.output)
+        assert got["quorum"] == {"min_ballots": 0, "fraction": 0.6}
+        assert got["outcome"]["winner"] == tally("borda", OPTIONS, _ballots(OPTIONS), weights=weights).winner
+        r = runner.invoke(cli, [*base, "--quorum", "sixty"])
+        assert r.exit_code == 2 and "60%" in r.output
+        r = runner.invoke(cli, [*home, "negotiate", "-q", "pick", "--option", "a", "--option", "b",
+                                "--pool", "voters", "--method", "weighted", "--rounds", "1"])
+        assert r.exit_code == 0, r.output
 
 
 def test_negotiate_works_with_every_method(agora_env):
