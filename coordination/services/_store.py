@@ -3,8 +3,9 @@ SQLite file, so that a coordinator restart changes nothing an agent can observe.
 
 What is kept, one table each (all named ``coord_*``, created on first use)::
 
-    coord_tokens     resource -> the last fencing token issued (never goes down)
-    coord_leases     the held leases: holder, token, ttl, wall-clock expiry, owning agent + pid
+    coord_leases     resource -> the last fencing token issued (never goes down; the row
+                     stays when the lease ends) and, while held, holder, ttl, wall-clock
+                     expiry, owning agent and its pid
     coord_elections  group -> term and candidates in seniority order (the leader is the first)
     coord_counters   name -> value
     coord_barriers   name -> parties, arrivals and wall-clock deadline of a waiting barrier
@@ -18,8 +19,8 @@ How it stays consistent (decisions):
   coordinator turn's transaction (``runtime.coordinator.loop``: one COMMIT per turn, and the
   replies of the turn, agents' included, leave only after it).  A token, a term or a grant
   an agent has heard of is therefore always on disk: after a SIGKILL the next coordinator
-  issues strictly larger tokens and terms.  The cost is one small UPSERT inside a
-  transaction that is open anyway (perf/primitives_store.py measures it).
+  issues strictly larger tokens and terms.  The cost is one small write per change inside
+  a transaction that is open anyway (perf/primitives_store.py measures it).
 * Times on disk are wall-clock (``time.time``): the coordinator's clock is monotonic and
   means nothing to another process; a loaded lease keeps the time it had left.
 * The store holds rows, not objects: ``Primitives`` restores its pure state machines from
@@ -39,10 +40,9 @@ import orjson
 __all__ = ["Store", "LeaseRow", "MarketMemory"]
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS coord_tokens (resource TEXT PRIMARY KEY, last INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS coord_leases (
-    resource TEXT PRIMARY KEY, holder TEXT NOT NULL, token INTEGER NOT NULL, ttl REAL NOT NULL,
-    expires_wall REAL NOT NULL, agent TEXT NOT NULL, pid INTEGER);
+    resource TEXT PRIMARY KEY, token INTEGER NOT NULL, holder TEXT, ttl REAL,
+    expires_wall REAL, agent TEXT, pid INTEGER);
 CREATE TABLE IF NOT EXISTS coord_elections (
     grp TEXT PRIMARY KEY, term INTEGER NOT NULL, candidates TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS coord_counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -72,25 +72,27 @@ class Store:
 
     # -- fencing tokens and leases
 
-    def tokens(self) -> dict[str, int]:
-        return dict(self.conn.execute("SELECT resource, last FROM coord_tokens").fetchall())
+    # One row per resource and one statement per change (a grant, a renewal or an end), so
+    # an acquire + release costs two small writes inside the turn's open transaction
+    # (perf/primitives_store.py: about +25-50 us of CPU per pair on this machine).
 
-    def put_token(self, resource: str, token: int) -> None:
-        self.conn.execute("INSERT INTO coord_tokens VALUES (?, ?) ON CONFLICT(resource) DO UPDATE "
-                          "SET last = max(last, excluded.last)", (resource, token))
+    def tokens(self) -> dict[str, int]:
+        return dict(self.conn.execute("SELECT resource, token FROM coord_leases").fetchall())
 
     def leases(self) -> list[LeaseRow]:
         return [tuple(r) for r in self.conn.execute(  # type: ignore[misc]
             "SELECT resource, holder, token, ttl, expires_wall, agent, pid FROM coord_leases "
-            "ORDER BY resource").fetchall()]
+            "WHERE holder IS NOT NULL ORDER BY resource").fetchall()]
 
     def put_lease(self, resource: str, holder: str, token: int, ttl: float, expires_in: float,
                   agent: str, pid: int | None) -> None:
         self.conn.execute("INSERT OR REPLACE INTO coord_leases VALUES (?, ?, ?, ?, ?, ?, ?)",
-                          (resource, holder, token, ttl, self.wall() + expires_in, agent, pid))
+                          (resource, token, holder, ttl, self.wall() + expires_in, agent, pid))
 
     def drop_lease(self, resource: str) -> None:
-        self.conn.execute("DELETE FROM coord_leases WHERE resource = ?", (resource,))
+        """The lease ended; its token stays (the next grant's is larger)."""
+        self.conn.execute("UPDATE coord_leases SET holder = NULL, ttl = NULL, expires_wall = NULL, "
+                          "agent = NULL, pid = NULL WHERE resource = ?", (resource,))
 
     # -- elections, counters, barriers
 

@@ -246,7 +246,6 @@ class Primitives:
         if lease is None:
             self.store.drop_lease(resource)
             return
-        self.store.put_token(resource, lease.token)
         agent = self.owners.get(lease.holder, lease.holder)
         link = None if self.agents is None else self.agents.get(agent)
         self.store.put_lease(resource, lease.holder, lease.token, lease.ttl,
