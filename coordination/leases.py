@@ -180,7 +180,7 @@ class LeaseTable:
     # -- restart
 
     def restore(self, leases: Iterable[Lease], last_tokens: Mapping[str, int]) -> None:
-        """Take back the state a previous coordinator left (``coordination.services._store``):
+        """Take back the state a previous coordinator left (``coordination.services.store``):
         held leases as they were, and every resource's last token, so that tokens keep
         increasing across restarts.  Waiters are not restored: their requests died with the
         old coordinator's sockets and they ask again."""

@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from _common import parse_args  # noqa: E402
 
-from coordination.services._store import Store  # noqa: E402
+from coordination.services.store import Store  # noqa: E402
 from coordination.services.primitives import Primitives  # noqa: E402
 from runtime.tasks.journal import Journal  # noqa: E402
 

@@ -664,7 +664,7 @@ class Service:
     def _reputation_weights(self, voters: list[str]) -> dict[str, float]:
         """The market's reputation as learned (its durable record: the store)."""
         from coordination.reputation import Reputation
-        from coordination.services._store import MarketMemory, Store
+        from coordination.services.store import MarketMemory, Store
         rep, now = Reputation(), self.coord.clock()
         MarketMemory(Store(self.coord.journal.conn), self.coord.clock).load(rep, {})
         out = {}

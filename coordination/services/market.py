@@ -127,7 +127,7 @@ Decisions where the spec is silent
     * Escrows still held at start (the coordinator stopped mid-contract) are refunded
       without penalty; the journal resumes their tasks.
     * Reputation and service-time estimates are durable in the journal database
-      (``coordination.services._store.MarketMemory``: loaded at start, written as learned);
+      (``coordination.services.store.MarketMemory``: loaded at start, written as learned);
       so is the ledger.  The auction kind and knobs live in memory too:
       ``MarketConfig`` defaults, then agora.toml's ``[market]`` table (``MARKET_KNOBS``,
       checked at load time by the composition root), then ``agora market-config``.
@@ -149,7 +149,7 @@ from coordination.auction import (
 from coordination.evaluation import Offer, Weights
 from coordination.ledger import MAX_AMOUNT, InsufficientCredits, Ledger
 from coordination.reputation import Probation, Reputation, observation_from_contract
-from coordination.services._store import MarketMemory, Store
+from coordination.services.store import MarketMemory, Store
 from coordination.services._auction_drivers import (
     AUCTION_KINDS,
     MarketConfig,

@@ -40,7 +40,7 @@ Decisions where the spec is silent:
   that task attempt (holder ``task:<id>:<attempt>``): released when the attempt ends, however
   it ends (result, raise, cancel, crash, lost after a restart), and when its agent dies.
   The attempt must be running on the asking agent.
-* Durable (``coordination.services._store``): held leases, the last token of every
+* Durable (``coordination.services.store``): held leases, the last token of every
   resource, elections (term and candidates), counters and waiting barriers are written
   through to the journal's database in the turn that changes them.  A new coordinator
   restores them: tokens and terms continue from where they were, held leases stay held
@@ -62,7 +62,7 @@ from coordination.barriers import BROKEN, RELEASED, WAITING, Barrier
 from coordination.barriers import Outcome as BarrierOutcome
 from coordination.clocks import VectorClock
 from coordination.leases import Counters, Election, Handover, Lease, LeaseTable, Queued
-from coordination.services._store import Store
+from coordination.services.store import Store
 from runtime.coordinator.command_kit import Deferred, arg, only
 from runtime.coordinator.host import ServiceHost
 from runtime.coordinator.reconcile import RECONCILE_S

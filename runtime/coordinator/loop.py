@@ -548,7 +548,7 @@ class Coordinator:
             self.reply(conn, {"t": "reply", "rid": rid, "error": error_wire(e, f"agent op {str(op)[:40]!r}", self.emit)})
             return
         # replies leave after the turn's COMMIT (send_replies), as clients' do: a fencing
-        # token or a term an agent has heard of is on disk (coordination.services._store)
+        # token or a term an agent has heard of is on disk (coordination.services.store)
         if isinstance(out, Deferred):
             out.bind(lambda m: self.reply(conn, {"t": "reply", "rid": rid, **m}))
         else:

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coordination.reputation import Observation, Reputation
-from coordination.services._store import MarketMemory, Store
+from coordination.services.store import MarketMemory, Store
 from coordination.services.primitives import Primitives
 from runtime.coordinator.reconcile import RECONCILE_S
 from runtime.errors import AgoraError
