@@ -21,7 +21,8 @@
 
 A handler takes ``(input, task)``: ``input`` is the task's JSON input (with payloads
 above the arena threshold already mapped back), ``task`` a :class:`TaskHandle` with the
-id, attempt, trace context and ``emit``.  It returns any JSON value.  An exception is a
+id, attempt, trace context, ``emit`` and ``lock(name)`` (a lock held by this attempt,
+released however it ends: ``runtime.agents.locks``).  It returns any JSON value.  An exception is a
 failed attempt (the traceback is kept); the task's retry policy decides what follows.
 
 Hooks called on the agent's *control path* (a thread separate from the one running
