@@ -76,3 +76,20 @@ class Holder(Agent):
     def lock_briefly(self, input: Any, task: Any) -> Any:
         with task.lock(input["name"], ttl=30, timeout=input.get("timeout", 5)) as held:
             return {"token": held.token, "agent": self.ctx.agent_id}
+
+    @capability("hold_past_ttl")
+    def hold_past_ttl(self, input: Any, task: Any) -> Any:
+        """A task-held lock whose TTL ends while the attempt still runs."""
+        held = task.lock(input["name"], ttl=input["ttl"], timeout=5)
+        time.sleep(input["sleep"])
+        return {"token": held.token}
+
+    @capability("impatient")
+    def impatient(self, input: Any, task: Any) -> Any:
+        """Queue for a lock with a raw call that gives up before the coordinator's wait ends."""
+        try:
+            got = self.ctx.call("lock.acquire", {"name": input["name"], "ttl": 30, "timeout": 10},
+                                timeout=input["give_up_s"])
+        except Unavailable:
+            return {"gave_up": True, "agent": self.ctx.agent_id}
+        return {"gave_up": False, "token": got["token"], "agent": self.ctx.agent_id}

@@ -43,6 +43,10 @@ cost = 1.0
 cost = 1.0
 [pools.holders.capabilities.lock_briefly]
 cost = 1.0
+[pools.holders.capabilities.hold_past_ttl]
+cost = 1.0
+[pools.holders.capabilities.impatient]
+cost = 1.0
 """
 DAEMON = 'drain_s = 3.0\nallocation = "least-loaded"'
 
@@ -150,3 +154,22 @@ def test_a_task_held_lock_is_released_when_its_handler_raises(agora_env):
                                     if e.get("resource") == "lock:T"], "the lease.task_ended event")
         assert [e["token"] for e in ended] == [1]
         assert c.call("locks") == []
+
+
+def test_a_grant_that_reaches_a_waiter_who_gave_up_is_released_at_once(agora_env):
+    with running_daemon(agora_env, config(size=1, daemon=DAEMON, extra=HOLDERS)) as (c, _):
+        eventually(lambda: sum(a["pool"] == "holders" for a in c.call("agents")) >= 2, "2 holders")
+        c.call("submit", task={"capability": "hold_past_ttl",
+                               "input": {"name": "Z", "ttl": 1.5, "sleep": 4}})
+        eventually(lambda: "lock:Z" in _held(agora_env), "the first holder")
+        tid = c.call("submit", task={"capability": "impatient",
+                                     "input": {"name": "Z", "give_up_s": 0.3}})
+        rec = c.call("result", id=tid, wait=True, timeout_s=30)["result"]
+        assert rec["gave_up"], rec
+        # the first lease expires at 1.5 s and is granted to the agent that gave up (its wait
+        # at the coordinator lasts 10 s); the agent gives it back at once, not at its 30 s TTL
+        released = eventually(lambda: [e for e in c.call("events", type="lease.released", limit=20)
+                                       if e.get("resource") == "lock:Z"], "the late grant given back",
+                              timeout=20)
+        assert released[0]["holder"] == rec["agent"] and released[0]["token"] == 2
+        assert "lock:Z" not in _held(agora_env) or _held(agora_env)["lock:Z"]["holder"] is None
