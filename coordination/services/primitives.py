@@ -25,10 +25,11 @@ Decisions where the spec is silent:
 * Names: ``lease.*`` ops use the resource name as given; ``lock.*`` ops use the resource
   ``"lock:<name>"`` (as :class:`coordination.leases.Lock`), so a lock and a lease of the
   same name never collide.  Fencing tokens strictly increase per resource, never reused.
-* ``lock.acquire`` waits (FIFO) up to ``timeout`` s (default 10): pass a timeout shorter
-  than the ``ctx.call`` timeout, or the grant may reach an agent that stopped waiting
-  (it would then hold the lock until its TTL or its death).  ``lease.acquire`` does not
-  wait unless ``wait`` is true.
+* ``lock.acquire`` waits (FIFO) up to ``timeout`` s (default 10).  A grant that reaches
+  an agent whose ``ctx.call`` gave up first is released by that agent at once
+  (``runtime.agents.process``); ``task.lock``/``ctx.lock`` wait ``timeout`` + 5 s, so the
+  coordinator's own timeout answers first.  ``lease.acquire`` does not wait unless
+  ``wait`` is true.
 * A barrier is created by its first arrival (``parties``: a count or the agent ids); later
   arrivals must name the same parties.  A finished barrier is forgotten once everybody
   was answered, so the name can be reused for the next phase.
