@@ -46,7 +46,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from runtime.errors import Conflict, InvalidInput
@@ -176,6 +176,22 @@ class LeaseTable:
                 resource=resource,
                 token=token,
             )
+
+    # -- restart
+
+    def restore(self, leases: Iterable[Lease], last_tokens: Mapping[str, int]) -> None:
+        """Take back the state a previous coordinator left (``coordination.services.store``):
+        held leases as they were, and every resource's last token, so that tokens keep
+        increasing across restarts.  Waiters are not restored: their requests died with the
+        old coordinator's sockets and they ask again."""
+        for resource, token in last_tokens.items():
+            self._last_token[resource] = max(token, self._last_token.get(resource, 0))
+        for lease in leases:
+            self._leases[lease.resource] = lease
+            self._last_token[lease.resource] = max(lease.token, self.last_token(lease.resource))
+
+    def held_by(self, holder: str) -> list[Lease]:
+        return [lease for lease in self._leases.values() if lease.holder == holder]
 
     # -- holder requests
 
@@ -371,6 +387,17 @@ class Election:
         self._candidates.pop(candidate, None)
         return self._elect()
 
+    @classmethod
+    def restored(cls, group: str, term: int, candidates: Iterable[str]) -> Election:
+        """An election as a previous coordinator left it: candidates in seniority order,
+        the first of them the leader of ``term`` (terms keep increasing across restarts)."""
+        election = cls(group)
+        for candidate in candidates:
+            election._candidates[candidate] = next(election._seniority)
+        election._leader = next(iter(election._candidates), None)
+        election._term = term
+        return election
+
     def candidate_died(self, candidate: str) -> Leadership | None:
         return self.leave(candidate)
 
@@ -405,6 +432,9 @@ class Counters:
 
     def get(self, name: str) -> int:
         return self._values.get(name, 0)
+
+    def restore(self, values: Mapping[str, int]) -> None:
+        self._values.update(values)
 
     def snapshot(self) -> dict[str, int]:
         return dict(self._values)

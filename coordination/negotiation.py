@@ -87,13 +87,17 @@ class _Round:
     box: BallotBox
     agreed: bool = False
     proposals: tuple[Proposal, ...] = ()
+    first_ballot: BallotBox | None = None  # a majority round's first ballot, when it had a runoff
 
     def to_json(self) -> dict[str, Any]:
         outcome = self.box.outcome
-        return {"round": self.number, "options": list(self.box.options),
-                "ballots": self.box.ballots, "log": [r.to_json() for r in self.box.log],
-                "outcome": None if outcome is None else outcome.to_json(),
-                "agreed": self.agreed, "proposals": [p.to_json() for p in self.proposals]}
+        out = {"round": self.number, "options": list(self.box.options),
+               "ballots": self.box.ballots, "log": [r.to_json() for r in self.box.log],
+               "outcome": None if outcome is None else outcome.to_json(),
+               "agreed": self.agreed, "proposals": [p.to_json() for p in self.proposals]}
+        if self.first_ballot is not None:
+            out["first_ballot"] = self.first_ballot.to_json()
+        return out
 
 
 class Negotiation:
@@ -180,6 +184,19 @@ class Negotiation:
         else:
             self.state = "failed" if self.round_number >= self.max_rounds else "proposing"
         return outcome
+
+    def open_runoff(self) -> BallotBox | None:
+        """After ``end_round``: when the round's ``majority`` outcome needs a second ballot
+        (every ballot a bare name, nobody with a majority), open it within the same round
+        over the two finalists; cast into it and ``end_round`` again.  None otherwise."""
+        current = self._rounds[-1]
+        outcome = current.box.outcome
+        if outcome is None or outcome.runoff_finalists is None or current.first_ballot is not None:
+            return None
+        deadline = None if self._round_seconds is None else self._clock() + self._round_seconds
+        current.first_ballot, current.box = current.box, current.box.open_runoff(deadline)
+        self.state = "voting"
+        return current.box
 
     def _reaches_threshold(self, outcome: Outcome) -> bool:
         # 1e-12: 3/4 computed from counts must reach a 0.75 threshold despite rounding.

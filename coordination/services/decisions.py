@@ -25,8 +25,23 @@ Decisions where the spec is silent:
   (unknown option, wrong shape) and an answer after the deadline are recorded as events
   with the reason and not counted; a hook that raised likewise.
 * Voters: the agents of ``pool`` (every connected agent if no pool is named), or the
-  ``voters`` listed; ``weighted`` weighs each voter by its declared quality (mean over its
-  capabilities, 0.5 if none declared) unless ``weights`` are given.
+  ``voters`` listed.  ``weights`` apply to every method (a voter of weight w counts as w
+  identical ballots, ``coordination.voting``): an explicit object voter -> weight (a voter
+  not in the vote, or a voter left out, is refused), or a source: ``"reputation"`` (the
+  market's score, mean over the voter's capabilities, read from its durable record),
+  ``"stake"`` (the voter's ledger balance in credits, 0 without an account) or
+  ``"quality"`` (declared quality, mean over its capabilities, 0.5 if none declared:
+  ``weighted``'s default).  ``quorum`` is a ballot count, a fraction (0.6, ``"60%"``) of
+  the electorate, or ``{"min_ballots", "fraction"}``.
+* Majority with runoff: when the first round has no absolute majority and the ballots
+  are single choices, the voters are asked again over the two finalists (``round`` 2,
+  ``runoff: true`` in the request) and that second round decides; ``first_round`` keeps
+  the first.  A negotiation round does the same within the round.
+* Re-votes: an agent may cast again while the round is open with the agent op
+  ``vote.cast`` ``{"vote_id", "ballot"}`` (from a thread other than its control thread,
+  which is busy answering); the new ballot replaces the old and the agent is no longer
+  waited for.  A round closes when everyone answered, or only at its deadline with
+  ``until_deadline`` (so that re-votes are possible until then).
 * Recent votes (and negotiations, bargains) are kept in memory, the last
   ``KEEP_RECENT``, for ``agora votes``; the journal does not store them (the events do).
 * Consensus steps: candidates are labelled ``c1..ck`` in the order of the agents' ids, so
@@ -68,6 +83,8 @@ __all__ = ["install", "AskRound", "VoteRun", "NegotiationRun", "BargainRun", "Co
            "Service", "PIPELINE_METHODS", "KEEP_RECENT"]
 
 KEEP_RECENT = 200
+#: named sources of vote weights (``weights`` may also be an explicit voter -> weight object)
+WEIGHT_SOURCES = ("reputation", "stake", "quality")
 DEFAULT_DEADLINE_S = 5.0
 #: method names a pipeline's consensus step (and ``agora vote``) may use -> voting methods:
 #: voting's own names and its aliases (``instant_runoff`` is ``irv``)
@@ -91,10 +108,11 @@ class AskRound:
 
     def __init__(self, ports: Ports, kind: str, request: dict[str, Any], agents: list[str],
                  deadline_s: float, on_answer: Callable[[str, dict[str, Any]], None],
-                 on_done: Callable[[list[str]], None]) -> None:
+                 on_done: Callable[[list[str]], None], *, until_deadline: bool = False) -> None:
         self.ports, self.kind, self.request = ports, kind, request
         self.waiting = set(agents)
         self.deadline_s, self.on_answer, self.on_done = deadline_s, on_answer, on_done
+        self.until_deadline = until_deadline  # re-votes welcome: only the deadline ends it
         self.done = False
         self.late: list[str] = []
 
@@ -123,8 +141,14 @@ class AskRound:
         if not self.done:
             self._finish()
 
+    def answered_otherwise(self, agent: str) -> None:
+        """``agent`` cast through ``vote.cast`` instead: its pending answer is not awaited."""
+        if not self.done and agent in self.waiting:
+            self.waiting.discard(agent)
+            self._maybe_done()
+
     def _maybe_done(self) -> None:
-        if not self.done and not self.waiting:
+        if not self.done and not self.waiting and not self.until_deadline:
             self._finish()
 
     def _finish(self) -> None:
@@ -161,17 +185,24 @@ class VoteRun:
 
     def __init__(self, ports: Ports, vote_id: str, box: BallotBox, voters: list[str],
                  deadline_s: float, trace: TraceContext, on_done: Callable[[VoteRun], None],
-                 extra_request: dict[str, Any] | None = None) -> None:
+                 extra_request: dict[str, Any] | None = None, *, until_deadline: bool = False,
+                 weights_by: str | None = None) -> None:
         self.ports, self.id, self.box, self.voters = ports, vote_id, box, sorted(voters)
         self.trace, self.on_done = trace, on_done
+        self.deadline_s, self.extra, self.until_deadline = deadline_s, extra_request or {}, until_deadline
+        self.weights_by = weights_by
         self.opened = ports.clock()
         self.ballots: list[dict[str, Any]] = []
         self.outcome: Outcome | None = None
+        self.first: Outcome | None = None          # majority's first round, when it had a runoff
         self.elapsed_ms: float | None = None
         self.missing: list[str] | None = None
-        request = {**box.request(), "vote_id": vote_id, **(extra_request or {})}
-        self.round = AskRound(ports, "vote", request, self.voters, deadline_s, self._answer,
-                              self._close)
+        self.round = self._ask_round()
+
+    def _ask_round(self) -> AskRound:
+        request = {**self.box.request(), "vote_id": self.id, **self.extra}
+        return AskRound(self.ports, "vote", request, self.voters, self.deadline_s, self._answer,
+                        self._close, until_deadline=self.until_deadline)
 
     def start(self) -> None:
         self.ports.emit("vote.opened", self.trace, vote_id=self.id, question=self.box.question,
@@ -179,10 +210,44 @@ class VoteRun:
         self.round.start()
 
     def _answer(self, agent: str, msg: dict[str, Any]) -> None:
-        self.ballots.append(cast_answer(self.ports, self.trace, self.box.cast, self.id, agent, msg))
+        rec = cast_answer(self.ports, self.trace, self.box.cast, self.id, agent, msg)
+        self.ballots.append({**rec, "round": 1 if self.first is None else 2})
+
+    def recast(self, agent: str, ballot: Any) -> dict[str, Any]:
+        """A live re-vote (agent op ``vote.cast``): replaces the voter's ballot while the
+        round is open; the voter's pending answer, if any, is no longer awaited."""
+        if agent not in self.voters:
+            raise InvalidInput(f"{agent!r} is not a voter of {self.id}", hint=f"voters: {self.voters}")
+        if self.round.done:
+            raise InvalidInput(f"vote {self.id} round {1 if self.first is None else 2} is closed; "
+                               f"{agent!r} voted too late", hint="re-vote before the deadline")
+        rec = cast_answer(self.ports, self.trace, self.box.cast, self.id, agent, {"answer": ballot})
+        if not rec["counted"]:
+            raise InvalidInput(f"ballot of {agent!r} refused: {rec['refused']}")
+        self.ballots.append({**rec, "round": 1 if self.first is None else 2, "recast": True})
+        self.round.answered_otherwise(agent)
+        return {"vote_id": self.id, "counted": True}
 
     def _close(self, missing: list[str]) -> None:
-        self.outcome = self.box.close()
+        outcome = self.box.close()
+        if outcome.runoff_finalists is not None and self.first is None:
+            self._runoff(outcome)
+            return
+        self._publish(outcome, missing)
+
+    def _runoff(self, first: Outcome) -> None:
+        """Majority without a majority, on single-choice ballots: ask the voters again,
+        over the two finalists (the second round of the two-round system)."""
+        self.first = first
+        self.ports.emit("vote.runoff", self.trace, vote_id=self.id,
+                        finalists=list(first.runoff_finalists or ()), tally=first.tally)
+        self.box = self.box.open_runoff(self.ports.clock() + self.deadline_s)
+        self.extra = {**self.extra, "runoff": True}
+        self.round = self._ask_round()
+        self.round.start()
+
+    def _publish(self, outcome: Outcome, missing: list[str]) -> None:
+        self.outcome = outcome
         self.elapsed_ms = round((self.ports.clock() - self.opened) * 1000, 3)
         self.ports.emit("vote.outcome", self.trace, vote_id=self.id, winner=self.outcome.winner,
                         method=self.outcome.method, tally=self.outcome.tally, missing=missing,
@@ -196,6 +261,8 @@ class VoteRun:
                 "voters": self.voters, "ballots": self.ballots, "trace_id": self.trace.trace_id,
                 "state": "open" if self.outcome is None else "closed",
                 "missing": self.missing, "elapsed_ms": self.elapsed_ms,
+                "weights_by": self.weights_by, "quorum": self.box.quorum.to_json(),
+                "first_round": None if self.first is None else self.first.to_json(),
                 "outcome": None if self.outcome is None else self.outcome.to_json()}
 
 
@@ -232,8 +299,25 @@ class NegotiationRun:
     def _ballot(self, agent: str, msg: dict[str, Any]) -> None:
         cast_answer(self.ports, self.trace, self.neg.cast, self.id, agent, msg)
 
+    def recast(self, agent: str, ballot: Any) -> dict[str, Any]:
+        """A live re-vote into the current round (agent op ``vote.cast``)."""
+        if self.current is None or self.current.kind != "vote" or self.current.done:
+            raise InvalidInput(f"negotiation {self.id} has no vote round open",
+                               hint="re-vote while a round is being voted")
+        rec = cast_answer(self.ports, self.trace, self.neg.cast, self.id, agent, {"answer": ballot})
+        if not rec["counted"]:
+            raise InvalidInput(f"ballot of {agent!r} refused: {rec['refused']}")
+        self.current.answered_otherwise(agent)
+        return {"negotiation_id": self.id, "counted": True}
+
     def _end_vote_round(self, missing: list[str]) -> None:
         outcome = self.neg.end_round()
+        if self.neg.open_runoff() is not None:  # majority's second ballot, same round
+            self.ports.emit("negotiation.runoff", self.trace, negotiation_id=self.id,
+                            round=self.neg.round_number, finalists=list(outcome.runoff_finalists or ()),
+                            tally=outcome.tally)
+            self._vote_round()
+            return
         self.ports.emit("negotiation.round", self.trace, negotiation_id=self.id,
                         round=self.neg.round_number, winner=outcome.winner, support=outcome.support,
                         state=self.neg.state, tally=outcome.tally, missing=missing)
@@ -553,24 +637,72 @@ class Service:
         """Each voter's declared quality (mean over its capabilities; 0.5 if none)."""
         out = {}
         for v in voters:
-            caps = self.coord.scheduler.agents[v].caps if v in self.coord.scheduler.agents else {}
+            caps = self._caps(v)
             qs = [float(c.get("quality", 0.5)) for c in caps.values()]
             out[v] = sum(qs) / len(qs) if qs else 0.5
+        return out
+
+    def _caps(self, voter: str) -> dict[str, Any]:
+        link = self.coord.scheduler.agents.get(voter)
+        return link.caps if link is not None else {}
+
+    def weights_by(self, source: Any, voters: list[str]) -> tuple[dict[str, float] | None, str | None]:
+        """``weights`` as asked: a dict (explicit, voter -> weight), ``"reputation"`` (the
+        market's score, mean over the voter's capabilities), ``"stake"`` (the voter's
+        balance in credits), ``"quality"`` (declared), or None; and the source's name."""
+        if source is None or isinstance(source, dict):
+            return source, None if source is None else "explicit"
+        if source == "quality":
+            return self.weights(voters), source
+        if source == "reputation":
+            return self._reputation_weights(voters), source
+        if source == "stake":
+            return self._stake_weights(voters), source
+        raise InvalidInput(f"weights must be an object (voter -> weight) or one of "
+                           f"{list(WEIGHT_SOURCES)}, got {source!r:.100}", field="weights")
+
+    def _reputation_weights(self, voters: list[str]) -> dict[str, float]:
+        """The market's reputation as learned (its durable record: the store)."""
+        from coordination.reputation import Reputation
+        from coordination.services.store import MarketMemory, Store
+        rep, now = Reputation(), self.coord.clock()
+        MarketMemory(Store(self.coord.journal.conn), self.coord.clock).load(rep, {})
+        out = {}
+        for v in voters:
+            caps = sorted(set(self._caps(v)) | {c for a, c in rep.keys() if a == v})
+            scores = [rep.score(v, c, now) for c in caps] or [rep.config.prior]
+            out[v] = sum(scores) / len(scores)
+        return out
+
+    def _stake_weights(self, voters: list[str]) -> dict[str, float]:
+        """Credits each voter holds in the ledger (0 without an account: it stakes nothing)."""
+        from coordination.ledger import Ledger
+        from coordination.services.market import agent_account
+        ledger = Ledger(self.coord.journal.conn, nested=True)
+        out = {}
+        for v in voters:
+            try:
+                out[v] = max(0, ledger.balance(agent_account(v))) / 1000
+            except NotFound:
+                out[v] = 0.0
         return out
 
     def open_vote(self, question: str, options: list[str], method: str, voters: list[str],
                   deadline_s: float, trace: TraceContext,
                   on_done: Callable[[VoteRun], None] | None = None, *,
-                  quorum: Quorum | None = None, weights: dict[str, float] | None = None,
+                  quorum: Quorum | None = None, weights: Any = None,
                   tie_break: str | int = "lexicographic",
-                  extra: dict[str, Any] | None = None) -> VoteRun:
-        """Open a vote among live ``voters``; ``on_done(run)`` once its outcome is out."""
+                  extra: dict[str, Any] | None = None, until_deadline: bool = False) -> VoteRun:
+        """Open a vote among live ``voters``; ``on_done(run)`` once its outcome is out.
+        ``weights``: see :meth:`weights_by`; ``weighted`` defaults to declared quality."""
         if method == "weighted" and weights is None:
-            weights = self.weights(voters)
+            weights = "quality"
+        weights, source = self.weights_by(weights, voters)
         box = BallotBox(question, options, method, voters, quorum, self.coord.clock() + deadline_s,
                         self.coord.clock, weights=weights, tie_break=tie_break)
         run = VoteRun(self.ports, self._new_id("vote"), box, voters, deadline_s, trace,
-                      self._closed(on_done), extra)
+                      self._closed(on_done), extra, until_deadline=until_deadline,
+                      weights_by=source)
         self.open[run.id] = run
         run.start()
         return run
@@ -579,18 +711,17 @@ class Service:
 
     def cmd_vote(self, args: dict[str, Any], trace: TraceContext | None) -> Any:
         only(args, "question", "options", "method", "pool", "voters", "deadline_s", "quorum",
-             "weights", "tie_break", "wait")
+             "weights", "tie_break", "wait", "until_deadline")
         voters = self.voters(arg(args, "pool", str, None), _names(args, "voters"))
-        quorum = arg(args, "quorum", int, None)
         method = arg(args, "method", str, "plurality")
         d = Deferred() if arg(args, "wait", bool, True) else None
         run = self.open_vote(arg(args, "question", str), _names(args, "options", required=True),
                              PIPELINE_METHODS.get(method, method), voters,
                              _seconds(args, "deadline_s"), _span(trace),
                              None if d is None else self._resolve_later(d),
-                             quorum=None if quorum is None else Quorum(quorum),
-                             weights=arg(args, "weights", dict, None),
-                             tie_break=arg(args, "tie_break", (str, int), "lexicographic"))
+                             quorum=_quorum(args), weights=arg(args, "weights", (dict, str), None),
+                             tie_break=arg(args, "tie_break", (str, int), "lexicographic"),
+                             until_deadline=arg(args, "until_deadline", bool, False))
         return d if d is not None else {"id": run.id, "voters": run.voters}
 
     def _resolve_later(self, d: Deferred) -> Callable[[Any], None]:
@@ -613,13 +744,17 @@ class Service:
 
     def cmd_negotiate(self, args: dict[str, Any], trace: TraceContext | None) -> Any:
         only(args, "question", "options", "method", "threshold", "max_rounds", "round_s", "pool",
-             "voters")
+             "voters", "weights", "quorum", "tie_break")
         parties = self.voters(arg(args, "pool", str, None), _names(args, "voters"))
+        method = arg(args, "method", str, "plurality")
+        method = PIPELINE_METHODS.get(method, method)
+        weights = arg(args, "weights", (dict, str), "quality" if method == "weighted" else None)
         neg = Negotiation(arg(args, "question", str), _names(args, "options", required=True),
-                          arg(args, "method", str, "plurality"),
-                          arg(args, "threshold", (int, float), 0.5),
-                          arg(args, "max_rounds", int, 3),
-                          electorate=parties, clock=self.coord.clock)
+                          method, arg(args, "threshold", (int, float), 0.5),
+                          arg(args, "max_rounds", int, 3), electorate=parties,
+                          weights=self.weights_by(weights, parties)[0], quorum=_quorum(args),
+                          tie_break=arg(args, "tie_break", (str, int), "lexicographic"),
+                          clock=self.coord.clock)
         d = Deferred()
         run = NegotiationRun(self.ports, self._new_id("neg"), neg, parties,
                              _seconds(args, "round_s"), _span(trace),
@@ -627,6 +762,17 @@ class Service:
         self.open[run.id] = run
         run.start()
         return d
+
+    def op_vote_cast(self, agent: str, args: dict[str, Any], wire: Any) -> Any:
+        """Agent op ``vote.cast`` ``{"vote_id", "ballot"}``: a (re-)vote while the vote (or
+        the negotiation's round) is open; it replaces the agent's earlier ballot."""
+        only(args, "vote_id", "ballot", "trace")
+        vote_id = arg(args, "vote_id", str)
+        run = self.open.get(vote_id)
+        if not isinstance(run, (VoteRun, NegotiationRun)):
+            raise NotFound(f"no open vote or negotiation {vote_id!r}",
+                           hint="it closed (the deadline passed or everybody answered), or the id is wrong")
+        return run.recast(agent, args.get("ballot"))
 
     def cmd_bargain(self, args: dict[str, Any], trace: TraceContext | None) -> Any:
         only(args, "agent", "capability", "initial", "reservation", "beta", "max_rounds", "move_s")
@@ -657,6 +803,12 @@ def _names(args: dict[str, Any], name: str, required: bool = False) -> Any:
     return value
 
 
+def _quorum(args: dict[str, Any]) -> Quorum | None:
+    """``quorum``: a ballot count, a fraction of the electorate (0.6 or "60%"), or both."""
+    value = arg(args, "quorum", (int, float, str, dict), None)
+    return None if value is None else Quorum.of(value)
+
+
 def _span(trace: TraceContext | None) -> TraceContext:
     """A span under the client's trace (a new trace if it sent none)."""
     return (trace or TraceContext.new_trace()).child()
@@ -675,6 +827,7 @@ def install(coord: ServiceHost) -> Service:
     coord.add_turn_hook(service.steps.turn)
     coord.add_task_taker(service.steps.take)
     coord.add_consensus_methods(PIPELINE_METHODS)
+    coord.add_agent_ops({"vote.cast": service.op_vote_cast})
     coord.add_commands({"vote": service.cmd_vote, "votes": service.cmd_votes,
                            "negotiate": service.cmd_negotiate, "bargain": service.cmd_bargain})
     return service

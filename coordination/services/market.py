@@ -126,8 +126,9 @@ Decisions where the spec is silent
       (50 ms doubling to 1 s).
     * Escrows still held at start (the coordinator stopped mid-contract) are refunded
       without penalty; the journal resumes their tasks.
-    * Reputation lives in memory (it restarts at the prior with the daemon); the ledger is
-      durable in the journal database.  The auction kind and knobs live in memory too:
+    * Reputation and service-time estimates are durable in the journal database
+      (``coordination.services.store.MarketMemory``: loaded at start, written as learned);
+      so is the ledger.  The auction kind and knobs live in memory too:
       ``MarketConfig`` defaults, then agora.toml's ``[market]`` table (``MARKET_KNOBS``,
       checked at load time by the composition root), then ``agora market-config``.
 """
@@ -148,6 +149,7 @@ from coordination.auction import (
 from coordination.evaluation import Offer, Weights
 from coordination.ledger import MAX_AMOUNT, InsufficientCredits, Ledger
 from coordination.reputation import Probation, Reputation, observation_from_contract
+from coordination.services.store import MarketMemory, Store
 from coordination.services._auction_drivers import (
     AUCTION_KINDS,
     MarketConfig,
@@ -192,6 +194,9 @@ class MarketPolicy:
         self.config = config or MarketConfig()
         self.ledger = Ledger(coord.journal.conn, nested=True)
         self.reputation = Reputation()
+        self.service_s: dict[tuple[str, str], float] = {}  # (agent, capability) -> EWMA seconds
+        self.memory = MarketMemory(Store(coord.journal.conn), coord.clock)  # issue 18: durable
+        self.memory.load(self.reputation, self.service_s)
         self.probation = Probation()
         self.no_award: dict[str, int] = {}           # task id -> auctions in a row without award
         self.best_offer: dict[str, int] = {}         # task id -> lowest price offered (mc)
@@ -199,7 +204,6 @@ class MarketPolicy:
         self.open: dict[str, _Open] = {}             # task id -> contract under way
         self.auctions_of: dict[str, int] = {}        # task id -> auctions so far
         self.backoff: dict[str, float] = {}
-        self.service_s: dict[tuple[str, str], float] = {}  # (agent, capability) -> EWMA seconds
         self.recent_auctions: deque[dict[str, Any]] = deque(maxlen=self.config.history)
         self.recent_contracts: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._sweeping = False
@@ -434,6 +438,7 @@ class MarketPolicy:
         sample = max(0.0, now - o.contract.awarded_at) / (o.ahead + 1)
         key, a = (o.contract.agent, o.capability), self.config.speed_alpha
         self.service_s[key] = sample if key not in self.service_s else (1 - a) * self.service_s[key] + a * sample
+        self.memory.measured(*key, self.service_s[key])
 
     def _award(self, r: _Round, offers: list[tuple[Bid, int]], took_ms: float, reason: str | None,
                bidders: int) -> None:
@@ -596,7 +601,9 @@ class MarketPolicy:
     def _learn(self, o: _Open, contract: K.Contract) -> None:
         now = self.coord.clock()
         before = self.reputation.score(contract.agent, o.capability, now)
-        self.reputation.record(contract.agent, o.capability, observation_from_contract(contract))
+        observation = observation_from_contract(contract)
+        self.reputation.record(contract.agent, o.capability, observation)
+        self.memory.observed(contract.agent, o.capability, observation, self.reputation.config.window)
         after = self.reputation.score(contract.agent, o.capability, now)
         self.coord.emit("market.reputation", o.span, agent=contract.agent, capability=o.capability,
                         before=round(before, 4), after=round(after, 4), task_id=contract.task_id)

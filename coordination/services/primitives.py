@@ -25,16 +25,30 @@ Decisions where the spec is silent:
 * Names: ``lease.*`` ops use the resource name as given; ``lock.*`` ops use the resource
   ``"lock:<name>"`` (as :class:`coordination.leases.Lock`), so a lock and a lease of the
   same name never collide.  Fencing tokens strictly increase per resource, never reused.
-* ``lock.acquire`` waits (FIFO) up to ``timeout`` s (default 10): pass a timeout shorter
-  than the ``ctx.call`` timeout, or the grant may reach an agent that stopped waiting
-  (it would then hold the lock until its TTL or its death).  ``lease.acquire`` does not
-  wait unless ``wait`` is true.
+* ``lock.acquire`` waits (FIFO) up to ``timeout`` s (default 10).  A grant that reaches
+  an agent whose ``ctx.call`` gave up first is released by that agent at once
+  (``runtime.agents.process``); ``task.lock``/``ctx.lock`` wait ``timeout`` + 5 s, so the
+  coordinator's own timeout answers first.  ``lease.acquire`` does not wait unless
+  ``wait`` is true.
 * A barrier is created by its first arrival (``parties``: a count or the agent ids); later
   arrivals must name the same parties.  A finished barrier is forgotten once everybody
   was answered, so the name can be reused for the next phase.
 * Vector clocks: one per group, held by the coordinator; ``vclock.tick`` merges the
   agent's clock (if sent) and increments the agent's entry — a causal stamp for events
   that agents exchange through the coordinator.
+* Owners: a lock or lease is held by its agent (released when the agent dies) or, with
+  ``"task": {"id", "attempt"}`` in ``lock.acquire`` (``task.lock(name)`` in a handler), by
+  that task attempt (holder ``task:<id>:<attempt>``): released when the attempt ends, however
+  it ends (result, raise, cancel, crash, lost after a restart), and when its agent dies.
+  The attempt must be running on the asking agent.
+* Durable (``coordination.services.store``): held leases, the last token of every
+  resource, elections (term and candidates), counters and waiting barriers are written
+  through to the journal's database in the turn that changes them.  A new coordinator
+  restores them: tokens and terms continue from where they were, held leases stay held
+  until they expire or their holder is found dead.  A holder is found dead when it says
+  hello from another pid (a new incarnation under the same id) or does not say hello
+  within ``RECONCILE_S`` of the start.  Wait queues are not restored: a waiter's call
+  failed with UNAVAILABLE when the old coordinator died, and it asks again.
 * Every op accepts an optional ``trace`` (a wire trace context, e.g. a task's
   ``task.trace.to_wire()``) so lease events join the task's trace; without one each
   lease or election gets a trace of its own.
@@ -45,13 +59,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from coordination.barriers import BROKEN, RELEASED, Barrier
+from coordination.barriers import BROKEN, RELEASED, WAITING, Barrier
 from coordination.barriers import Outcome as BarrierOutcome
 from coordination.clocks import VectorClock
 from coordination.leases import Counters, Election, Handover, Lease, LeaseTable, Queued
+from coordination.services.store import Store
 from runtime.coordinator.command_kit import Deferred, arg, only
 from runtime.coordinator.host import ServiceHost
-from runtime.errors import DeadlineExceeded, InvalidInput, NotFound
+from runtime.coordinator.reconcile import RECONCILE_S
+from runtime.errors import Conflict, DeadlineExceeded, InvalidInput, NotFound
 from runtime.observability.trace_context import TraceContext
 
 __all__ = ["Primitives", "install", "lease_json"]
@@ -61,8 +77,11 @@ DEFAULT_LOCK_TIMEOUT = 10.0
 
 
 def install(coord: ServiceHost) -> Primitives:
-    prims = Primitives(coord.clock, coord.emit, coord.call_later)
+    prims = Primitives(coord.clock, coord.emit, coord.call_later,
+                       store=Store(coord.journal.conn), agents=coord.scheduler.agents)
+    prims.restore()
     coord.add_agent_listener(prims)
+    coord.add_attempt_listener(prims.attempt_ended)
     coord.add_agent_ops(prims.agent_ops())
     coord.add_commands({"locks": prims.cmd_locks, "leaders": prims.cmd_leaders})
     return prims
@@ -95,11 +114,20 @@ class _Wait:
 
 
 class Primitives:
-    """The coordinator's leases, elections, barriers, counters and vector clocks."""
+    """The coordinator's leases, elections, barriers, counters and vector clocks.
+
+    ``store`` (None: in memory only) makes them durable; ``agents`` (the scheduler's live
+    agent links, by id) lets it check that a task-held lock's attempt runs on its asker and
+    record holders' pids."""
 
     def __init__(self, clock: Callable[[], float], emit: Callable[..., None],
-                 call_later: Callable[[float, Callable[[], None]], None]) -> None:
+                 call_later: Callable[[float, Callable[[], None]], None], *,
+                 store: Store | None = None, agents: dict[str, Any] | None = None) -> None:
         self.clock, self.emit, self.call_later = clock, emit, call_later
+        self.store, self.agents = store, agents
+        self.owners: dict[str, str] = {}                       # task holder -> its agent
+        self.unconfirmed: dict[str, int | None] = {}           # restored agent -> pid it had
+        self.restored_barriers: set[str] = set()
         self.leases = LeaseTable(clock)
         self.lease_traces: dict[str, TraceContext] = {}        # resource -> trace of its lease
         self.waits: dict[tuple[str, str], _Wait] = {}          # (resource, holder) -> waiter
@@ -129,27 +157,47 @@ class Primitives:
     # -- leases and locks --------------------------------------------------------------
 
     def lease_acquire(self, agent: str, args: dict[str, Any], wire: Any) -> Any:
-        only(args, "name", "ttl", "wait", "timeout", "trace")
+        only(args, "name", "ttl", "wait", "timeout", "task", "trace")
         wait = arg(args, "wait", bool, False)
         return self._acquire(agent, arg(args, "name", str), args, wait=wait,
                              default_timeout=DEFAULT_LOCK_TIMEOUT, wire=wire)
 
     def lock_acquire(self, agent: str, args: dict[str, Any], wire: Any) -> Any:
-        only(args, "name", "ttl", "timeout", "trace")
+        only(args, "name", "ttl", "timeout", "task", "trace")
         return self._acquire(agent, "lock:" + arg(args, "name", str), args, wait=True,
                              default_timeout=DEFAULT_LOCK_TIMEOUT, wire=wire)
+
+    def _holder(self, agent: str, args: dict[str, Any]) -> str:
+        """Who holds: the agent, or (``task`` given) that attempt, which must run on it."""
+        task = arg(args, "task", dict, None)
+        if task is None:
+            return agent
+        tid, attempt = task.get("id"), task.get("attempt")
+        if not isinstance(tid, str) or not tid or type(attempt) is not int:
+            raise InvalidInput(f"argument 'task' must be {{'id': str, 'attempt': int}}, "
+                               f"got {task!r:.200}", field="task")
+        link = None if self.agents is None else self.agents.get(agent)
+        if self.agents is not None and (link is None or link.inflight.get(tid) != attempt):
+            raise Conflict(f"task {tid} attempt {attempt} is not running on {agent!r}",
+                           hint="a task-held lock is taken from the attempt's own handler "
+                                "(task.lock(name)); a finished attempt holds nothing")
+        holder = f"task:{tid}:{attempt}"
+        self.owners.setdefault(holder, agent)
+        return holder
 
     def _acquire(self, agent: str, resource: str, args: dict[str, Any], *, wait: bool,
                  default_timeout: float, wire: Any) -> Any:
         ttl = arg(args, "ttl", (int, float), DEFAULT_LOCK_TTL)
         timeout = _timeout(args, default_timeout)
         trace = _trace(args, wire)
+        holder = self._holder(agent, args)
         held = self.leases.holder_of(resource)
-        got = self.leases.acquire(resource, agent, ttl, wait=wait and timeout > 0)
+        got = self.leases.acquire(resource, holder, ttl, wait=wait and timeout > 0)
         if isinstance(got, Lease):
             if held is not None and held.token == got.token:  # its holder asked again: renewed
                 self.emit("lease.renewed", self.lease_traces.get(resource), resource=resource,
-                          holder=agent, token=got.token, ttl=got.ttl)
+                          holder=holder, token=got.token, ttl=got.ttl)
+                self._save(resource)
                 self._arm_expiry()
             else:
                 self._granted(got, trace)
@@ -188,7 +236,22 @@ class Primitives:
         self.lease_traces[lease.resource] = trace
         self.emit("lease.granted", trace, resource=lease.resource, holder=lease.holder,
                   token=lease.token, ttl=lease.ttl)
+        self._save(lease.resource)
         self._arm_expiry()
+
+    def _save(self, resource: str) -> None:
+        """Write ``resource``'s lease (or its absence) and last token through to the store."""
+        if self.store is None:
+            return
+        lease = self.leases.holder_of(resource)
+        if lease is None:
+            self.store.drop_lease(resource)
+            return
+        agent = self.owners.get(lease.holder, lease.holder)
+        link = None if self.agents is None else self.agents.get(agent)
+        self.store.put_lease(resource, lease.holder, lease.token, lease.ttl,
+                             lease.expires_at - self.clock(), agent,
+                             getattr(link, "pid", None))
 
     def _apply(self, handover: Handover, why: str) -> None:
         """Leases that ended (released / expired / holder died) and grants to waiters."""
@@ -196,6 +259,7 @@ class Primitives:
             trace = self.lease_traces.pop(lease.resource, None)
             self.emit("lease." + why, trace, resource=lease.resource, holder=lease.holder,
                       token=lease.token)
+            self._save(lease.resource)
         for lease in handover.granted:
             wait = self.waits.pop((lease.resource, lease.holder), None)
             trace = wait.trace if wait else TraceContext.new_trace()
@@ -217,39 +281,42 @@ class Primitives:
         self._arm_expiry()
 
     def lease_renew(self, agent: str, args: dict[str, Any], wire: Any) -> Any:
-        only(args, "name", "token", "ttl", "trace")
-        return self._renew(agent, arg(args, "name", str), args)
+        only(args, "name", "token", "ttl", "task", "trace")
+        return self._renew(self._holder(agent, args), arg(args, "name", str), args)
 
     def lock_renew(self, agent: str, args: dict[str, Any], wire: Any) -> Any:
-        only(args, "name", "token", "ttl", "trace")
-        return self._renew(agent, "lock:" + arg(args, "name", str), args)
+        only(args, "name", "token", "ttl", "task", "trace")
+        return self._renew(self._holder(agent, args), "lock:" + arg(args, "name", str), args)
 
-    def _renew(self, agent: str, resource: str, args: dict[str, Any]) -> Any:
-        lease = self.leases.renew(resource, agent, arg(args, "token", int),
+    def _renew(self, holder: str, resource: str, args: dict[str, Any]) -> Any:
+        lease = self.leases.renew(resource, holder, arg(args, "token", int),
                                   arg(args, "ttl", (int, float), None))
         self.emit("lease.renewed", self.lease_traces.get(resource), resource=resource,
-                  holder=agent, token=lease.token, ttl=lease.ttl)
+                  holder=holder, token=lease.token, ttl=lease.ttl)
+        self._save(resource)
         self._arm_expiry()
         return lease_json(lease, self.clock())
 
     def lease_release(self, agent: str, args: dict[str, Any], wire: Any) -> Any:
-        only(args, "name", "token", "trace")
-        return self._release(agent, arg(args, "name", str), arg(args, "token", int))
+        only(args, "name", "token", "task", "trace")
+        return self._release(self._holder(agent, args), arg(args, "name", str),
+                             arg(args, "token", int))
 
     def lock_release(self, agent: str, args: dict[str, Any], wire: Any) -> Any:
-        only(args, "name", "token", "trace")
-        return self._release(agent, "lock:" + arg(args, "name", str), arg(args, "token", int))
+        only(args, "name", "token", "task", "trace")
+        return self._release(self._holder(agent, args), "lock:" + arg(args, "name", str),
+                             arg(args, "token", int))
 
-    def _release(self, agent: str, resource: str, token: int) -> Any:
-        self._apply(self.leases.release(resource, agent, token), "released")
+    def _release(self, holder: str, resource: str, token: int) -> Any:
+        self._apply(self.leases.release(resource, holder, token), "released")
         return {"released": True, "resource": resource, "token": token}
 
     def lease_check(self, agent: str, args: dict[str, Any], wire: Any) -> Any:
-        only(args, "name", "token", "trace")
+        only(args, "name", "token", "task", "trace")
         return self.leases.check_fence(arg(args, "name", str), arg(args, "token", int))
 
     def lock_check(self, agent: str, args: dict[str, Any], wire: Any) -> Any:
-        only(args, "name", "token", "trace")
+        only(args, "name", "token", "task", "trace")
         return self.leases.check_fence("lock:" + arg(args, "name", str), arg(args, "token", int))
 
     # -- leader election ---------------------------------------------------------------
@@ -262,12 +329,14 @@ class Primitives:
             election = self.elections[group] = Election(group)
             self.election_traces[group] = _trace(args, wire)
         self._announce(election.join(agent))
+        self._save_election(election)
         return self._leadership(election, agent)
 
     def election_leave(self, agent: str, args: dict[str, Any], wire: Any) -> Any:
         only(args, "group", "trace")
         election = self._election(arg(args, "group", str))
         self._announce(election.leave(agent))
+        self._save_election(election)
         return self._leadership(election, agent)
 
     def election_leader(self, agent: str, args: dict[str, Any], wire: Any) -> Any:
@@ -287,6 +356,10 @@ class Primitives:
         return {"group": election.group, "leader": election.leader, "term": election.term,
                 "is_leader": election.leader == agent, "candidates": list(election.candidates)}
 
+    def _save_election(self, election: Election) -> None:
+        if self.store is not None:
+            self.store.put_election(election.group, election.term, list(election.candidates))
+
     def _announce(self, change: Any) -> None:
         if change is not None:
             self.emit("election.leader", self.election_traces.get(change.group), group=change.group,
@@ -303,6 +376,7 @@ class Primitives:
                                f"got {parties!r:.200}", field="parties")
         barrier = self._barrier(name, parties, _timeout(args, 30.0))
         outcome = barrier.arrive(agent)
+        self._save_barrier(name, barrier)
         d = Deferred()
         self.barrier_waits.setdefault(name, {})[agent] = d
         trace = self.barrier_traces.setdefault(name, _trace(args, wire))
@@ -349,10 +423,26 @@ class Primitives:
                       error=None if outcome.error is None else outcome.error.message)
         # a released barrier is forgotten once everybody was answered (the name is free for
         # the next phase); a broken one stays until its deadline so late arrivals hear why
-        if outcome.state == RELEASED and not waits and self.barriers.get(name) is barrier:
+        # (a restored one stays until its deadline: its arrivals' calls died with the old
+        # coordinator and they ask again, to hear "released")
+        if outcome.state == RELEASED and not waits and self.barriers.get(name) is barrier \
+                and name not in self.restored_barriers:
             self._forget_barrier(name)
+        if outcome.state != WAITING and self.store is not None:
+            self.store.drop_barrier(name)
+
+    def _save_barrier(self, name: str, barrier: Barrier) -> None:
+        if self.store is None or barrier.state != WAITING:
+            return
+        parties = sorted(barrier.members) if barrier.members is not None else barrier.parties
+        self.store.put_barrier(name, {"parties": parties, "arrived": list(barrier.arrived),
+                                      "deadline_in": barrier.deadline - self.clock(),
+                                      "wall": self.store.wall()})
 
     def _forget_barrier(self, name: str) -> None:
+        self.restored_barriers.discard(name)
+        if self.store is not None:
+            self.store.drop_barrier(name)
         del self.barriers[name]
         self.barrier_waits.pop(name, None)
         self.barriers_ended.discard(name)
@@ -362,7 +452,11 @@ class Primitives:
 
     def counter_add(self, agent: str, args: dict[str, Any], wire: Any) -> Any:
         only(args, "name", "delta", "trace")
-        return self.counters.add(arg(args, "name", str), arg(args, "delta", int, 1))
+        name = arg(args, "name", str)
+        value = self.counters.add(name, arg(args, "delta", int, 1))
+        if self.store is not None:
+            self.store.put_counter(name, value)
+        return value
 
     def counter_get(self, agent: str, args: dict[str, Any], wire: Any) -> Any:
         only(args, "name", "trace")
@@ -379,17 +473,96 @@ class Primitives:
     # -- liveness ----------------------------------------------------------------------
 
     def agent_joined(self, link: Any) -> None:
-        """Nothing to do: an agent holds nothing until it asks."""
+        """A new agent holds nothing; after a restart, a holder that comes back from
+        another pid is a new incarnation: the old one, which held things, died."""
+        if link.id not in self.unconfirmed:
+            return
+        pid = self.unconfirmed.pop(link.id)
+        if pid is not None and pid != link.pid:
+            self.emit("primitives.holder_replaced", agent=link.id, old_pid=pid, pid=link.pid)
+            self.agent_died(link.id)
 
     def agent_died(self, agent_id: str) -> None:
-        for key in [k for k in self.waits if k[1] == agent_id]:
+        holders = [agent_id, *(h for h, a in self.owners.items() if a == agent_id)]
+        for key in [k for k in self.waits if k[1] in holders]:
             del self.waits[key]  # its socket is closed: nobody to answer
-        self._apply(self.leases.holder_died(agent_id), "holder_died")
+        for holder in holders:
+            self._holder_gone(holder, "holder_died")
         for election in self.elections.values():
-            self._announce(election.candidate_died(agent_id))
+            if agent_id in election.candidates:
+                self._announce(election.candidate_died(agent_id))
+                self._save_election(election)
         for name, barrier in list(self.barriers.items()):
             self.barrier_waits.get(name, {}).pop(agent_id, None)
             self._answer(name, barrier, barrier.participant_died(agent_id))
+
+    def attempt_ended(self, task: Any, attempt: int, finish: Any, crashed: bool) -> None:
+        """A task attempt ended (any way): what it held is released, its waits dropped."""
+        holder = f"task:{task.id}:{attempt}"
+        if holder not in self.owners:
+            return
+        for key in [k for k in self.waits if k[1] == holder]:
+            self.waits.pop(key).deferred.fail(Conflict(
+                f"task {task.id} attempt {attempt} ended while waiting for {key[0]!r}"))
+        self._holder_gone(holder, "task_ended")
+
+    def _holder_gone(self, holder: str, why: str) -> None:
+        self._apply(self.leases.holder_died(holder), why)
+        self.owners.pop(holder, None)
+
+    # -- restart -----------------------------------------------------------------------
+
+    def restore(self) -> None:
+        """Take back what the previous coordinator left in the store (see the docstring)."""
+        if self.store is None:
+            return
+        for row in self.store.leases():
+            self._restore_lease(*row)
+        self.leases.restore((), self.store.tokens())
+        for group, (term, candidates) in self.store.elections().items():
+            self.elections[group] = Election.restored(group, term, candidates)
+            self.election_traces[group] = TraceContext.new_trace()
+            self.unconfirmed.update((c, self.unconfirmed.get(c)) for c in candidates)
+        self.counters.restore(self.store.counters())
+        for name, state in self.store.barriers().items():
+            self._restore_barrier(name, state)
+        self.emit("primitives.restored", leases=len(self.leases.resources()),
+                  elections=len(self.elections), barriers=len(self.barriers),
+                  unconfirmed=sorted(self.unconfirmed))
+        if self.unconfirmed:
+            self.call_later(RECONCILE_S, self._reconcile_done)
+        self._arm_expiry()
+
+    def _restore_lease(self, resource: str, holder: str, token: int, ttl: float,
+                       expires_wall: float, agent: str, pid: int | None) -> None:
+        now = self.clock()
+        left = expires_wall - self.store.wall()  # type: ignore[union-attr]
+        self.leases.restore([Lease(resource, holder, token, ttl, now + left - ttl, now + left)], {})
+        self.lease_traces[resource] = TraceContext.new_trace()
+        if holder != agent:
+            self.owners[holder] = agent
+        self.unconfirmed[agent] = pid if pid is not None else self.unconfirmed.get(agent)
+
+    def _restore_barrier(self, name: str, state: dict[str, Any]) -> None:
+        left = state["deadline_in"] - (self.store.wall() - state["wall"])  # type: ignore[union-attr]
+        if left <= 0:
+            self.store.drop_barrier(name)  # type: ignore[union-attr]
+            return
+        barrier = Barrier(name, state["parties"], self.clock() + left, self.clock)
+        for who in state["arrived"]:
+            barrier.arrive(who)
+            self.unconfirmed.setdefault(who, None)
+        self.barriers[name] = barrier
+        self.barrier_traces[name] = TraceContext.new_trace()
+        self.restored_barriers.add(name)
+        self.call_later(left, lambda: self._expire_barrier(name, barrier))
+
+    def _reconcile_done(self) -> None:
+        """The reconnect window is over: a restored holder that did not come back is dead."""
+        gone = [a for a in self.unconfirmed if self.agents is None or a not in self.agents]
+        self.unconfirmed.clear()
+        for agent in gone:
+            self.agent_died(agent)
 
     # -- commands (CLI) ----------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 """Agents: the API a user writes (``agent``: ``Agent``, ``capability``, the task handle and
-the agent's context) and the agent process that runs it (``process``: a task path and a
+the agent's context; ``locks``: ``task.lock`` / ``ctx.lock``) and the agent process that runs it (``process``: a task path and a
 control path over the coordinator's agent socket).
 
 May import: ``runtime.errors``, ``runtime.config``, ``runtime.wire``, ``runtime.tasks``

@@ -21,7 +21,8 @@
 
 A handler takes ``(input, task)``: ``input`` is the task's JSON input (with payloads
 above the arena threshold already mapped back), ``task`` a :class:`TaskHandle` with the
-id, attempt, trace context and ``emit``.  It returns any JSON value.  An exception is a
+id, attempt, trace context, ``emit`` and ``lock(name)`` (a lock held by this attempt,
+released however it ends: ``runtime.agents.locks``).  It returns any JSON value.  An exception is a
 failed attempt (the traceback is kept); the task's retry policy decides what follows.
 
 Hooks called on the agent's *control path* (a thread separate from the one running
@@ -108,6 +109,12 @@ class AgentContext:
     def bytes(self, name: str) -> memoryview:
         return self._contexts.bytes(name)
 
+    def lock(self, name: str, *, ttl: float = 30.0, timeout: float = 10.0) -> Any:
+        """Lock ``name`` for this agent (released when it dies, or by ``release()``/the
+        ``with`` block): a ``runtime.agents.locks.HeldLock`` with its fencing token."""
+        from runtime.agents.locks import acquire_lock
+        return acquire_lock(self.call, name, ttl=ttl, timeout=timeout)
+
     def service(self, name: str) -> Any:
         """The guarded ``runtime.guards.Service`` of ``[services.<name>]`` in agora.toml: its
         breaker and rate limiter are shared by every agent of the machine, its cache (with
@@ -130,7 +137,8 @@ class TaskHandle:
     """The running attempt, as a handler sees it."""
 
     def __init__(self, task_id: str, attempt: int, capability: str, trace: TraceContext | None,
-                 emit: Callable[..., None]) -> None:
+                 emit: Callable[..., None], call: Callable[..., Any] | None = None) -> None:
+        self._call = call or _not_connected  # the agent's coordinator call (ctx.call)
         self.id = task_id
         self.attempt = attempt
         self.capability = capability
@@ -145,6 +153,14 @@ class TaskHandle:
         :class:`Cancelled` once the attempt was cancelled (from any thread or the loop)."""
         self.check()
         self._emit(type_, self.trace, task_id=self.id, **fields)
+
+    def lock(self, name: str, *, ttl: float = 30.0, timeout: float = 10.0) -> Any:
+        """Lock ``name`` for this attempt: released when the ``with`` block ends and, by the
+        coordinator, when the attempt ends however it ends (a raise, a cancel, a crash).
+        Returns a ``runtime.agents.locks.HeldLock`` (``token``, ``renew``, ``release``)."""
+        from runtime.agents.locks import acquire_lock
+        return acquire_lock(self._call, name, ttl=ttl, timeout=timeout,
+                            task={"id": self.id, "attempt": self.attempt})
 
     def check(self) -> None:
         """Raise :class:`Cancelled` if the coordinator asked this attempt to stop; a long

@@ -79,8 +79,9 @@ def _failure(e: BaseException, handle: TaskHandle) -> dict[str, Any]:
     return {"type": type(e).__name__, "message": str(e), "traceback": traceback.format_exc(limit=20)}
 
 
-def make_handle(t: dict[str, Any], emit: Callable[..., None]) -> TaskHandle:
-    return TaskHandle(t["id"], t["attempt"], t["cap"], TraceContext.from_wire(t.get("trace")), emit)
+def make_handle(t: dict[str, Any], emit: Callable[..., None],
+                call: Callable[..., Any] | None = None) -> TaskHandle:
+    return TaskHandle(t["id"], t["attempt"], t["cap"], TraceContext.from_wire(t.get("trace")), emit, call)
 
 
 def run_attempt(agent: Agent, t: dict[str, Any], handle: TaskHandle, payloads: Payloads) -> dict[str, Any]:
@@ -145,6 +146,7 @@ class Executor:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         self.agent, self.payloads, self.emit = agent, payloads, emit
         self.concurrency, self.deliver = concurrency, deliver
+        self.call: Callable[..., Any] | None = None  # the runner's coordinator call (task.lock)
         self.live = _Live()
         self._lock = threading.Lock()
         self._running = 0
@@ -167,7 +169,7 @@ class Executor:
 
     # -- submit, finish, cancel ------------------------------------------------------
     def submit(self, t: dict[str, Any]) -> None:
-        handle = make_handle(t, self.emit)
+        handle = make_handle(t, self.emit, self.call)
         self.live.add(handle)
         with self._lock:
             if self._running >= self.concurrency:
@@ -272,7 +274,7 @@ class InlineMixin:
             super().on_control(msg)
 
     def execute(self, t: dict[str, Any]) -> dict[str, Any]:
-        handle = make_handle(t, self.emit)
+        handle = make_handle(t, self.emit, self.call)
         self.live.add(handle)
         self._running.trace = handle.trace
         try:
@@ -300,6 +302,7 @@ class ConcurrentMixin:
                  concurrency: int = 1) -> None:
         super().__init__(agent, sock, emit, agent_id, payloads)
         self.executor = Executor(agent, self.payloads, emit, concurrency, self._deliver)
+        self.executor.call = self.call
         self._running = _CurrentTrace()  # ctx.call from a handler: the trace of *its* attempt
         self._out: list[dict[str, Any]] = []
         self._out_lock = threading.Lock()

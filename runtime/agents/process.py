@@ -142,6 +142,7 @@ class AgentRunner:
         self.frames = InternalReader()  # the stream's decoder: used by the reading thread only
         self.send_lock = threading.Lock()
         self._calls: dict[int, list[Any]] = {}  # rid -> [event, reply]
+        self._abandoned: dict[int, tuple[str, dict[str, Any]]] = {}  # rid -> (release op, args)
         self._running = threading.local()  # the trace of the task this thread runs
         self._call_ids = itertools.count(1)
         # the connection part (agent_main sets these): see "EOF from the coordinator"
@@ -308,6 +309,8 @@ class AgentRunner:
             if waiter is not None:
                 waiter[1] = msg
                 waiter[0].set()
+            else:
+                self._release_abandoned(msg)
 
     def _on_cancel(self, msg: dict[str, Any]) -> None:
         """The coordinator wants attempts stopped: flag their handles (``task.cancelled``);
@@ -334,6 +337,7 @@ class AgentRunner:
                 raise Unavailable(f"the coordinator is not reachable for {op!r}: {e}",
                                   hint="retry shortly: the agent reconnects on its own") from e
             if not waiter[0].wait(timeout):
+                self._abandon(rid, op, args, waiter)
                 raise Unavailable(f"the coordinator did not answer {op!r} within {timeout} s")
         finally:
             self._calls.pop(rid, None)
@@ -341,6 +345,32 @@ class AgentRunner:
         if "error" in reply:
             raise from_wire(reply["error"])
         return reply.get("ok")
+
+    def _abandon(self, rid: int, op: str, args: dict[str, Any], waiter: list[Any]) -> None:
+        """The caller gave up on an acquire: a grant that arrives now is released at once
+        rather than held, by nobody, until its TTL (issue 18).  Registered before the call
+        leaves ``_calls``, checked after: a reply in between is never lost."""
+        if op not in _RELEASE_OF:
+            return
+        while len(self._abandoned) >= ABANDONED_MAX:
+            self._abandoned.pop(next(iter(self._abandoned)))
+        self._abandoned[rid] = (_RELEASE_OF[op], args)
+        self._calls.pop(rid, None)
+        if waiter[0].is_set():
+            self._release_abandoned({**waiter[1], "rid": rid})
+
+    def _release_abandoned(self, msg: dict[str, Any]) -> None:
+        gave_up = self._abandoned.pop(msg.get("rid"), None)  # type: ignore[arg-type]
+        granted = msg.get("ok")
+        if gave_up is None or not isinstance(granted, dict) or "token" not in granted:
+            return
+        op, args = gave_up
+        release = {"name": args.get("name"), "token": granted["token"],
+                   **({"task": args["task"]} if "task" in args else {})}
+        try:  # fire and forget: its reply finds no waiter and is dropped
+            self.send({"t": "call", "rid": next(self._call_ids), "op": op, "args": release})
+        except OSError:
+            pass  # the coordinator went away: the lease's TTL ends it
 
     def answer(self, msg: dict[str, Any]) -> None:
         hook = {"bid": self.agent.bid, "vote": self.agent.vote, "propose": self.agent.propose}[msg["kind"]]
@@ -362,7 +392,7 @@ class AgentRunner:
 
     def execute(self, t: dict[str, Any]) -> dict[str, Any]:
         trace = TraceContext.from_wire(t.get("trace"))
-        handle = TaskHandle(t["id"], t["attempt"], t["cap"], trace, self.emit)
+        handle = TaskHandle(t["id"], t["attempt"], t["cap"], trace, self.emit, self.call)
         out: dict[str, Any] = {"id": t["id"], "attempt": t["attempt"]}
         self._running.trace = trace
         self._handles[(t["id"], t["attempt"])] = handle
@@ -376,6 +406,11 @@ class AgentRunner:
             self._running.trace = None
             self._handles.pop((t["id"], t["attempt"]), None)
         return out
+
+
+#: acquire ops -> the op that gives back what a late grant handed a caller that gave up
+_RELEASE_OF = {"lock.acquire": "lock.release", "lease.acquire": "lease.release"}
+ABANDONED_MAX = 256  # late grants remembered (bounded: RELIABILITY "no state without an exit")
 
 
 class InlineRunner(InlineMixin, AgentRunner):

@@ -43,19 +43,55 @@ def _show_outcome(rec: dict[str, Any]) -> None:
 @click.option("--pool", default=None, help="Voters: the agents of this pool (default: all agents).")
 @click.option("--deadline", "deadline_s", type=float, default=5.0, show_default=True,
               help="Seconds the agents have to vote.")
-@click.option("--quorum", type=int, default=None, help="Minimum ballots for a valid outcome.")
+@click.option("--quorum", default=None, callback=lambda c, p, v: _quorum(v),
+              help="Minimum ballots for a valid outcome: a count (3) or a share of the voters (60%).")
+@click.option("--weights", default=None, callback=lambda c, p, v: _weights(v),
+              help="Weigh the voters: reputation, stake, quality, or explicit a=2,b=1.")
+@click.option("--until-deadline", is_flag=True, help="Keep the vote open for re-votes until the deadline.")
 @json_option
 @click.pass_context
 def vote(ctx: click.Context, question: str, options: tuple[str, ...], method: str, pool: str | None,
-         deadline_s: float, quorum: int | None, as_json: bool) -> None:
+         deadline_s: float, quorum: Any, weights: Any, until_deadline: bool, as_json: bool) -> None:
     """Ask the agents to vote; prints every ballot and the outcome with its tally."""
     args: dict[str, Any] = {"question": question, "options": list(options), "method": method,
                             "deadline_s": deadline_s}
     if pool is not None:
         args["pool"] = pool
-    if quorum is not None:
-        args["quorum"] = quorum
-    out(call(ctx, "vote", timeout=deadline_s + 10, **args), as_json, _show_outcome)
+    for name, value in (("quorum", quorum), ("weights", weights)):
+        if value is not None:
+            args[name] = value
+    if until_deadline:
+        args["until_deadline"] = True
+    out(call(ctx, "vote", timeout=2 * deadline_s + 10, **args), as_json, _show_outcome)
+
+
+def _quorum(value: str | None) -> Any:
+    """``3`` (ballots), ``60%`` or ``0.6`` (a share of the electorate), as the daemon takes it."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return int(text)
+    if text.endswith("%"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise click.BadParameter(f"expected a count (3) or a share (60% or 0.6), got {value!r}") from None
+
+
+def _weights(value: str | None) -> Any:
+    """A source name, or ``voter=weight,...`` pairs."""
+    if value is None or "=" not in value:
+        return value
+    out: dict[str, float] = {}
+    for pair in value.split(","):
+        name, _, weight = pair.partition("=")
+        try:
+            out[name.strip()] = float(weight)
+        except ValueError:
+            raise click.BadParameter(f"expected voter=weight pairs, got {pair!r}") from None
+    return out
 
 
 @cli.command()
@@ -98,16 +134,23 @@ def votes(ctx: click.Context, vote_id: str | None, limit: int, as_json: bool) ->
 @click.option("--round-s", "round_s", type=float, default=5.0, show_default=True,
               help="Seconds the agents have to answer each round.")
 @click.option("--pool", default=None, help="Negotiators: the agents of this pool (default: all).")
+@click.option("--quorum", default=None, callback=lambda c, p, v: _quorum(v),
+              help="Minimum ballots per round: a count (3) or a share of the parties (60%).")
+@click.option("--weights", default=None, callback=lambda c, p, v: _weights(v),
+              help="Weigh the parties: reputation, stake, quality, or explicit a=2,b=1.")
 @json_option
 @click.pass_context
 def negotiate(ctx: click.Context, question: str, options: tuple[str, ...], method: str,
               threshold: float, max_rounds: int, round_s: float, pool: str | None,
-              as_json: bool) -> None:
+              quorum: Any, weights: Any, as_json: bool) -> None:
     """Vote in rounds; between rounds the agents may propose compromises."""
     args: dict[str, Any] = {"question": question, "options": list(options), "method": method,
                             "threshold": threshold, "max_rounds": max_rounds, "round_s": round_s}
     if pool is not None:
         args["pool"] = pool
+    for name, value in (("quorum", quorum), ("weights", weights)):
+        if value is not None:
+            args[name] = value
 
     def human(r: dict[str, Any]) -> None:
         click.echo(f"{r['id']}  {r['state']}  agreed={r.get('agreed_option')}")
@@ -117,7 +160,7 @@ def negotiate(ctx: click.Context, question: str, options: tuple[str, ...], metho
                        f"support={o.get('support', 0):.2f} "
                        f"proposals={[p['name'] for p in rnd['proposals']]}")
 
-    out(call(ctx, "negotiate", timeout=max_rounds * 2 * round_s + 10, **args), as_json, human)
+    out(call(ctx, "negotiate", timeout=max_rounds * 3 * round_s + 10, **args), as_json, human)
 
 
 @cli.command()

@@ -545,12 +545,14 @@ class Coordinator:
                                    f"got {type(args).__name__}", field="args")
             out = fn(agent_id, args, msg.get("trace"))
         except Exception as e:  # noqa: BLE001 - the agents' boundary (runtime.wire.boundary)
-            conn.send({"t": "reply", "rid": rid, "error": error_wire(e, f"agent op {str(op)[:40]!r}", self.emit)})
+            self.reply(conn, {"t": "reply", "rid": rid, "error": error_wire(e, f"agent op {str(op)[:40]!r}", self.emit)})
             return
+        # replies leave after the turn's COMMIT (send_replies), as clients' do: a fencing
+        # token or a term an agent has heard of is on disk (coordination.services.store)
         if isinstance(out, Deferred):
-            out.bind(lambda m: conn.send({"t": "reply", "rid": rid, **m}) if not conn.closed else None)
+            out.bind(lambda m: self.reply(conn, {"t": "reply", "rid": rid, **m}))
         else:
-            conn.send({"t": "reply", "rid": rid, "ok": out})
+            self.reply(conn, {"t": "reply", "rid": rid, "ok": out})
 
     def send_task_batches(self) -> None:
         for agent_id, tasks in self.scheduler.take_outbox().items():
