@@ -38,8 +38,8 @@ ECHO_POOL = """
 agent_inflight = {inflight}
 [pools.w]
 agent = "perf._agents:Echo"
-size = 2
-max = 2
+size = {agents}
+max = {agents}
 mailbox_messages = 100000
 """
 
@@ -94,13 +94,17 @@ def _measure(roles: dict[str, list[psutil.Process]], run: callable, n: int) -> d
     return out
 
 
-def agora_costs(n_seq: int, n_flight: int, rng: random.Random, profile: str | None, inflight: int = 1) -> dict:
+def agora_costs(n_seq: int, n_flight: int, rng: random.Random, profile: str | None,
+                inflight: int = 1, agents: int = 2) -> dict:
     if profile:
         os.environ["AGORA_PROFILE_COORDINATOR"] = profile
     try:
-        with Daemon(ECHO_POOL.format(inflight=inflight)) as d:
+        with Daemon(ECHO_POOL.format(inflight=inflight, agents=agents)) as d:
+            deadline = time.monotonic() + 120
+            while d.client.call("status")["agents"] < agents and time.monotonic() < deadline:
+                time.sleep(0.05)
             roles = _agora_roles(d.proc.pid)
-            assert roles["coordinator"] and len(roles["agents"]) == 2, {k: [p.name() for p in v] for k, v in roles.items()}
+            assert roles["coordinator"] and len(roles["agents"]) == agents, {k: [p.name() for p in v] for k, v in roles.items()}
             for i in range(50):  # warm up
                 d.client.call("submit", task={"capability": "add", "input": {"a": 1, "b": i}}, result=True)
 
@@ -154,14 +158,16 @@ def main() -> None:
     a = parse_args(__doc__, **{"--journal": {"action": "store_true",
                                              "help": "count SQLite statements and COMMITs (runs under cProfile)"},
                           "--inflight": {"type": int, "default": 1,
-                                         "help": "[daemon] agent_inflight (default 1, the daemon's)"}})
+                                         "help": "[daemon] agent_inflight (default 1, the daemon's)"},
+                          "--agents": {"type": int, "default": 2, "help": "agora's pool size (the pool's stays 2)"}})
     rng = random.Random(a.seed)
     n_seq, n_flight = (300, 3000) if a.quick else (2000, 20000)
-    res: dict = {"seed": a.seed, "settings": f"pools of 2; agent_inflight {a.inflight}; {n_seq} sequential, "
+    res: dict = {"seed": a.seed, "settings": f"agora pool of {a.agents}, ProcessPoolExecutor(2); "
+                               f"agent_inflight {a.inflight}; {n_seq} sequential, "
                                f"{n_flight} in flight"}
     with tempfile.TemporaryDirectory(prefix="agora-cost-") as tmp:
         prof = os.path.join(tmp, "coord.prof") if a.journal else None
-        res["agora"] = agora_costs(n_seq, n_flight, rng, prof, a.inflight)
+        res["agora"] = agora_costs(n_seq, n_flight, rng, prof, a.inflight, a.agents)
         if prof:
             res["journal"] = journal_counts(prof, n_seq + n_flight + 50)
     res["ppe"] = ppe_costs(n_seq, n_flight, rng)
