@@ -160,7 +160,7 @@ def _registry_point(n: int, rng: random.Random) -> dict:
     """The writer's and the local backend's entries live in this process; they are frozen
     out of the garbage collector (a reader in the daemon does not hold them: without the
     freeze, full collections walking n entries made a lookup at 100k look 5x slower)."""
-    from runtime.registry._local import LocalBackend
+    from runtime.registry import LocalBackend
     from runtime.registry.model import Entry, encode_entry
     from runtime.registry.table import TableReader, TableWriter, make_table
     mm = make_table(n)

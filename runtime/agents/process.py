@@ -21,6 +21,7 @@ Messages (orjson frames, see runtime.wire.protocol):
   -> {"t": "hello", "agent": id, "pool", "index", "pid", "caps": {cap: {cost, quality}}}
   <- {"t": "tasks", "tasks": [{"id", "attempt", "cap", "input", "trace"}]}
   -> {"t": "results", "results": [{"id", "attempt", "ok": value} | {..., "error": {...}}],
+      (each also with "run_us": the handler's time, for the scheduler's adaptive prefetch)
       "queue": n}
   <- {"t": "ask", "rid", "kind": "bid"|"vote"|"propose", "request": {...}}
   -> {"t": "answer", "rid", "answer": value | None, "error": str (hook raised)}

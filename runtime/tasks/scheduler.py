@@ -67,7 +67,8 @@ __all__ = ["Scheduler", "TaskRun", "AgentLink", "StaticPolicy", "LeastLoadedPoli
 DEFAULT_CANCEL_GRACE_S = 5.0
 
 #: Adaptive prefetch (with the default ``agent_inflight = 1`` only): a capability whose last
-#: ``SHORT_STREAK`` attempts each came back within ``SHORT_TASK_S`` of their dispatch is
+#: ``SHORT_STREAK`` attempts each ran within ``SHORT_TASK_S`` (the handler's time as the
+#: agent measured it, ``run_us`` in its result; else from dispatch to result) is
 #: *short*, and an agent that holds only short attempts takes up to ``SHORT_PREFETCH`` of
 #: them at once.  The tasks of a turn then go out, run and come back as one batch (one
 #: frame, one wake-up, one COMMIT for several tasks): measured with 2 agents and trivial
@@ -309,10 +310,13 @@ class Scheduler:
         return all(t is not None and short.get(t.capability, 0) >= SHORT_STREAK
                    for t in map(tasks.get, agent.inflight))
 
-    def _timed(self, task: TaskRun) -> None:
-        """An attempt came back: extend or end its capability's streak of short ones."""
+    def _timed(self, task: TaskRun, run_us: Any) -> None:
+        """An attempt came back: extend or end its capability's streak of short ones.  The
+        agent's own measure of the handler (``run_us``) when it sent one: time from dispatch
+        would count this loop's own latency, and a busy turn would end every streak."""
         cap = task.capability
-        if self.clock() - task.sent_at <= SHORT_TASK_S:
+        took = run_us / 1e6 if type(run_us) is int else self.clock() - task.sent_at
+        if took <= SHORT_TASK_S:
             self.short_streak[cap] = self.short_streak.get(cap, 0) + 1
         else:
             self.short_streak[cap] = 0
@@ -407,7 +411,7 @@ class Scheduler:
         ok = "error" not in r
         task = self.tasks.get(tid)
         if task is not None and task.attempts == attempt:
-            self._timed(task)
+            self._timed(task, r.get("run_us"))
         outcome = "succeeded" if ok else self._judge(task, link, r.get("error"))
         fin = self.journal.finish_attempt(tid, attempt, outcome,
                                           result=self.payloads.unpack(r, "ok") if ok else None,

@@ -201,3 +201,23 @@ def test_no_prefetch_onto_an_agent_holding_another_capability_or_with_agent_infl
     submit(s, journal, 1)
     s.dispatch()
     assert flush(s) == {}
+
+
+def test_the_agents_own_run_time_decides_the_streak_when_it_sends_one(world):
+    from runtime.tasks.scheduler import SHORT_STREAK, SHORT_TASK_S
+    make, journal, clock, events, finals = world
+    s = make(LeastLoadedPolicy())
+    join(s, "a1")
+    _run_short(s, journal, clock, "a1", SHORT_STREAK)
+    assert s.short_streak["work"] == SHORT_STREAK
+    (tid,) = submit(s, journal, 1)
+    s.dispatch()
+    flush(s)
+    clock.t += SHORT_TASK_S * 10  # a slow loop turn, yet the handler itself was quick
+    s.results("a1", [{"id": tid, "attempt": 1, "ok": 1, "run_us": 50}])
+    assert s.short_streak["work"] == SHORT_STREAK + 1
+    (tid,) = submit(s, journal, 1)
+    s.dispatch()
+    flush(s)
+    s.results("a1", [{"id": tid, "attempt": 1, "ok": 1, "run_us": int(SHORT_TASK_S * 2e6)}])
+    assert s.short_streak["work"] == 0  # the handler took long, whatever the clock says
