@@ -14,7 +14,7 @@ Two workloads, each with a pool of 2 workers (``perf._agents:Echo``, capability 
 
 Per task: user+system CPU (us) of the client (this process), the coordinator, the agents
 (summed) and the rest of the daemon's tree; voluntary+involuntary context switches (a
-proxy for wake-ups) of the same.  ``--journal`` adds the journal's statements and COMMITs
+proxy for wake-ups) of the same, every thread counted (/proc/PID/task/*/status).  ``--journal`` adds the journal's statements and COMMITs
 per task (read from the coordinator's profile: ``AGORA_PROFILE_COORDINATOR``, so the
 daemon runs under cProfile and its CPU figures are then not comparable).
 Wall-clock figures are printed too, but on a shared machine trust the CPU columns.
@@ -48,6 +48,19 @@ def add(a: int, b: int) -> int:
     return a + b
 
 
+def _ctx_switches(pid: int) -> int:
+    """Voluntary + involuntary context switches of every thread of ``pid`` (psutil's
+    ``num_ctx_switches`` reads the main thread's only)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                total += sum(int(line.split()[1]) for line in f if "ctxt_switches:" in line)
+        except OSError:
+            continue
+    return total
+
+
 def _snapshot(procs: dict[str, list[psutil.Process]]) -> dict[str, tuple[float, int]]:
     """role -> (cpu seconds, context switches) summed over the role's processes."""
     out = {}
@@ -55,11 +68,11 @@ def _snapshot(procs: dict[str, list[psutil.Process]]) -> dict[str, tuple[float, 
         cpu = ctx = 0.0
         for p in ps:
             try:
-                t, c = p.cpu_times(), p.num_ctx_switches()
-            except psutil.Error:
+                t = p.cpu_times()
+                ctx += _ctx_switches(p.pid)
+            except (psutil.Error, OSError):
                 continue
             cpu += t.user + t.system
-            ctx += c.voluntary + c.involuntary
         out[role] = (cpu, int(ctx))
     return out
 

@@ -386,6 +386,8 @@ class Scheduler:
                       policy=self.policy.name)
             frame = {"id": task.id, "attempt": attempt, "cap": task.capability,
                      "trace": span.to_wire()}
+            if self.short_streak.get(task.capability, 0) >= SHORT_STREAK:
+                frame["short"] = True  # the agent runs it without a hand-off (runtime.agents.process)
             task.input_handle = self.payloads.pack(task.input, "input", frame, task.size)
             self.outbox.setdefault(agent.id, []).append(frame)
 
