@@ -14,7 +14,8 @@ Two workloads, each with a pool of 2 workers (``perf._agents:Echo``, capability 
 
 Per task: user+system CPU (us) of the client (this process), the coordinator, the agents
 (summed) and the rest of the daemon's tree; voluntary+involuntary context switches (a
-proxy for wake-ups) of the same, every thread counted (/proc/PID/task/*/status).  ``--journal`` adds the journal's statements and COMMITs
+proxy for wake-ups) of the same, every thread counted (/proc/PID/task/*/status).
+``--journal`` adds the journal's statements and COMMITs
 per task (read from the coordinator's profile: ``AGORA_PROFILE_COORDINATOR``, so the
 daemon runs under cProfile and its CPU figures are then not comparable).
 Wall-clock figures are printed too, but on a shared machine trust the CPU columns.
@@ -117,7 +118,8 @@ def agora_costs(n_seq: int, n_flight: int, rng: random.Random, profile: str | No
             while d.client.call("status")["agents"] < agents and time.monotonic() < deadline:
                 time.sleep(0.05)
             roles = _agora_roles(d.proc.pid)
-            assert roles["coordinator"] and len(roles["agents"]) == agents, {k: [p.name() for p in v] for k, v in roles.items()}
+            names = {k: [p.name() for p in v] for k, v in roles.items()}
+            assert roles["coordinator"] and len(roles["agents"]) == agents, names
             for i in range(50):  # warm up
                 d.client.call("submit", task={"capability": "add", "input": {"a": 1, "b": i}}, result=True)
 
@@ -195,7 +197,8 @@ def _print(res: dict) -> None:
             for role, v in res[who][load].items():
                 if isinstance(v, dict):
                     print(f"  {who:5} {role:12} {v['cpu_us']:8.1f} {v['ctx_switches']:10.2f}")
-            print(f"  {who:5} {'total':12} {res[who][load]['total_cpu_us']:8.1f}   wall {res[who][load]['wall_us']:.1f} us")
+            r = res[who][load]
+            print(f"  {who:5} {'total':12} {r['total_cpu_us']:8.1f}   wall {r['wall_us']:.1f} us")
     if "journal" in res:
         print(f"journal: {res['journal']}")
 
