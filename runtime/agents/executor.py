@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import threading
+import time
 import traceback
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -88,6 +89,7 @@ def run_attempt(agent: Agent, t: dict[str, Any], handle: TaskHandle, payloads: P
     """Run a plain handler here (this thread); the result frame entry of the attempt."""
     out: dict[str, Any] = {"id": t["id"], "attempt": t["attempt"]}
     token = _CURRENT.set(handle)
+    t0 = time.perf_counter()
     try:
         handle.check()
         value = agent.handler(t["cap"])(payloads.unpack(t, "input"), handle)
@@ -96,6 +98,7 @@ def run_attempt(agent: Agent, t: dict[str, Any], handle: TaskHandle, payloads: P
         out["error"] = _failure(e, handle)
     finally:
         _CURRENT.reset(token)
+    out["run_us"] = int((time.perf_counter() - t0) * 1e6)  # the scheduler's adaptive prefetch reads it
     return out
 
 

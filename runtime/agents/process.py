@@ -21,6 +21,9 @@ Messages (orjson frames, see runtime.wire.protocol):
   -> {"t": "hello", "agent": id, "pool", "index", "pid", "caps": {cap: {cost, quality}}}
   <- {"t": "tasks", "tasks": [{"id", "attempt", "cap", "input", "trace"}]}
   -> {"t": "results", "results": [{"id", "attempt", "ok": value} | {..., "error": {...}}],
+      (each also with "run_us": the handler's time, for the scheduler's adaptive prefetch;
+      a task marked "short": true, from a capability the scheduler found short, is run by
+      the reading thread itself when the other one is idle: no hand-off wake-up)
       "queue": n}
   <- {"t": "ask", "rid", "kind": "bid"|"vote"|"propose", "request": {...}}
   -> {"t": "answer", "rid", "answer": value | None, "error": str (hook raised)}
@@ -154,6 +157,8 @@ class AgentRunner:
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_RESULTS)
         self.reconnects = 0
         self._handles: dict[tuple[str, int], TaskHandle] = {}  # running attempts, for cancel
+        self._inline: int | None = None  # the reading thread's id while it runs short tasks
+        self._handed = False  # ... and a handler's call made it give up the reading role
 
     def send(self, msg: dict[str, Any]) -> None:
         data = encode_internal(msg)
@@ -271,15 +276,23 @@ class AgentRunner:
                     self.on_control(msg)
             for t in batch:
                 self.inflight[t["id"]] = t["attempt"]
-            if batch and self._hand_over_or_queue(batch):
+            how = self._hand_over_or_queue(batch) if batch else False
+            if how == "inline" and not self._run_inline(batch):
+                return  # a handler asked the coordinator: the other thread reads now
+            if how is True:
                 self._run_batch(batch)
                 return
 
-    def _hand_over_or_queue(self, batch: list[dict[str, Any]]) -> bool:
+    def _hand_over_or_queue(self, batch: list[dict[str, Any]]) -> bool | str:
         """True when the other thread is idle and takes over reading (run ``batch`` now);
-        else ``batch`` is queued for the thread that is running tasks."""
+        "inline" when it is idle and every task is marked ``short`` by the coordinator (run
+        them here and keep the reading role: waking the other thread costs more than the
+        tasks, and control frames wait at most the batch); else ``batch`` is queued for
+        the thread that is running tasks."""
         with self.cond:
             if self.idle and not self.tasks:
+                if all(t.get("short") for t in batch):
+                    return "inline"
                 self.reader_free = True
                 self.cond.notify()
                 return True
@@ -287,6 +300,25 @@ class AgentRunner:
             self.agent.queue_len = len(self.tasks)
             self.cond.notify()
             return False
+
+    def _run_inline(self, batch: list[dict[str, Any]]) -> bool:
+        """Run short tasks on the reading thread; False if a handler's ``call`` had to give
+        the reading role to the other thread meanwhile (its reply must be read)."""
+        self._inline = threading.get_ident()
+        try:
+            self._run_batch(batch)
+        finally:
+            self._inline = None
+        kept, self._handed = not self._handed, False
+        return kept
+
+    def _give_up_reading(self) -> None:
+        """``call`` from a handler run inline: wake the other thread to read the reply."""
+        if self._inline == threading.get_ident() and not self._handed:
+            self._handed = True
+            with self.cond:
+                self.reader_free = True
+                self.cond.notify()
 
     def _coordinator_gone(self) -> None:
         with self.cond:
@@ -330,6 +362,7 @@ class AgentRunner:
         trace = getattr(self._running, "trace", None)
         if trace is not None:  # a call made by a handler belongs to its task's trace
             msg["trace"] = trace.to_wire()
+        self._give_up_reading()
         try:
             try:
                 self.send(msg)

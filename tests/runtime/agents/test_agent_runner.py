@@ -106,3 +106,56 @@ def test_bids_are_answered_while_a_handler_runs_and_queued_tasks_follow_in_order
         ids += [r["id"] for r in msg["results"]]
     assert ids == ["t1", "t2", "t3"]
     assert agent.most == 1  # handlers never overlap
+
+
+class Caller(Recorder):
+    runner: AgentRunner | None = None
+
+    @capability("ask")
+    def ask(self, input: Any, task: Any) -> Any:
+        return self.runner.call("probe", {"n": input["n"]}, timeout=WAIT)
+
+
+def _short(n: int, cap: str = "work") -> dict:
+    return {"t": "tasks", "tasks": [{"id": f"s{n}", "attempt": 1, "cap": cap, "input": {"n": n},
+                                     "short": True}]}
+
+
+def test_short_tasks_run_on_the_reading_thread_and_asks_are_still_answered(world):
+    coord, agent, _ = world
+    for n in range(50):
+        coord.send(_short(n))
+        assert coord.next()["results"] == [{"id": f"s{n}", "attempt": 1, "ok": n}]
+        coord.send({"t": "ask", "rid": n, "kind": "bid", "request": {"capability": "work"}})
+        assert coord.next()["rid"] == n
+    coord.task(99, hold=True)  # not short: handed over as before, and asks answered meanwhile
+    coord.send({"t": "ask", "rid": 99, "kind": "bid", "request": {"capability": "work"}})
+    assert coord.next()["rid"] == 99
+    agent.release.set()
+    assert coord.next()["results"][0]["id"] == "t99"
+    assert agent.most == 1
+
+
+def test_a_short_handler_that_calls_the_coordinator_gets_its_reply():
+    ours, theirs = socket.socketpair()
+    agent, emit = Caller(), Emitter(None, "agent:test")
+    runner = AgentRunner(agent, theirs, emit, "w.0")
+    agent.runner = runner
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    coord = Coordinator(ours)
+    try:
+        for n in range(3):  # run inline, the handler's call hands the reading role over
+            coord.send(_short(n, "ask"))
+            call = coord.next()
+            assert call["t"] == "call" and call["args"] == {"n": n}
+            coord.send({"t": "reply", "rid": call["rid"], "ok": n * 10})
+            assert coord.next()["results"] == [{"id": f"s{n}", "attempt": 1, "ok": n * 10}]
+            coord.send(_short(100 + n))  # and the runner reads and runs on afterwards
+            assert coord.next()["results"][0]["ok"] == 100 + n
+    finally:
+        ours.close()
+        thread.join(WAIT)
+        theirs.close()
+        emit.close()
+    assert not thread.is_alive()

@@ -567,3 +567,14 @@ def test_the_checkpointer_thread_keeps_the_wal_copied_and_stops_with_the_journal
     assert last[0] == 0 and cp.errors == 0
     j.close()
     assert not cp._thread.is_alive()
+
+
+def test_states_reads_many_ids_in_chunks_and_names_an_unknown_one(journal):
+    ids = journal.submit_many(specs(1203))  # more than two chunks of 500
+    n = journal.start_attempt(ids[7], "a1")
+    journal.finish_attempt(ids[7], n, "succeeded", result=1)
+    got = journal.states(ids + ids[:3])  # repeats are fine
+    assert len(got) == 1203 and got[ids[7]] == "succeeded"
+    assert {got[t] for t in ids if t != ids[7]} == {"queued"}
+    with pytest.raises(NotFound, match="t-nope"):
+        journal.states([*ids[:600], "t-nope"])

@@ -147,3 +147,77 @@ def test_poison_is_dead_lettered_after_max_attempts(world):
         s.agent_died(f"a{n}")
     assert finals[tid].state == "dead_lettered"
     assert finals[tid].error["code"] == "DEAD_LETTERED"
+
+
+def _run_short(s, journal, clock, agent, n):
+    """``n`` tasks dispatched one at a time, each back within SHORT_TASK_S."""
+    for tid in submit(s, journal, n):
+        s.dispatch()
+        assert flush(s) == {agent: [tid]}
+        clock.t += 0.001
+        s.results(agent, [{"id": tid, "attempt": 1, "ok": 1}])
+
+
+def test_short_tasks_are_prefetched_after_a_streak_and_a_slow_one_ends_it(world):
+    from runtime.tasks.scheduler import SHORT_PREFETCH, SHORT_STREAK, SHORT_TASK_S
+    make, journal, clock, events, finals = world
+    s = make(LeastLoadedPolicy())
+    join(s, "a1")
+    _run_short(s, journal, clock, "a1", SHORT_STREAK - 1)
+    ids = submit(s, journal, 2)
+    s.dispatch()
+    assert flush(s) == {"a1": ids[:1]}  # one short of the streak: no prefetch yet
+    clock.t += 0.001
+    s.results("a1", [{"id": ids[0], "attempt": 1, "ok": 1}])  # the streak is complete
+    ids = ids[1:] + submit(s, journal, SHORT_PREFETCH + 1)
+    s.dispatch()
+    assert flush(s) == {"a1": ids[:SHORT_PREFETCH]}  # prefetched, up to SHORT_PREFETCH
+    clock.t += SHORT_TASK_S * 2  # ... and these came back slowly: the streak ends
+    s.results("a1", [{"id": t, "attempt": 1, "ok": 1} for t in ids[:SHORT_PREFETCH]])
+    more = submit(s, journal, 1)
+    s.dispatch()
+    assert flush(s) == {"a1": ids[SHORT_PREFETCH:SHORT_PREFETCH + 1]}  # one at a time again
+    assert more[0] in s.tasks and s.tasks[more[0]].state == "queued"
+
+
+def test_no_prefetch_onto_an_agent_holding_another_capability_or_with_agent_inflight_set(world):
+    from runtime.tasks.scheduler import SHORT_STREAK
+    make, journal, clock, events, finals = world
+    s = make(LeastLoadedPolicy())
+    sent = []
+    s.agent_joined("a1", "p", os.getpid(), {"work": {}, "slow": {}}, sent.append)
+    _run_short(s, journal, clock, "a1", SHORT_STREAK)
+    slow = journal.submit(parse_task({"capability": "slow", "input": 0}, now=0))
+    from runtime.tasks.scheduler import TaskRun
+    s.enqueue(TaskRun(slow, "slow", 0, TraceContext.new_trace()))
+    s.dispatch()
+    assert flush(s) == {"a1": [slow]}
+    submit(s, journal, 1)
+    s.dispatch()
+    assert flush(s) == {}  # a1 holds a task of an unmeasured capability: it waits
+    s.capacity = 2  # agent_inflight set by the user: exactly that, no adaptive prefetch
+    s.dispatch()
+    assert len(flush(s)["a1"]) == 1
+    submit(s, journal, 1)
+    s.dispatch()
+    assert flush(s) == {}
+
+
+def test_the_agents_own_run_time_decides_the_streak_when_it_sends_one(world):
+    from runtime.tasks.scheduler import SHORT_STREAK, SHORT_TASK_S
+    make, journal, clock, events, finals = world
+    s = make(LeastLoadedPolicy())
+    join(s, "a1")
+    _run_short(s, journal, clock, "a1", SHORT_STREAK)
+    assert s.short_streak["work"] == SHORT_STREAK
+    (tid,) = submit(s, journal, 1)
+    s.dispatch()
+    flush(s)
+    clock.t += SHORT_TASK_S * 10  # a slow loop turn, yet the handler itself was quick
+    s.results("a1", [{"id": tid, "attempt": 1, "ok": 1, "run_us": 50}])
+    assert s.short_streak["work"] == SHORT_STREAK + 1
+    (tid,) = submit(s, journal, 1)
+    s.dispatch()
+    flush(s)
+    s.results("a1", [{"id": tid, "attempt": 1, "ok": 1, "run_us": int(SHORT_TASK_S * 2e6)}])
+    assert s.short_streak["work"] == 0  # the handler took long, whatever the clock says
