@@ -44,6 +44,8 @@ class Market(Protocol):
 
     def offers(self, r: _Round, now: float) -> list[Any]: ...
 
+    def standing(self, r: _Round, agent_id: str, now: float) -> dict[str, Any] | None: ...
+
 __all__ = ["MarketConfig", "parse_bid", "parse_stay", "clock_terms", "AUCTION_KINDS"]
 
 _PROCUREMENT = Direction.PROCUREMENT
@@ -73,6 +75,7 @@ class MarketConfig:
     clock_steps: int = 50                # english and dutch: clock moves over the price range
     tick_s: float = 0.001                # dutch: one clock tick
     ceiling_factor: float = 4.0          # price cap without a budget: x the dearest declared cost
+    bid_cache_ms: float = 1000.0         # sealed: the longest a standing bid is reused (0: never)
 
     def __post_init__(self) -> None:
         _auction_kind(self.auction)
@@ -84,7 +87,7 @@ class MarketConfig:
                 "min_observations": self.min_observations, "auction": self.auction,
                 "round_ms": self.round_s * 1000, "min_decrement": self.min_decrement_mc / 1000,
                 "clock_steps": self.clock_steps, "tick_ms": self.tick_s * 1000,
-                "ceiling_factor": self.ceiling_factor}
+                "ceiling_factor": self.ceiling_factor, "bid_cache_ms": self.bid_cache_ms}
 
 
 def parse_bid(answer: Any) -> tuple[int, float | None] | None:
@@ -142,6 +145,7 @@ class _Round:
     took: bool = False                   # dutch: the clock was taken
     timer_at: float | None = None        # the wake-up already armed
     budget_mc: int | None = None         # the task's budget (the reserve), told in every ask
+    held: dict[str, int] = field(default_factory=dict)   # sealed: tasks each agent held when asked
 
     @property
     def aid(self) -> str:
@@ -187,10 +191,17 @@ class _SealedDriver:
         return {"window_ms": r.auction.window * 1000}
 
     def start(self, r: _Round, invited: list[str], now: float) -> None:
-        for agent in [a for a in invited if not self.m.ask(r, a, {}, 0)]:
+        """Ask every invited agent, except those whose standing bid for these terms is
+        still valid (their answer is taken as given).  The close is never synchronous:
+        ``start`` runs inside the scheduler's dispatch, which must not see an award."""
+        standing = {a: self.m.standing(r, a, now) for a in invited}
+        for agent in [a for a in invited if standing[a] is None and not self.m.ask(r, a, {}, 0)]:
             r.auction.submit(agent, None, now)
-        self.m.arm(r, r.auction.deadline, now)
-        self.step(r, now)
+        for agent, msg in standing.items():
+            if msg is not None:
+                self.answer(r, agent, 0, msg, now)
+        done = r.auction.next_action(now).kind is ActionKind.CLOSE
+        self.m.arm(r, now if done else r.auction.deadline, now)
 
     def answer(self, r: _Round, agent: str, round_no: int, msg: dict[str, Any], now: float) -> None:
         parsed = self.m.parse(r, agent, msg, parse_bid)
