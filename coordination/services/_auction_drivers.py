@@ -75,7 +75,7 @@ class MarketConfig:
     clock_steps: int = 50                # english and dutch: clock moves over the price range
     tick_s: float = 0.001                # dutch: one clock tick
     ceiling_factor: float = 4.0          # price cap without a budget: x the dearest declared cost
-    bid_cache_ms: float = 1000.0         # sealed: the longest a standing bid is reused (0: never)
+    bid_cache_ms: float = 30_000.0       # sealed: the longest a standing bid is reused (0: never)
 
     def __post_init__(self) -> None:
         _auction_kind(self.auction)

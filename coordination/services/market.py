@@ -176,8 +176,6 @@ PAYER = "client"
 MAX_NO_AWARD_ROUNDS = 10
 #: The kinds decided in one round (their standing bids can settle an auction at once).
 SEALED = ("sealed-first", "sealed-second")
-#: How long a memoised reputation reading is reused (MarketPolicy._rep).
-REP_MEMO_S = 1.0
 #: How often old ledger transfers are folded into the checkpoint (retention).
 FOLD_EVERY_S = 60.0
 
@@ -205,7 +203,7 @@ class MarketPolicy:
         self.auctions_of: dict[str, int] = {}        # task id -> auctions so far
         self.backoff: dict[str, float] = {}
         self.service_s: dict[tuple[str, str], float] = {}  # (agent, capability) -> EWMA seconds
-        self._rep_memo: dict[tuple[str, str], tuple[float, float, Any, float]] = {}
+        self._rep_memo: dict[tuple[str, str], tuple[float, Any, float]] = {}
         self.promised: dict[str, int] = {}            # agent -> open auctions it is invited to
         self.bid_cache: dict[tuple[str, str, int, int | None], tuple[float, dict[str, Any]]] = {}
         self.recent_auctions: deque[dict[str, Any]] = deque(maxlen=self.config.history)
@@ -345,20 +343,29 @@ class MarketPolicy:
         return weight >= self.config.min_observations and signals[0] < self.config.min_success
 
     def _rep(self, agent_id: str, capability: str, now: float) -> tuple[float, tuple[float, float, float], float]:
-        """(score, signals, decayed weight) of an agent's reputation, memoised: each is a
-        pass over up to ``window`` observations, and an auction reads them several times
-        per bidder.  A memo is dropped when the agent's record changes and otherwise lives
-        REP_MEMO_S (1 s): against the 1 h half-life the decay it skips is below 0.02%."""
+        """(score, signals, decayed weight) of an agent's reputation.  Each reading of
+        Reputation is a pass over up to ``window`` observations and an auction reads them
+        several times per bidder, so one reading is taken when the record changes and
+        carried forward exactly: every observation decays by the same factor
+        0.5 ** (dt / half_life), so the decayed sums scale by it and the prior does not."""
         key = (agent_id, capability)
         hit = self._rep_memo.get(key)
-        if hit is None or not 0 <= now - hit[0] < REP_MEMO_S:
+        if hit is None or now < hit[0]:
             r = self.reputation
-            hit = (now, r.score(agent_id, capability, now), r.signals(agent_id, capability, now),
-                   r.weight(agent_id, capability, now))
+            hit = (now, r.signals(agent_id, capability, now), r.weight(agent_id, capability, now))
             if len(self._rep_memo) >= 4096:
                 self._rep_memo.clear()
             self._rep_memo[key] = hit
-        return hit[1], hit[2], hit[3]
+        at, signals, weight = hit
+        c = self.reputation.config
+        if now > at:
+            f = 0.5 ** ((now - at) / c.half_life)
+            base = c.prior_weight * c.prior
+            signals = tuple((base + f * (x * (c.prior_weight + weight) - base)) / (c.prior_weight + f * weight)
+                            for x in signals)
+            weight *= f
+        score = sum(w * p for w, p in zip(c.weights, signals)) / sum(c.weights)
+        return score, signals, weight
 
     def _gated(self, agent_id: str, capability: str, now: float) -> bool:
         return not self.probation.admits(agent_id, capability, now)
