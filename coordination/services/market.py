@@ -37,30 +37,32 @@ it at run time for auctions opened afterwards), all procurement (agents offer to
                    start - r x decrement ({"auction": "english", "round", "price", ...});
                    {"stay": true} or a bid stays, silence / null / {"stay": false} drops;
                    ends when <= 1 stays; the last one is paid that round's price
-    dutch          ascending clock: the offered payment rises from 0 by a step per tick up
-                   to the ceiling; the first agent to take it wins at the clock's price
+    dutch          a live clock: round (tick) k offers floor + k x step ({"auction": "dutch",
+                   "round", "price", "step", "tick_ms", "ceiling"}) to every invited agent;
+                   {"take": true} or a bid at most the offer takes, anything else passes; the
+                   first agent to take wins at that round's price; a round ends after
+                   ``tick_ms`` (20 ms) or once every agent answered it; the clock stops at the
+                   ceiling (no taker: no award).  In procurement the offered *payment* rises
+                   (the reverse of a sale's falling price, coordination.auction)
 
-How a default agent (``Agent.bid()`` answering ``{"price", "quality"}``) takes part: its
-price is its *reservation price*.  English: it stays while the announced price is at least
-its price (asked again every round; the default hook ignores the round's fields, a custom
-one may read ``cfp["price"]`` and answer ``{"stay": ...}``).  Dutch: asked *once*, with the
-schedule ({"auction": "dutch", "start", "step", "tick_ms", "ceiling"}, credits); its price
-becomes a take at the first tick paying at least that (``DutchAuction.tick_for``).  Asking
-at every ~1 ms tick would cost a round trip per tick; a stated limit is what a proxy on the
-clock does for the agent.  The clock still runs in real time: a take is submitted when its
-tick comes (a take whose answer arrives after its tick takes the current, higher, price),
-and the clock's end closes an auction nobody took.  Once every invited agent has answered,
-nothing can happen on the clock before the first take, so the auction's clock is moved to
-that tick at once instead of the task sleeping through empty ticks; the outcome is the one
-waiting would give.
+How a default agent (``Agent.bid()`` answering ``{"price", "quality", "stands_ms"}``) takes
+part: its price is its *reservation price*.  English: it stays while the announced price is
+at least its price; Dutch: it takes the first offer at least its price (asked every round;
+the default hook ignores the round's fields, a custom one may read ``cfp["price"]`` and
+answer ``{"stay": ...}`` / ``{"take": ...}``).  Sealed kinds: a bid with ``stands_ms``
+*stands*: the market reuses it, for that long (at most ``bid_cache_ms``, 30 s), for cfps of
+the same capability and budget while the agent holds the same number of tasks, instead of
+asking again (the default bid depends on nothing else); an auction all of whose bids stand
+is decided inside the dispatch that opened it, so over default agents a sealed auction
+costs no round trip.  An agent is invited to no more open auctions than it has free room.
 
 Events (all in the task's trace: the auction is a child span of the task's span, its bids
 and rounds share it, the contract is a child span of the auction, transfers children of
 the contract)::
 
-    market.cfp (kind and its terms)  market.bid (english: round, price, stay; dutch: the
-    take tick and price)  market.round (english: each round's price, stayed, dropped)
-    market.take (dutch: a take submitted on the clock)  market.award (price paid, own bid)
+    market.cfp (kind and its terms)  market.bid (english: round, price, stay; dutch: round,
+    price, take)  market.round (english: each round's price, stayed, dropped; dutch: took,
+    passed)  market.award (price paid, own bid)
     market.contract  market.transfer (hold, pay, penalty, refund)  market.completion
     market.breach  market.cancel  market.reputation (before/after)  market.no_award
     market.unfunded  market.bid_invalid  market.abandoned  market.exclusions_lifted
@@ -80,7 +82,7 @@ Decisions where the spec is silent
       max(``min_decrement`` (0.01 credits), ceiling / 50) and Dutch step = ceiling / 50
       (>= 1 mc), so an auction takes at most ~50 rounds or ticks whatever the prices.
       English rounds wait ``round_ms`` (50 ms) for answers but end as soon as every agent
-      still in has answered; Dutch ticks are ``tick_ms`` (1 ms) long.
+      still in has answered; Dutch rounds likewise, ``tick_ms`` (20 ms).
     * English: when the last agents all drop in the same round, the earliest "stay" of the
       round before wins at that round's price (coordination.auction's rule).  An agent that
       dies mid-round has dropped.
@@ -806,7 +808,7 @@ class MarketPolicy:
 #: The market's knobs: ``[market]`` in agora.toml and ``agora market-config`` take these.
 MARKET_KNOBS = ("auction", "window_ms", "round_ms", "tick_ms", "min_decrement", "clock_steps",
                 "ceiling_factor", "penalty_fraction", "contract_timeout_s", "min_success", "weights",
-                "bid_cache_ms")
+                "bid_cache_ms", "floor")
 
 
 def configure(c: MarketConfig, args: dict[str, Any]) -> MarketConfig:
@@ -845,6 +847,8 @@ def _clock_changes(args: dict[str, Any]) -> dict[str, Any]:
                                                  "min_decrement", 0, MAX_AMOUNT / 1000, low_open=True) * 1000)
     if "clock_steps" in args:
         out["clock_steps"] = int(_bounded(arg(args, "clock_steps", int), "clock_steps", 1, 10_000))
+    if "floor" in args:
+        out["floor_mc"] = round(_bounded(arg(args, "floor", (int, float)), "floor", 0, MAX_AMOUNT / 1000) * 1000)
     if "ceiling_factor" in args:
         out["ceiling_factor"] = _bounded(arg(args, "ceiling_factor", (int, float)), "ceiling_factor", 1, 1000)
     return out
