@@ -222,7 +222,8 @@ class _SealedDriver:
         """Evaluated scores rank the bids; each is offered at the price the auction's rule
         gives it against the bids ranked after it (Vickrey: the price at which its score
         would equal the best of theirs)."""
-        offers = self.m.offers(r, now)
+        # one bid has no rival to be scored against: its rank and price do not need a model
+        offers = self.m.offers(r, now) if len(r.auction.bids()) > 1 else []
         # the model, not bare scores: a second-score auction inverts it to price the award
         model = Scoring(tuple(offers), self.m.config.weights, _PROCUREMENT) if offers else None
         result = r.auction.close(now, scores=model)

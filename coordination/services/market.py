@@ -30,9 +30,12 @@ it at run time for auctions opened afterwards), all procurement (agents offer to
 
     sealed-first   one ask; bids within the window; the best evaluated bid wins and is paid
                    its own price (the default)
-    sealed-second  Vickrey: same round; the winner is paid the price of the bid ranked after
-                   it (never less than its own), or the budget when it is alone (its own
-                   price without a budget)
+    sealed-second  Vickrey, second-*score*: same round; the winner is paid its critical price,
+                   the price at which its evaluated score would equal the best rival's
+                   (coordination.auction.SecondPriceAuction, evaluation.Scoring has the
+                   formula; with equal quality, load and reputation it is the runner-up's
+                   price), never less than its own bid nor past the budget; alone: the
+                   budget (its own price without a budget)
     english        reverse English: round r asks the agents still in at price
                    start - r x decrement ({"auction": "english", "round", "price", ...});
                    {"stay": true} or a bid stays, silence / null / {"stay": false} drops;
