@@ -322,7 +322,7 @@ class MarketPolicy:
         """Room not yet promised: an agent is invited to at most as many open auctions as
         it could take tasks from (else every queued task's auction invites the one free
         agent, and all but one end without an award and start over)."""
-        return self.sched.room(link) - len(link.inflight) - self.promised.get(link.id, 0)
+        return self.sched.room(link) - len(link.inflight) - len(link.side) - self.promised.get(link.id, 0)
 
     def _promise(self, ids: Any, delta: int) -> None:
         for aid in ids:
@@ -596,7 +596,7 @@ class MarketPolicy:
         link = self.sched.agents.get(agent_id)
         if link is None or link.draining or agent_id in task.excluded:
             return None
-        return link if len(link.inflight) < self.sched.room(link) else None
+        return link if len(link.inflight) + len(link.side) < self.sched.room(link) else None
 
     def _try_contract(self, r: _Round, bid: Bid, price: int, took_ms: float, bidders: int,
                       assign: bool = True) -> str:

@@ -107,6 +107,9 @@ class AgentLink:
     stopping: dict[str, int] = field(default_factory=dict)  # task id -> attempt asked to stop
     killed: str | None = None  # why the coordinator had this agent killed
     concurrency: int = 1  # attempts the agent runs at once (its hello says; runtime.agents.executor)
+    # runs a service started outside the scheduler's attempts (consensus candidates: task id
+    # -> attempt): they take room like attempts, but the service, not the scheduler, ends them
+    side: dict[str, int] = field(default_factory=dict)
 
 
 #: What an asynchronous policy's ``choose`` returns when it took the task (market: an
@@ -278,7 +281,7 @@ class Scheduler:
         out = []
         for aid in self.capable(capability):
             a = self.agents.get(aid)
-            if a is not None and not a.draining and len(a.inflight) < self.room(a):
+            if a is not None and not a.draining and len(a.inflight) + len(a.side) < self.room(a):
                 out.append(a)
         return out
 
