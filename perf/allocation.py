@@ -1,41 +1,41 @@
 #!/usr/bin/env python3
-"""Allocation policies on a heterogeneous pool, and market auction latency.
+"""Allocation policies on heterogeneous and homogeneous pools, and market auction latency.
 
-    python perf/allocation.py [--quick] [--seed N] [--json]
+    python perf/allocation.py [--quick] [--seed N] [--json] [--pool P]... [--settings S]...
+                              [--policy P]... [--concurrency N]
 
-Part 1 -- one workload, three daemons started in this run (``allocation = static``,
-``least-loaded``, ``market``), same pool of one capability ``work`` (tests/agents_market.py):
+Part 1 -- every policy (``static``, ``least-loaded``, ``p2c``, ``market``), each in a daemon
+of its own started in this run, under two settings (``SETTINGS``, printed at the top):
 
-    fast x2        10 ms per task
-    slow x2       100 ms per task
-    unreliable x1  10 ms per task, fails half of the tasks (by a stable hash of the task id)
+    defaults   what the daemon does with nothing in agora.toml but the allocation:
+               agent_inflight = 1 (no prefetch), the market's MarketConfig defaults
+    tuned      agent_inflight = 4 (up to 4 tasks sent ahead: a policy can prefer a fast
+               agent's queue over an idle slow agent)
 
-all declaring the same cost (1 credit) and quality (0.8): nothing but behaviour tells them
-apart.  A closed-loop driver keeps ``--concurrency`` tasks (8) outstanding, each task
-submitted with ``max_attempts = 1``, so "success rate" means *first-try* success.  Each
-policy first runs the same warm-up (``--warmup`` tasks, not measured: the market learns
-reputations and service times there, the other policies learn nothing), then the measured
-tasks.  Figures: ``throughput_per_s`` (measured tasks finished, failed ones included, per
-second of wall time), ``p95_ms`` (submit -> result seen by the client) and
-``success_rate``, per policy.
+on three pools of one capability ``work`` (perf/_agents_market.py), every agent declaring
+the same cost (1 credit) and quality (0.8) so that nothing but behaviour tells them apart:
 
-Registry order (what ``static`` follows) is the agents' ids sorted; pools are named so
-that ``--order unreliable-first`` (default) lists the unreliable agent, then the slow ones,
-then the fast ones -- the case the reference's static allocation was criticised for;
-``slow-first`` and ``fast-first`` are the other cases (with the fast agents first, static
-does as well as anything).  Every daemon runs with ``agent_inflight = 4`` (up to 4 tasks
-sent to an agent ahead): with room at busy agents a policy can prefer a fast agent's queue
-over an idle slow one.  ``--seed`` salts which tasks the unreliable agent fails.  The "work
-done by" column shows which agents each policy used.
+    hetero fast-last    unreliable x1, slow x2, fast x2, in registry order (what static follows)
+    hetero fast-first   fast x2, slow x2, unreliable x1
+    homogeneous         fast x4
 
-Part 2 -- auction latency (cfp sent -> award decided, measured by the coordinator on its
-monotonic clock and reported in ``market`` as ``auction_ms``) against 4, 16 and 64 idle
-bidders (Fast agents), tasks submitted one at a time: ``auction_p50_ms``.
+(fast: 10 ms a task; slow: 100 ms; unreliable: 10 ms, fails half of the tasks by a stable
+hash of the task id salted with ``--seed``).  A closed-loop driver keeps ``--concurrency``
+tasks (8) outstanding, each with ``max_attempts = 1``, so success means first-try success.
+Each run first does the same warm-up (``--warmup`` tasks, not measured: the market learns
+reputations and service times there), then the measured tasks.  Figures per run:
+``tasks/s`` (measured tasks that *succeeded*, per second of wall time), ``p95 ms`` (submit
+-> result seen by the client, every task), ``success``, and CPU ms per task of the
+coordinator and of the whole daemon tree (psutil; robust against a loaded machine, unlike
+wall time), and which agents did the work.  The closing lines give market / best other
+policy's tasks/s per (settings, pool).
 
-Targets (issue "Market coordination"): market throughput >= 1.5x static; market success
-rate >= 99.5% while static shows the unreliable agent's failures; auction p50 <= 2 ms with
-16 bidders.  The registry is ``local`` (in the coordinator) so that the partitioned
-backend's own costs do not enter these figures.
+Part 2 -- auction latency (cfp sent -> award decided, on the coordinator's monotonic clock,
+``auction_ms`` in ``agora market``) against 4, 16 and 64 idle bidders, tasks one at a time.
+
+Targets (issue 18): market >= 1.3x the best other policy on the heterogeneous pool under
+the defaults, >= 0.95x on the homogeneous pool; auction p50 <= 2 ms with 16 bidders.  The
+registry is ``local`` (in the coordinator) so the partitioned backend's costs stay out.
 """
 
 from __future__ import annotations
