@@ -352,10 +352,12 @@ class MarketPolicy:
         Reputation is a pass over up to ``window`` observations and an auction reads them
         several times per bidder, so one reading is taken when the record changes and
         carried forward exactly: every observation decays by the same factor
-        0.5 ** (dt / half_life), so the decayed sums scale by it and the prior does not."""
+        0.5 ** (dt / half_life), so the decayed sums scale by it and the prior does not.  A
+        time up to 1 s before the reading (callers' clocks read a moment apart) is given
+        the reading itself: against the 1 h half-life that is below 0.02% of decay."""
         key = (agent_id, capability)
         hit = self._rep_memo.get(key)
-        if hit is None or now < hit[0]:
+        if hit is None or now < hit[0] - 1.0:
             r = self.reputation
             hit = (now, r.signals(agent_id, capability, now), r.weight(agent_id, capability, now))
             if len(self._rep_memo) >= 4096:
@@ -363,7 +365,7 @@ class MarketPolicy:
             self._rep_memo[key] = hit
         at, signals, weight = hit
         c = self.reputation.config
-        if now > at:
+        if now > at:  # (now <= at: the reading as it is)
             f = 0.5 ** ((now - at) / c.half_life)
             base = c.prior_weight * c.prior
             signals = tuple((base + f * (x * (c.prior_weight + weight) - base)) / (c.prior_weight + f * weight)

@@ -31,3 +31,12 @@ def test_carried_reading_equals_a_fresh_one(seed: int) -> None:
 def test_an_unseen_agent_reads_the_prior() -> None:
     market = SimpleNamespace(reputation=Reputation(), _rep_memo={})
     assert MarketPolicy._rep(market, "x", "c", 5.0) == (0.5, (0.5, 0.5, 0.5), 0.0)
+
+
+def test_a_moment_earlier_reads_the_memo_and_a_record_refreshes_it() -> None:
+    rep = Reputation()
+    market = SimpleNamespace(reputation=rep, _rep_memo={})
+    rep.record("a", "c", Observation(10.0, True, True, 1.0))
+    first = MarketPolicy._rep(market, "a", "c", 10.0)
+    assert MarketPolicy._rep(market, "a", "c", 9.5) == first  # a clock read a moment before
+    assert MarketPolicy._rep(market, "a", "c", 5.0)[0] == pytest.approx(rep.score("a", "c", 5.0))
