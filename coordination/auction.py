@@ -741,6 +741,10 @@ class DutchAuction(_Auction):
         tick = max(0, -(-gap // self.step))  # ceil: the first tick at or past the limit
         return tick if tick <= self.last_tick else None
 
+    def answered(self, bidder: str) -> bool:
+        """Has ``bidder`` answered the current round?"""
+        return bidder in self._answers
+
     def _scheduled_round(self, now: float) -> int:
         t0, k0 = self._anchor
         return k0 + max(0, math.floor((now - t0) / self.tick + _TICK_EPS))

@@ -1,6 +1,6 @@
 """Mechanism of the live market: its knobs, how agents' answers are read, one round per
 auction, and one small driver per auction kind (sealed first/second price, reverse English,
-ascending Dutch) that feeds the pure state machines of ``coordination.auction`` and tells
+a live procurement Dutch clock) that feeds the pure state machines of ``coordination.auction`` and tells
 the market what to ask and when to close.  ``coordination.services.market`` holds the policy that
 uses them (contracts, escrow, reputation, commands); see its docstring for the decisions.
 """
@@ -44,7 +44,9 @@ class Market(Protocol):
 
     def offers(self, r: _Round, now: float) -> list[Any]: ...
 
-__all__ = ["MarketConfig", "parse_bid", "parse_stay", "clock_terms", "AUCTION_KINDS"]
+    def standing(self, r: _Round, agent_id: str, now: float) -> dict[str, Any] | None: ...
+
+__all__ = ["MarketConfig", "parse_bid", "parse_stay", "parse_take", "clock_terms", "AUCTION_KINDS"]
 
 _PROCUREMENT = Direction.PROCUREMENT
 AUCTION_KINDS = ("sealed-first", "sealed-second", "english", "dutch")
@@ -71,8 +73,10 @@ class MarketConfig:
     round_s: float = 0.05                # english: time to answer one round (ends early)
     min_decrement_mc: int = 10           # english: the least price step (0.01 credits)
     clock_steps: int = 50                # english and dutch: clock moves over the price range
-    tick_s: float = 0.001                # dutch: one clock tick
+    tick_s: float = 0.02                 # dutch: one round's longest time (ends early)
+    floor_mc: int = 0                    # dutch: the clock's first offer (milli-credits)
     ceiling_factor: float = 4.0          # price cap without a budget: x the dearest declared cost
+    bid_cache_ms: float = 30_000.0       # sealed: the longest a standing bid is reused (0: never)
 
     def __post_init__(self) -> None:
         _auction_kind(self.auction)
@@ -83,8 +87,8 @@ class MarketConfig:
                 "contract_timeout_s": self.contract_timeout_s, "min_success": self.min_success,
                 "min_observations": self.min_observations, "auction": self.auction,
                 "round_ms": self.round_s * 1000, "min_decrement": self.min_decrement_mc / 1000,
-                "clock_steps": self.clock_steps, "tick_ms": self.tick_s * 1000,
-                "ceiling_factor": self.ceiling_factor}
+                "clock_steps": self.clock_steps, "tick_ms": self.tick_s * 1000, "floor": self.floor_mc / 1000,
+                "ceiling_factor": self.ceiling_factor, "bid_cache_ms": self.bid_cache_ms}
 
 
 def parse_bid(answer: Any) -> tuple[int, float | None] | None:
@@ -135,13 +139,12 @@ class _Round:
     task: TaskRun
     span: TraceContext
     qualities: dict[str, float] = field(default_factory=dict)
-    asked_round: int = -1                # english: the round last announced
-    reported: int = 0                    # english: rounds already told as market.round
-    takes: dict[str, int] = field(default_factory=dict)  # dutch: bidder -> tick it takes at
-    answered: set[str] = field(default_factory=set)      # dutch: who answered the schedule
+    asked_round: int = -1                # english, dutch: the round last announced
+    reported: int = 0                    # english, dutch: rounds already told as market.round
     took: bool = False                   # dutch: the clock was taken
     timer_at: float | None = None        # the wake-up already armed
     budget_mc: int | None = None         # the task's budget (the reserve), told in every ask
+    held: dict[str, int] = field(default_factory=dict)   # sealed: tasks each agent held when asked
 
     @property
     def aid(self) -> str:
@@ -187,10 +190,17 @@ class _SealedDriver:
         return {"window_ms": r.auction.window * 1000}
 
     def start(self, r: _Round, invited: list[str], now: float) -> None:
-        for agent in [a for a in invited if not self.m.ask(r, a, {}, 0)]:
+        """Ask every invited agent, except those whose standing bid for these terms is
+        still valid (their answer is taken as given).  The close is never synchronous:
+        ``start`` runs inside the scheduler's dispatch, which must not see an award."""
+        standing = {a: self.m.standing(r, a, now) for a in invited}
+        for agent in [a for a in invited if standing[a] is None and not self.m.ask(r, a, {}, 0)]:
             r.auction.submit(agent, None, now)
-        self.m.arm(r, r.auction.deadline, now)
-        self.step(r, now)
+        for agent, msg in standing.items():
+            if msg is not None:
+                self.answer(r, agent, 0, msg, now)
+        done = r.auction.next_action(now).kind is ActionKind.CLOSE
+        self.m.arm(r, now if done else r.auction.deadline, now)
 
     def answer(self, r: _Round, agent: str, round_no: int, msg: dict[str, Any], now: float) -> None:
         parsed = self.m.parse(r, agent, msg, parse_bid)
@@ -212,7 +222,8 @@ class _SealedDriver:
         """Evaluated scores rank the bids; each is offered at the price the auction's rule
         gives it against the bids ranked after it (Vickrey: the price at which its score
         would equal the best of theirs)."""
-        offers = self.m.offers(r, now)
+        # one bid has no rival to be scored against: its rank and price do not need a model
+        offers = self.m.offers(r, now) if len(r.auction.bids()) > 1 else []
         # the model, not bare scores: a second-score auction inverts it to price the award
         model = Scoring(tuple(offers), self.m.config.weights, _PROCUREMENT) if offers else None
         result = r.auction.close(now, scores=model)
@@ -294,15 +305,18 @@ def _stay_at(price_mc: int, answer: Any) -> bool:
 
 
 class _DutchDriver:
-    """Ascending procurement clock, asked once: every agent answers the schedule with the
-    price it works for, which becomes its take at the first tick paying at least that."""
+    """Procurement Dutch clock run live: each tick is a round that asks every invited agent
+    "do you take the task at this price?"; the offered payment starts at ``floor`` and
+    rises a step per round up to the ceiling; the first agent to take wins at that round's
+    price.  A round ends after ``tick_s`` or as soon as every agent answered it."""
 
     def __init__(self, market: Market) -> None:
         self.m = market
 
     def build(self, aid: str, reserve: int | None, ceiling: int) -> Any:
-        step = clock_terms(ceiling, self.m.config)[1]
-        return DutchAuction(aid, _PROCUREMENT, start=0, step=step, tick=self.m.config.tick_s,
+        floor = min(self.m.config.floor_mc, ceiling)
+        step = clock_terms(ceiling - floor, self.m.config)[1]
+        return DutchAuction(aid, _PROCUREMENT, start=floor, step=step, tick=self.m.config.tick_s,
                             reserve=ceiling)
 
     def terms(self, r: _Round) -> dict[str, Any]:
@@ -310,66 +324,71 @@ class _DutchDriver:
         return {"start_mc": a.start, "step_mc": a.step, "tick_ms": a.tick * 1000, "ceiling_mc": a.reserve}
 
     def start(self, r: _Round, invited: list[str], now: float) -> None:
-        a = r.auction
-        extra = {"start": a.start / 1000, "step": a.step / 1000, "tick_ms": a.tick * 1000,
-                 "ceiling": a.reserve / 1000}
-        r.answered.update(agent for agent in invited if not self.m.ask(r, agent, extra, 0))
         self.step(r, now)
 
     def answer(self, r: _Round, agent: str, round_no: int, msg: dict[str, Any], now: float) -> None:
-        if agent in r.answered:
+        a = r.auction
+        if round_no != a.round or r.took:
+            self._told(r, agent, round_no, None, False, f"late: round {round_no} is over")
             return
-        r.answered.add(agent)
-        parsed = self.m.parse(r, agent, msg, parse_bid)
-        tick = None if parsed is None else r.auction.tick_for(parsed[0])
-        if tick is not None:
-            r.takes[agent] = tick
-        reason = None if tick is not None else ("declined" if parsed is None else "above the ceiling")
+        take = bool(self.m.parse(r, agent, msg, partial(parse_take, a.price)))
+        ack = a.submit(agent, take, now)
+        r.took = r.took or (take and ack.accepted)
+        self._told(r, agent, round_no, take, ack.accepted, ack.reason or msg.get("error"))
+
+    def _told(self, r: _Round, agent: str, round_no: int, take: bool | None, accepted: bool,
+              reason: str | None) -> None:
         self.m.coord.emit("market.bid", r.span, auction_id=r.aid, task_id=r.task.id, agent=agent,
-                          price_mc=None if parsed is None else parsed[0], take_tick=tick,
-                          take_mc=None if tick is None else r.auction.price_at(tick),
-                          accepted=tick is not None, reason=reason or msg.get("error"))
+                          round=round_no, price_mc=r.auction.price_at(round_no), take=take,
+                          accepted=accepted, reason=reason)
 
     def gone(self, r: _Round, agent: str, now: float) -> None:
-        r.answered.add(agent)
-        r.takes.pop(agent, None)
+        a = r.auction
+        if a.next_action(now).kind is ActionKind.ASK and not a.answered(agent):
+            a.submit(agent, False, now)
 
     def step(self, r: _Round, now: float) -> None:
+        """Report ended rounds; close on the first take or at the clock's end; else ask
+        the new round (once) and wake at its end."""
         a = r.auction
-        everyone = r.answered >= (a.invited or frozenset())
-        if everyone and r.takes and not r.took:
-            # every answer is in: nothing can happen on the clock before the first take, so
-            # the auction's clock moves there instead of the task sleeping through empty ticks
-            at = max(now, a.tick_start(min(r.takes.values())))
-            self._take_due(r, at)
-            self.m.close_round(r.aid, at)
-            return
-        self._take_due(r, now)
-        if everyone and (r.took or not r.takes):
-            self.m.close_round(r.aid, now)
-            return
-        action = a.next_action(now)
-        if action.kind is ActionKind.CLOSE:
-            self.m.close_round(r.aid, now)
-            return
-        wake = [a.tick_start(k) for k in r.takes.values()] + [a.tick_start(a.last_tick + 1)]
-        self.m.arm(r, action.until if action.kind is ActionKind.WAIT else min(wake), now)
+        while True:
+            action = a.next_action(now)
+            self._report(r)
+            if r.took or action.kind is ActionKind.CLOSE:
+                self.m.close_round(r.aid, now)  # the first taker wins: later ones cannot
+                return
+            if action.round == r.asked_round:
+                self.m.arm(r, action.until, now)
+                return
+            r.asked_round = action.round
+            extra = {"round": action.round, "price": action.price / 1000, "step": a.step / 1000,
+                     "tick_ms": a.tick * 1000, "ceiling": a.reserve / 1000}
+            for agent in [b for b in sorted(a.invited or ()) if not self.m.ask(r, b, extra, action.round)]:
+                a.submit(agent, False, now)  # gone: it passes (may end the round: loop again)
 
-    def _take_due(self, r: _Round, at: float) -> None:
-        """Submit the takes whose tick has come, stamped ``at`` (a take whose tick passed
-        before its answer arrived takes the current, higher, price)."""
-        a = r.auction
-        for wanted, agent in sorted((k, b) for b, k in r.takes.items() if a.tick_start(k) <= at):
-            del r.takes[agent]
-            ack, tick = a.submit(agent, True, at), a.tick_at(at)
-            r.took = r.took or ack.accepted
-            self.m.coord.emit("market.take", r.span, auction_id=r.aid, task_id=r.task.id,
-                              agent=agent, tick=tick, wanted_tick=wanted, price_mc=a.price_at(tick),
-                              accepted=ack.accepted, reason=ack.reason)
+    def _report(self, r: _Round) -> None:
+        for rec in r.auction.rounds[r.reported:]:
+            self.m.coord.emit("market.round", r.span, auction_id=r.aid, task_id=r.task.id,
+                              round=rec.round, price_mc=rec.price, took=list(rec.stayed),
+                              passed=list(rec.dropped))
+        r.reported = len(r.auction.rounds)
 
     def result(self, r: _Round, now: float) -> tuple[Any, list[tuple[Bid, int]]]:
         result = r.auction.close(now)
+        self._report(r)
         return result, _winner_only(result)
+
+
+def parse_take(price_mc: int, answer: Any) -> bool:
+    """An agent's answer to a Dutch round offering ``price_mc`` -> does it take it?
+    ``{"take": bool}`` says so; a plain bid is the agent's reservation price (it takes
+    once the offer reaches it); None passes.  Junk raises InvalidInput."""
+    if isinstance(answer, dict) and "take" in answer:
+        if not isinstance(answer["take"], bool):
+            raise InvalidInput(f"'take' must be true or false, got {answer['take']!r}")
+        return answer["take"]
+    parsed = parse_bid(answer)
+    return parsed is not None and parsed[0] <= price_mc
 
 
 def _auction_kind(kind: str) -> str:

@@ -51,7 +51,8 @@ Decisions where the spec is silent:
   the step runs with those there are (``k_run`` in the result); it waits while capable
   agents lack room.  A candidate whose agent failed or died is left out; if none is
   left, or nobody voted for anything, the attempt fails (the task's retry policy decides).
-  Consensus sub-runs do not count against an agent's in-flight capacity.
+  Candidate runs take room at their agents; a hung one is cancelled at the candidate
+  timeout and the vote needs a quorum of candidates (``ConsensusSteps`` says how).
 * Bargaining: the seller's move is its ``bid(request)`` with ``request["bargain"]`` set
   (the session so far): ``{"accept": true}`` accepts the buyer's last offer,
   ``{"price": p}`` counter-offers, ``None`` walks away.  The default ``bid`` (a fixed
@@ -66,6 +67,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+
 from coordination.negotiation import (
     AlternatingOffers,
     Negotiation,
@@ -78,6 +81,7 @@ from runtime.coordinator.command_kit import Deferred, arg, only
 from runtime.coordinator.host import ServiceHost
 from runtime.errors import AgoraError, InvalidInput, NotFound
 from runtime.observability.trace_context import TraceContext
+from shm.errors import StaleHandle
 
 __all__ = ["install", "AskRound", "VoteRun", "NegotiationRun", "BargainRun", "ConsensusSteps",
            "Service", "PIPELINE_METHODS", "KEEP_RECENT"]
@@ -86,6 +90,10 @@ KEEP_RECENT = 200
 #: named sources of vote weights (``weights`` may also be an explicit voter -> weight object)
 WEIGHT_SOURCES = ("reputation", "stake", "quality")
 DEFAULT_DEADLINE_S = 5.0
+#: A consensus candidate's time limit when neither the task nor its pool sets timeout_s.
+CANDIDATE_TIMEOUT_S = 60.0
+#: Vote requests carry candidates up to this JSON size inline, larger ones by reference.
+INLINE_CANDIDATE_BYTES = 16 * 1024
 #: method names a pipeline's consensus step (and ``agora vote``) may use -> voting methods:
 #: voting's own names and its aliases (``instant_runoff`` is ``irv``)
 PIPELINE_METHODS = {**{m: m for m in METHODS}, **METHOD_ALIASES}
@@ -443,10 +451,16 @@ class _StepRun:
         self.outputs: dict[str, Any] = {}
         self.errors: dict[str, Any] = {}
         self.vote: VoteRun | None = None
+        self.input_handle: Any = None
 
     @property
     def collected(self) -> bool:
         return len(self.outputs) + len(self.errors) == len(self.agents)
+
+    @property
+    def quorum(self) -> int:
+        """Candidates needed for a vote: a majority of the agents the step ran on."""
+        return len(self.agents) // 2 + 1
 
     def labels(self) -> dict[str, str]:
         """Candidate label -> agent, for the agents that produced one (id order)."""
@@ -455,7 +469,18 @@ class _StepRun:
 
 
 class ConsensusSteps:
-    """Runs pipeline steps whose options carry ``consensus`` as k attempts-in-one."""
+    """Runs pipeline steps whose options carry ``consensus`` as k attempts-in-one.
+
+    Each candidate run takes room at its agent like an attempt (``AgentLink.side``) until
+    its agent reports or dies; outputs sent by handle (64 KiB and more) are read from the
+    arena and their blocks released, a late report's block too.  A candidate still running
+    after the step's candidate timeout (the task's ``timeout_s``, else its pool's, else
+    ``CANDIDATE_TIMEOUT_S``) is cancelled (killed after its pool's cancel grace if it does
+    not stop) and left out; the vote runs on the candidates there are if they are a
+    quorum (a majority of the agents the step ran on), else the attempt fails
+    ``CONSENSUS_NO_QUORUM``.  Vote requests carry candidates up to ``INLINE_CANDIDATE_BYTES``
+    (16 KiB of JSON) inline; a larger one is referenced (``{"$large": label, "bytes": n,
+    "preview": ...}``) and its output stays in the coordinator for the result."""
 
     def __init__(self, coord: Any, service: Service) -> None:
         self.coord, self.sched, self.service = coord, coord.scheduler, service
@@ -490,7 +515,7 @@ class ConsensusSteps:
         room = [a for a in self.sched.candidates(task.capability) if a.id not in task.excluded]
         if n == 0 or len(room) < n:
             return None
-        room.sort(key=lambda a: (len(a.inflight), a.order))
+        room.sort(key=lambda a: (len(a.inflight) + len(a.side), a.order))
         return sorted(a.id for a in room[:n])
 
     def _start(self, task: Any, spec: dict[str, Any]) -> bool:
@@ -500,27 +525,86 @@ class ConsensusSteps:
         attempt = self.coord.journal.start_attempt(task.id, "consensus:" + ",".join(agents))
         task.attempts, task.state, task.agent = attempt, "running", None
         method = PIPELINE_METHODS[spec["method"]]
-        self.running[task.id] = _StepRun(task, spec["k"], method, agents, attempt)
+        run = self.running[task.id] = _StepRun(task, spec["k"], method, agents, attempt)
         self.sched.result_sinks[task.id] = self._result
         span = task.trace.child()
+        timeout = self._candidate_timeout(task, agents)
         self.coord.emit("consensus.started", span, task_id=task.id, attempt=attempt, agents=agents,
-                        k=spec["k"], method=spec["method"])
-        frame = {"id": task.id, "attempt": attempt, "cap": task.capability, "input": task.input,
-                 "trace": span.to_wire()}
+                        k=spec["k"], method=spec["method"], candidate_timeout_s=timeout)
         for agent in agents:
+            frame = {"id": task.id, "attempt": attempt, "cap": task.capability, "trace": span.to_wire()}
+            frame["input"] = task.input  # small: a large input is one block per reader
+            self.sched.agents[agent].side[task.id] = attempt
             self.sched.outbox.setdefault(agent, []).append(frame)
+        self.coord.call_later(timeout, lambda: self._timed_out(run))
         return True
 
+    def _candidate_timeout(self, task: Any, agents: list[str]) -> float:
+        if task.timeout_s:
+            return float(task.timeout_s)
+        pools = [self.sched.pools.get(self.sched.agents[a].pool) for a in agents]
+        limits = [float(p.timeout_s) for p in pools if p is not None and getattr(p, "timeout_s", 0)]
+        return max(limits) if limits else CANDIDATE_TIMEOUT_S
+
+    def _free(self, agent: str | None, task_id: str, attempt: int) -> None:
+        link = self.sched.agents.get(agent) if agent else None
+        if link is not None and link.side.get(task_id) == attempt:
+            del link.side[task_id]
+
     def _result(self, link: Any, r: dict[str, Any]) -> None:
-        run = self.running.get(r["id"])
         agent = getattr(link, "id", None)
-        if run is None or r.get("attempt") != run.attempt or agent not in run.agents or run.vote:
-            return  # a late report of an attempt already decided
+        self._free(agent, r["id"], r.get("attempt"))
+        run = self.running.get(r["id"])
+        if run is None or r.get("attempt") != run.attempt or agent not in run.agents or run.vote \
+                or agent in run.errors:
+            self._drop_output(r)  # a late report of an attempt already decided: free its block
+            return
         if "error" in r:
             run.errors[agent] = r["error"]
         else:
-            run.outputs[agent] = r.get("ok")
+            try:
+                run.outputs[agent] = self.sched.payloads.unpack(r, "ok")
+            except StaleHandle as e:  # a stale block: that candidate is lost, not the step
+                run.errors[agent] = {"code": "CANDIDATE_UNREADABLE", "message": str(e)}
         self._maybe_vote(run)
+
+    def _drop_output(self, r: dict[str, Any]) -> None:
+        if r.get("ok_h") is not None:
+            try:
+                self.sched.payloads.unpack(r, "ok")
+            except StaleHandle:
+                pass  # the block was reset already: nothing left to free
+
+    def _timed_out(self, run: _StepRun) -> None:
+        """Candidates still running: cancel them and vote on the rest (or fail)."""
+        if self.running.get(run.task.id) is not run or run.vote is not None:
+            return
+        for agent in [a for a in run.agents if a not in run.outputs and a not in run.errors]:
+            run.errors[agent] = {"code": "CANDIDATE_TIMEOUT",
+                                 "message": f"agent {agent} did not deliver its candidate in time"}
+            self._cancel(run, agent)
+        self._maybe_vote(run)
+
+    def _cancel(self, run: _StepRun, agent: str) -> None:
+        link = self.sched.agents.get(agent)
+        if link is None:
+            return
+        self.sched.cancels.setdefault(agent, []).append({"id": run.task.id, "attempt": run.attempt})
+        grace = float(getattr(self.sched.pools.get(link.pool), "cancel_grace_s", None) or 5.0)
+        self.coord.emit("consensus.candidate_cancelled", run.task.trace, task_id=run.task.id,
+                        attempt=run.attempt, agent=agent, grace_s=grace)
+        self.coord.call_later(grace, lambda: self._grace_over(agent, run.task.id, run.attempt))
+
+    def _grace_over(self, agent: str, task_id: str, attempt: int) -> None:
+        """A cancelled candidate that still holds its agent: have the agent replaced."""
+        link = self.sched.agents.get(agent)
+        if link is None or link.side.get(task_id) != attempt or link.killed:
+            return
+        link.killed = f"consensus candidate {attempt} of {task_id} did not stop within its cancel grace"
+        link.draining = True
+        self.coord.emit("agent.kill", None, agent=agent, pid=link.pid, task_id=task_id, why=link.killed)
+        for listener in self.sched.kill_listeners:
+            listener(link, link.killed)
 
     def agent_died(self, agent_id: str) -> None:
         for run in list(self.running.values()):
@@ -533,14 +617,15 @@ class ConsensusSteps:
         if not run.collected or run.vote is not None:
             return
         labels = run.labels()
-        if not labels:
-            self._fail(run, {"code": "CONSENSUS_NO_CANDIDATE",
-                             "message": f"none of the {len(run.agents)} agents produced "
-                                        "a candidate",
+        if len(labels) < run.quorum:
+            code = "CONSENSUS_NO_CANDIDATE" if not labels else "CONSENSUS_NO_QUORUM"
+            self._fail(run, {"code": code,
+                             "message": f"{len(labels)} of the {len(run.agents)} agents produced "
+                                        f"a candidate; a vote needs {run.quorum}",
                              "errors": run.errors, "hint": "see the attempts' errors"})
             return
         voters = [a for a in run.agents if a in self.sched.agents]
-        extra = {"candidates": {lbl: run.outputs[a] for lbl, a in labels.items()},
+        extra = {"candidates": {lbl: _for_ballot(lbl, run.outputs[a]) for lbl, a in labels.items()},
                  "capability": run.task.capability, "input": run.task.input, "task_id": run.task.id}
         run.vote = self.service.open_vote(
             f"consensus of task {run.task.id}", list(labels), run.method, voters or run.agents,
@@ -579,6 +664,15 @@ class ConsensusSteps:
                         winner=(result or {}).get("winner"), error=(error or {}).get("code"))
         if self.sched.tasks.get(task.id) is task:  # not cancelled or expired meanwhile
             self.sched.follow(task, run.attempt, fin)
+
+
+def _for_ballot(label: str, output: Any) -> Any:
+    """A candidate as a vote request carries it: inline up to INLINE_CANDIDATE_BYTES, else
+    a reference with its size and the start of its JSON (a voter still tells it apart)."""
+    data = orjson.dumps(output)
+    if len(data) <= INLINE_CANDIDATE_BYTES:
+        return output
+    return {"$large": label, "bytes": len(data), "preview": data[:256].decode("utf-8", "replace")}
 
 
 # ---------------------------------------------------------------------------- the service

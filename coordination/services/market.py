@@ -30,37 +30,42 @@ it at run time for auctions opened afterwards), all procurement (agents offer to
 
     sealed-first   one ask; bids within the window; the best evaluated bid wins and is paid
                    its own price (the default)
-    sealed-second  Vickrey: same round; the winner is paid the price of the bid ranked after
-                   it (never less than its own), or the budget when it is alone (its own
-                   price without a budget)
+    sealed-second  Vickrey, second-*score*: same round; the winner is paid its critical price,
+                   the price at which its evaluated score would equal the best rival's
+                   (coordination.auction.SecondPriceAuction, evaluation.Scoring has the
+                   formula; with equal quality, load and reputation it is the runner-up's
+                   price), never less than its own bid nor past the budget; alone: the
+                   budget (its own price without a budget)
     english        reverse English: round r asks the agents still in at price
                    start - r x decrement ({"auction": "english", "round", "price", ...});
                    {"stay": true} or a bid stays, silence / null / {"stay": false} drops;
                    ends when <= 1 stays; the last one is paid that round's price
-    dutch          ascending clock: the offered payment rises from 0 by a step per tick up
-                   to the ceiling; the first agent to take it wins at the clock's price
+    dutch          a live clock: round (tick) k offers floor + k x step ({"auction": "dutch",
+                   "round", "price", "step", "tick_ms", "ceiling"}) to every invited agent;
+                   {"take": true} or a bid at most the offer takes, anything else passes; the
+                   first agent to take wins at that round's price; a round ends after
+                   ``tick_ms`` (20 ms) or once every agent answered it; the clock stops at the
+                   ceiling (no taker: no award).  In procurement the offered *payment* rises
+                   (the reverse of a sale's falling price, coordination.auction)
 
-How a default agent (``Agent.bid()`` answering ``{"price", "quality"}``) takes part: its
-price is its *reservation price*.  English: it stays while the announced price is at least
-its price (asked again every round; the default hook ignores the round's fields, a custom
-one may read ``cfp["price"]`` and answer ``{"stay": ...}``).  Dutch: asked *once*, with the
-schedule ({"auction": "dutch", "start", "step", "tick_ms", "ceiling"}, credits); its price
-becomes a take at the first tick paying at least that (``DutchAuction.tick_for``).  Asking
-at every ~1 ms tick would cost a round trip per tick; a stated limit is what a proxy on the
-clock does for the agent.  The clock still runs in real time: a take is submitted when its
-tick comes (a take whose answer arrives after its tick takes the current, higher, price),
-and the clock's end closes an auction nobody took.  Once every invited agent has answered,
-nothing can happen on the clock before the first take, so the auction's clock is moved to
-that tick at once instead of the task sleeping through empty ticks; the outcome is the one
-waiting would give.
+How a default agent (``Agent.bid()`` answering ``{"price", "quality", "stands_ms"}``) takes
+part: its price is its *reservation price*.  English: it stays while the announced price is
+at least its price; Dutch: it takes the first offer at least its price (asked every round;
+the default hook ignores the round's fields, a custom one may read ``cfp["price"]`` and
+answer ``{"stay": ...}`` / ``{"take": ...}``).  Sealed kinds: a bid with ``stands_ms``
+*stands*: the market reuses it, for that long (at most ``bid_cache_ms``, 30 s), for cfps of
+the same capability and budget while the agent holds the same number of tasks, instead of
+asking again (the default bid depends on nothing else); an auction all of whose bids stand
+is decided inside the dispatch that opened it, so over default agents a sealed auction
+costs no round trip.  An agent is invited to no more open auctions than it has free room.
 
 Events (all in the task's trace: the auction is a child span of the task's span, its bids
 and rounds share it, the contract is a child span of the auction, transfers children of
 the contract)::
 
-    market.cfp (kind and its terms)  market.bid (english: round, price, stay; dutch: the
-    take tick and price)  market.round (english: each round's price, stayed, dropped)
-    market.take (dutch: a take submitted on the clock)  market.award (price paid, own bid)
+    market.cfp (kind and its terms)  market.bid (english: round, price, stay; dutch: round,
+    price, take)  market.round (english: each round's price, stayed, dropped; dutch: took,
+    passed)  market.award (price paid, own bid)
     market.contract  market.transfer (hold, pay, penalty, refund)  market.completion
     market.breach  market.cancel  market.reputation (before/after)  market.no_award
     market.unfunded  market.bid_invalid  market.abandoned  market.exclusions_lifted
@@ -80,7 +85,7 @@ Decisions where the spec is silent
       max(``min_decrement`` (0.01 credits), ceiling / 50) and Dutch step = ceiling / 50
       (>= 1 mc), so an auction takes at most ~50 rounds or ticks whatever the prices.
       English rounds wait ``round_ms`` (50 ms) for answers but end as soon as every agent
-      still in has answered; Dutch ticks are ``tick_ms`` (1 ms) long.
+      still in has answered; Dutch rounds likewise, ``tick_ms`` (20 ms).
     * English: when the last agents all drop in the same round, the earliest "stay" of the
       round before wins at that round's price (coordination.auction's rule).  An agent that
       dies mid-round has dropped.
@@ -142,6 +147,7 @@ from typing import Any
 
 from coordination import contracts as K
 from coordination.auction import (
+    ActionKind,
     Bid,
     FirstPriceAuction,
     SecondPriceAuction,
@@ -175,6 +181,8 @@ __all__ = ["MarketConfig", "MarketPolicy", "install", "configure", "MARKET_KNOBS
 PAYER = "client"
 #: Auctions in a row without an award and without a usable offer before a task ends NO_AWARD.
 MAX_NO_AWARD_ROUNDS = 10
+#: The kinds decided in one round (their standing bids can settle an auction at once).
+SEALED = ("sealed-first", "sealed-second")
 #: How often old ledger transfers are folded into the checkpoint (retention).
 FOLD_EVERY_S = 60.0
 
@@ -204,6 +212,9 @@ class MarketPolicy:
         self.open: dict[str, _Open] = {}             # task id -> contract under way
         self.auctions_of: dict[str, int] = {}        # task id -> auctions so far
         self.backoff: dict[str, float] = {}
+        self._rep_memo: dict[tuple[str, str], tuple[float, Any, float]] = {}
+        self.promised: dict[str, int] = {}            # agent -> open auctions it is invited to
+        self.bid_cache: dict[tuple[str, str, int, int | None], tuple[float, dict[str, Any]]] = {}
         self.recent_auctions: deque[dict[str, Any]] = deque(maxlen=self.config.history)
         self.recent_contracts: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._sweeping = False
@@ -259,6 +270,7 @@ class MarketPolicy:
         """Its contracts were breached through on_attempt_end already; here: open rounds
         stop waiting for its answer."""
         now = self.coord.clock()
+        self.bid_cache = {k: v for k, v in self.bid_cache.items() if k[0] != agent_id}
         for r in list(self.rounds.values()):
             if self.rounds.get(r.aid) is r and agent_id in (r.auction.invited or ()):
                 driver = self.drivers[r.kind]
@@ -270,7 +282,10 @@ class MarketPolicy:
     def choose(self, task: TaskRun, candidates: list[AgentLink]) -> Any:
         if not candidates:
             candidates = self._lift_exclusions(task)
-        invited = self._gate(task.capability, candidates)
+        free = [a for a in candidates if self._free(a) > 0]
+        if candidates and not free:
+            return None  # every agent with room is promised to open auctions: they wake us
+        invited = self._gate(task.capability, free)
         if not invited:
             if not self.sched.candidates(task.capability):
                 return None  # nobody has room: wait for it (a result or a join wakes the loop)
@@ -279,8 +294,47 @@ class MarketPolicy:
                             why="no free agent may be invited for it (gated or excluded)")
             self._requeue_later(task)
             return TAKEN
-        self._open_round(task, invited)
+        r = self._open_round(task, invited)
+        if r.kind in SEALED and self.rounds.get(r.aid) is r \
+                and r.auction.next_action(self.coord.clock()).kind is ActionKind.CLOSE:
+            return self._award_in_dispatch(r) or TAKEN
         return TAKEN
+
+    def _award_in_dispatch(self, r: _Round) -> AgentLink | None:
+        """Every bid is in already (standing bids): close now and hand the winner to the
+        dispatch that asked (no extra loop turn, the attempt starts in this turn's batch).
+        Anything but a plain award is left to ``_award`` on the next turn."""
+        self.rounds.pop(r.aid)
+        self._promise(r.auction.invited or (), -1)
+        now = self.coord.clock()
+        result, offers = self.drivers[r.kind].result(r, now)
+        took_ms = max(0.0, now - r.auction.opened_at) * 1000
+        self._remember_auction(r, result, took_ms)
+        bidders = len({b.bidder for b in result.bids})
+        for i, (bid, price) in enumerate(offers):
+            if self._usable(bid.bidder, r.task) is None:
+                continue
+            if self._try_contract(r, bid, price, took_ms, bidders, assign=False) == "awarded":
+                self.no_award.pop(r.task.id, None)
+                return self.sched.agents[bid.bidder]
+            offers = offers[i + 1:]
+            break
+        self.coord.call_later(0.0, partial(self._award, r, offers, took_ms, result.reason, bidders))
+        return None
+
+    def _free(self, link: AgentLink) -> int:
+        """Room not yet promised: an agent is invited to at most as many open auctions as
+        it could take tasks from (else every queued task's auction invites the one free
+        agent, and all but one end without an award and start over)."""
+        return self.sched.room(link) - len(link.inflight) - len(link.side) - self.promised.get(link.id, 0)
+
+    def _promise(self, ids: Any, delta: int) -> None:
+        for aid in ids:
+            n = self.promised.get(aid, 0) + delta
+            if n > 0:
+                self.promised[aid] = n
+            else:
+                self.promised.pop(aid, None)
 
     def _lift_exclusions(self, task: TaskRun) -> list[AgentLink]:
         """Every live capable agent has breached on this task: let them bid again."""
@@ -294,9 +348,35 @@ class MarketPolicy:
 
     def _below_gate(self, agent_id: str, capability: str, now: float) -> bool:
         """A known bad success record: enough decayed evidence, success below the gate."""
-        if self.reputation.weight(agent_id, capability, now) < self.config.min_observations:
-            return False
-        return self.reputation.signals(agent_id, capability, now)[0] < self.config.min_success
+        _, signals, weight = self._rep(agent_id, capability, now)
+        return weight >= self.config.min_observations and signals[0] < self.config.min_success
+
+    def _rep(self, agent_id: str, capability: str, now: float) -> tuple[float, tuple[float, float, float], float]:
+        """(score, signals, decayed weight) of an agent's reputation.  Each reading of
+        Reputation is a pass over up to ``window`` observations and an auction reads them
+        several times per bidder, so one reading is taken when the record changes and
+        carried forward exactly: every observation decays by the same factor
+        0.5 ** (dt / half_life), so the decayed sums scale by it and the prior does not.  A
+        time up to 1 s before the reading (callers' clocks read a moment apart) is given
+        the reading itself: against the 1 h half-life that is below 0.02% of decay."""
+        key = (agent_id, capability)
+        hit = self._rep_memo.get(key)
+        if hit is None or now < hit[0] - 1.0:
+            r = self.reputation
+            hit = (now, r.signals(agent_id, capability, now), r.weight(agent_id, capability, now))
+            if len(self._rep_memo) >= 4096:
+                self._rep_memo.clear()
+            self._rep_memo[key] = hit
+        at, signals, weight = hit
+        c = self.reputation.config
+        if now > at:  # (now <= at: the reading as it is)
+            f = 0.5 ** ((now - at) / c.half_life)
+            base = c.prior_weight * c.prior
+            signals = tuple((base + f * (x * (c.prior_weight + weight) - base)) / (c.prior_weight + f * weight)
+                            for x in signals)
+            weight *= f
+        score = sum(w * p for w, p in zip(c.weights, signals)) / sum(c.weights)
+        return score, signals, weight
 
     def _gated(self, agent_id: str, capability: str, now: float) -> bool:
         return not self.probation.admits(agent_id, capability, now)
@@ -311,7 +391,7 @@ class MarketPolicy:
         live = [aid for aid in self.sched.capable(capability) if aid in self.sched.agents]
         if any(not self._gated(aid, capability, now) for aid in live) or not candidates:
             return []
-        best = max(candidates, key=lambda a: (self.reputation.score(a.id, capability, now), -a.order))
+        best = max(candidates, key=lambda a: (self._rep(a.id, capability, now)[0], -a.order))
         self.coord.emit("market.all_gated", None, capability=capability, chosen=best.id)
         return [best]
 
@@ -328,17 +408,19 @@ class MarketPolicy:
         dearest = self.config.ceiling_factor * max(costs, default=1.0) * 1000
         return min(MAX_AMOUNT, max(1000, round(dearest)))
 
-    def _open_round(self, task: TaskRun, invited: list[AgentLink]) -> None:
+    def _open_round(self, task: TaskRun, invited: list[AgentLink]) -> _Round:
         n = self.auctions_of[task.id] = self.auctions_of.get(task.id, 0) + 1
         aid, now, reserve = f"{task.id}.a{n}", self.coord.clock(), self._reserve_mc(task)
         kind, ids = self.config.auction, [a.id for a in invited]
         driver = self.drivers[kind]
         auction = driver.build(aid, reserve, self._ceiling_mc(task, invited, reserve))
         auction.open(now, invited=ids)
+        self._promise(ids, +1)
         r = self.rounds[aid] = _Round(auction, kind, task, task.trace.child(), budget_mc=reserve)
         self.coord.emit("market.cfp", r.span, task_id=task.id, auction_id=aid, kind=kind,
                         capability=task.capability, invited=ids, reserve_mc=reserve, **driver.terms(r))
         driver.start(r, ids, now)
+        return r
 
     # -- the protocol layer shared by the drivers ------------------------------------------
 
@@ -347,9 +429,37 @@ class MarketPolicy:
         ``bid()``; False if the agent is gone."""
         cfp = {"capability": r.task.capability, "task_id": r.task.id, "auction_id": r.aid,
                "auction": r.kind, "budget": None if r.budget_mc is None else r.budget_mc / 1000,
-               "reputation": self.reputation.score(agent_id, r.task.capability, self.coord.clock()),
+               "reputation": self._rep(agent_id, r.task.capability, self.coord.clock())[0],
                **extra}
+        link = self.sched.agents.get(agent_id)
+        r.held[agent_id] = len(link.inflight) if link is not None else 0
         return bool(self.coord.ask(agent_id, "bid", cfp, partial(self.on_bid, r.aid, round_no)))
+
+    def _bid_key(self, r: _Round, agent_id: str, held: int) -> tuple[str, str, int, int | None]:
+        return agent_id, r.task.capability, held, r.budget_mc
+
+    def standing(self, r: _Round, agent_id: str, now: float) -> dict[str, Any] | None:
+        """The agent's answer to a sealed cfp of the same terms (capability, budget, tasks
+        it holds), if it said the bid stands (``"stands_ms"``) and that time has not passed."""
+        link = self.sched.agents.get(agent_id)
+        if link is None or self.config.bid_cache_ms <= 0:
+            return None
+        hit = self.bid_cache.get(self._bid_key(r, agent_id, len(link.inflight)))
+        return hit[1] if hit is not None and hit[0] > now else None
+
+    def _cache_bid(self, r: _Round, agent_id: str, msg: dict[str, Any], now: float) -> None:
+        answer = msg.get("answer")
+        stands = answer.get("stands_ms") if isinstance(answer, dict) and not msg.get("error") else None
+        if r.kind not in SEALED or isinstance(stands, bool) \
+                or not isinstance(stands, (int, float)) or not stands > 0:
+            return
+        if len(self.bid_cache) >= 4096:  # bounded: drop the expired, else everything
+            self.bid_cache = {k: v for k, v in self.bid_cache.items() if v[0] > now}
+            if len(self.bid_cache) >= 4096:
+                self.bid_cache.clear()
+        ttl = min(float(stands), self.config.bid_cache_ms) / 1000
+        key = self._bid_key(r, agent_id, r.held.get(agent_id, 0))
+        self.bid_cache[key] = (now + ttl, {"answer": answer})
 
     def on_bid(self, aid: str, round_no: int, agent_id: str | None, msg: dict[str, Any]) -> None:
         r = self.rounds.get(aid)
@@ -357,6 +467,7 @@ class MarketPolicy:
             return  # the auction closed already: a late answer is not in it
         now, driver = self.coord.clock(), self.drivers[r.kind]
         self._note_offer(r.task.id, msg)
+        self._cache_bid(r, agent_id, msg, now)
         driver.answer(r, agent_id, round_no, msg, now)
         driver.step(r, now)
 
@@ -401,6 +512,7 @@ class MarketPolicy:
         r = self.rounds.pop(aid, None)
         if r is None:
             return
+        self._promise(r.auction.invited or (), -1)
         now = self.coord.clock() if at is None else at
         result, offers = self.drivers[r.kind].result(r, now)
         took_ms = max(0.0, self.coord.clock() - r.auction.opened_at) * 1000
@@ -417,7 +529,7 @@ class MarketPolicy:
             quality = min(1.0, max(0.0, r.qualities.get(bid.bidder, declared)))
             load = 1.0 - best / etas[bid.bidder] if etas[bid.bidder] > 0 else 0.0
             out.append(Offer(bid.bidder, bid.price, quality, load,
-                             self.reputation.score(bid.bidder, cap, now)))
+                             self._rep(bid.bidder, cap, now)[0]))
         return out
 
     def _etas(self, capability: str, bidders: list[str]) -> dict[str, float]:
@@ -491,9 +603,10 @@ class MarketPolicy:
         link = self.sched.agents.get(agent_id)
         if link is None or link.draining or agent_id in task.excluded:
             return None
-        return link if len(link.inflight) < self.sched.capacity else None
+        return link if len(link.inflight) + len(link.side) < self.sched.room(link) else None
 
-    def _try_contract(self, r: _Round, bid: Bid, price: int, took_ms: float, bidders: int) -> str:
+    def _try_contract(self, r: _Round, bid: Bid, price: int, took_ms: float, bidders: int,
+                      assign: bool = True) -> str:
         """Escrow, contract, assignment for one offer: awarded | skip | unfunded."""
         link = self._usable(bid.bidder, r.task)
         if link is None:
@@ -506,7 +619,7 @@ class MarketPolicy:
         self.coord.emit("market.award", r.span, task_id=r.task.id, auction_id=r.aid, kind=r.kind,
                         agent=link.id, price_mc=price, bid_mc=bid.price, score=bid.score,
                         bidders=bidders, auction_ms=round(took_ms, 4))
-        self._start_contract(r.task, link, price, cid, r.span.child())
+        self._start_contract(r.task, link, price, cid, r.span.child(), assign)
         return "awarded"
 
     def _hold(self, r: _Round, link: AgentLink, price: int, cid: str) -> str | None:
@@ -521,7 +634,9 @@ class MarketPolicy:
         return None
 
     def _start_contract(self, task: TaskRun, link: AgentLink, price: int, cid: str,
-                        span: TraceContext) -> None:
+                        span: TraceContext, assign: bool = True) -> None:
+        """The contract, and its attempt started now (``assign``) or by the dispatch the
+        award is returned to (which starts it as the task's next attempt)."""
         now = self.coord.clock()
         deadline = task.deadline if task.deadline is not None else now + self.config.contract_timeout_s
         contract = K.start(K.award(cid, task.id, link.id, price, max(deadline, now + 1e-6), now), now)
@@ -529,8 +644,10 @@ class MarketPolicy:
         if self.probation.on_award(link.id, task.capability, task.id, now):
             self.coord.emit("market.probation", span, task_id=task.id, agent=link.id,
                             state="trial")
-        self.sched.assign(task, link)
-        self.open[task.id] = _Open(contract, task.attempts, span, task.capability, ahead)
+        if assign:
+            self.sched.assign(task, link)
+        attempt = task.attempts if assign else task.attempts + 1
+        self.open[task.id] = _Open(contract, attempt, span, task.capability, ahead)
         self.coord.emit("market.contract", span, task_id=task.id, contract_id=cid, agent=link.id,
                         price_mc=price, attempt=task.attempts, deadline_in_s=round(deadline - now, 3))
         self._transfer_event(span, cid, "hold", price)
@@ -600,11 +717,12 @@ class MarketPolicy:
 
     def _learn(self, o: _Open, contract: K.Contract) -> None:
         now = self.coord.clock()
-        before = self.reputation.score(contract.agent, o.capability, now)
+        before = self._rep(contract.agent, o.capability, now)[0]
         observation = observation_from_contract(contract)
         self.reputation.record(contract.agent, o.capability, observation)
         self.memory.observed(contract.agent, o.capability, observation, self.reputation.config.window)
-        after = self.reputation.score(contract.agent, o.capability, now)
+        self._rep_memo.pop((contract.agent, o.capability), None)
+        after = self._rep(contract.agent, o.capability, now)[0]
         self.coord.emit("market.reputation", o.span, agent=contract.agent, capability=o.capability,
                         before=round(before, 4), after=round(after, 4), task_id=contract.task_id)
 
@@ -701,7 +819,8 @@ class MarketPolicy:
 
 #: The market's knobs: ``[market]`` in agora.toml and ``agora market-config`` take these.
 MARKET_KNOBS = ("auction", "window_ms", "round_ms", "tick_ms", "min_decrement", "clock_steps",
-                "ceiling_factor", "penalty_fraction", "contract_timeout_s", "min_success", "weights")
+                "ceiling_factor", "penalty_fraction", "contract_timeout_s", "min_success", "weights",
+                "bid_cache_ms", "floor")
 
 
 def configure(c: MarketConfig, args: dict[str, Any]) -> MarketConfig:
@@ -723,6 +842,8 @@ def configure(c: MarketConfig, args: dict[str, Any]) -> MarketConfig:
     if fraction is not None:
         changes["penalty"] = K.PenaltyPolicy(fraction)
     changes.update(_clock_changes(args))
+    if "bid_cache_ms" in args:
+        changes["bid_cache_ms"] = float(_bounded(arg(args, "bid_cache_ms", (int, float)), "bid_cache_ms", 0, 60_000))
     changes["contract_timeout_s"] = float(arg(args, "contract_timeout_s", (int, float), c.contract_timeout_s))
     changes["min_success"] = float(arg(args, "min_success", (int, float), c.min_success))
     return replace(c, **changes)
@@ -738,6 +859,8 @@ def _clock_changes(args: dict[str, Any]) -> dict[str, Any]:
                                                  "min_decrement", 0, MAX_AMOUNT / 1000, low_open=True) * 1000)
     if "clock_steps" in args:
         out["clock_steps"] = int(_bounded(arg(args, "clock_steps", int), "clock_steps", 1, 10_000))
+    if "floor" in args:
+        out["floor_mc"] = round(_bounded(arg(args, "floor", (int, float)), "floor", 0, MAX_AMOUNT / 1000) * 1000)
     if "ceiling_factor" in args:
         out["ceiling_factor"] = _bounded(arg(args, "ceiling_factor", (int, float)), "ceiling_factor", 1, 1000)
     return out

@@ -217,7 +217,9 @@ class Agent:
         if cap not in self.handlers:
             return None
         queued = int(cfp.get("queue", self.queue_len))
-        return {"price": self.cost(cap) * (1 + queued), "quality": self.quality(cap)}
+        # the answer depends on nothing but the capability and the queue: it stands (the
+        # market reuses it for cfps of the same terms instead of asking again)
+        return {"price": self.cost(cap) * (1 + queued), "quality": self.quality(cap), "stands_ms": 30_000}
 
     def vote(self, request: dict[str, Any]) -> Any:
         return None

@@ -121,6 +121,9 @@ class AgentLink:
     stopping: dict[str, int] = field(default_factory=dict)  # task id -> attempt asked to stop
     killed: str | None = None  # why the coordinator had this agent killed
     concurrency: int = 1  # attempts the agent runs at once (its hello says; runtime.agents.executor)
+    # runs a service started outside the scheduler's attempts (consensus candidates: task id
+    # -> attempt): they take room like attempts, but the service, not the scheduler, ends them
+    side: dict[str, int] = field(default_factory=dict)
 
 
 #: What an asynchronous policy's ``choose`` returns when it took the task (market: an
@@ -294,13 +297,15 @@ class Scheduler:
         out = []
         for aid in self.capable(capability):
             a = self.agents.get(aid)
-            if a is not None and not a.draining and (len(a.inflight) < self.room(a) or self._prefetch(a, capability)):
+            if a is not None and not a.draining and (len(a.inflight) + len(a.side) < self.room(a)
+                                                     or self._prefetch(a, capability)):
                 out.append(a)
         return out
 
     def _prefetch(self, agent: AgentLink, capability: str) -> bool:
         """Room beyond ``room``: adaptive prefetch of short tasks (see SHORT_TASK_S)."""
-        if (self.capacity != 1 or len(agent.inflight) >= agent.concurrency + SHORT_PREFETCH - 1
+        if (self.capacity != 1 or agent.side
+                or len(agent.inflight) >= agent.concurrency + SHORT_PREFETCH - 1
                 or type(self.policy) not in _PREFETCHING):  # the market sizes its own contracts
             return False
         short = self.short_streak

@@ -1,5 +1,5 @@
 """Every auction kind driven live by the market: sealed-first, sealed-second (Vickrey),
-reverse English and ascending Dutch, in procurement.
+reverse English and a live Dutch clock (rising payment), in procurement.
 
 Three layers:
 * the pure pieces the drivers lean on (payment down a ranking, the Dutch clock's tick for a
@@ -28,6 +28,9 @@ from coordination.services.market import (
     agent_account,
     clock_terms,
     parse_stay,
+)
+from coordination.services._auction_drivers import (
+    parse_take,
 )
 from runtime.errors import InvalidInput
 from tests.support.daemons import config, running_daemon
@@ -70,6 +73,15 @@ def test_english_answers_stay_by_flag_or_by_reservation_price():
     for junk in ({"stay": "yes"}, {"price": -1}, "stay"):
         with pytest.raises(InvalidInput):
             parse_stay(junk, 1000)
+
+
+def test_dutch_answers_take_by_flag_or_by_reservation_price():
+    assert parse_take(100, {"take": True}) and not parse_take(100, {"take": False})
+    assert parse_take(1000, {"price": 1.0}) and not parse_take(1000, {"price": 1.001})
+    assert not parse_take(1000, None)
+    for junk in ({"take": 1}, {"price": "x"}, "take"):
+        with pytest.raises(InvalidInput):
+            parse_take(1000, junk)
 
 
 def test_clock_terms_bound_the_moves_and_respect_the_minimum_decrement():
@@ -123,7 +135,7 @@ def fields(loop: Loop, type_: str) -> list[dict[str, Any]]:
 def test_each_kind_awards_the_textbook_winner_at_the_textbook_price(loop, kind, price):
     # budget 4 credits: English starts there and falls 80 mc a round (4000 / 50 steps): "b"
     # (2 credits) still stays at 2000 and drops at 1920, leaving "a".  Dutch rises from 0 by
-    # 80 mc a tick: "a" (1 credit) takes at the first tick paying >= 1000, i.e. 1040.
+    # 80 mc a round, asked every round: "a" (1 credit) takes the first offer >= 1000, 1040.
     setup_kind(loop, kind)
     tid = loop.submit(budget=4)
     drive(loop, at_cost)
@@ -182,28 +194,62 @@ def test_english_when_the_last_two_drop_together_the_earlier_stayer_wins_the_las
     finish(loop, award["agent"], tid)
 
 
-def test_dutch_clock_runs_in_real_time_while_an_agent_is_silent(loop):
-    setup_kind(loop, "dutch", {"a": 1.0, "mute": 3.0})
+def test_dutch_asks_every_round_and_the_first_taker_wins_at_that_rounds_price(loop):
+    setup_kind(loop, "dutch")
     tid = loop.submit(budget=4)
-    loop.answer("a", bid(1.0))  # takes at tick 13 (1040 mc); "mute" may still answer before
-    assert loop.state(tid) == "queued"
-    loop.later(0.013)  # tick 13 starts: "a" takes
-    assert fields(loop, "market.take")[0]["agent"] == "a" and loop.state(tid) == "queued"
-    loop.later(0.001)  # the tick ends without another taker in it: closed
-    award = fields(loop, "market.award")[0]
-    assert (award["agent"], award["price_mc"]) == ("a", 1040)
-    loop.answer("mute", bid(0.5))  # too late: the auction is over
+    asked = []
+    drive(loop, lambda agent, req: asked.append((req["round"], req["price"], agent)) or at_cost(agent, req))
+    # every round asked every agent: 0, 0.08, ... 1.04 credits; "a" (1 credit) took at 13
+    assert sorted({rnd for rnd, _, _ in asked}) == list(range(14))
+    assert {agent for rnd, _, agent in asked if rnd == 13} == {"a", "b", "c"}
+    assert [p for rnd, p, agent in asked if agent == "a"][-1] == pytest.approx(1.04)
+    rounds = fields(loop, "market.round")
+    assert rounds[-1]["took"] == ["a"] and rounds[0]["passed"] == ["a", "b", "c"]
     finish(loop, "a", tid)
     assert paid(loop, "a") == 1040
 
 
-def test_dutch_nobody_takes_before_the_ceiling_and_the_task_waits(loop):
-    setup_kind(loop, "dutch", {"dear": 9.0, "mute": 1.0})
+def test_dutch_clock_runs_in_real_time_while_an_agent_is_silent(loop):
+    setup_kind(loop, "dutch", {"a": 1.0, "mute": 3.0}, tick_ms=10)
     tid = loop.submit(budget=4)
-    loop.answer("dear", bid(9.0))  # above the ceiling: it never takes
-    bid_event = fields(loop, "market.bid")[0]
-    assert bid_event["take_tick"] is None and bid_event["reason"] == "above the ceiling"
-    loop.later(0.051)  # past the last tick (50)
+    for rnd in range(13):  # "a" passes below 1 credit; "mute" never answers: each round
+        assert loop.asks[-1][1]["round"] == rnd  # ends at its tick
+        loop.answer("a", bid(1.0))
+        assert loop.state(tid) == "queued"
+        loop.later(0.01)
+    loop.answer("a", bid(1.0))  # round 13 offers 1.04: "a" takes, the auction closes at once
+    award = fields(loop, "market.award")[0]
+    assert (award["agent"], award["price_mc"]) == ("a", 1040)
+    finish(loop, "a", tid)
+
+
+def test_dutch_explicit_take_and_a_late_answer(loop):
+    setup_kind(loop, "dutch", {"a": 1.0, "b": 1.0}, tick_ms=10)
+    tid = loop.submit(budget=4)
+    loop.answer("a", {"take": False})
+    loop.later(0.01)  # "b" silent: round 0 ends; round 1 asks both
+    loop.answer("b", {"take": False})  # b's answer to round 0 comes now: late
+    assert fields(loop, "market.bid")[-1]["reason"].startswith("late")
+    loop.answer("a", {"take": True})  # round 1: 80 mc
+    award = fields(loop, "market.award")[0]
+    assert (award["agent"], award["price_mc"]) == ("a", 80)
+    finish(loop, "a", tid)
+
+
+def test_dutch_floor_is_the_first_offer(loop):
+    setup_kind(loop, "dutch", {"a": 1.0}, floor=1.5)
+    tid = loop.submit(budget=4)
+    assert loop.asks[-1][1]["price"] == 1.5  # above a's price: it takes at once
+    drive(loop, at_cost)
+    assert fields(loop, "market.award")[0]["price_mc"] == 1500
+    finish(loop, "a", tid)
+
+
+def test_dutch_nobody_takes_before_the_ceiling_and_the_task_waits(loop):
+    setup_kind(loop, "dutch", {"dear": 9.0})
+    tid = loop.submit(budget=4)
+    drive(loop, lambda agent, req: bid(9.0))  # above the ceiling: it never takes
+    assert len(fields(loop, "market.round")) == 51  # rounds 0..50, 0 to 4 credits
     assert fields(loop, "market.no_award")[0]["reason"].startswith("nobody took")
     assert loop.state(tid) == "queued" and paid(loop, "dear") == 0
 
