@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import os
 import random
-import shlex
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from _common import REPO, emit_json, parse_args, private_runtime_dir
+from _ray import in_netns_or_reexec, ray_bare
 
 POOL = """
 [daemon]
@@ -40,23 +39,6 @@ agent = "perf._agents:Echo"
 size = 2
 max = 2
 """
-
-
-def in_netns_or_reexec() -> str | None:
-    """None when Ray can be measured here; else re-run in a namespace, or say why not."""
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        return "ray is not importable (pip install 'agora[ray]')"
-    from runtime.agents.engines import loopback_only
-    if loopback_only():
-        return None
-    if os.environ.get("AGORA_PERF_IN_NETNS") == "1":
-        return "could not enter a loopback-only namespace"
-    cmd = shlex.join([sys.executable, *sys.argv])
-    env = {**os.environ, "AGORA_PERF_IN_NETNS": "1"}
-    rc = subprocess.call(["unshare", "--net", "sh", "-c", f"ip link set lo up && exec {cmd}"], env=env)
-    sys.exit(rc)
 
 
 # ---------------------------------------------------------------- daemons
@@ -74,6 +56,7 @@ class _Daemon:
 
     def close(self) -> None:
         import shutil
+
         from runtime.daemon.launch import stop
         self.client.close()
         stop(self.home, self.proc, timeout=60.0)
@@ -105,40 +88,6 @@ def daemon_figures(engine: str, n: int, total: int, rng: random.Random) -> tuple
         d.close()
 
 
-def ray_bare(n: int, total: int) -> dict[str, tuple[float, float]]:
-    import ray
-    import secrets
-    # a token of this run's own: without one, Ray writes ~/.ray/auth_token for every cluster
-    os.environ.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    try:
-        @ray.remote
-        def add(a: int, b: int) -> int:
-            return a + b
-
-        @ray.remote
-        class Adder:
-            def add(self, a: int, b: int) -> int:
-                return a + b
-
-        actors = [Adder.remote(), Adder.remote()]
-        out = {}
-        for name, call in (("ray_bare", lambda i: add.remote(i, 1)),
-                           ("ray_actor", lambda i: actors[i % 2].add.remote(i, 1))):
-            ray.get([call(i) for i in range(20)])
-            rtts = []
-            for i in range(n):
-                t0 = time.perf_counter()
-                ray.get(call(i))
-                rtts.append((time.perf_counter() - t0) * 1e6)
-            t0 = time.perf_counter()
-            ray.get([call(i) for i in range(total)])
-            out[name] = (statistics.median(rtts), total / (time.perf_counter() - t0))
-        return out
-    finally:
-        ray.shutdown()
-
-
 # ---------------------------------------------------------------- registry
 
 def registry_figures(count: int) -> dict[str, dict[str, float]]:
@@ -166,6 +115,7 @@ def _ops(backend, count: int) -> dict[str, float]:
 
 def _partitioned_ops(count: int) -> dict[str, float]:
     from registry import Partitions  # perf/registry.py's partition processes
+
     from runtime.registry.backends import make_backend
     run_dir = tempfile.mkdtemp(prefix="agora-perf-reg-")
     parts = Partitions(4, run_dir)
@@ -181,6 +131,7 @@ def _partitioned_ops(count: int) -> dict[str, float]:
 
 def _redis_ops(count: int) -> dict[str, float]:
     import shutil
+
     from runtime.registry.backends import make_backend
     if shutil.which("redis-server") is None:
         raise FileNotFoundError("no redis-server binary")

@@ -43,6 +43,7 @@ def connect(cfg: Any, address: str, env: dict[str, str]) -> Any:
     ``env``: what joining needs (the local head's token, runtime.pools.ray_head.ray_env)."""
     os.environ.update(env)  # before ray is imported: it reads its auth settings once
     import ray
+
     from runtime.agents.engines import loopback_only
     if not (loopback_only() or cfg.ray.get("allow_network")):
         raise Unavailable("refusing to join Ray: this process sees network interfaces other than "
@@ -206,6 +207,7 @@ def _put_contexts(home: str) -> dict[str, Any]:
     """Each published context, put in Ray's object store (once per agent process: a copy
     per agent in the store, read zero-copy by its actor)."""
     import ray
+
     from shm.context import ContextReader
     reader = ContextReader(home)
     try:

@@ -31,7 +31,6 @@ and ``label_selector``.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from runtime.errors import InvalidInput

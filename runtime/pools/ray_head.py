@@ -51,6 +51,7 @@ def ray_token(cfg: Config) -> str:
     tree (which inherit it through the fork) can join the cluster.  Ray would otherwise
     read or write ~/.ray/auth_token, shared by every cluster of the user."""
     import secrets
+
     from runtime.agents.engines import uses_ray
     return secrets.token_hex(32) if uses_ray(cfg) and not cfg.ray.get("address") else ""
 

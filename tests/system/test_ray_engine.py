@@ -11,7 +11,6 @@ import pytest
 
 from coordination.voting import tally
 from tests.support.agents_consensus import estimate, rank_options
-
 from tests.support.helpers import eventually
 from tests.support.ray_netns import require_ray, running_ray_daemon
 

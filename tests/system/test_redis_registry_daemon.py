@@ -9,8 +9,8 @@ import signal
 
 import pytest
 
-from runtime.errors import InvalidInput
 from runtime.config import parse_config
+from runtime.errors import InvalidInput
 from runtime.registry.backends import make_backend
 from tests.support.daemons import config, running_daemon
 from tests.support.helpers import eventually
