@@ -147,9 +147,13 @@ class RawConn:
         except (BrokenPipeError, ConnectionResetError):
             return False
 
+    def frame(self, seconds: float) -> Any:
+        """The next frame's value, None on EOF; raises DeadlineExceeded past ``seconds``."""
+        return recv_frame(self.sock, time.monotonic() + seconds)
+
     def reply(self, seconds: float) -> Any:
         """The next frame as a Reply, None on EOF; raises DeadlineExceeded past ``seconds``."""
-        obj = recv_frame(self.sock, time.monotonic() + seconds)
+        obj = self.frame(seconds)
         return None if obj is None else parse_reply(obj)
 
     def drain(self, seconds: float) -> bytes:
