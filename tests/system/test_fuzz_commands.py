@@ -21,13 +21,14 @@ Left out or pinned, because they legitimately stop or restart processes:
   carry on (a client that leaves mid-wait).
 
 Seeded: the seed is printed (``AGORA_FUZZ_SEED=<n>`` replays it);
-``AGORA_FUZZ_EXAMPLES`` sets the examples per command (default 40).
+``AGORA_FUZZ_EXAMPLES`` sets the examples per command (default 30).
 """
 
 from __future__ import annotations
 
 import ast
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -42,7 +43,7 @@ from runtime.wire.protocol import DeadlineExceeded
 from tests.support.daemons import config, running_daemon
 from tests.support.fuzz import SEED, RawConn, Tree, frame, fuzzed, raw_json, restarts, typed_error, values
 
-EXAMPLES = int(os.environ.get("AGORA_FUZZ_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("AGORA_FUZZ_EXAMPLES", "30"))
 EXCLUDED = {"down": "stops the daemon"}
 POOLS = {"echo"}
 WAIT_KEYS = {"wait", "timeout_s", "timeout", "wait_s", "deadline_s", "move_s", "round_s", "ttl"}
@@ -131,12 +132,54 @@ class Session:
         return self._count(outcome) if outcome else ""
 
 
+_OPTION_KEYS = ["deadline", "max_attempts", "priority", "idempotency_key", "budget", "timeout_s",
+                "retryable", "fatal", "zz"]
+
+
+def _near(choices: list[Any]) -> st.SearchStrategy:
+    """A plausible value (so the command gets past its first checks) or a hostile one."""
+    return st.sampled_from(choices) | values()
+
+
+def _task() -> st.SearchStrategy:
+    """Task objects close to valid ones: real capabilities, hostile inputs and options."""
+    options = st.dictionaries(st.sampled_from(_OPTION_KEYS), values(nasty=False), max_size=3)
+    return st.fixed_dictionaries({"capability": _near(["echo", "add", "nope", ""])},
+                                 optional={"input": values(), "options": options | values(),
+                                           "id": _near(["t1", "x" * 300]), "zz": values()})
+
+
+def _steps() -> st.SearchStrategy:
+    ref = st.fixed_dictionaries({"$ref": _near(["a", "b", "a.echo", "b.0.x", "zz", "a."])})
+    step = st.fixed_dictionaries({"id": _near(["a", "b", "c", "a.b", ""]),
+                                  "capability": _near(["echo", "add", "nope"])},
+                                 optional={"input": values(nasty=False) | ref | st.dictionaries(st.text(max_size=3), ref),
+                                           "options": st.dictionaries(st.sampled_from(_OPTION_KEYS), values()),
+                                           "consensus": st.dictionaries(st.sampled_from(["k", "method", "zz"]),
+                                                                        _near([2, 3, 17, "borda", "majority"]))})
+    return st.fixed_dictionaries({"steps": st.lists(step, max_size=4)},
+                                 optional={"name": _near(["p", ""])})
+
+
+def _shapes(extra: list[str]) -> dict[str, st.SearchStrategy]:
+    """Per argument name, values shaped like the real thing (a task, ids that exist)."""
+    ids = _near(extra)
+    return {"task": _task(), "tasks": st.lists(_task(), max_size=4), "spec": _steps(),
+            "id": ids, "ids": st.lists(ids, max_size=4), "pool": _near(["echo", "nope"]),
+            "capability": _near(["echo", "add"]), "agent": _near(["echo.0", "echo.1", "nope.0"]),
+            "name": _near(["lock1", "ctx1", "", "x" * 201]), "path": _near(extra),
+            "size": _near([0, 1, 2, 3, 4, 5, 99]), "options": _near(["a", "b"]) | st.lists(values(), max_size=3)}
+
+
 def _args_strategy(keys: list[str], extra: list[str]) -> st.SearchStrategy:
     vals = st.one_of(values(), st.sampled_from(extra))
-    named = st.fixed_dictionaries({}, optional={k: vals for k in keys}) if keys else st.just({})
-    return st.one_of(named, named, named,
-                     st.dictionaries(st.sampled_from([*keys, "zz", ""]) | st.text(max_size=8), vals, max_size=3),
-                     values(), st.just(MISSING))
+    shapes = _shapes(extra)
+    named = st.fixed_dictionaries({}, optional={k: shapes[k] | vals if k in shapes else vals
+                                               for k in keys}) if keys else st.just({})
+    others = [st.dictionaries(st.sampled_from([*keys, "zz", ""]) | st.text(max_size=8), vals, max_size=3),
+              values(), st.just(MISSING)]
+    # weighted by hand (one_of does not weigh repeated branches): 7 in 10 named arguments
+    return st.integers(0, 9).flatmap(lambda k: named if k < 7 else others[k - 7])
 
 
 def _fuzz_one(session: Session, cmd: str, keys: list[str], extra: list[str], coord: int) -> None:
@@ -177,12 +220,16 @@ def test_every_command_survives_fuzzed_arguments(agora_env, tmp_path):
         before, restarts_before = Tree(proc.pid), restarts(c.call("status")["tree"])
         extra = [tid, *_files(tmp_path)]
         session = Session(RunPaths.for_home(agora_env).control)
+        took = {}
         for cmd in commands:
+            t0 = time.monotonic()
             _fuzz_one(session, cmd, _allowed(c, cmd), extra, coord)
+            took[cmd] = round(time.monotonic() - t0, 1)
             assert c.call("ping", timeout=5)["pid"] == coord, f"after `{cmd}`: the coordinator restarted"
         if session.conn is not None:
             session.conn.close()
         print(f"{session.calls} calls over {len(commands)} commands (excluded: {sorted(EXCLUDED)}); "
-              f"outcomes {dict(sorted(session.outcomes.items()))}")
+              f"outcomes {dict(sorted(session.outcomes.items()))}; slowest (s) "
+              f"{sorted(took.items(), key=lambda kv: -kv[1])[:5]}")
         assert before.gone() == {}, f"processes restarted: {before.gone()}"
         assert restarts(c.call("status")["tree"]) == restarts_before
