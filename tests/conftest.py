@@ -40,6 +40,29 @@ def _owned_by_a_stranger(name: str) -> bool:
         return False
 
 
+def _left_by_this_test(name: str, tmp_path) -> bool:
+    """A segment of a dead run is this test's only with evidence in the test's directory:
+    a manifest of its run (``shm.<run>*.json``) or a pid file naming its root.  Runs of
+    other test sessions on this machine (several share /dev/shm) die too, and a segment
+    one of them leaves during this test is not this test's leak."""
+    try:
+        run = name.split(".")[1]
+        pid = int(run.split("-")[0])
+    except (IndexError, ValueError):
+        return True
+    if pid == os.getpid() or psutil.pid_exists(pid):
+        return True  # ours, or alive and not a stranger's (_owned_by_a_stranger said so)
+    if any(tmp_path.rglob(f"shm.{run}*.json")):
+        return True
+    for pid_file in tmp_path.rglob("agora.pid"):
+        try:
+            if pid_file.read_text().split("\n", 1)[0].strip() == str(pid):
+                return True
+        except OSError:
+            pass
+    return False
+
+
 def _children() -> list[psutil.Process]:
     try:
         return psutil.Process().children(recursive=True)
@@ -90,7 +113,8 @@ def agora_env(tmp_path, monkeypatch):
             except psutil.Error:
                 pass
         _wait_gone(time.monotonic() + 2.0)
-    new_shm = {n for n in _shm_entries() - shm_before if not _owned_by_a_stranger(n)}
+    new_shm = {n for n in _shm_entries() - shm_before
+               if not _owned_by_a_stranger(n) and _left_by_this_test(n, tmp_path)}
     if new_shm:
         problems.append(f"/dev/shm segments left: {sorted(new_shm)}")
         for n in new_shm:

@@ -8,11 +8,10 @@ evaluated; a command not in the table is UNKNOWN_COMMAND.
 
 Here: ping, status, ps, down, agents, events, context_put/ls/rm, registry_ls/get.
 
-None of them makes the loop wait (issue 15, item 4): ``status`` and ``ps`` ask the root for
-its tree asynchronously (``RootLink.request``: the reply comes on a later turn, so a root
+None of them makes the loop wait (issue 15, item 4): ``status``, ``ps`` and ``down`` ask the
+root asynchronously (``RootLink.request``: the reply comes on a later turn, so a root
 busy forking a storm of agents delays only them), ``ps`` reads each process in slices and
-``events`` scans the event log in slices (``runtime.coordinator.slices``).  ``down`` alone
-waits for the root (the shutdown path: what its caller asked for).
+``events`` scans the event log in slices (``runtime.coordinator.slices``).
 ``runtime.coordinator.task_commands`` adds the task and pipeline commands; the coordination
 services (market, consensus, primitives), the scaler and observability add theirs, all
 through ``Commands.extend`` at coordinator start: the table is fixed once serving begins.
@@ -153,9 +152,13 @@ class Commands:
         return d
 
     def down(self, args: dict[str, Any], trace: Any) -> Any:
+        """Ask the root to stop the tree; the reply comes when the root has said yes (a
+        later turn: a root busy forking never holds the loop, issue 15 item 4)."""
         only(args)
-        self.root.call("shutdown")
-        return {"stopping": True}
+        d = Deferred()
+        self.root.request("shutdown", {}, lambda ok, error: d.fail(error) if error is not None
+                          else d.resolve({"stopping": True}))
+        return d
 
     # -- tasks -------------------------------------------------------------------------
 

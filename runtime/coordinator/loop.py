@@ -18,6 +18,7 @@ Clients never reach an agent or the root directly: the coordinator is their only
 
 from __future__ import annotations
 
+import errno
 import heapq
 import itertools
 import os
@@ -58,6 +59,7 @@ from runtime.wire.server import (
 
 __all__ = ["Coordinator", "Composition", "coordinator_main", "check_agent_message"]
 
+ACCEPT_PAUSE_S = 0.05  # a listener out of descriptors rests this long before accepting again
 ASK_TTL_S = 60.0  # an ask unanswered for this long is forgotten (its asker timed it out)
 
 @dataclass(frozen=True)
@@ -275,6 +277,9 @@ class Coordinator:
             sock, _ = listener.accept()
         except BlockingIOError:
             return
+        except OSError as e:  # EMFILE/ENFILE/ENOBUFS (a flood of connections), ECONNABORTED
+            self._accept_failed(listener, kind, e)
+            return
         uid = peer_uid(sock)
         if uid != os.getuid():
             self.emit("control.refused", peer_uid=uid, socket=kind)
@@ -290,6 +295,20 @@ class Coordinator:
             from runtime.supervision.kinship import new_nonce
             conn.state["nonce"] = new_nonce()
             conn.send({"t": "challenge", "nonce": conn.state["nonce"]})
+
+    def _accept_failed(self, listener: socket.socket, kind: str, e: OSError) -> None:
+        """Out of descriptors: serve the connections we have and pause this listener for
+        ACCEPT_PAUSE_S (level-triggered, it would be ready again at once: a busy loop);
+        the waiting peers stay in the backlog or are refused by the kernel."""
+        self.emit("control.accept_failed", socket=kind, error=f"{type(e).__name__}: {e}"[:200])
+        if e.errno == errno.ECONNABORTED:
+            return  # that peer gave up; the next one is fine
+        self.sel.unregister(listener)
+        self.call_later(ACCEPT_PAUSE_S, lambda: self._resume_accept(listener, kind))
+
+    def _resume_accept(self, listener: socket.socket, kind: str) -> None:
+        if not self.stopping and listener.fileno() >= 0:
+            self.sel.register(listener, selectors.EVENT_READ, ("listen", kind))
 
     def on_client(self, conn: Conn) -> None:
         try:
@@ -527,7 +546,11 @@ class Coordinator:
         while self.timers and self.timers[0][0] <= now:
             due, _, fn = heapq.heappop(self.timers)
             self.latency.timer(now - due)
-            fn()
+            try:
+                fn()
+            except Exception as e:  # noqa: BLE001 - a timer's failure (e.g. EMFILE reading /proc
+                # in the scaler's sample) is an incident, not the coordinator's end
+                error_wire(e, f"timer {getattr(fn, '__qualname__', 'lambda')[:60]}", self.emit)
 
     def agent_call(self, conn: Conn, msg: dict[str, Any]) -> None:
         """An agent asks the coordinator (locks, leases, barriers...): ``agent_ops[op]``

@@ -70,6 +70,7 @@ __all__ = ["Daemon", "run_daemon", "PidLock", "ROOT_LIMITS", "DaemonRunning", "r
 #: a peer that does not read them within ROOT_SEND_S is dropped (the root never blocks).
 ROOT_LIMITS = Limits(max_frame=1 << 20, max_depth=16, max_string=4096)
 ROOT_SEND_S = 2.0
+ACCEPT_PAUSE_S = 0.05  # a listener out of descriptors rests this long before accepting again
 _POOL_SUP = "root/core/pools/pool:"
 
 
@@ -187,6 +188,7 @@ class Daemon:
         self.emit = Emitter(self.run.events, "root")
         self.stopping = False
         self.conns: dict[socket.socket, FrameReader] = {}
+        self._accept_paused_until = 0.0  # out of descriptors: the listener rests (ACCEPT_PAUSE_S)
 
     def serve(self) -> int:
         set_process_name("agora:daemon")
@@ -218,8 +220,8 @@ class Daemon:
 
     def _loop(self, listener: socket.socket, wake_r: int) -> None:
         while not self.stopping and not self.tree.failed:
-            ready = wait([*self.tree.sentinels, listener, wake_r, *self.conns],
-                         self.emit.flush_due_in())
+            listening = [listener] if time.monotonic() >= self._accept_paused_until else []
+            ready = wait([*self.tree.sentinels, *listening, wake_r, *self.conns], self._wait_s())
             self.tree.handle(ready)
             for r in ready:
                 if r is listener:
@@ -237,8 +239,20 @@ class Daemon:
         root_private_fds.add(sock.fileno())
         return sock
 
+    def _wait_s(self) -> float | None:
+        """Until the next event flush, or the end of a pause of the listener."""
+        due, pause = self.emit.flush_due_in(), self._accept_paused_until - time.monotonic()
+        if pause <= 0:
+            return due
+        return pause if due is None else min(due, pause)
+
     def _accept(self, listener: socket.socket) -> None:
-        conn, _ = listener.accept()
+        try:
+            conn, _ = listener.accept()
+        except OSError as e:  # EMFILE/ENFILE: a flood of connections must not end the root
+            self.emit("root.accept_failed", error=f"{type(e).__name__}: {e}"[:200])
+            self._accept_paused_until = time.monotonic() + ACCEPT_PAUSE_S
+            return
         if peer_uid(conn) != os.getuid():
             conn.close()
             return

@@ -43,6 +43,7 @@ import selectors
 import signal
 import socket
 import struct
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -69,6 +70,7 @@ MAX_FRAME = 16 << 20
 LIMITS = Limits(max_frame=MAX_FRAME, max_depth=PARSER_DEPTH, max_int=2**64,
                 max_string=MAX_FRAME, max_containers=1 << 22)
 _LEN = struct.Struct(">I")
+ACCEPT_PAUSE_S = 0.05  # a listener out of descriptors rests this long before accepting again
 Emit = Callable[..., None]
 
 
@@ -118,6 +120,7 @@ class PartitionServer:
         self._sel = selectors.DefaultSelector()
         self._stopping = False
         self._listener: socket.socket | None = None
+        self._accept_paused_until: float | None = None
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._old_wakeup: int | None = None
         self._ops: dict[str, Callable[..., Any]] = {
@@ -135,8 +138,19 @@ class PartitionServer:
 
     def serve_until_stopped(self) -> None:
         while not self._stopping:
-            for key, mask in self._sel.select():
+            for key, mask in self._sel.select(self._resume_accept_in()):
                 key.data(key, mask)
+
+    def _resume_accept_in(self) -> float | None:
+        """Seconds the listener still rests after an accept failed (None: it listens)."""
+        if self._accept_paused_until is None:
+            return None
+        left = self._accept_paused_until - time.monotonic()
+        if left > 0:
+            return left
+        self._accept_paused_until = None
+        self._sel.register(self._listener, selectors.EVENT_READ, self._on_accept)
+        return None
 
     def close(self) -> None:
         if self._old_wakeup is not None:
@@ -192,6 +206,11 @@ class PartitionServer:
         try:
             sock, _ = key.fileobj.accept()
         except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:  # EMFILE/ENFILE: a flood of connections; rest, serve the others
+            self._event("registry.accept_failed", partition=self.index, error=f"{type(e).__name__}: {e}"[:200])
+            self._sel.unregister(key.fileobj)
+            self._accept_paused_until = time.monotonic() + ACCEPT_PAUSE_S
             return
         sock.setblocking(False)
         self._sel.register(sock, selectors.EVENT_READ, _bind(self._on_conn, _Conn(sock)))
