@@ -147,3 +147,22 @@ def test_poison_is_dead_lettered_after_max_attempts(world):
         s.agent_died(f"a{n}")
     assert finals[tid].state == "dead_lettered"
     assert finals[tid].error["code"] == "DEAD_LETTERED"
+
+
+def test_least_loaded_ranks_by_the_share_of_an_agents_slots_not_raw_inflight(world):
+    """An agent running 4 of its 8 slots is less loaded than one running 1 of 1: the next
+    task goes to the wide agent even though it holds more attempts."""
+    make, journal, *_ = world
+    s = make(LeastLoadedPolicy())
+    s.agent_joined("a1", "p", LIVE_PIDS[0], {"work": {}}, lambda m: None, concurrency=1)
+    s.agent_joined("a2", "p", LIVE_PIDS[1], {"work": {}}, lambda m: None, concurrency=8)
+    s.agents["a1"].inflight["busy"] = 1
+    for i in range(4):
+        s.agents["a2"].inflight[f"busy{i}"] = 1
+    policy = LeastLoadedPolicy()
+    assert policy.choose(None, [s.agents["a1"], s.agents["a2"]]).id == "a2"
+    (tid,) = submit(s, journal)
+    s.dispatch()
+    assert flush(s) == {"a2": [tid]}
+    s.agents["a2"].inflight.update({f"more{i}": 1 for i in range(4)})  # 9 on 8 slots: above a1's 1 on 1
+    assert policy.choose(None, [s.agents["a1"], s.agents["a2"]]).id == "a1"
