@@ -1,9 +1,9 @@
 """The reference system's pipeline workload on agora, end to end, naive against agora.
 
-STATUS: UNFINISHED.  The first ``--quick`` run got through the warm-up (6 pipelines), then in
-naive's saturation burst (40 pipelines at once) one ``pipeline_result`` got no reply within
-300 s.  The cause has not been found yet (a consensus step that never settles under static
-allocation is the first suspect).  No figures have come out of this script yet.
+The hang this script first met (naive's burst: one ``pipeline_result`` unanswered for 300 s)
+was the coordinator's: a consensus step taken by a turn's dispatch was only started by a
+later turn, and with every agent idle no later turn came (fixed in
+coordination.services.decisions.ConsensusSteps.take, tests/coordination/test_consensus_steps.py).
 
     python perf/pipelines.py [--quick] [--seed N] [--json] [--plot FILE]
 
@@ -21,7 +21,7 @@ Configurations (the same number of agent processes):
 - ``naive``: what the reference did: static allocation, sync handlers one at a time per
   process, direct calls without guards, one attempt per step;
 - ``agora``: least-loaded allocation, ``async def`` handlers with ``concurrency = 32`` per
-  agent, every call through ``ctx.service("api")`` (timeout 5 s, 3 retries with full-jitter
+  agent, every call through ``ctx.service("api")`` (timeout 1 s: a call in the heavy tail is abandoned and retried, 3 retries with full-jitter
   backoff, the machine-wide breaker, the result cache with in-flight de-duplication, and
   micro-batching of embeddings), steps with the default 3 attempts.
 
@@ -33,12 +33,15 @@ Phases per configuration:
    for both) for ``seconds``: p95 latency, external calls per pipeline, the shares of
    pipeline time in external calls and in coordination (the pipeline's time minus the time
    inside its handlers on the critical path, the check step counting its slowest
-   candidate), USS per agent (psutil, sampled mid-phase);
+   candidate), USS per agent (psutil, sampled mid-phase), and ``coordination_cpu_share``: the
+   CPU seconds of the daemon's processes other than the agents (root, coordinator, registry,
+   telemetry) during the phase over the pipeline-seconds of the phase (robust to a loaded
+   machine, where wall-clock gaps are mostly waits for a core);
 3. faults: the same arrivals with 2% injected 5xx and one 5 s outage a third of the way in:
    success rate.
 
 Keys of the JSON line: ``pipelines_per_min``, ``p95_s``, ``success_rate``,
-``calls_per_pipeline``, ``coordination_share``, ``external_share``, ``uss_per_agent_mib``,
+``calls_per_pipeline``, ``coordination_share``, ``coordination_cpu_share``, ``external_share``, ``uss_per_agent_mib``,
 each ``{"naive": ..., "agora": ...}``, plus ``targets`` (ratios of this run: pipelines per
 minute >= 4x naive, p95 <= 0.5x naive, success >= 0.995, coordination share <= 1%, USS per
 agent <= 50 MiB) and ``met`` (which held).  ``--plot FILE`` writes a PNG of latency over time
@@ -90,7 +93,7 @@ autoscale = false
 
 SERVICES = """
 [services.api]
-timeout_s = 5
+timeout_s = 1.0
 retries = 3
 backoff = {base_s = 0.05, cap_s = 1.0}
 breaker = {failure_rate = 0.5, window_calls = 20, min_calls = 10, open_s = 1.0}
@@ -189,6 +192,21 @@ class Run:
             nxt += rng.expovariate(rate)
         return sent
 
+    def coordination_cpu(self) -> float:
+        """CPU seconds so far of the daemon's processes that are not agents."""
+        import psutil
+        agents = {a["pid"] for a in self.c.call("agents")}
+        root = psutil.Process(self.daemon.proc.pid)
+        total = 0.0
+        for p in [root, *root.children(recursive=True)]:
+            if p.pid not in agents:
+                try:
+                    t = p.cpu_times()
+                    total += t.user + t.system
+                except psutil.Error:
+                    pass  # ended meanwhile
+        return total
+
     def uss_mib(self) -> float:
         import psutil
         pids = [a["pid"] for a in self.c.call("agents")]
@@ -234,13 +252,13 @@ def measure(name: str, api: FakeAPI, corpus: Path, args: Any, rate: float | None
         ppm = len(ok) / span * 60
         rate = rate or 0.7 * len(ok) / span
         # 2. fixed offered load
-        calls0 = api.requests
+        calls0, cpu0 = api.requests, run.coordination_cpu()
         sampled: list[float] = []
         timer = threading.Timer(seconds / 2, lambda: sampled.append(run.uss_mib()))
         timer.start()
         steady = run.results(run.open_loop(rate, seconds))
         timer.join()
-        calls = api.requests - calls0
+        calls, coord_cpu = api.requests - calls0, run.coordination_cpu() - cpu0
         good = [p for p in steady if p["state"] == "succeeded"]
         lat = [latency(p) for p in good]
         splits = [(latency(p), *s) for p in good if (s := split(p)) is not None]
@@ -254,6 +272,7 @@ def measure(name: str, api: FakeAPI, corpus: Path, args: Any, rate: float | None
         return {"pipelines_per_min": ppm, "p95_s": pct(lat, 95), "p50_s": pct(lat, 50),
                 "success_rate": success, "calls_per_pipeline": calls / max(1, len(steady)),
                 "coordination_share": coord, "external_share": ext,
+                "coordination_cpu_share": coord_cpu / sum(latency(p) for p in steady),
                 "uss_per_agent_mib": sampled[0] if sampled else None, "rate": rate,
                 "timeline": [(p["sent"], latency(p)) for p in steady + faulty if p["state"] == "succeeded"],
                 "failed": len(faulty) - sum(p["state"] == "succeeded" for p in faulty)}
@@ -295,7 +314,7 @@ def plot(path: str, r: dict[str, dict[str, Any]]) -> None:
 
 
 KEYS = ("pipelines_per_min", "p95_s", "success_rate", "calls_per_pipeline", "coordination_share",
-        "external_share", "uss_per_agent_mib")
+        "coordination_cpu_share", "external_share", "uss_per_agent_mib")
 
 
 def main() -> None:

@@ -493,11 +493,16 @@ class ConsensusSteps:
         return (self.coord.journal.get(task.id).options or {}).get("consensus")
 
     def take(self, task: Any) -> bool:
+        """Start the step now when k agents have room, else keep it for the next turns.
+        (Only keeping it was a hang: a step taken by the turn's dispatch, after the turn
+        hooks, waited for some later event to wake the loop, and with every agent idle none
+        came: perf/pipelines.py's naive burst waited on one pipeline for its whole 300 s.)"""
         spec = self.spec_of(task)
         if not spec:
             return False
         task.state = "consensus"
-        self.pending.append((task, spec))
+        if not self._start(task, spec):
+            self.pending.append((task, spec))
         return True
 
     def turn(self) -> None:

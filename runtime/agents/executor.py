@@ -343,7 +343,10 @@ class ConcurrentMixin:
             self.send({"t": "answer", "rid": msg["rid"], "answer": None, "error": f"{type(e).__name__}: {e}"})
 
     def _deliver(self, out: dict[str, Any]) -> None:
-        """Send a finished attempt; results finished while another thread sends go in its next frame."""
+        """Send a finished attempt; results finished while another thread sends go in its next frame.
+        Each frame goes through ``AgentRunner._deliver``: the attempt leaves ``inflight`` and, while
+        the coordinator is away, the results wait in ``pending`` for the next hello (sending and
+        swallowing the error here lost every result finished during a coordinator restart)."""
         with self._out_lock:
             self._out.append(out)
             if self._sending:
@@ -355,10 +358,7 @@ class ConcurrentMixin:
                 if not batch:
                     self._sending = False
                     break
-            try:
-                self.send({"t": "results", "results": batch, "queue": self.executor.waiting()})
-            except OSError:
-                pass  # the coordinator is gone: the reading thread sees the EOF and ends the agent
+            super()._deliver(batch, self.executor.waiting())  # type: ignore[misc]  # AgentRunner's
         self.agent.queue_len = self.executor.waiting()
         if self.executor.running() == 0:
             self.emit.flush()  # idle now: nothing else would flush the handlers' events soon

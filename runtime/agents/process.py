@@ -491,7 +491,9 @@ def agent_main(ctx: Any, cfg: Config, run: RunPaths, pool: str, index: int, slot
     agent = _make_agent(cfg, pc, (agent_id, pool, index), ctx.resources)
     actx = AgentContext(agent_id, pool, index, pc.capabilities, _Contexts(str(cfg.home)), emit)
     agent.ctx = actx
-    actx.guards = agent_guards(cfg.services, ctx.resources.guard_table, emit)
+    table = ctx.resources.guard_table  # machine-wide: in-flight de-duplication across agents as well
+    actx.guards = agent_guards(cfg.services, table, emit,
+                               flights_dir=os.path.join(run.dir, "flights") if table is not None else None)
     agent.setup(actx)
     arena = ctx.resources.arena
     if arena is not None:

@@ -15,10 +15,11 @@ machine.  What a guard decides becomes an event:
   (runtime.observability.metrics).
 
 Decisions:
-- The result cache and its in-flight de-duplication are per agent process (the guards' cache
-  holds arbitrary Python objects, which another process cannot share without serialising
-  them); two identical calls in flight at once *in one agent* (``concurrency > 1``) make one
-  request.  Breaker and limiter state, which is small and fixed-size, is machine-wide.
+- The result cache is per agent process (it holds arbitrary Python objects); its in-flight
+  de-duplication is machine-wide: two identical calls in flight at once, in one agent or in
+  two, make one request (runtime.guards.flights: a board in the shared table, the leader's
+  result handed over as a file in the run's private directory).  Breaker and limiter state,
+  which is small and fixed-size, is machine-wide.
 - ``transport()`` / ``async_transport()`` need httpx (the ``agora[http]`` extra), imported only
   when asked for.
 """

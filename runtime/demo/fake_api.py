@@ -212,6 +212,13 @@ class _Server(ThreadingHTTPServer):
 
     request_queue_size = 256
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up before its answer (its timeout fired) is what a real server
+        sees all day: not worth a traceback on stderr; anything else still gets one."""
+        import sys
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
 
 def _digest(body: bytes | str) -> str:
     raw = body.encode() if isinstance(body, str) else body

@@ -9,7 +9,8 @@ Modules (pure state machines on an injected monotonic clock; no I/O except the s
     timeout   Deadline, run_sync / run_async, current_deadline
     breaker   CircuitBreaker: closed / open / half-open on a count or time window
     limiter   RateLimiter: token buckets for requests/s and tokens/s; acquire returns the wait
-    cache     ResultCache: TTL, LRU bound, in-flight de-duplication
+    cache     ResultCache: TTL, LRU bound, in-flight de-duplication (one process)
+    flights   SharedFlights: in-flight de-duplication across the processes of the machine
     batcher   MicroBatcher / AsyncMicroBatcher
     state     StateStore: LocalStateStore (one process) or SharedStateStore (shm.guard_state:
               every process of the machine)

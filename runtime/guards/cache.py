@@ -13,8 +13,9 @@ Decisions:
   failing call does not turn into N).
 - ``ttl_s`` counts from the moment the result arrived; ``ttl_s = 0`` disables the cache
   (in-flight de-duplication included: a service that disables caching wants every call made).
-- The cache and its flights are per process (results are arbitrary Python objects); de-duplication
-  across agent processes is not done here.
+- The cache and its flights are per process (results are arbitrary Python objects); a
+  ``Service`` given a ``flights_dir`` also de-duplicates across the agent processes of the
+  machine (runtime.guards.flights), once this cache says this process leads.
 """
 
 from __future__ import annotations

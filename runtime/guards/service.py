@@ -51,6 +51,7 @@ from .batcher import AsyncMicroBatcher, MicroBatcher
 from .breaker import BreakerConfig, CircuitBreaker, Permit
 from .cache import Hit, Join, ResultCache
 from .errors import CallTimeout, CircuitOpen, is_retryable
+from .flights import FOLLOW, LeaderGone, SharedFlights
 from .limiter import LimiterConfig, RateLimiter
 from .retry import RetryPolicy
 from .state import LocalStateStore, StateStore
@@ -153,7 +154,8 @@ class Service:
                  retryable: Callable[[BaseException], bool] = is_retryable,
                  key: Callable[[Callable, tuple, Mapping[str, Any]], Any] = default_key,
                  sleep: Callable[[float], None] = time.sleep,
-                 asleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 asleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 flights_dir: str | None = None) -> None:
         cfg = config if isinstance(config, ServiceConfig) else ServiceConfig.from_dict(name, config or {})
         self.name, self.config, self.clock = name, cfg, clock
         self.counts: Counter[str] = Counter()
@@ -166,6 +168,8 @@ class Service:
             self.breaker.listeners.append(lambda **f: self.emit("breaker_transition", **f))
         self.limiter = RateLimiter(name, cfg.limiter, clock=clock, store=store)
         self.cache = ResultCache(ttl_s=cfg.cache_ttl_s, size=cfg.cache_size, clock=clock)
+        # machine-wide in-flight de-duplication (runtime.guards.flights): with a directory for results
+        self.flights = SharedFlights(name, store, flights_dir) if flights_dir and self.cache.enabled else None
         per_attempt = (cfg.timeout_s or 600.0) + cfg.cap_s + max(cfg.max_retry_after_s, 0)
         self.wait_bound_s = self.retry.max_attempts * per_attempt + cfg.batch_window_ms / 1000
 
@@ -205,14 +209,53 @@ class Service:
                 raise DeadlineExceeded(f"the identical call to service {self.name!r} that this one joined gave "
                                        f"no answer in {self.wait_bound_s:g} s",
                                        hint="set [services.<name>].timeout_s so a hung call ends") from e
-        self.emit("cache_miss")
         try:
-            value = compute()
+            value = self._shared(key, compute)
         except BaseException as e:
             self.cache.fail(key, step, e)
             raise
         self.cache.finish(key, step, value)
         return value
+
+    def _shared(self, key: Any, compute: Callable[[], T]) -> T:
+        """This process leads ``key``: follow an identical call of another process, or lead
+        (``cache_miss``: this call is made here)."""
+        digest = self.flights.digest(key) if self.flights else None
+        if digest is None or self.flights is None:
+            self.emit("cache_miss")
+            return compute()
+        while self.flights.begin(digest) == FOLLOW:
+            self.emit("cache_join", scope="machine")
+            try:
+                return self._follow(digest)
+            except LeaderGone:
+                continue  # the other process failed or died: lead (or follow whoever does now)
+        self.emit("cache_miss")
+        try:
+            value = compute()
+        except BaseException:
+            self.flights.fail(digest)
+            raise
+        self.flights.finish(digest, value)
+        return value
+
+    def _follow(self, digest: bytes) -> Any:
+        assert self.flights is not None
+        deadline, delay = time.monotonic() + self.wait_bound_s, SharedFlights.POLL_S[0]
+        try:
+            while time.monotonic() < deadline:
+                done, value = self.flights.poll(digest)
+                if done:
+                    return value
+                self._sleep(delay)
+                delay = min(delay * 2, SharedFlights.POLL_S[1])
+        except BaseException as e:
+            if not isinstance(e, LeaderGone):
+                self.flights.abandon(digest)
+            raise
+        self.flights.abandon(digest)
+        raise DeadlineExceeded(f"the identical call to service {self.name!r} in another agent gave no answer "
+                               f"in {self.wait_bound_s:g} s", hint="set [services.<name>].timeout_s so a hung call ends")
 
     def _retrying(self, thunk: Callable[[], T], tokens: float) -> T:
         attempt = 1
@@ -268,15 +311,53 @@ class Service:
         if isinstance(step, Join):
             self.emit("cache_join")
             return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(step.future)), self.wait_bound_s)
-        self.emit("cache_miss")
         try:
-            value = await compute()
+            value = await self._ashared(key, compute)
         except BaseException as e:  # a cancelled leader fails its joiners too; they may call again
             self.cache.fail(key, step, e if isinstance(e, Exception) else CallTimeout(
                 f"the identical call to service {self.name!r} that this one joined was cancelled"))
             raise
         self.cache.finish(key, step, value)
         return value
+
+    async def _ashared(self, key: Any, compute: Callable[[], Awaitable[T]]) -> T:
+        """``_shared`` on the event loop."""
+        digest = self.flights.digest(key) if self.flights else None
+        if digest is None or self.flights is None:
+            self.emit("cache_miss")
+            return await compute()
+        while self.flights.begin(digest) == FOLLOW:
+            self.emit("cache_join", scope="machine")
+            try:
+                return await self._afollow(digest)
+            except LeaderGone:
+                continue  # the other process failed or died: try to lead
+        self.emit("cache_miss")
+        try:
+            value = await compute()
+        except BaseException:
+            self.flights.fail(digest)
+            raise
+        self.flights.finish(digest, value)
+        return value
+
+    async def _afollow(self, digest: bytes) -> Any:
+        assert self.flights is not None
+        deadline, delay = time.monotonic() + self.wait_bound_s, SharedFlights.POLL_S[0]
+        try:
+            while time.monotonic() < deadline:
+                done, value = self.flights.poll(digest)
+                if done:
+                    return value
+                await self._asleep(delay)
+                delay = min(delay * 2, SharedFlights.POLL_S[1])
+        except BaseException as e:
+            if not isinstance(e, LeaderGone):
+                self.flights.abandon(digest)
+            raise
+        self.flights.abandon(digest)
+        raise DeadlineExceeded(f"the identical call to service {self.name!r} in another agent gave no answer "
+                               f"in {self.wait_bound_s:g} s", hint="set [services.<name>].timeout_s so a hung call ends")
 
     async def _aretrying(self, thunk: Callable[[], Awaitable[T]], tokens: float) -> T:
         attempt = 1

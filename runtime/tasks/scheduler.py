@@ -36,7 +36,7 @@ another agent, without backoff.  A handler exception waits a jittered backoff fi
 
 Allocation policies share one interface, ``choose(task, candidates) -> AgentLink``:
 ``static`` (registry order, the baseline the reference system used: the first capable
-agent with room), ``least-loaded`` (fewest in-flight tasks, then registry order), and
+agent with room), ``least-loaded`` (lowest in-flight / concurrency, then registry order), and
 ``market`` (coordination.services.market: an auction among the candidates, asynchronous).
 """
 
@@ -142,12 +142,14 @@ class StaticPolicy:
 
 
 class LeastLoadedPolicy:
-    """Fewest in-flight tasks; ties go to registry order."""
+    """The lowest occupied share of an agent's slots (in-flight / concurrency); ties go to
+    registry order.  Raw in-flight counts would pile work on a ``concurrency = 1`` agent
+    holding 1 attempt rather than give it to a ``concurrency = 32`` one holding 2."""
 
     name = "least-loaded"
 
     def choose(self, task: TaskRun, candidates: list[AgentLink]) -> AgentLink | None:
-        return min(candidates, key=lambda a: (len(a.inflight), a.order), default=None)
+        return min(candidates, key=lambda a: (len(a.inflight) / a.concurrency, a.order), default=None)
 
 
 POLICIES: dict[str, Callable[[], Any]] = {"static": StaticPolicy, "least-loaded": LeastLoadedPolicy,

@@ -1,6 +1,6 @@
 """Service guards across real agent processes of a real daemon, against the fake API on
 127.0.0.1: a breaker opened by one agent is open in the others; the rate limiter holds its
-rate across 8 agents; two identical calls in flight at once in one agent make one request;
+rate across 8 agents; two identical calls in flight at once, in one agent or in two, make one request;
 async handlers with concurrency; guard decisions are events in the task's trace and metrics.
 The leak fixture checks that no process or segment (the guard table included) outlives a test."""
 
@@ -136,3 +136,41 @@ def test_an_agent_with_64_async_calls_in_flight_stays_small(tmp_path):
         assert all(r["state"] == "succeeded" for r in results)
         print(f"USS of an agent with 64 async calls in flight: {uss_mib:.1f} MiB")
         assert uss_mib <= 50, uss_mib
+
+
+def _counts_of_both(c) -> dict[int, dict]:
+    """``Service.counts`` of caller.0 and caller.1 by pid (two at once: least-loaded spreads them)."""
+    ids = c.call("submit_many", tasks=[{"capability": "counts", "input": {}}] * 2)
+    got = [c.call("result", id=i, wait=True, timeout_s=30) for i in ids]
+    return {r["result"].pop("pid"): r["result"] for r in got if r["state"] == "succeeded"}
+
+
+def test_identical_calls_in_flight_in_two_agents_make_one_request(tmp_path):
+    """In-flight de-duplication across agent processes (runtime.guards.flights): caller.0 leads,
+    caller.1 finds its flight on the machine-wide board and waits for its result."""
+    service = "cache_ttl_s = 60\nretries = 0"
+    with FakeAPI(time_scale=0.01) as api, running_daemon(tmp_path, conf(2, service, concurrency=2)) as (c, _):
+        api.pause()  # hold the leader's request so that the other agent's call finds it in flight
+        ids = c.call("submit_many", tasks=[{"capability": "call", "input": {"url": api.url,
+                                                                            "body": {"q": "both"}}}] * 2)
+        deadline = time.monotonic() + 30
+        counts: dict[int, dict] = {}
+        while time.monotonic() < deadline:  # the agents themselves say when the second one joined
+            counts = _counts_of_both(c)
+            if sum(v.get("cache_join", 0) for v in counts.values()) and api.requests:
+                break
+            time.sleep(0.01)
+        assert len(counts) == 2, counts  # both agents answered
+        # one agent made the call, the other joined it (the local cache missed there too, but
+        # only a call that is made counts as cache_miss)
+        assert sorted((v.get("cache_miss", 0), v.get("cache_join", 0)) for v in counts.values()) == [(0, 1), (1, 0)]
+        assert api.requests == 1
+        api.resume()
+        results = [c.call("result", id=i, wait=True, timeout_s=30) for i in ids]
+        assert [r["state"] for r in results] == ["succeeded", "succeeded"]
+        assert {r["result"]["agent"] for r in results} == {"caller.0", "caller.1"}
+        assert [r["result"]["outcome"] for r in results] == [200, 200]
+        assert api.seen(b'{"q":"both"}') == 1
+        joins = {(e.get("task_id"), e.get("scope")) for r in results
+                 for e in _events(c.call("trace", id=r["id"])["trace"]) if e.get("type") == "service.cache_join"}
+        assert [scope for _, scope in joins] == ["machine"]  # one task joined the other agent's call

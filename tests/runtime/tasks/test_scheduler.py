@@ -221,3 +221,22 @@ def test_the_agents_own_run_time_decides_the_streak_when_it_sends_one(world):
     flush(s)
     s.results("a1", [{"id": tid, "attempt": 1, "ok": 1, "run_us": int(SHORT_TASK_S * 2e6)}])
     assert s.short_streak["work"] == 0  # the handler took long, whatever the clock says
+
+
+def test_least_loaded_ranks_by_the_share_of_an_agents_slots_not_raw_inflight(world):
+    """An agent running 4 of its 8 slots is less loaded than one running 1 of 1: the next
+    task goes to the wide agent even though it holds more attempts."""
+    make, journal, *_ = world
+    s = make(LeastLoadedPolicy())
+    s.agent_joined("a1", "p", LIVE_PIDS[0], {"work": {}}, lambda m: None, concurrency=1)
+    s.agent_joined("a2", "p", LIVE_PIDS[1], {"work": {}}, lambda m: None, concurrency=8)
+    s.agents["a1"].inflight["busy"] = 1
+    for i in range(4):
+        s.agents["a2"].inflight[f"busy{i}"] = 1
+    policy = LeastLoadedPolicy()
+    assert policy.choose(None, [s.agents["a1"], s.agents["a2"]]).id == "a2"
+    (tid,) = submit(s, journal)
+    s.dispatch()
+    assert flush(s) == {"a2": [tid]}
+    s.agents["a2"].inflight.update({f"more{i}": 1 for i in range(4)})  # 9 on 8 slots: above a1's 1 on 1
+    assert policy.choose(None, [s.agents["a1"], s.agents["a2"]]).id == "a1"

@@ -1,0 +1,109 @@
+"""Machine-wide in-flight de-duplication (runtime.guards.flights): the board's pure updates on
+a fake clock and a fake ``alive``, then SharedFlights with two fake pids over one store and one
+directory (the cross-process run is tests/system/test_services_daemon.py)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from runtime.guards.flights import (DONE, FOLLOW, LEAD, MAX_FLIGHTS, BoardCodec, LeaderGone, SharedFlights, begin,
+                                    fail, finish, left, purge, status)
+from runtime.guards.service import Service
+from runtime.guards.state import LocalStateStore
+
+D = b"d" * 16
+
+
+def test_the_second_caller_follows_and_the_last_reader_removes_the_flight():
+    board: list = []
+    assert begin(board, D, 1, 0.0) == LEAD
+    assert begin(board, D, 1, 0.0) == LEAD  # its own process: the local cache joins, not the board
+    assert begin(board, D, 2, 0.0) == FOLLOW and board[0].waiters == 1
+    assert finish(board, D, 1, 1.0) is False and board[0].state == DONE  # a reader waits: keep the file
+    assert status(board, D, lambda pid: True) == "done"
+    assert left(board, D) is True and board == []  # the last reader: remove the file
+
+
+def test_a_leader_nobody_follows_leaves_nothing_and_a_failed_one_frees_its_followers():
+    board: list = []
+    begin(board, D, 1, 0.0)
+    assert finish(board, D, 1, 1.0) is True and board == []
+    begin(board, D, 1, 0.0)
+    begin(board, D, 2, 0.0)
+    fail(board, D, 1)
+    assert status(board, D, lambda pid: True) == "gone"
+
+
+def test_a_dead_leader_and_an_abandoned_done_flight_are_purged():
+    board: list = []
+    begin(board, D, 1, 0.0)
+    begin(board, D, 2, 0.0)
+    assert status(board, D, lambda pid: pid != 1) == "gone"  # its leader died
+    assert purge(board, 0.5, lambda pid: pid != 1, 10.0) == [D] and board == []
+    begin(board, D, 1, 0.0)
+    begin(board, D, 2, 0.0)
+    finish(board, D, 1, 1.0)  # done, and its follower died before reading
+    assert purge(board, 5.0, lambda pid: True, 10.0) == []
+    assert purge(board, 12.0, lambda pid: True, 10.0) == [D] and board == []
+
+
+def test_a_full_board_lets_calls_go_ahead_and_the_codec_round_trips():
+    board: list = []
+    for i in range(MAX_FLIGHTS + 3):
+        assert begin(board, i.to_bytes(16, "big"), 1, float(i)) == LEAD
+    assert len(board) == MAX_FLIGHTS
+    codec = BoardCodec()
+    assert codec.unpack(codec.pack(board)) == board
+    assert len(codec.pack(board)) <= 2044  # fits a guard state record (shm.guard_state, 2048-byte slots)
+    assert codec.unpack(b"other") is None
+
+
+def _pair(tmp_path):
+    store = LocalStateStore()
+    a = SharedFlights("api", store, str(tmp_path / "f"), pid=lambda: 101, alive=lambda pid: True)
+    b = SharedFlights("api", store, str(tmp_path / "f"), pid=lambda: 202, alive=lambda pid: True)
+    return a, b
+
+
+def test_a_follower_reads_the_leaders_value_and_no_file_is_left(tmp_path):
+    a, b = _pair(tmp_path)
+    d = SharedFlights.digest(b"question")
+    assert a.begin(d) == LEAD and b.begin(d) == FOLLOW
+    assert b.poll(d) == (False, None)
+    a.finish(d, (200, [(b"k", b"v")], b"body"))
+    assert b.poll(d) == (True, (200, [(b"k", b"v")], b"body"))
+    assert os.listdir(tmp_path / "f") == []
+
+
+def test_an_unshareable_value_or_a_failure_sends_the_follower_to_call_itself(tmp_path):
+    a, b = _pair(tmp_path)
+    d = SharedFlights.digest("q")
+    a.begin(d)
+    b.begin(d)
+    a.finish(d, object())  # marshal cannot encode it
+    with pytest.raises(LeaderGone):
+        b.poll(d)
+    assert SharedFlights.digest(("not", "bytes")) is None
+    assert os.listdir(tmp_path / "f") == []
+
+
+def test_a_service_follows_another_processes_flight(tmp_path):
+    """Service._shared: the follower makes no call and returns the leader's value."""
+    store = LocalStateStore()
+    lead = Service("api", {"cache_ttl_s": 60}, store=store, flights_dir=str(tmp_path / "f"))
+    follow = Service("api", {"cache_ttl_s": 60}, store=store, flights_dir=str(tmp_path / "f"))
+    follow.flights._pid = lambda: os.getpid() + 1  # another "process" on the same board
+    key = b"same question"
+    assert lead.flights.begin(lead.flights.digest(key)) == LEAD
+    made = []
+
+    def publish(delay: float) -> None:  # the leader's answer lands while the follower waits
+        if not made:
+            made.append("leader")
+            lead.flights.finish(lead.flights.digest(key), {"answer": 42})
+
+    follow._sleep = publish
+    assert follow.call_with(lambda: made.append("follower") or {"answer": 0}, key=key) == {"answer": 42}
+    assert made == ["leader"] and follow.counts["cache_join"] == 1 and "cache_miss" not in follow.counts
