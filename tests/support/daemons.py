@@ -30,7 +30,13 @@ cost = 1.0
 
 
 def config(size: int = 2, daemon: str = "drain_s = 3.0", extra: str = "") -> str:
-    return f"[daemon]\n{daemon}\n" + ECHO_POOL.format(size=size) + extra
+    """The echo pool; not autoscaled (a pool whose max exceeds its size is, by default)
+    unless ``extra`` has its own ``[pools.echo.scaling]``: tests scale by hand, and an
+    agent retired by the autoscaler mid-test would read as a restart."""
+    pool = ECHO_POOL.format(size=size)
+    if "[pools.echo.scaling]" not in extra:
+        pool += "[pools.echo.scaling]\nautoscale = false\n"
+    return f"[daemon]\n{daemon}\n" + pool + extra
 
 
 def spawn(home: Path, config_text: str | None = None, *flags: str) -> subprocess.Popen:

@@ -48,6 +48,9 @@ from tests.support.fuzz import (
     values,
 )
 
+# an oversized frame is a fuzz case; hypothesis warns when it prints one (and warnings are errors)
+pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
+
 EXAMPLES = int(os.environ.get("AGORA_FUZZ_EXAMPLES", "40"))
 PARTITIONS = 4
 DRAIN_S = 0.05
