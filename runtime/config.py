@@ -43,6 +43,10 @@
     fatal = []                    # exception type names that end a task at once
     concurrency = 1               # attempts one agent runs at once (async def handlers on its
                                   # event loop, plain ones on a thread pool of this size)
+    restart_backoff_s = 1.0       # a pool that gave up is restarted after this, doubling
+    restart_backoff_max_s = 60.0  # up to this (runtime.pools.recovery)
+    when_down = "refuse"          # while no live pool serves a capability, submissions get
+                                  # UNAVAILABLE ("refuse") or are accepted and wait ("park")
     [pools.summarize.scaling]     # autoscaler knobs; keys and defaults: runtime.scaling.policy
     autoscale = true
     [pools.summarize.capabilities.summarize]
@@ -129,6 +133,9 @@ class PoolConfig:
     retryable: tuple[str, ...] = ()
     fatal: tuple[str, ...] = ()
     concurrency: int = 1  # attempts one agent runs at once (runtime.agents.executor)
+    restart_backoff_s: float = 1.0       # a failed pool's first retry (runtime.pools.recovery)
+    restart_backoff_max_s: float = 60.0  # ... doubling up to this
+    when_down: str = "refuse"            # submissions while no pool serves: refuse | park
     scaling: dict[str, Any] = field(default_factory=dict)  # see runtime.scaling.policy.pool_scaling
     capabilities: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -170,7 +177,9 @@ ALLOCATIONS = ("static", "least-loaded", "p2c", "market")
 _POOL_KEYS = {"agent": str, "size": int, "min": int, "max": int, "mailbox_messages": int,
               "mailbox_bytes": int, "max_tasks": int, "capabilities": dict,
               "memory_ceiling_mib": int, "scaling": dict, "timeout_s": (int, float),
-              "cancel_grace_s": (int, float), "retryable": list, "fatal": list, "concurrency": int}
+              "cancel_grace_s": (int, float), "retryable": list, "fatal": list, "concurrency": int,
+              "restart_backoff_s": (int, float), "restart_backoff_max_s": (int, float), "when_down": str}
+WHEN_DOWN = ("refuse", "park")
 
 
 def _typed(section: str, table: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
@@ -195,6 +204,7 @@ def _pool(name: str, table: dict[str, Any]) -> PoolConfig:
     if not 0 < float(t.get("cancel_grace_s", 5.0)) <= 3600:
         raise InvalidInput(f"expected pools.{name}.cancel_grace_s in (0, 3600] seconds, "
                            f"got: {t['cancel_grace_s']!r}")
+    _check_recovery(name, t)
     pc = PoolConfig(name=name, **{**t, **lists, "capabilities": caps})
     if not (0 <= pc.min <= pc.size <= pc.max) or pc.max < 1:
         raise InvalidInput(f"pools.{name}: expected 0 <= min <= size <= max and max >= 1, "
@@ -205,6 +215,18 @@ def _pool(name: str, table: dict[str, Any]) -> PoolConfig:
     from runtime.scaling.policy import pool_scaling
     pool_scaling(pc)  # refuse bad [pools.NAME.scaling] knobs at load time, not in the coordinator
     return pc
+
+
+def _check_recovery(name: str, t: dict[str, Any]) -> None:
+    """A failed pool's restart backoff and what submissions get while it is down."""
+    base, cap = float(t.get("restart_backoff_s", 1.0)), float(t.get("restart_backoff_max_s", 60.0))
+    if not 0 < base <= cap <= 86400:
+        raise InvalidInput(f"pools.{name}: expected 0 < restart_backoff_s <= restart_backoff_max_s "
+                           f"<= 86400, got {base} and {cap}")
+    t.update({k: float(t[k]) for k in ("restart_backoff_s", "restart_backoff_max_s") if k in t})
+    if t.get("when_down", "refuse") not in WHEN_DOWN:
+        raise InvalidInput(f"pools.{name}.when_down: expected one of {list(WHEN_DOWN)}, got {t['when_down']!r}",
+                           hint="refuse: submissions get UNAVAILABLE; park: accepted, they wait for the pool")
 
 
 def _services(raw: Any) -> dict[str, dict[str, Any]]:

@@ -52,7 +52,7 @@ from typing import Any
 from multiprocess.connection import wait
 
 from runtime.config import Config, RunPaths, RunResources, load_config
-from runtime.errors import AgoraError, Conflict, InvalidInput, Unavailable, to_wire
+from runtime.errors import AgoraError, Conflict, InvalidInput, NotFound, Unavailable, to_wire
 from runtime.observability.events import Emitter, set_tracing
 from runtime.observability.telemetry import telemetry_main
 from runtime.supervision.child_spec import ChildSpec, Restart, Strategy, SupervisorSpec
@@ -156,6 +156,14 @@ def running(home: Path) -> tuple[int, str] | None:
     return pid, (lines[1] if len(lines) > 1 else "?")
 
 
+def pool_recovery(cfg: Config, tree: Tree, emit: Any) -> Any:
+    """The root's watch over its pools: failed ones are restarted after a backoff."""
+    from runtime.pools.recovery import Recovery
+    pools = {p.name: (f"{_POOL_SUP}{p.name}", p.restart_backoff_s, p.restart_backoff_max_s)
+             for p in cfg.pools}
+    return Recovery(tree, pools, emit)
+
+
 def tree_spec(cfg: Config, run: RunPaths, res: RunResources) -> SupervisorSpec:
     """The daemon's supervision tree for a config."""
     from runtime.coordinator.loop import coordinator_main
@@ -195,6 +203,7 @@ class Daemon:
             self.tree = Tree(tree_spec(self.cfg, self.run, self.resources), emit=self.emit,
                              resources=self.resources)
             self.tree.start()
+            self.recovery = pool_recovery(self.cfg, self.tree, self.emit)
             self.emit("daemon.started", home=str(self.cfg.home))
             self.emit.flush()
             self._loop(listener, wake_r)
@@ -214,9 +223,9 @@ class Daemon:
 
     def _loop(self, listener: socket.socket, wake_r: int) -> None:
         while not self.stopping and not self.tree.failed:
-            ready = wait([*self.tree.sentinels, listener, wake_r, *self.conns],
-                         self.emit.flush_due_in())
+            ready = wait([*self.tree.sentinels, listener, wake_r, *self.conns], self._wait_s())
             self.tree.handle(ready)
+            self.recovery.step(self.tree.clock())  # failed pools: noticed, restarted when due
             for r in ready:
                 if r is listener:
                     self._accept(listener)
@@ -225,6 +234,12 @@ class Daemon:
                 elif r in self.conns:
                     self._serve_conn(r)
             self.emit.maybe_flush()
+
+    def _wait_s(self) -> float | None:
+        """The loop's wait bound: the next event flush or the next pool retry."""
+        waits = [w for w in (self.emit.flush_due_in(), self.recovery.next_in(self.tree.clock()))
+                 if w is not None]
+        return min(waits) if waits else None
 
     # -- root command socket (only processes of the tree use it) ------------------------
 
@@ -286,10 +301,12 @@ class Daemon:
 
     def _dispatch(self, cmd: Any, args: dict[str, Any]) -> Any:
         from runtime.pools.specs import agent_spec
-        if cmd in ("tree", "shutdown"):
+        if cmd in ("tree", "shutdown", "pools_state"):
             _root_args(cmd, args)
         if cmd == "tree":
             return self.tree.status()
+        if cmd in ("pools_state", "restart_pool"):
+            return self._pools_command(cmd, args)
         slots = self.resources.slots
         if cmd == "start_agent":
             pool, index = _root_args(cmd, args, pool=str, index=int)
@@ -300,6 +317,9 @@ class Daemon:
                 raise InvalidInput(f"start_agent: argument 'pool' {pool[:80]!r} is not a pool name",
                                    field="pool")
             sup = self.tree.find(f"{_POOL_SUP}{pool}")
+            if sup.state != "running":
+                raise Unavailable(f"start_agent: pool {pool!r} is {sup.state}",
+                                  hint=f"`agora pools` shows why; `agora pools restart {pool}`")
             try:
                 child = sup.start_child(agent_spec(self.cfg, self.run, pool, index, slots))
             except Exception:  # typed by _command; the slot goes back either way
@@ -319,7 +339,30 @@ class Daemon:
             self.stopping = True
             return True
         raise InvalidInput(f"unknown root command {cmd!r}",
-                           hint="root commands: tree, start_agent, terminate_child, shutdown")
+                           hint="root commands: tree, start_agent, terminate_child, shutdown, "
+                                "pools_state, restart_pool")
+
+    def _pools_command(self, cmd: str, args: dict[str, Any]) -> Any:
+        """``pools_state``: every pool's recovery row; ``restart_pool``: restart a failed
+        pool now (UNAVAILABLE if it does not start, CONFLICT if it is running)."""
+        now = self.tree.clock()
+        if cmd == "pools_state":
+            return self.recovery.rows(now)
+        (pool,) = _root_args(cmd, args, pool=str)
+        if pool not in self.recovery.pools:
+            raise NotFound(f"restart_pool: no pool named {pool[:80]!r}",
+                           hint=f"pools: {sorted(self.recovery.pools)}")
+        self.recovery.notice(now)  # a failure the loop has not noticed yet counts first
+        if self.recovery.pools[pool].retry_at is None:
+            raise Conflict(f"pool {pool!r} is running: nothing to restart",
+                           hint="`agora scale` resizes it; `agora pools` shows its state")
+        row = self.recovery.restart(pool, now, why="requested")
+        if row["state"] != "running":
+            exits = row["last_exits"][-1:] or [{"reason": "?"}]
+            raise Unavailable(f"pool {pool!r} did not start: {exits[0]['reason']}",
+                              hint=f"next automatic retry in {row['retry_in_s']} s; the daemon log has "
+                                   "the agent's output")
+        return row
 
     # -- signals and shutdown -----------------------------------------------------------
 

@@ -37,6 +37,9 @@ _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
 _FORK = multiprocess.get_context("fork")
 
+#: bytes of a failed start-up's reason sent back on the ready pipe
+FAILURE_BYTES = 400
+
 #: fds that belong to the root alone; every child closes them right after fork.
 root_private_fds: set[int] = set()
 
@@ -74,8 +77,15 @@ class ChildContext:
 
     def ready(self) -> None:
         """Tell the supervisor that start-up is done (idempotent)."""
+        self._say(b"R")
+
+    def failed(self, exc: BaseException) -> None:
+        """Start-up raised: tell the supervisor why (``F`` + one line; nothing after ready)."""
+        self._say(b"F" + f"{type(exc).__name__}: {exc}"[:FAILURE_BYTES].encode(errors="replace"))
+
+    def _say(self, what: bytes) -> None:
         if self._ready_fd is not None:
-            os.write(self._ready_fd, b"R")
+            os.write(self._ready_fd, what)  # at most PIPE_BUF: one atomic write
             os.close(self._ready_fd)
             self._ready_fd = None
 
@@ -109,7 +119,12 @@ def _child_main(spec: ChildSpec, ready_fd: int, root_pid: int, lifeline_r: int,
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _tie_to_root(root_pid, lifeline_r)
     set_process_name(spec.process_title)
-    spec.target(ChildContext(spec, ready_fd, root_pid, resources), *spec.args)
+    ctx = ChildContext(spec, ready_fd, root_pid, resources)
+    try:
+        spec.target(ctx, *spec.args)
+    except BaseException as e:
+        ctx.failed(e)  # before ready: the supervisor learns why (its status shows it)
+        raise
 
 
 def fork_child(spec: ChildSpec, lifeline: Lifeline, resources: Any = None
