@@ -9,8 +9,10 @@ from __future__ import annotations
 import time
 
 import psutil
+import pytest
 
-from tests.support.daemons import running_daemon
+from runtime.errors import DeadlineExceeded, NotFound
+from tests.support.daemons import config, running_daemon
 from tests.support.helpers import eventually
 
 STUBBORN = """
@@ -66,3 +68,45 @@ def test_a_hung_handler_past_timeout_s_is_killed_and_retried_on_another_agent(ag
                    "its replacement")
         again = c.call("submit", task={"capability": "whoami", "input": {}})
         assert c.call("result", id=again, wait=True, timeout_s=30)["state"] == "succeeded"
+
+
+def cli_code(home, *argv) -> int:
+    from runtime.cli.main import main
+    return main(["--home", str(home), *argv])
+
+
+def test_waits_are_bounded_and_cancel_retry_and_journal_stats_say_what_happened(agora_env, capsys):
+    with running_daemon(agora_env, config(size=1)) as (c, _):
+        assert cli_code(agora_env, "submit", "sleep", "--input", '{"s": 3}', "--wait",
+                        "--timeout", "0.3") == 75  # EX_TEMPFAIL: the task goes on
+        said = capsys.readouterr().err
+        assert ("running" in said or "queued" in said) and "still not finished after waiting 0.3 s" in said, said
+        tid = c.call("tasks", limit=1)[0]["id"]
+        with pytest.raises(DeadlineExceeded):
+            c.call("result", id=tid, wait=True, timeout_s=0.2)
+        assert cli_code(agora_env, "cancel", tid) == 0
+        assert cli_code(agora_env, "cancel", tid) == 1  # already ended: its state is printed
+        assert "cancelled" in capsys.readouterr().out
+        assert cli_code(agora_env, "cancel", "t-nosuchtask") == NotFound.exit_code
+        dead = c.call("submit", task={"capability": "poison", "input": 0, "options": {"max_attempts": 1}})
+        assert c.call("result", id=dead, wait=True, timeout_s=30)["state"] == "dead_lettered"
+        assert dead in {r["id"] for r in c.call("tasks", state="dead_lettered")}
+        assert cli_code(agora_env, "retry", dead) == 0
+        again = c.call("result", id=dead, wait=True, timeout_s=30)
+        assert again["state"] == "dead_lettered" and len(c.call("attempts", id=dead)) == 2  # history kept
+        stats = c.call("journal_stats")
+        assert stats["file_bytes"] > 0 and stats["rows"]["tasks"] >= 2, stats
+        assert cli_code(agora_env, "journal", "stats") == 0
+
+
+def test_a_graceful_stop_past_drain_s_does_not_burn_an_attempt(agora_env):
+    cfg = config(size=1, daemon="drain_s = 0.3")
+    with running_daemon(agora_env, cfg) as (c, _):
+        tid = c.call("submit", task={"capability": "sleep", "input": {"s": 2},
+                                     "options": {"max_attempts": 1}})
+        eventually(lambda: c.call("result", id=tid)["state"] == "running", "the task to run")
+    # `down` ran past drain_s with the attempt still running: on the next start the task
+    # runs again instead of being dead-lettered as if its agent had crashed
+    with running_daemon(agora_env, cfg) as (c, _):
+        rec = c.call("result", id=tid, wait=True, timeout_s=30)
+        assert rec["state"] == "succeeded", rec
