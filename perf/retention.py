@@ -40,8 +40,9 @@ CHUNK = 100_000     # a row of the table
 _MiB = 1 << 20
 
 
-def file_bytes(journal: Journal) -> int:
-    return sum(os.path.getsize(p) for p in (journal.path, journal.path + "-wal") if os.path.exists(p))
+def file_bytes(journal: Journal, suffix: str = "") -> int:
+    path = journal.path + suffix
+    return os.path.getsize(path) if os.path.exists(path) else 0
 
 
 def one_turn(journal: Journal, specs: list[Any]) -> None:
@@ -77,7 +78,9 @@ def soak(total: int, keep: int | None, seed: int) -> list[dict[str, Any]]:
                 if keep is not None and done % EVERY == 0:
                     compact(journal, keep)
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            rows.append({"tasks": done, "file_mib": round(file_bytes(journal) / _MiB, 1),
+            db, wal = file_bytes(journal), file_bytes(journal, "-wal")
+            rows.append({"tasks": done, "file_mib": round((db + wal) / _MiB, 1),
+                         "db_mib": round(db / _MiB, 1), "wal_mib": round(wal / _MiB, 1),
                          "tasks_per_s": round(CHUNK / wall), "tasks_per_cpu_s": round(CHUNK / max(cpu, 1e-9)),
                          "rows": journal.stats()["rows"]["tasks"]})
     finally:
@@ -87,11 +90,13 @@ def soak(total: int, keep: int | None, seed: int) -> list[dict[str, Any]]:
 
 
 def table(with_r: list[dict[str, Any]], without: list[dict[str, Any]]) -> None:
-    print(f"{'tasks':>9} | {'retention: MiB':>14} {'tasks/s':>8} {'per cpu s':>9} {'rows':>8} | "
-          f"{'none: MiB':>9} {'tasks/s':>8} {'per cpu s':>9}")
+    print(f"{'tasks':>9} | {'retention: MiB (db+wal)':>23} {'tasks/s':>8} {'per cpu s':>9} {'rows':>7} | "
+          f"{'none: MiB (db+wal)':>18} {'tasks/s':>8} {'per cpu s':>9}")
     for a, b in zip(with_r, without):
-        print(f"{a['tasks']:>9} | {a['file_mib']:>14} {a['tasks_per_s']:>8} {a['tasks_per_cpu_s']:>9} "
-              f"{a['rows']:>8} | {b['file_mib']:>9} {b['tasks_per_s']:>8} {b['tasks_per_cpu_s']:>9}")
+        ra = f"{a['file_mib']} ({a['db_mib']}+{a['wal_mib']})"
+        rb = f"{b['file_mib']} ({b['db_mib']}+{b['wal_mib']})"
+        print(f"{a['tasks']:>9} | {ra:>23} {a['tasks_per_s']:>8} {a['tasks_per_cpu_s']:>9} "
+              f"{a['rows']:>7} | {rb:>18} {b['tasks_per_s']:>8} {b['tasks_per_cpu_s']:>9}")
 
 
 def main() -> None:
@@ -105,6 +110,9 @@ def main() -> None:
     first, last = with_r[0]["tasks_per_cpu_s"], with_r[-1]["tasks_per_cpu_s"]
     result = {"tasks": total, "keep": keep, "every": EVERY, "turn": TURN,
               "max_file_mib": max(r["file_mib"] for r in with_r),
+              "max_db_mib": max(r["db_mib"] for r in with_r),
+              "db_mib_per_100k": [r["db_mib"] for r in with_r],
+              "baseline_db_mib_per_100k": [r["db_mib"] for r in without],
               "final_file_mib": with_r[-1]["file_mib"],
               "baseline_final_file_mib": without[-1]["file_mib"],
               "tasks_per_s": [r["tasks_per_s"] for r in with_r],

@@ -35,6 +35,14 @@ Restarts that cannot wedge (issue 15, items 5 and 6):
   exceeded it gives up and the root shuts down with it; the daemon exits 1 and its log
   (stderr, ``agora.log``) and the ``supervisor.escalation`` event name the reason.  There
   is never a live root that serves nothing.
+
+Pool recovery (issue 16, item 5): a pool supervisor that gave up is noticed after each
+turn's sentinels and restarted when its backoff is due (the loop's wait is bounded by the
+next retry): ``runtime.pools.recovery``.  Root commands ``pools_state`` (every pool's
+state, failures, retry time, last exit reasons) and ``restart_pool`` (now) serve the
+coordinator's ``agora pools`` / ``agora pools restart``; ``start_agent`` into a failed pool
+is UNAVAILABLE.  A pool whose agents cannot start during ``agora up`` still fails the
+start (a bad import path or setup is a config error to see at once, not later).
 """
 
 from __future__ import annotations

@@ -110,3 +110,42 @@ def test_a_graceful_stop_past_drain_s_does_not_burn_an_attempt(agora_env):
     with running_daemon(agora_env, cfg) as (c, _):
         rec = c.call("result", id=tid, wait=True, timeout_s=30)
         assert rec["state"] == "succeeded", rec
+
+
+FLAKY_MARKET = """
+[daemon]
+allocation = "market"
+drain_s = 2.0
+[pools.flaky]
+agent = "tests.support.agents_market:Unreliable"
+size = 2
+max = 2
+[pools.flaky.capabilities.work]
+cost = 1.0
+"""
+
+
+def flaky_market_runs(home, runs: int, tasks: int = 20) -> None:
+    """``runs`` batches through one daemon whose two agents fail 30 % of tasks: every task
+    ends (succeeded or failed after its attempts), none is left queued, and the next batch
+    is served too (the reputation gate does not exclude both agents for good)."""
+    with running_daemon(home, FLAKY_MARKET) as (c, _):
+        for run in range(runs):
+            ids = [c.call("submit", task={"capability": "work", "options": {"max_attempts": 3},
+                                          "input": {"salt": run, "fail_pct": 30, "fast_ms": 1, "n": i}})
+                   for i in range(tasks)]
+            counts = c.call("wait_all", ids=ids, timeout_s=120)
+            assert sum(counts.values()) == tasks, f"run {run}: {counts}"
+            assert set(counts) <= {"succeeded", "failed"}, f"run {run}: {counts}"
+            assert counts.get("succeeded", 0) > 0, f"run {run}: nothing succeeded: {counts}"
+        assert not c.call("tasks", state="queued"), "tasks left queued"
+        assert c.call("ledger")["conserved"]
+
+
+def test_the_flaky_pool_market_run_finishes_every_task(agora_env):
+    flaky_market_runs(agora_env, runs=5)
+
+
+@pytest.mark.slow
+def test_the_flaky_pool_market_run_finishes_every_task_100_runs(agora_env):
+    flaky_market_runs(agora_env, runs=100)
