@@ -61,7 +61,8 @@ def _print_pools(rows: list[dict[str, Any]]) -> None:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     for r in rows:
         if r.get("state") == "failed":
-            click.echo(f"pool {r['pool']} failed {r.get('failures')} time(s); last exits:")
+            click.echo(f"pool {r['pool']} failed {r.get('failures')} time(s); {r['queued']} queued "
+                       f"task(s) wait for it; last exits:")
             for e in r.get("last_exits") or []:
                 click.echo(f"  {e.get('child')}: {e.get('reason')}")
 

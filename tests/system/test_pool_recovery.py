@@ -88,6 +88,7 @@ def test_parked_tasks_wait_visibly_and_run_after_the_automatic_restart(agora_env
         listed = {r["id"]: r for r in c.call("tasks", state="queued")}
         assert "waiting_for" in listed[parked]
         assert "work" in c.call("status")["waiting"]
+        eventually(lambda: pool(c)["queued"] >= 1, "agora pools to count the parked task")
         assert c.call("result", id=doomed, wait=True, timeout_s=30)["state"] == "deadline_exceeded"
         crash_flag(agora_env).unlink()  # the root retries by itself within its backoff
         done = c.call("result", id=parked, wait=True, timeout_s=30)

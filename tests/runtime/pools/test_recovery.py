@@ -3,6 +3,7 @@ and which capabilities are down (runtime.pools.recovery, runtime.scaling.health)
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -10,8 +11,6 @@ from runtime.config import parse_config
 from runtime.errors import InvalidInput
 from runtime.pools.recovery import PoolRecovery, backoff_delay
 from runtime.scaling.health import down_capabilities
-
-import pytest
 
 
 def test_backoff_doubles_up_to_its_cap():
