@@ -3,7 +3,7 @@
 compaction (``Journal.compact``, as the coordinator's retention service runs it) against
 the same soak without it, in the same run.
 
-    python perf/retention.py [--quick] [--seed N] [--json] [--tasks N] [--keep N]
+    python perf/retention.py [--quick] [--seed N] [--json] [--tasks N] [--keep N] [--no-baseline]
 
 Each turn does what the coordinator's turns do for ``TURN`` trivial tasks, in one
 transaction (group commit, ``durability = "process"``, checkpoints on the background
@@ -89,42 +89,60 @@ def soak(total: int, keep: int | None, seed: int) -> list[dict[str, Any]]:
     return rows
 
 
-def table(with_r: list[dict[str, Any]], without: list[dict[str, Any]]) -> None:
-    print(f"{'tasks':>9} | {'retention: MiB (db+wal)':>23} {'tasks/s':>8} {'per cpu s':>9} {'rows':>7} | "
-          f"{'none: MiB (db+wal)':>18} {'tasks/s':>8} {'per cpu s':>9}")
-    for a, b in zip(with_r, without):
+def table(with_r: list[dict[str, Any]], without: list[dict[str, Any]] | None) -> None:
+    head = f"{'tasks':>9} | {'retention: MiB (db+wal)':>23} {'tasks/s':>8} {'per cpu s':>9} {'rows':>7}"
+    print(head + (f" | {'none: MiB (db+wal)':>18} {'tasks/s':>8} {'per cpu s':>9}" if without else ""))
+    for i, a in enumerate(with_r):
         ra = f"{a['file_mib']} ({a['db_mib']}+{a['wal_mib']})"
-        rb = f"{b['file_mib']} ({b['db_mib']}+{b['wal_mib']})"
-        print(f"{a['tasks']:>9} | {ra:>23} {a['tasks_per_s']:>8} {a['tasks_per_cpu_s']:>9} "
-              f"{a['rows']:>7} | {rb:>18} {b['tasks_per_s']:>8} {b['tasks_per_cpu_s']:>9}")
+        line = f"{a['tasks']:>9} | {ra:>23} {a['tasks_per_s']:>8} {a['tasks_per_cpu_s']:>9} {a['rows']:>7}"
+        if without:
+            b = without[i]
+            rb = f"{b['file_mib']} ({b['db_mib']}+{b['wal_mib']})"
+            line += f" | {rb:>18} {b['tasks_per_s']:>8} {b['tasks_per_cpu_s']:>9}"
+        print(line)
+
+
+def figures(with_r: list[dict[str, Any]], keep: int) -> dict[str, Any]:
+    first, last = with_r[0]["tasks_per_cpu_s"], with_r[-1]["tasks_per_cpu_s"]
+    return {"tasks": with_r[-1]["tasks"], "keep": keep, "every": EVERY, "turn": TURN,
+            "max_file_mib": max(r["file_mib"] for r in with_r),
+            "max_db_mib": max(r["db_mib"] for r in with_r),
+            "db_mib_per_100k": [r["db_mib"] for r in with_r],
+            "file_mib_per_100k": [r["file_mib"] for r in with_r],
+            "tasks_per_s": [r["tasks_per_s"] for r in with_r],
+            "tasks_per_cpu_s": [r["tasks_per_cpu_s"] for r in with_r],
+            "last_over_first_cpu_rate": round(last / first, 3)}
+
+
+def against(without: list[dict[str, Any]], with_r: list[dict[str, Any]]) -> dict[str, Any]:
+    """The baseline's figures and the ratio of CPU throughput (retention / none)."""
+    return {"baseline_db_mib_per_100k": [r["db_mib"] for r in without],
+            "baseline_final_file_mib": without[-1]["file_mib"],
+            "baseline_tasks_per_s": [r["tasks_per_s"] for r in without],
+            "baseline_tasks_per_cpu_s": [r["tasks_per_cpu_s"] for r in without],
+            "cpu_rate_vs_baseline": round(sum(r["tasks_per_cpu_s"] for r in with_r)
+                                          / sum(r["tasks_per_cpu_s"] for r in without), 3)}
 
 
 def main() -> None:
     args = parse_args(__doc__, **{"--tasks": {"type": int, "default": None},
-                                  "--keep": {"type": int, "default": None}})
+                                  "--keep": {"type": int, "default": None},
+                                  "--no-baseline": {"action": "store_true", "dest": "no_baseline",
+                                                    "help": "skip the soak without retention "
+                                                            "(its file grows to ~0.8 GB per 1M tasks)"}})
     total = args.tasks or (200_000 if args.quick else 1_000_000)
     keep = args.keep or (20_000 if args.quick else 100_000)
     with_r = soak(total, keep, args.seed)
-    without = soak(total, None, args.seed)  # the baseline, same run
+    result = figures(with_r, keep)
+    print(f"retention keeps the file at <= {result['max_file_mib']} MiB (db <= {result['max_db_mib']} MiB) "
+          f"over {total:,} tasks; CPU throughput last/first chunk {result['last_over_first_cpu_rate']}")
+    without = None
+    if not args.no_baseline:  # the baseline, same run
+        without = soak(total, None, args.seed)
+        result.update(against(without, with_r))
+        print(f"without retention: {result['baseline_final_file_mib']} MiB; CPU throughput against no "
+              f"retention {result['cpu_rate_vs_baseline']}")
     table(with_r, without)
-    first, last = with_r[0]["tasks_per_cpu_s"], with_r[-1]["tasks_per_cpu_s"]
-    result = {"tasks": total, "keep": keep, "every": EVERY, "turn": TURN,
-              "max_file_mib": max(r["file_mib"] for r in with_r),
-              "max_db_mib": max(r["db_mib"] for r in with_r),
-              "db_mib_per_100k": [r["db_mib"] for r in with_r],
-              "baseline_db_mib_per_100k": [r["db_mib"] for r in without],
-              "final_file_mib": with_r[-1]["file_mib"],
-              "baseline_final_file_mib": without[-1]["file_mib"],
-              "tasks_per_s": [r["tasks_per_s"] for r in with_r],
-              "baseline_tasks_per_s": [r["tasks_per_s"] for r in without],
-              "tasks_per_cpu_s": [r["tasks_per_cpu_s"] for r in with_r],
-              "baseline_tasks_per_cpu_s": [r["tasks_per_cpu_s"] for r in without],
-              "last_over_first_cpu_rate": round(last / first, 3),
-              "cpu_rate_vs_baseline": round(sum(r["tasks_per_cpu_s"] for r in with_r)
-                                            / sum(r["tasks_per_cpu_s"] for r in without), 3)}
-    print(f"\nretention keeps the file at <= {result['max_file_mib']} MiB (without: "
-          f"{result['baseline_final_file_mib']} MiB after {total:,} tasks); CPU throughput last/first "
-          f"chunk {result['last_over_first_cpu_rate']}, against no retention {result['cpu_rate_vs_baseline']}")
     emit_json(args, result)
 
 
