@@ -3,14 +3,19 @@ and which capabilities are down (runtime.pools.recovery, runtime.scaling.health)
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from runtime.config import parse_config
 from runtime.errors import InvalidInput
-from runtime.pools.recovery import PoolRecovery, backoff_delay
+from runtime.pools.recovery import PoolRecovery, Recovery, backoff_delay
 from runtime.scaling.health import down_capabilities
+from runtime.supervision import ChildSpec, Restart, SupervisorSpec, Tree
+from tests.support.helpers import WAIT, FakeClock
 
 
 def test_backoff_doubles_up_to_its_cap():
@@ -69,3 +74,50 @@ def test_recovery_knobs_are_checked_at_load(tmp_path):
     park = parse_config({"pools": {"p": {**pool, "when_down": "park", "restart_backoff_s": 2}}},
                         tmp_path, tmp_path).pool("p")
     assert (park.when_down, park.restart_backoff_s) == ("park", 2.0)
+
+
+# -- the root's driver over a real tree of processes, on a fake clock ---------------------
+
+def _serve_unless_flag(ctx, flag):
+    if os.path.exists(flag):
+        raise RuntimeError("the flag is up")
+    ctx.ready()
+    while True:
+        signal.pause()
+
+
+def test_the_driver_restarts_a_pool_that_gave_up_after_its_backoff(tmp_path):
+    flag = str(tmp_path / "flag")
+    clock = FakeClock(100.0)
+    pool = SupervisorSpec("pool:p", (ChildSpec("agent:p.0", _serve_unless_flag, (flag,), shutdown=1.0),),
+                          intensity=1, period=10.0, restart=Restart.TRANSIENT)
+    events = []
+    tree = Tree(SupervisorSpec("root", (pool,), intensity=5, period=10.0), clock=clock)
+    recovery = Recovery(tree, {"p": ("root/pool:p", 1.0, 4.0)}, lambda t, **f: events.append((t, f)))
+    tree.start()
+    try:
+        open(flag, "w").close()
+        os.kill(tree.pids()[0], signal.SIGKILL)
+        tree.wait_and_handle(WAIT)  # the restart fails at start-up, twice: the pool gives up
+        sup = tree.find("root/pool:p")
+        assert sup.state == "failed" and tree.pids() == []
+        recovery.step(clock())
+        row = recovery.rows(clock())[0]
+        assert (row["state"], row["failures"], row["retry_in_s"]) == ("failed", 1, 1.0)
+        assert any("the flag is up" in e["reason"] for e in row["last_exits"]), row
+        clock.t += 0.9
+        recovery.step(clock())
+        assert recovery.rows(clock())[0]["failures"] == 1  # not due yet
+        clock.t += 0.1
+        recovery.step(clock())  # due: restarted, and it fails again (the flag is still up)
+        assert recovery.rows(clock())[0]["failures"] == 2 and recovery.next_in(clock()) == 2.0
+        os.unlink(flag)
+        clock.t += 2.0
+        recovery.step(clock())
+        assert sup.state == "running" and len(tree.pids()) == 1
+        assert recovery.rows(clock())[0] == {"pool": "p", "state": "running", "failures": 2,
+                                             "retry_in_s": None, "last_exits": []}
+        assert [t for t, _ in events] == ["pool.failed", "pool.restarting", "pool.failed",
+                                          "pool.restarting", "pool.restarted"]
+    finally:
+        tree.stop()
