@@ -133,11 +133,12 @@ class PoolConfig:
     retryable: tuple[str, ...] = ()
     fatal: tuple[str, ...] = ()
     concurrency: int = 1  # attempts one agent runs at once (runtime.agents.executor)
-    restart_backoff_s: float = 1.0       # a failed pool's first retry (runtime.pools.recovery)
-    restart_backoff_max_s: float = 60.0  # ... doubling up to this
-    when_down: str = "refuse"            # submissions while no pool serves: refuse | park
     scaling: dict[str, Any] = field(default_factory=dict)  # see runtime.scaling.policy.pool_scaling
     capabilities: dict[str, dict[str, float]] = field(default_factory=dict)
+    # pool recovery (runtime.pools.recovery, runtime.scaling.health)
+    restart_backoff_s: float = 1.0       # a failed pool's first retry
+    restart_backoff_max_s: float = 60.0  # ... doubling up to this
+    when_down: str = "refuse"            # submissions while no pool serves: refuse | park
 
 
 @dataclass(frozen=True)
@@ -177,8 +178,9 @@ ALLOCATIONS = ("static", "least-loaded", "p2c", "market")
 _POOL_KEYS = {"agent": str, "size": int, "min": int, "max": int, "mailbox_messages": int,
               "mailbox_bytes": int, "max_tasks": int, "capabilities": dict,
               "memory_ceiling_mib": int, "scaling": dict, "timeout_s": (int, float),
-              "cancel_grace_s": (int, float), "retryable": list, "fatal": list, "concurrency": int,
-              "restart_backoff_s": (int, float), "restart_backoff_max_s": (int, float), "when_down": str}
+              "cancel_grace_s": (int, float), "retryable": list, "fatal": list, "concurrency": int}
+_POOL_KEYS.update({"restart_backoff_s": (int, float), "restart_backoff_max_s": (int, float),
+                   "when_down": str})  # pool recovery
 WHEN_DOWN = ("refuse", "park")
 
 
