@@ -179,9 +179,6 @@ _POOL_KEYS = {"agent": str, "size": int, "min": int, "max": int, "mailbox_messag
               "mailbox_bytes": int, "max_tasks": int, "capabilities": dict,
               "memory_ceiling_mib": int, "scaling": dict, "timeout_s": (int, float),
               "cancel_grace_s": (int, float), "retryable": list, "fatal": list, "concurrency": int}
-_POOL_KEYS.update({"restart_backoff_s": (int, float), "restart_backoff_max_s": (int, float),
-                   "when_down": str})  # pool recovery
-WHEN_DOWN = ("refuse", "park")
 
 
 def _typed(section: str, table: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
@@ -217,6 +214,11 @@ def _pool(name: str, table: dict[str, Any]) -> PoolConfig:
     from runtime.scaling.policy import pool_scaling
     pool_scaling(pc)  # refuse bad [pools.NAME.scaling] knobs at load time, not in the coordinator
     return pc
+
+
+_POOL_KEYS.update({"restart_backoff_s": (int, float), "restart_backoff_max_s": (int, float),
+                   "when_down": str})  # pool recovery (checked by _check_recovery)
+WHEN_DOWN = ("refuse", "park")
 
 
 def _check_recovery(name: str, t: dict[str, Any]) -> None:
