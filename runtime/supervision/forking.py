@@ -37,9 +37,6 @@ _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
 _FORK = multiprocess.get_context("fork")
 
-#: bytes of a failed start-up's reason sent back on the ready pipe
-FAILURE_BYTES = 400
-
 #: fds that belong to the root alone; every child closes them right after fork.
 root_private_fds: set[int] = set()
 
@@ -68,12 +65,16 @@ class Lifeline:
 class ChildContext:
     """What a child's target receives: its identity and the hooks back to the root."""
 
+    FAILURE_BYTES = 400  # of a failed start-up's reason, sent back on the ready pipe
+    current: ChildContext | None = None  # this child's (one per process; _child_entry reads it)
+
     def __init__(self, spec: ChildSpec, ready_fd: int, root_pid: int, resources: Any):
         self.id = spec.id
         self.title = spec.process_title
         self.root_pid = root_pid
         self.resources = resources  # opaque here: the daemon's RunResources
         self._ready_fd: int | None = ready_fd
+        ChildContext.current = self
 
     def ready(self) -> None:
         """Tell the supervisor that start-up is done (idempotent)."""
@@ -81,7 +82,7 @@ class ChildContext:
 
     def failed(self, exc: BaseException) -> None:
         """Start-up raised: tell the supervisor why (``F`` + one line; nothing after ready)."""
-        self._say(b"F" + f"{type(exc).__name__}: {exc}"[:FAILURE_BYTES].encode(errors="replace"))
+        self._say(b"F" + f"{type(exc).__name__}: {exc}"[:self.FAILURE_BYTES].encode(errors="replace"))
 
     def _say(self, what: bytes) -> None:
         if self._ready_fd is not None:
@@ -119,12 +120,7 @@ def _child_main(spec: ChildSpec, ready_fd: int, root_pid: int, lifeline_r: int,
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _tie_to_root(root_pid, lifeline_r)
     set_process_name(spec.process_title)
-    ctx = ChildContext(spec, ready_fd, root_pid, resources)
-    try:
-        spec.target(ctx, *spec.args)
-    except BaseException as e:
-        ctx.failed(e)  # before ready: the supervisor learns why (its status shows it)
-        raise
+    spec.target(ChildContext(spec, ready_fd, root_pid, resources), *spec.args)
 
 
 def fork_child(spec: ChildSpec, lifeline: Lifeline, resources: Any = None
@@ -135,7 +131,7 @@ def fork_child(spec: ChildSpec, lifeline: Lifeline, resources: Any = None
     """
     ready_r, ready_w = os.pipe()
     private = frozenset(root_private_fds | {ready_r})
-    proc = _FORK.Process(target=_child_main, name=spec.id, daemon=False,
+    proc = _FORK.Process(target=_child_entry, name=spec.id, daemon=False,
                          args=(spec, ready_w, os.getpid(), lifeline.r, private, resources))
     gc.freeze()
     sys.stdout.flush()
@@ -160,3 +156,13 @@ def forget(proc: Any) -> None:
     root_private_fds.difference_update(_popen_fds(proc))
 
 
+def _child_entry(*args: Any) -> None:
+    """The forked child's entry: ``_child_main``, and a start-up that raised before
+    ``ctx.ready()`` says why on the ready pipe (the supervisor's StartFailed and
+    ``agora pools`` show it, rather than only an exit code)."""
+    try:
+        _child_main(*args)
+    except BaseException as e:
+        if ChildContext.current is not None:
+            ChildContext.current.failed(e)
+        raise
