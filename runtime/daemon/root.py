@@ -41,8 +41,9 @@ turn's sentinels and restarted when its backoff is due (the loop's wait is bound
 next retry): ``runtime.pools.recovery``.  Root commands ``pools_state`` (every pool's
 state, failures, retry time, last exit reasons) and ``restart_pool`` (now) serve the
 coordinator's ``agora pools`` / ``agora pools restart``; ``start_agent`` into a failed pool
-is UNAVAILABLE.  A pool whose agents cannot start during ``agora up`` still fails the
-start (a bad import path or setup is a config error to see at once, not later).
+adds the agent without starting it (it starts with the pool).  A pool whose agents cannot
+start during ``agora up`` still fails the start (a bad import path or setup is a config
+error to see at once, not later).
 """
 
 from __future__ import annotations
@@ -325,11 +326,10 @@ class Daemon:
                 raise InvalidInput(f"start_agent: argument 'pool' {pool[:80]!r} is not a pool name",
                                    field="pool")
             sup = self.tree.find(f"{_POOL_SUP}{pool}")
-            if sup.state != "running":
-                raise Unavailable(f"start_agent: pool {pool!r} is {sup.state}",
-                                  hint=f"`agora pools` shows why; `agora pools restart {pool}`")
-            try:
-                child = sup.start_child(agent_spec(self.cfg, self.run, pool, index, slots))
+            try:  # into a failed pool: added now, started with the pool's restart (a replacement
+                # of a killed agent keeps its place; `agora scale` refuses failed pools earlier)
+                child = sup.start_child(agent_spec(self.cfg, self.run, pool, index, slots),
+                                        start=sup.state != "failed")
             except Exception:  # typed by _command; the slot goes back either way
                 slots.give_back(f"{pool}.{index}")
                 raise

@@ -203,11 +203,14 @@ class Supervisor:
 
     # -- dynamic children --------------------------------------------------------------
 
-    def start_child(self, spec: ChildSpec | SupervisorSpec) -> Child:
+    def start_child(self, spec: ChildSpec | SupervisorSpec, start: bool = True) -> Child:
+        """Add a dynamic child and start it; ``start=False`` only adds it (a supervisor that
+        failed starts it with the others when it is restarted: runtime.pools.recovery)."""
         if any(c.id == spec.id for c in self.children):
             raise InvalidInput(f"supervisor {self.path!r} already has a child {spec.id!r}")
         child = _make(spec, self.tree, self)
-        child.start()
+        if start:
+            child.start()
         self.children.append(child)
         return child
 

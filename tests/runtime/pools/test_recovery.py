@@ -112,9 +112,13 @@ def test_the_driver_restarts_a_pool_that_gave_up_after_its_backoff(tmp_path):
         recovery.step(clock())  # due: restarted, and it fails again (the flag is still up)
         assert recovery.rows(clock())[0]["failures"] == 2 and recovery.next_in(clock()) == 2.0
         os.unlink(flag)
+        # an agent added while the pool is down (a replacement) starts with the pool
+        sup.start_child(ChildSpec("agent:p.1", _serve_unless_flag, (flag,), shutdown=1.0),
+                        start=sup.state != "failed")
+        assert tree.pids() == []
         clock.t += 2.0
         recovery.step(clock())
-        assert sup.state == "running" and len(tree.pids()) == 1
+        assert sup.state == "running" and len(tree.pids()) == 2
         assert recovery.rows(clock())[0] == {"pool": "p", "state": "running", "failures": 2,
                                              "retry_in_s": None, "last_exits": []}
         assert [t for t, _ in events] == ["pool.failed", "pool.restarting", "pool.failed",
