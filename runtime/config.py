@@ -43,6 +43,10 @@
     fatal = []                    # exception type names that end a task at once
     concurrency = 1               # attempts one agent runs at once (async def handlers on its
                                   # event loop, plain ones on a thread pool of this size)
+    restart_backoff_s = 1.0       # a pool that gave up is restarted after this, doubling
+    restart_backoff_max_s = 60.0  # up to this (runtime.pools.recovery)
+    when_down = "refuse"          # while no live pool serves a capability, submissions get
+                                  # UNAVAILABLE ("refuse") or are accepted and wait ("park")
     [pools.summarize.scaling]     # autoscaler knobs; keys and defaults: runtime.scaling.policy
     autoscale = true              # the default when the pool states a max above its size
     [pools.summarize.capabilities.summarize]
@@ -137,6 +141,10 @@ class PoolConfig:
     ray: dict[str, Any] = field(default_factory=dict)  # engine = "ray": actor options (placement)
     scaling: dict[str, Any] = field(default_factory=dict)  # see runtime.scaling.policy.pool_scaling
     capabilities: dict[str, dict[str, float]] = field(default_factory=dict)
+    # pool recovery (runtime.pools.recovery, runtime.scaling.health)
+    restart_backoff_s: float = 1.0       # a failed pool's first retry
+    restart_backoff_max_s: float = 60.0  # ... doubling up to this
+    when_down: str = "refuse"            # submissions while no pool serves: refuse | park
 
 
 @dataclass(frozen=True)
@@ -208,6 +216,7 @@ def _pool(name: str, table: dict[str, Any]) -> PoolConfig:
     if not 0 < float(t.get("cancel_grace_s", 5.0)) <= 3600:
         raise InvalidInput(f"expected pools.{name}.cancel_grace_s in (0, 3600] seconds, "
                            f"got: {t['cancel_grace_s']!r}")
+    _check_recovery(name, t)
     pc = PoolConfig(name=name, **{**t, **lists, "capabilities": caps})
     from runtime.agents.engines import check_pool_engine
     check_pool_engine(pc)
@@ -224,6 +233,23 @@ def _pool(name: str, table: dict[str, Any]) -> PoolConfig:
     from runtime.scaling.policy import pool_scaling
     pool_scaling(pc)  # refuse bad [pools.NAME.scaling] knobs at load time, not in the coordinator
     return pc
+
+
+_POOL_KEYS.update({"restart_backoff_s": (int, float), "restart_backoff_max_s": (int, float),
+                   "when_down": str})  # pool recovery (checked by _check_recovery)
+WHEN_DOWN = ("refuse", "park")
+
+
+def _check_recovery(name: str, t: dict[str, Any]) -> None:
+    """A failed pool's restart backoff and what submissions get while it is down."""
+    base, cap = float(t.get("restart_backoff_s", 1.0)), float(t.get("restart_backoff_max_s", 60.0))
+    if not 0 < base <= cap <= 86400:
+        raise InvalidInput(f"pools.{name}: expected 0 < restart_backoff_s <= restart_backoff_max_s "
+                           f"<= 86400, got {base} and {cap}")
+    t.update({k: float(t[k]) for k in ("restart_backoff_s", "restart_backoff_max_s") if k in t})
+    if t.get("when_down", "refuse") not in WHEN_DOWN:
+        raise InvalidInput(f"pools.{name}.when_down: expected one of {list(WHEN_DOWN)}, got {t['when_down']!r}",
+                           hint="refuse: submissions get UNAVAILABLE; park: accepted, they wait for the pool")
 
 
 def _services(raw: Any) -> dict[str, dict[str, Any]]:

@@ -114,7 +114,10 @@ class Commands:
                 "daemon_uptime_s": _process_uptime(self.coord.root_pid),
                 "allocation": self.coord.cfg.allocation, "agents": len(sched.agents),
                 "payloads": sched.payloads.stats,
-                "tasks": self.coord.journal.counts()}
+                "tasks": self.coord.journal.counts(),
+                # capabilities no live pool serves (runtime.scaling.health): their tasks wait
+                "waiting": {cap: {"reason": d["reason"], "queued": sched.queued(cap)}
+                            for cap, d in sched.down.items()}}
 
     def with_tree(self, answer: Callable[[Any], Any]) -> Deferred:
         """A reply built from the root's tree when it comes (a later turn); ``answer(tree)``

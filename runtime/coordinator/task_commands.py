@@ -142,6 +142,8 @@ class TaskCommands:
         wait_s = float(num_arg(args, "wait_s", 5.0, hi=3600.0))
         now, caps = time.time(), self.commands._known_caps()
         specs = [parse_task(t, now=now, capabilities=caps) for t in raw]
+        for spec in specs:  # a capability with no live pool: UNAVAILABLE, or parked
+            self.coord.scheduler.admit(spec.capability)
         sizes = [len(orjson.dumps(spec.input)) for spec in specs]  # mailbox bytes
         trace = trace or TraceContext.new_trace()
         if self._has_room(specs, sizes):
@@ -266,7 +268,7 @@ class TaskCommands:
         tid = str_arg(args, "id")
         rec = self.coord.journal.get(tid)
         if rec.state in TERMINAL or not arg(args, "wait", bool, False):
-            return _public(rec)
+            return self._waiting(_public(rec))
         timeout = num_arg(args, "timeout_s", MAX_WAIT_S, hi=MAX_WAIT_S)
         d = self.commands._defer(timeout, lambda: DeadlineExceeded(
             f"task {tid} has not finished within {timeout} s", hint="it goes on; ask again later"))
@@ -279,6 +281,8 @@ class TaskCommands:
         from runtime.tasks.pipeline import parse_pipeline
         spec = parse_pipeline(arg(args, "spec", dict), now=time.time(), capabilities=self.commands._known_caps(),
                               methods=self.coord.consensus_methods)
+        for step in spec.steps:
+            self.coord.scheduler.admit(step.spec.capability)
         given = trace or TraceContext.new_trace()
         # the pipeline's span id is derived from its trace id, so steps queued later and
         # the final pipeline event (Coordinator.pipeline_progress) find it again
@@ -307,7 +311,14 @@ class TaskCommands:
         only(args, "state", "limit")
         rows = self.coord.journal.list(state=str_arg(args, "state", None, max_len=32),
                                        limit=int_arg(args, "limit", 100, hi=100_000))
-        return [_public(r, brief=True) for r in rows]
+        return [self._waiting(_public(r, brief=True)) for r in rows]
+
+    def _waiting(self, out: dict[str, Any]) -> dict[str, Any]:
+        """A queued task whose pools are all down says so (``waiting_for``; its deadline runs)."""
+        why = self.coord.scheduler.waiting_for(out["capability"]) if out["state"] == "queued" else None
+        if why is not None:
+            out["waiting_for"] = why
+        return out
 
     def attempts(self, args: dict[str, Any], trace: Any) -> Any:
         """Every attempt with its agent and outcome; ``lost`` marks the ones that did not

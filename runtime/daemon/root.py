@@ -35,6 +35,15 @@ Restarts that cannot wedge (issue 15, items 5 and 6):
   exceeded it gives up and the root shuts down with it; the daemon exits 1 and its log
   (stderr, ``agora.log``) and the ``supervisor.escalation`` event name the reason.  There
   is never a live root that serves nothing.
+
+Pool recovery (issue 16, item 5): a pool supervisor that gave up is noticed after each
+turn's sentinels and restarted when its backoff is due (the loop's wait is bounded by the
+next retry): ``runtime.pools.recovery``.  Root commands ``pools_state`` (every pool's
+state, failures, retry time, last exit reasons) and ``restart_pool`` (now) serve the
+coordinator's ``agora pools`` / ``agora pools restart``; ``start_agent`` into a failed pool
+adds the agent without starting it (it starts with the pool).  A pool whose agents cannot
+start during ``agora up`` still fails the start (a bad import path or setup is a config
+error to see at once, not later).
 """
 
 from __future__ import annotations
@@ -52,7 +61,7 @@ from typing import Any
 from multiprocess.connection import wait
 
 from runtime.config import Config, RunPaths, RunResources, load_config
-from runtime.errors import AgoraError, Conflict, InvalidInput, Unavailable, to_wire
+from runtime.errors import AgoraError, Conflict, InvalidInput, NotFound, Unavailable, to_wire
 from runtime.observability.events import Emitter, set_tracing
 from runtime.observability.telemetry import telemetry_main
 from runtime.supervision.child_spec import ChildSpec, Restart, Strategy, SupervisorSpec
@@ -157,6 +166,14 @@ def running(home: Path) -> tuple[int, str] | None:
     return pid, (lines[1] if len(lines) > 1 else "?")
 
 
+def pool_recovery(cfg: Config, tree: Tree, emit: Any) -> Any:
+    """The root's watch over its pools: failed ones are restarted after a backoff."""
+    from runtime.pools.recovery import Recovery
+    pools = {p.name: (f"{_POOL_SUP}{p.name}", p.restart_backoff_s, p.restart_backoff_max_s)
+             for p in cfg.pools}
+    return Recovery(tree, pools, emit)
+
+
 def tree_spec(cfg: Config, run: RunPaths, res: RunResources) -> SupervisorSpec:
     """The daemon's supervision tree for a config."""
     from runtime.coordinator.loop import coordinator_main
@@ -201,6 +218,7 @@ class Daemon:
             self.tree = Tree(tree_spec(self.cfg, self.run, self.resources), emit=self.emit,
                              resources=self.resources)
             self.tree.start()
+            self.recovery = pool_recovery(self.cfg, self.tree, self.emit)
             self.emit("daemon.started", home=str(self.cfg.home))
             self.emit.flush()
             self._loop(listener, wake_r)
@@ -223,6 +241,7 @@ class Daemon:
             listening = [listener] if time.monotonic() >= self._accept_paused_until else []
             ready = wait([*self.tree.sentinels, *listening, wake_r, *self.conns], self._wait_s())
             self.tree.handle(ready)
+            self.recovery.step(self.tree.clock())  # failed pools: noticed, restarted when due
             for r in ready:
                 if r is listener:
                     self._accept(listener)
@@ -232,19 +251,20 @@ class Daemon:
                     self._serve_conn(r)
             self.emit.maybe_flush()
 
+    def _wait_s(self) -> float | None:
+        """The loop's wait bound: the next event flush, the next pool retry, or the end of
+        a pause of the listener."""
+        pause = self._accept_paused_until - time.monotonic()
+        waits = [w for w in (self.emit.flush_due_in(), self.recovery.next_in(self.tree.clock()),
+                             pause if pause > 0 else None) if w is not None]
+        return min(waits) if waits else None
+
     # -- root command socket (only processes of the tree use it) ------------------------
 
     def _listen(self) -> socket.socket:
         sock = listen_unix(self.run.root_sock)
         root_private_fds.add(sock.fileno())
         return sock
-
-    def _wait_s(self) -> float | None:
-        """Until the next event flush, or the end of a pause of the listener."""
-        due, pause = self.emit.flush_due_in(), self._accept_paused_until - time.monotonic()
-        if pause <= 0:
-            return due
-        return pause if due is None else min(due, pause)
 
     def _accept(self, listener: socket.socket) -> None:
         try:
@@ -304,10 +324,12 @@ class Daemon:
 
     def _dispatch(self, cmd: Any, args: dict[str, Any]) -> Any:
         from runtime.pools.specs import agent_spec
-        if cmd in ("tree", "shutdown"):
+        if cmd in ("tree", "shutdown", "pools_state"):
             _root_args(cmd, args)
         if cmd == "tree":
             return self.tree.status()
+        if cmd in ("pools_state", "restart_pool"):
+            return self._pools_command(cmd, args)
         slots = self.resources.slots
         if cmd == "start_agent":
             pool, index = _root_args(cmd, args, pool=str, index=int)
@@ -318,8 +340,10 @@ class Daemon:
                 raise InvalidInput(f"start_agent: argument 'pool' {pool[:80]!r} is not a pool name",
                                    field="pool")
             sup = self.tree.find(f"{_POOL_SUP}{pool}")
-            try:
-                child = sup.start_child(agent_spec(self.cfg, self.run, pool, index, slots))
+            try:  # into a failed pool: added now, started with the pool's restart (a replacement
+                # of a killed agent keeps its place; `agora scale` refuses failed pools earlier)
+                child = sup.start_child(agent_spec(self.cfg, self.run, pool, index, slots),
+                                        start=sup.state != "failed")
             except Exception:  # typed by _command; the slot goes back either way
                 slots.give_back(f"{pool}.{index}")
                 raise
@@ -337,7 +361,30 @@ class Daemon:
             self.stopping = True
             return True
         raise InvalidInput(f"unknown root command {cmd!r}",
-                           hint="root commands: tree, start_agent, terminate_child, shutdown")
+                           hint="root commands: tree, start_agent, terminate_child, shutdown, "
+                                "pools_state, restart_pool")
+
+    def _pools_command(self, cmd: str, args: dict[str, Any]) -> Any:
+        """``pools_state``: every pool's recovery row; ``restart_pool``: restart a failed
+        pool now (UNAVAILABLE if it does not start, CONFLICT if it is running)."""
+        now = self.tree.clock()
+        if cmd == "pools_state":
+            return self.recovery.rows(now)
+        (pool,) = _root_args(cmd, args, pool=str)
+        if pool not in self.recovery.pools:
+            raise NotFound(f"restart_pool: no pool named {pool[:80]!r}",
+                           hint=f"pools: {sorted(self.recovery.pools)}")
+        self.recovery.notice(now)  # a failure the loop has not noticed yet counts first
+        if self.recovery.pools[pool].retry_at is None:
+            raise Conflict(f"pool {pool!r} is running: nothing to restart",
+                           hint="`agora scale` resizes it; `agora pools` shows its state")
+        row = self.recovery.restart(pool, now, why="requested")
+        if row["state"] != "running":
+            exits = row["last_exits"][-1:] or [{"reason": "?"}]
+            raise Unavailable(f"pool {pool!r} did not start: {exits[0]['reason']}",
+                              hint=f"next automatic retry in {row['retry_in_s']} s; the daemon log has "
+                                   "the agent's output")
+        return row
 
     # -- signals and shutdown -----------------------------------------------------------
 

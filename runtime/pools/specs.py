@@ -5,7 +5,9 @@ pool.  A pool supervisor is ``transient`` with intensity ``max(5, 2 * max)`` res
 10 s: a poison task that kills its agent ``max_attempts`` times costs a few restarts and
 no more; a real restart storm makes the pool give up and report ``failed`` (degraded),
 and, being transient, it is not restarted by ``pools``: the daemon and the other pools
-keep serving (RELIABILITY 3).
+keep serving (RELIABILITY 3).  The root restarts it after a backoff instead (1 s doubling
+to 60 s by default, ``restart_backoff_s`` / ``restart_backoff_max_s``:
+``runtime.pools.recovery``), or at once on ``agora pools restart NAME``.
 
 Agents are dynamic children: the coordinator asks the root to start and stop them
 (scaling, recycling); the initial ``size`` are in the spec so they start with the daemon.

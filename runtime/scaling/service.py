@@ -75,11 +75,12 @@ from typing import Any
 
 import psutil
 
-from runtime.coordinator.command_kit import arg, only
+from runtime.coordinator.command_kit import Deferred, arg, only
 from runtime.coordinator.host import ServiceHost
 from runtime.coordinator.root_link import RootLink
-from runtime.errors import AgoraError, InvalidInput, NotFound
+from runtime.errors import AgoraError, InvalidInput, NotFound, Unavailable
 from runtime.pools.specs import pool_path
+from runtime.scaling.health import PoolHealth
 from runtime.scaling.policy import (
     Decision,
     PoolInputs,
@@ -105,7 +106,8 @@ _MiB = 1 << 20
 
 def install(coord: ServiceHost) -> Scaler:
     scaler = Scaler(coord)
-    coord.add_commands({"scale": scaler.cmd_scale, "pools": scaler.cmd_pools})
+    coord.add_commands({"scale": scaler.cmd_scale, "pools": scaler.cmd_pools,
+                        "pool_restart": scaler.cmd_pool_restart})
     coord.add_agent_listener(scaler)
     coord.add_final_listener(scaler.task_final)
     coord.call_later(TICK_S, scaler.tick)
@@ -174,6 +176,7 @@ class PoolState:
     smoothed: tuple[float, float] | None = None  # (busy, waiting), see SMOOTHING_S
     measured_at: float | None = None
     caps: set[str] | None = None  # the pool's capabilities as of the last measure()
+    seen_caps: set[str] = field(default_factory=set)  # every capability its agents said at hello
 
     @property
     def target(self) -> int:
@@ -219,6 +222,7 @@ class Scaler:
         self.published: dict[str, tuple[int, bool]] = {}
         self.publish_failed_at: float | None = None
         self.ticks = itertools.count()
+        self.health = PoolHealth(coord, lambda name: self.capabilities(self.pools[name]))
 
     # -- the tick -------------------------------------------------------------------------
 
@@ -230,11 +234,13 @@ class Scaler:
         self.root.collect()
         if next(self.ticks) % SAMPLE_EVERY == 0:
             self.take_sample()
+        self.health.tick(now)
         for pool in self.pools.values():
             self.measure(pool, now)
-            if pool.scaling.autoscale:
-                self.autoscale(pool, now)
-            self.recycle(pool, now)
+            if self.health.failed(pool.name) is None:  # a failed pool: the root restarts it
+                if pool.scaling.autoscale:
+                    self.autoscale(pool, now)
+                self.recycle(pool, now)
             self.progress_retiring(pool, now)
         self.publish_load(now)
 
@@ -249,7 +255,7 @@ class Scaler:
                 if a.pool == pool.name and (draining is None or a.draining == draining)]
 
     def capabilities(self, pool: PoolState) -> set[str]:
-        declared = set(self.coord.cfg.pool(pool.name).capabilities)
+        declared = set(self.coord.cfg.pool(pool.name).capabilities) | pool.seen_caps
         return declared.union(*(a.caps for a in self.links(pool, None)))
 
     def measure(self, pool: PoolState, now: float) -> None:
@@ -406,6 +412,7 @@ class Scaler:
             return
         pool.starting.discard(parsed[1])
         pool.members.add(parsed[1])
+        pool.seen_caps.update(link.caps)  # still known while the pool is down
         if parsed[1] in pool.retiring:  # restarted by its supervisor while retiring
             link.draining = True
 
@@ -448,6 +455,21 @@ class Scaler:
             raise NotFound(f"no pool named {name!r}", hint=f"pools: {sorted(self.pools)}")
         return pool
 
+    def fresh(self, answer: Callable[[], Any]) -> Deferred:
+        """A reply built by ``answer()`` once the pools' health is fresh from the root."""
+        d = Deferred()
+
+        def then(error: Any) -> None:
+            if error is not None:
+                d.fail(error)
+                return
+            try:
+                d.resolve(answer())
+            except AgoraError as e:
+                d.fail(e)
+        self.health.refresh(then)
+        return d
+
     def cmd_scale(self, args: dict[str, Any], trace: Any) -> Any:
         only(args, "pool", "size")
         pool = self.pool_named(arg(args, "pool", str))
@@ -457,6 +479,14 @@ class Scaler:
             raise InvalidInput(
                 f"pool {pool.name!r} takes {config.min_size}..{config.max_size} agents, got: {size}",
                 hint=f"change min/max of [pools.{pool.name}] in agora.toml to go beyond them")
+        return self.fresh(lambda: self.scale_now(pool, size, trace))
+
+    def scale_now(self, pool: PoolState, size: int, trace: Any) -> dict[str, Any]:
+        row = self.health.failed(pool.name)
+        if row is not None:
+            raise Unavailable(f"cannot scale: {self.health.describe(row)}",
+                              hint=f"`agora pools restart {pool.name}` restarts it now; "
+                                   "`agora pools` shows its last exits")
         before = pool.target
         self.resize(pool, size, "manual")
         now = self.coord.clock()
@@ -466,8 +496,32 @@ class Scaler:
 
     def cmd_pools(self, args: dict[str, Any], trace: Any) -> Any:
         only(args)
-        now = self.coord.clock()
-        return [self.pool_row(pool, now) for pool in self.pools.values()]
+        return self.fresh(lambda: [self.pool_row(pool, self.coord.clock()) for pool in self.pools.values()])
+
+    def cmd_pool_restart(self, args: dict[str, Any], trace: Any) -> Any:
+        """Restart a failed pool now (the root does it; the reply comes when it is up)."""
+        only(args, "pool")
+        pool = self.pool_named(arg(args, "pool", str))
+        d = Deferred()
+
+        def done(row: Any, error: Any) -> None:
+            if error is not None:
+                self.health.refresh()
+                d.fail(error)
+                return
+            self.coord.emit("pool.restart_requested", trace, pool=pool.name)
+            self.health.refresh(lambda _: d.resolve(self.pool_row(pool, self.coord.clock())))
+        self.coord.root.request("restart_pool", {"pool": pool.name}, done, timeout=ROOT_TIMEOUT_S)
+        return d
+
+    def health_row(self, pool: PoolState) -> dict[str, Any]:
+        row = self.health.failed(pool.name)
+        if row is None:
+            return {"state": "running", "retry_in_s": None, "failures": 0, "last_exits": []}
+        wait = self.health.retry_in(row)
+        return {"state": "failed", "retry_in_s": None if wait is None else round(wait, 1),
+                "failures": row.get("failures", 0), "last_exits": row.get("last_exits", []),
+                "reason": self.health.describe(row)}
 
     def pool_row(self, pool: PoolState, now: float) -> dict[str, Any]:
         live = self.links(pool)
@@ -488,6 +542,7 @@ class Scaler:
             "cpu_percent": round(float(sum(s.cpu_percent or 0.0 for s in samples)), 1),
             "memory_mib": round(sum(s.memory for s in samples) / _MiB, 1),
             "last_decision": self.decision_row(pool, now),
+            **self.health_row(pool),
         }
 
     def decision_row(self, pool: PoolState, now: float) -> dict[str, Any] | None:

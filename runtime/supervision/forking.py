@@ -113,17 +113,28 @@ class Lifeline:
 class ChildContext:
     """What a child's target receives: its identity and the hooks back to the root."""
 
+    FAILURE_BYTES = 400  # of a failed start-up's reason, sent back on the ready pipe
+    current: ChildContext | None = None  # this child's (one per process; _child_entry reads it)
+
     def __init__(self, spec: ChildSpec, ready_fd: int, root_pid: int, resources: Any):
         self.id = spec.id
         self.title = spec.process_title
         self.root_pid = root_pid
         self.resources = resources  # opaque here: the daemon's RunResources
         self._ready_fd: int | None = ready_fd
+        ChildContext.current = self
 
     def ready(self) -> None:
         """Tell the supervisor that start-up is done (idempotent)."""
+        self._say(b"R")
+
+    def failed(self, exc: BaseException) -> None:
+        """Start-up raised: tell the supervisor why (``F`` + one line; nothing after ready)."""
+        self._say(b"F" + f"{type(exc).__name__}: {exc}"[:self.FAILURE_BYTES].encode(errors="replace"))
+
+    def _say(self, what: bytes) -> None:
         if self._ready_fd is not None:
-            os.write(self._ready_fd, b"R")
+            os.write(self._ready_fd, what)  # at most PIPE_BUF: one atomic write
             os.close(self._ready_fd)
             self._ready_fd = None
 
@@ -168,7 +179,7 @@ def fork_child(spec: ChildSpec, lifeline: Lifeline, resources: Any = None
     """
     ready_r, ready_w = os.pipe()
     private = frozenset(root_private_fds | {ready_r})
-    proc = _FORK.Process(target=_child_main, name=spec.id, daemon=False,
+    proc = _FORK.Process(target=_child_entry, name=spec.id, daemon=False,
                          args=(spec, ready_w, os.getpid(), lifeline.r, private, resources))
     gc.freeze()
     sys.stdout.flush()
@@ -193,3 +204,13 @@ def forget(proc: Any) -> None:
     root_private_fds.difference_update(_popen_fds(proc))
 
 
+def _child_entry(*args: Any) -> None:
+    """The forked child's entry: ``_child_main``, and a start-up that raised before
+    ``ctx.ready()`` says why on the ready pipe (the supervisor's StartFailed and
+    ``agora pools`` show it, rather than only an exit code)."""
+    try:
+        _child_main(*args)
+    except BaseException as e:
+        if ChildContext.current is not None:
+            ChildContext.current.failed(e)
+        raise

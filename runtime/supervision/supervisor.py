@@ -69,6 +69,7 @@ class Worker:
         self.restarts = 0
         self.state = "stopped"
         self.last_code: int | None = None
+        self.last_reason: str | None = None  # why its last start failed, in words
 
     @property
     def id(self) -> str:
@@ -92,10 +93,14 @@ class Worker:
 
     def _await_ready(self, ready_fd: int) -> None:
         ready = wait([ready_fd, self.proc.sentinel], timeout=self.spec.start_timeout)
-        if ready_fd in ready and os.read(ready_fd, 1) == b"R":
+        said = os.read(ready_fd, 512) if ready_fd in ready else b""
+        if said[:1] == b"R":
             return
         code = self._reap(self.spec.shutdown if not ready else 0.0)
-        raise StartFailed(f"child {self.path!r} did not become ready (exit code {code})",
+        why = (said[1:].decode(errors="replace") if said[:1] == b"F" else
+               f"no ready within {self.spec.start_timeout:g} s" if not ready else "exited")
+        self.last_code, self.last_reason = code, f"start-up failed: {why} (exit code {code})"
+        raise StartFailed(f"child {self.path!r} did not become ready: {why} (exit code {code})",
                           hint="its start-up raised or hung; the daemon log has its output")
 
     def stop(self) -> int | None:
@@ -130,7 +135,7 @@ class Worker:
         forget(proc)
         proc.close()
         self.state = "exited"
-        self.last_code = code
+        self.last_code, self.last_reason = code, None
         return code
 
     @property
@@ -198,11 +203,14 @@ class Supervisor:
 
     # -- dynamic children --------------------------------------------------------------
 
-    def start_child(self, spec: ChildSpec | SupervisorSpec) -> Child:
+    def start_child(self, spec: ChildSpec | SupervisorSpec, start: bool = True) -> Child:
+        """Add a dynamic child and start it; ``start=False`` only adds it (a supervisor that
+        failed starts it with the others when it is restarted: runtime.pools.recovery)."""
         if any(c.id == spec.id for c in self.children):
             raise InvalidInput(f"supervisor {self.path!r} already has a child {spec.id!r}")
         child = _make(spec, self.tree, self)
-        child.start()
+        if start:
+            child.start()
         self.children.append(child)
         return child
 
@@ -260,7 +268,7 @@ class Supervisor:
         code = getattr(child, "last_code", None)
         self.last_exits = [*self.last_exits[-4:], {
             "child": child.id, "abnormal": abnormal, "exitcode": code,
-            "at": round(self.tree.clock(), 3)}]
+            "reason": getattr(child, "last_reason", None), "at": round(self.tree.clock(), 3)}]
 
     def _give_up(self, child: Child, why: str = "") -> None:
         why = why or (f"more than {self.spec.intensity} restarts in {self.spec.period} s")

@@ -49,7 +49,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.errors import AgoraError
+from runtime.errors import AgoraError, Unavailable
 from runtime.observability.trace_context import TraceContext
 from runtime.tasks.balancing import PowerOfTwoPolicy
 from runtime.tasks.payloads import Payloads
@@ -172,6 +172,9 @@ class Scheduler:
         self.clock = clock
         self.capacity = capacity
         self.tasks: dict[str, TaskRun] = {}
+        # capability -> {"pools", "reason", "refuse"} while no live pool serves it (the
+        # scaler's PoolHealth keeps it: runtime.scaling.health); its queued tasks wait
+        self.down: dict[str, dict[str, Any]] = {}
         self.queued_bytes: dict[str, int] = {}  # input bytes waiting per capability (mailbox)
         self.queues: dict[str, list[tuple[int, int, str]]] = {}
         self.agents: dict[str, AgentLink] = {}
@@ -588,6 +591,22 @@ class Scheduler:
             for tid in self.journal.promote_due():
                 if tid in self.tasks:
                     self.enqueue(self.tasks[tid])
+
+    # -- pools that are down (runtime.scaling.health) ------------------------------------
+
+    def admit(self, capability: str) -> None:
+        """Refuse a new task for a capability whose every pool is down and says ``refuse``
+        (UNAVAILABLE, retryable); with ``park`` it is accepted and waits for the pool."""
+        down = self.down.get(capability)
+        if down is not None and down["refuse"]:
+            raise Unavailable(f"no live pool serves {capability!r}: {down['reason']}",
+                              hint=f"retryable; `agora pools restart {down['pools'][0]}` restarts it now",
+                              pools=down["pools"])
+
+    def waiting_for(self, capability: str) -> str | None:
+        """Why a queued task of ``capability`` cannot start, if its pools are down."""
+        down = self.down.get(capability)
+        return down["reason"] if down is not None else None
 
     # -- reconciliation after a coordinator restart (runtime.coordinator.reconcile) -------
 

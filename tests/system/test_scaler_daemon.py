@@ -176,7 +176,8 @@ def fake_coord(pool_table: dict[str, Any]) -> Any:
     coord = SimpleNamespace(
         cfg=cfg, scheduler=sched, registry=None, stopping=False, clock=lambda: now[0],
         run=SimpleNamespace(root_sock="/nonexistent"), emitted=[], now=now,
-        call_later=lambda d, fn: None)
+        call_later=lambda d, fn: None,
+        root=SimpleNamespace(request=lambda cmd, args, on_done, timeout=0: on_done([], None)))  # no pool failed
     coord.emit = lambda type_, trace, **f: coord.emitted.append((type_, f))
     return coord
 

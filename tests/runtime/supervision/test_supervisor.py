@@ -187,9 +187,11 @@ def test_dynamic_children(make_tree):
 
 def test_a_child_that_crashes_on_start_fails_the_start(make_tree):
     tree = make_tree(SupervisorSpec("root", (worker("a"),), intensity=5, period=60))
-    with pytest.raises(StartFailed):
+    with pytest.raises(StartFailed) as failed:
         tree.root.start_child(ChildSpec("bad", crash_on_start, shutdown=1.0))
     assert [c.id for c in tree.root.children] == ["a"]
+    # the child's own exception comes back on its ready pipe: status can say why
+    assert "RuntimeError: boom during start-up" in failed.value.message
 
 
 def _fake_root(report_w):
