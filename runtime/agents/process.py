@@ -19,14 +19,15 @@ serialised by one lock.  Results finished back-to-back are sent in one frame.
 
 Messages (orjson frames, see runtime.wire.protocol):
   -> {"t": "hello", "agent": id, "pool", "index", "pid", "caps": {cap: {cost, quality}}}
-  <- {"t": "tasks", "tasks": [{"id", "attempt", "cap", "input", "trace"}]}
+  <- {"t": "tasks", "tasks": [{"id", "attempt", "cap", "input", "trace", "vc"}]}
   -> {"t": "results", "results": [{"id", "attempt", "ok": value} | {..., "error": {...}}],
-      (each also with "run_us": the handler's time, for the scheduler's adaptive prefetch;
+      (each also with "run_us": the handler's time, for the scheduler's adaptive prefetch,
+      and "vc": the agent's vector clock stamp of the result, runtime.observability.vclock;
       a task marked "short": true, from a capability the scheduler found short, is run by
       the reading thread itself when the other one is idle: no hand-off wake-up)
       "queue": n}
   <- {"t": "ask", "rid", "kind": "bid"|"vote"|"propose", "request": {...}}
-  -> {"t": "answer", "rid", "answer": value | None, "error": str (hook raised)}
+  -> {"t": "answer", "rid", "answer": value | None, "error": str (hook raised), "vc": stamp}
   -> {"t": "call", "rid", "op", "args"}       the agent asks (locks, leases, barriers...)
   <- {"t": "reply", "rid", "ok": value} | {"t": "reply", "rid", "error": {...}}
   <- {"t": "cancel", "tasks": [{"id", "attempt"}], "reason"?}   stop these attempts
@@ -68,6 +69,7 @@ from runtime.config import Config, RunPaths
 from runtime.errors import Unavailable, from_wire
 from runtime.observability.events import Emitter
 from runtime.observability.trace_context import TraceContext
+from runtime.observability.vclock import LiveClock
 from runtime.tasks.payloads import Payloads
 from runtime.wire.buffers import RECV_BYTES
 from runtime.wire.server import InternalReader, encode_internal
@@ -148,6 +150,7 @@ class AgentRunner:
         self._abandoned: dict[int, tuple[str, dict[str, Any]]] = {}  # rid -> (release op, args)
         self._running = threading.local()  # the trace of the task this thread runs
         self._call_ids = itertools.count(1)
+        self.clock = LiveClock(agent_id)  # this agent's own vector clock (runtime.observability.vclock)
         # the connection part (agent_main sets these): see "EOF from the coordinator"
         self.path = ""
         self.secret = b""
@@ -409,10 +412,10 @@ class AgentRunner:
         hook = {"bid": self.agent.bid, "vote": self.agent.vote, "propose": self.agent.propose}[msg["kind"]]
         request = dict(msg.get("request") or {}, queue=len(self.tasks))
         try:
-            self.send({"t": "answer", "rid": msg["rid"], "answer": hook(request)})
+            self.send({"t": "answer", "rid": msg["rid"], "answer": hook(request), "vc": self.clock.tick()})
         except Exception as e:  # a user hook raised: the asker must hear it, not time out
             self.send({"t": "answer", "rid": msg["rid"], "answer": None,
-                       "error": f"{type(e).__name__}: {e}"})
+                       "error": f"{type(e).__name__}: {e}", "vc": self.clock.tick()})
 
     # -- the running role (task path) ----------------------------------------------------
 

@@ -445,6 +445,7 @@ class Coordinator:
         if t == "results":
             self.scheduler.results(conn.state["agent"], msg["results"])
         elif t == "answer":
+            self.scheduler.receive_clock(msg.get("vc"), self.scheduler.agents.get(conn.state["agent"]))
             asked = self.asks.pop(msg.get("rid"), None)
             if asked is not None:
                 asked[1](conn.state.get("agent"), msg)
