@@ -18,7 +18,7 @@ When the other thread is busy running, the tasks are queued for it.  Writes are
 serialised by one lock.  Results finished back-to-back are sent in one frame.
 
 Messages (orjson frames, see runtime.wire.protocol):
-  -> {"t": "hello", "agent": id, "pool", "index", "pid", "caps": {cap: {cost, quality}}}
+  -> {"t": "hello", "agent": id, "pool", "index", "pid", "caps": {cap: {cost, quality}}, "vc"}
   <- {"t": "tasks", "tasks": [{"id", "attempt", "cap", "input", "trace", "vc"}]}
   -> {"t": "results", "results": [{"id", "attempt", "ok": value} | {..., "error": {...}}],
       (each also with "run_us": the handler's time, for the scheduler's adaptive prefetch,
@@ -178,7 +178,8 @@ class AgentRunner:
         new socket before the hello."""
         with self.send_lock:
             hello = {**self.hello, "inflight": [{"id": k, "attempt": v} for k, v in self.inflight.items()],
-                     "results": [*self.pending, *(r for r in self.recent if r not in self.pending)]}
+                     "results": [*self.pending, *(r for r in self.recent if r not in self.pending)],
+                     "vc": self.clock.now}  # a restarted coordinator's clock resumes past it
             try:
                 sock, reader = _handshake(self.path, self.secret, hello)
             except (OSError, Unavailable):

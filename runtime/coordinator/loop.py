@@ -475,6 +475,7 @@ class Coordinator:
             return self.refuse_agent(conn, msg, f"a hello with concurrency {concurrency!r} (1..1024)")
         link = self.scheduler.agent_joined(agent_id, msg["pool"], pid, msg["caps"],
                                            lambda m, c=conn: c.send(m), concurrency=concurrency)
+        self.scheduler.receive_clock(msg.get("vc"), link)  # after a restart: resume past its stamps
         self.commands.agent_joined(link)
         for listener in self.agent_listeners:
             listener.agent_joined(link)
