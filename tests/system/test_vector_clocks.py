@@ -1,15 +1,18 @@
 """Vector clocks carried by agora's messages, with real agents: two agents' independent
 tasks get concurrent stamps; a pipeline's next step, dispatched after the coordinator
 merged the previous step's result, gets a stamp after it (task.clock in the handler, the
-``vc`` of the task.succeeded events, the ``vc`` of the handlers' own events)."""
+``vc`` of the task.succeeded events, the ``vc`` of the handlers' own events); a restarted
+coordinator's stamps come after the ones before its SIGKILL."""
 
 from __future__ import annotations
 
 import pytest
 
 import agora
-from tests.support.daemons import config, running_daemon
+from runtime.wire.client import Client
+from tests.support.daemons import config, running_daemon, spawn, stop, wait_up
 from tests.support.helpers import eventually
+from tests.system.test_coordinator_restart import _coordinator_pid, _kill, _serves, _until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -65,3 +68,39 @@ def test_independent_tasks_are_concurrent_and_pipeline_steps_ordered(agora_env, 
         # the coordinator merged the left result before it dispatched step a (the client
         # read that result, then submitted the pipeline): ordered through agora
         assert agora.compare_clocks(vl, va) == "before", (vl, va)
+
+
+ONE_STAMP = """
+[pools.stamp]
+agent = "tests.support.agents_clocks:Stamp"
+size = 1
+"""
+
+
+def test_a_restarted_coordinator_resumes_its_clock_past_what_agents_saw(agora_env):
+    """The coordinator's clock is not persisted: the agents' hellos carry their clocks and the
+    new coordinator merges them, so its next frames are after everything before the kill."""
+    proc = spawn(agora_env, config(size=1, extra=ONE_STAMP))
+    try:
+        wait_up(agora_env, proc)
+        with Client(str(agora_env), timeout=30) as c:
+            eventually(lambda: any(a["pool"] == "stamp" for a in c.call("agents")), "the stamp agent")
+            before = [stamp_of(c) for _ in range(5)][-1]
+        old = _coordinator_pid(proc.pid)
+        _kill(old)
+        _until(lambda: _coordinator_pid(proc.pid, not_pid=old) and _serves(agora_env), 30,
+               "service after the coordinator's SIGKILL")
+        with Client(str(agora_env), timeout=30) as c:
+            eventually(lambda: any(a["pool"] == "stamp" for a in c.call("agents")), "the agent back")
+            after = stamp_of(c)
+        assert agora.compare_clocks(before, after) == "before", (before, after)
+        assert after["coordinator"] > before["coordinator"], (before, after)
+    finally:
+        stop(agora_env, proc)
+
+
+def stamp_of(c):
+    tid = c.call("submit", task={"capability": "stamp", "input": {}})
+    rec = c.call("result", id=tid, wait=True, timeout_s=30)
+    assert rec["state"] == "succeeded", rec
+    return rec["result"]["clock"]
