@@ -346,6 +346,7 @@ class ConcurrentMixin:
         ex = self.executor
         hook = {"bid": self.agent.bid, "vote": self.agent.vote, "propose": self.agent.propose}[msg["kind"]]
         request = dict(msg.get("request") or {}, queue=ex.waiting(), load=ex.load(), concurrency=ex.concurrency)
+        self.clock.receive(msg.get("vc"))  # the ask's receipt
         try:
             self.send({"t": "answer", "rid": msg["rid"], "answer": hook(request), "vc": self.clock.tick()})
         except Exception as e:  # a user hook raised: the asker must hear it, not time out

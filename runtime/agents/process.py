@@ -26,10 +26,10 @@ Messages (orjson frames, see runtime.wire.protocol):
       a task marked "short": true, from a capability the scheduler found short, is run by
       the reading thread itself when the other one is idle: no hand-off wake-up)
       "queue": n}
-  <- {"t": "ask", "rid", "kind": "bid"|"vote"|"propose", "request": {...}}
+  <- {"t": "ask", "rid", "kind": "bid"|"vote"|"propose", "request": {...}, "vc"}
   -> {"t": "answer", "rid", "answer": value | None, "error": str (hook raised), "vc": stamp}
-  -> {"t": "call", "rid", "op", "args"}       the agent asks (locks, leases, barriers...)
-  <- {"t": "reply", "rid", "ok": value} | {"t": "reply", "rid", "error": {...}}
+  -> {"t": "call", "rid", "op", "args", "vc"}       the agent asks (locks, leases, barriers...)
+  <- {"t": "reply", "rid", "ok": value, "vc"} | {"t": "reply", "rid", "error": {...}, "vc"}
   <- {"t": "cancel", "tasks": [{"id", "attempt"}], "reason"?}   stop these attempts
 The hello also says "concurrency": n (attempts at once).  An agent whose pool has
 ``concurrency > 1`` or an ``async def`` handler runs its attempts through
@@ -362,7 +362,7 @@ class AgentRunner:
         rid = next(self._call_ids)
         waiter: list[Any] = [threading.Event(), None]
         self._calls[rid] = waiter
-        msg = {"t": "call", "rid": rid, "op": op, "args": args}
+        msg = {"t": "call", "rid": rid, "op": op, "args": args, "vc": self.clock.tick()}
         trace = getattr(self._running, "trace", None)
         if trace is not None:  # a call made by a handler belongs to its task's trace
             msg["trace"] = trace.to_wire()
@@ -379,6 +379,7 @@ class AgentRunner:
         finally:
             self._calls.pop(rid, None)
         reply = waiter[1]
+        self.clock.receive(reply.get("vc"))  # the reply's receipt: ordered after the coordinator's
         if "error" in reply:
             raise from_wire(reply["error"])
         return reply.get("ok")
@@ -412,6 +413,7 @@ class AgentRunner:
     def answer(self, msg: dict[str, Any]) -> None:
         hook = {"bid": self.agent.bid, "vote": self.agent.vote, "propose": self.agent.propose}[msg["kind"]]
         request = dict(msg.get("request") or {}, queue=len(self.tasks))
+        self.clock.receive(msg.get("vc"))  # the ask's receipt
         try:
             self.send({"t": "answer", "rid": msg["rid"], "answer": hook(request), "vc": self.clock.tick()})
         except Exception as e:  # a user hook raised: the asker must hear it, not time out

@@ -7,9 +7,12 @@ or ``"coordinator"``).  Fidge/Mattern rules, on plain dicts so the hot path stay
     agent        task start   receive(frame["vc"])   merge the coordinator's stamp, own + 1
                  task.emit    tick()                  the event carries it as ``vc``
                  result       tick()                  the result entry carries it as ``vc``
-                 ask answer   tick()                  the answer frame carries it as ``vc``
-    coordinator  task frame   tick()                  the frame carries it as ``vc``
-                 result/answer receive(entry["vc"])   merge the agent's stamp, own + 1
+                 ask, reply   receive(msg["vc"])      an ask, a ctx.call's reply
+                 answer, call tick()                  the frame carries it as ``vc``
+    coordinator  task frame   tick()                  the frame carries it as ``vc`` (so do
+                                                      asks and call replies)
+                 result, answer, call, hello
+                              receive(msg["vc"])      merge the agent's stamp, own + 1
 
 :func:`compare` is the pure order of two stamps (``before``/``after``/``concurrent``/
 ``equal``), exported as ``agora.compare_clocks``.  ``coordination.clocks`` is the immutable

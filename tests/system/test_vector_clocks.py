@@ -1,18 +1,23 @@
 """Vector clocks carried by agora's messages, with real agents: two agents' independent
 tasks get concurrent stamps; a pipeline's next step, dispatched after the coordinator
-merged the previous step's result, gets a stamp after it (task.clock in the handler, the
+merged the previous step's result, or a handler's ctx.call that reached the coordinator after
+another agent's call, gets a stamp after it (task.clock in the handler, the
 ``vc`` of the task.succeeded events, the ``vc`` of the handlers' own events); a restarted
 coordinator's stamps come after the ones before its SIGKILL."""
 
 from __future__ import annotations
 
+import os
+import signal
+
+import psutil
 import pytest
 
 import agora
+from runtime.errors import AgoraError
 from runtime.wire.client import Client
 from tests.support.daemons import config, running_daemon, spawn, stop, wait_up
 from tests.support.helpers import eventually
-from tests.system.test_coordinator_restart import _coordinator_pid, _kill, _serves, _until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -59,6 +64,16 @@ def test_independent_tasks_are_concurrent_and_pipeline_steps_ordered(agora_env, 
         # a stamp names only the nodes that ticked: the coordinator and the left agent
         assert len(vl) == 2 and "coordinator" in vl, vl
 
+        # through ctx.call: the second agent's call reaches the coordinator after the first's
+        turns = {"dir": str(tmp_path / "turns")}
+        os.mkdir(turns["dir"])
+        fl = s.submit("left", {**turns, "me": "l", "other": "r", "turn": "first"})
+        fr = s.submit("right", {**turns, "me": "r", "other": "l", "turn": "second"})
+        first, second = fl.result(timeout=60), fr.result(timeout=60)
+        assert agora.compare_clocks(first["before_call"], second["after_call"]) == "before", (first, second)
+        # (their results are not checked for concurrency: the first's result may reach the
+        # coordinator before the second's call, which then orders them, rightly)
+
         p = s.pipeline({"steps": [{"id": "a", "capability": "stamp", "input": {}},
                                   {"id": "b", "capability": "stamp", "input": {"prev": {"$ref": "a"}}}]})
         out = p.result(timeout=60)
@@ -77,6 +92,24 @@ size = 1
 """
 
 
+def coordinator_pid(root: int) -> int | None:
+    for p in psutil.Process(root).children():
+        try:
+            if p.name().startswith("agora:coordin") and p.status() != psutil.STATUS_ZOMBIE:
+                return p.pid
+        except psutil.NoSuchProcess:
+            continue
+    return None
+
+
+def serves(home) -> bool:
+    try:
+        with Client(str(home), timeout=0.5) as c:
+            return c.call("ping") is not None
+    except AgoraError:
+        return False
+
+
 def test_a_restarted_coordinator_resumes_its_clock_past_what_agents_saw(agora_env):
     """The coordinator's clock is not persisted: the agents' hellos carry their clocks and the
     new coordinator merges them, so its next frames are after everything before the kill."""
@@ -86,10 +119,10 @@ def test_a_restarted_coordinator_resumes_its_clock_past_what_agents_saw(agora_en
         with Client(str(agora_env), timeout=30) as c:
             eventually(lambda: any(a["pool"] == "stamp" for a in c.call("agents")), "the stamp agent")
             before = [stamp_of(c) for _ in range(5)][-1]
-        old = _coordinator_pid(proc.pid)
-        _kill(old)
-        _until(lambda: _coordinator_pid(proc.pid, not_pid=old) and _serves(agora_env), 30,
-               "service after the coordinator's SIGKILL")
+        old = coordinator_pid(proc.pid)
+        os.kill(old, signal.SIGKILL)
+        eventually(lambda: coordinator_pid(proc.pid) not in (None, old) and serves(agora_env),
+                   "service after the coordinator's SIGKILL", 30)
         with Client(str(agora_env), timeout=30) as c:
             eventually(lambda: any(a["pool"] == "stamp" for a in c.call("agents")), "the agent back")
             after = stamp_of(c)
