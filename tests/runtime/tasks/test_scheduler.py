@@ -221,25 +221,3 @@ def test_the_agents_own_run_time_decides_the_streak_when_it_sends_one(world):
     flush(s)
     s.results("a1", [{"id": tid, "attempt": 1, "ok": 1, "run_us": int(SHORT_TASK_S * 2e6)}])
     assert s.short_streak["work"] == 0  # the handler took long, whatever the clock says
-
-
-def test_frames_carry_the_coordinators_clock_and_results_merge_the_agents(world):
-    """Each task frame is a send of the coordinator's clock; a result's stamp is merged and
-    kept on task.succeeded; a bad stamp is dropped and said (the result still counts)."""
-    make, journal, _, events, finals = world
-    s = make(LeastLoadedPolicy())
-    join(s, "a1")
-    ids = submit(s, journal, 2)
-    s.dispatch()
-    (frame,) = s.take_outbox()["a1"]
-    assert frame["vc"] == {"coordinator": 1}
-    s.results("a1", [{"id": frame["id"], "attempt": 1, "ok": 1, "vc": {"coordinator": 1, "a1": 2}}])
-    assert s.vclock.now == {"coordinator": 2, "a1": 2}
-    done = [k for t, k in events if t == "task.succeeded"]
-    assert done[-1]["task_id"] == ids[0] and done[-1]["vc"] == {"coordinator": 1, "a1": 2}
-    s.dispatch()
-    (frame,) = s.take_outbox()["a1"]
-    assert frame["vc"] == {"coordinator": 3, "a1": 2}  # after the result it merged
-    s.results("a1", [{"id": frame["id"], "attempt": 1, "ok": 2, "vc": {"a1": -1}}])
-    assert ("agent.bad_clock" in [t for t, _ in events]) and ids[1] in finals
-    assert "vc" not in [k for t, k in events if t == "task.succeeded"][-1]
