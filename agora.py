@@ -59,6 +59,7 @@ from runtime.errors import (
 )
 from runtime.guards.errors import CallTimeout, CircuitOpen, ServiceError, Throttled
 from runtime.observability.trace_context import TraceContext
+from runtime.observability.vclock import compare as compare_clocks
 from runtime.wire.client import Client
 
 __version__ = "0.2.0"
@@ -71,5 +72,5 @@ __all__ = [
     "current_task", "CircuitOpen", "CallTimeout", "Throttled", "ServiceError",
     "start", "connect", "Pool", "Runtime", "Session", "TaskFuture", "PipelineFuture", "TaskFailed",
     "RemoteTraceback", "wait", "as_completed", "FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED",
-    "aio", "__version__",
+    "aio", "compare_clocks", "__version__",
 ]

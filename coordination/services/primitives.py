@@ -35,7 +35,9 @@ Decisions where the spec is silent:
   was answered, so the name can be reused for the next phase.
 * Vector clocks: one per group, held by the coordinator; ``vclock.tick`` merges the
   agent's clock (if sent) and increments the agent's entry — a causal stamp for events
-  that agents exchange through the coordinator.
+  that agents exchange through the coordinator.  Every stamp of a group dominates the
+  group's earlier ones, so it cannot show concurrency: each agent's own clock, carried by
+  agora's messages, is ``task.clock`` (runtime.observability.vclock).
 * Owners: a lock or lease is held by its agent (released when the agent dies) or, with
   ``"task": {"id", "attempt"}`` in ``lock.acquire`` (``task.lock(name)`` in a handler), by
   that task attempt (holder ``task:<id>:<attempt>``): released when the attempt ends, however

@@ -21,7 +21,8 @@
 
 A handler takes ``(input, task)``: ``input`` is the task's JSON input (with payloads
 above the arena threshold already mapped back), ``task`` a :class:`TaskHandle` with the
-id, attempt, trace context, ``emit`` and ``lock(name)`` (a lock held by this attempt,
+id, attempt, trace context, ``emit``, ``clock`` (the agent's vector clock stamp: each
+event it emits carries one as ``vc``) and ``lock(name)`` (a lock held by this attempt,
 released however it ends: ``runtime.agents.locks``).  It returns any JSON value.  An exception is a
 failed attempt (the traceback is kept); the task's retry policy decides what follows.
 
@@ -44,6 +45,7 @@ from collections.abc import Callable
 from typing import Any
 
 from runtime.observability.trace_context import TraceContext
+from runtime.observability.vclock import LiveClock
 
 __all__ = ["Agent", "capability", "TaskHandle", "AgentContext", "Fatal", "Cancelled", "current_task"]
 
@@ -137,8 +139,10 @@ class TaskHandle:
     """The running attempt, as a handler sees it."""
 
     def __init__(self, task_id: str, attempt: int, capability: str, trace: TraceContext | None,
-                 emit: Callable[..., None], call: Callable[..., Any] | None = None) -> None:
+                 emit: Callable[..., None], call: Callable[..., Any] | None = None,
+                 clock: LiveClock | None = None) -> None:
         self._call = call or _not_connected  # the agent's coordinator call (ctx.call)
+        self._clock = clock  # the agent's own vector clock (runtime.observability.vclock)
         self.id = task_id
         self.attempt = attempt
         self.capability = capability
@@ -152,7 +156,15 @@ class TaskHandle:
         """An event in this task's trace (a child span of the attempt); raises
         :class:`Cancelled` once the attempt was cancelled (from any thread or the loop)."""
         self.check()
+        if self._clock is not None:
+            fields["vc"] = self._clock.tick()  # an event of this agent: its own stamp
         self._emit(type_, self.trace, task_id=self.id, **fields)
+
+    @property
+    def clock(self) -> dict[str, int]:
+        """The agent's current vector clock stamp (``{node: counter}``); compare two stamps
+        with ``agora.compare_clocks``.  Empty outside an agent process."""
+        return self._clock.now if self._clock is not None else {}
 
     def lock(self, name: str, *, ttl: float = 30.0, timeout: float = 10.0) -> Any:
         """Lock ``name`` for this attempt: released when the ``with`` block ends and, by the

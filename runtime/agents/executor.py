@@ -53,6 +53,7 @@ from typing import Any
 
 from runtime.agents.agent import _CURRENT, Agent, Cancelled, TaskHandle
 from runtime.observability.trace_context import TraceContext
+from runtime.observability.vclock import LiveClock
 from runtime.tasks.payloads import Payloads
 
 __all__ = ["Executor", "ConcurrentMixin", "InlineMixin", "run_attempt", "needs_executor", "CANCELLED_CODE"]
@@ -81,16 +82,20 @@ def _failure(e: BaseException, handle: TaskHandle) -> dict[str, Any]:
 
 
 def make_handle(t: dict[str, Any], emit: Callable[..., None],
-                call: Callable[..., Any] | None = None) -> TaskHandle:
-    return TaskHandle(t["id"], t["attempt"], t["cap"], TraceContext.from_wire(t.get("trace")), emit, call)
+                call: Callable[..., Any] | None = None, clock: LiveClock | None = None) -> TaskHandle:
+    return TaskHandle(t["id"], t["attempt"], t["cap"], TraceContext.from_wire(t.get("trace")), emit, call,
+                      clock)
 
 
 def run_attempt(agent: Agent, t: dict[str, Any], handle: TaskHandle, payloads: Payloads) -> dict[str, Any]:
     """Run a plain handler here (this thread); the result frame entry of the attempt."""
     out: dict[str, Any] = {"id": t["id"], "attempt": t["attempt"]}
     token = _CURRENT.set(handle)
+    clock = handle._clock
     t0 = time.perf_counter()
     try:
+        if clock is not None:  # the task start: the receipt of the coordinator's frame
+            clock.receive(t.get("vc"))
         handle.check()
         value = agent.handler(t["cap"])(payloads.unpack(t, "input"), handle)
         payloads.pack(value, "ok", out)
@@ -98,6 +103,8 @@ def run_attempt(agent: Agent, t: dict[str, Any], handle: TaskHandle, payloads: P
         out["error"] = _failure(e, handle)
     finally:
         _CURRENT.reset(token)
+    if clock is not None:
+        out["vc"] = clock.tick()  # the result: a send, its stamp travels with it
     out["run_us"] = int((time.perf_counter() - t0) * 1e6)  # the scheduler's adaptive prefetch reads it
     return out
 
@@ -150,6 +157,7 @@ class Executor:
         self.agent, self.payloads, self.emit = agent, payloads, emit
         self.concurrency, self.deliver = concurrency, deliver
         self.call: Callable[..., Any] | None = None  # the runner's coordinator call (task.lock)
+        self.clock: LiveClock | None = None  # the runner's vector clock (task.clock)
         self.live = _Live()
         self._lock = threading.Lock()
         self._running = 0
@@ -172,7 +180,7 @@ class Executor:
 
     # -- submit, finish, cancel ------------------------------------------------------
     def submit(self, t: dict[str, Any]) -> None:
-        handle = make_handle(t, self.emit, self.call)
+        handle = make_handle(t, self.emit, self.call, self.clock)
         self.live.add(handle)
         with self._lock:
             if self._running >= self.concurrency:
@@ -277,7 +285,7 @@ class InlineMixin:
             super().on_control(msg)
 
     def execute(self, t: dict[str, Any]) -> dict[str, Any]:
-        handle = make_handle(t, self.emit, self.call)
+        handle = make_handle(t, self.emit, self.call, self.clock)
         self.live.add(handle)
         self._running.trace = handle.trace
         try:
@@ -306,6 +314,7 @@ class ConcurrentMixin:
         super().__init__(agent, sock, emit, agent_id, payloads)
         self.executor = Executor(agent, self.payloads, emit, concurrency, self._deliver)
         self.executor.call = self.call
+        self.executor.clock = self.clock
         self._running = _CurrentTrace()  # ctx.call from a handler: the trace of *its* attempt
         self._out: list[dict[str, Any]] = []
         self._out_lock = threading.Lock()
@@ -337,10 +346,12 @@ class ConcurrentMixin:
         ex = self.executor
         hook = {"bid": self.agent.bid, "vote": self.agent.vote, "propose": self.agent.propose}[msg["kind"]]
         request = dict(msg.get("request") or {}, queue=ex.waiting(), load=ex.load(), concurrency=ex.concurrency)
+        self.clock.receive(msg.get("vc"))  # the ask's receipt
         try:
-            self.send({"t": "answer", "rid": msg["rid"], "answer": hook(request)})
+            self.send({"t": "answer", "rid": msg["rid"], "answer": hook(request), "vc": self.clock.tick()})
         except Exception as e:  # a user hook raised: the asker must hear it, not time out
-            self.send({"t": "answer", "rid": msg["rid"], "answer": None, "error": f"{type(e).__name__}: {e}"})
+            self.send({"t": "answer", "rid": msg["rid"], "answer": None, "error": f"{type(e).__name__}: {e}",
+                       "vc": self.clock.tick()})
 
     def _deliver(self, out: dict[str, Any]) -> None:
         """Send a finished attempt; results finished while another thread sends go in its next frame.

@@ -18,17 +18,18 @@ When the other thread is busy running, the tasks are queued for it.  Writes are
 serialised by one lock.  Results finished back-to-back are sent in one frame.
 
 Messages (orjson frames, see runtime.wire.protocol):
-  -> {"t": "hello", "agent": id, "pool", "index", "pid", "caps": {cap: {cost, quality}}}
-  <- {"t": "tasks", "tasks": [{"id", "attempt", "cap", "input", "trace"}]}
+  -> {"t": "hello", "agent": id, "pool", "index", "pid", "caps": {cap: {cost, quality}}, "vc"}
+  <- {"t": "tasks", "tasks": [{"id", "attempt", "cap", "input", "trace", "vc"}]}
   -> {"t": "results", "results": [{"id", "attempt", "ok": value} | {..., "error": {...}}],
-      (each also with "run_us": the handler's time, for the scheduler's adaptive prefetch;
+      (each also with "run_us": the handler's time, for the scheduler's adaptive prefetch,
+      and "vc": the agent's vector clock stamp of the result, runtime.observability.vclock;
       a task marked "short": true, from a capability the scheduler found short, is run by
       the reading thread itself when the other one is idle: no hand-off wake-up)
       "queue": n}
-  <- {"t": "ask", "rid", "kind": "bid"|"vote"|"propose", "request": {...}}
-  -> {"t": "answer", "rid", "answer": value | None, "error": str (hook raised)}
-  -> {"t": "call", "rid", "op", "args"}       the agent asks (locks, leases, barriers...)
-  <- {"t": "reply", "rid", "ok": value} | {"t": "reply", "rid", "error": {...}}
+  <- {"t": "ask", "rid", "kind": "bid"|"vote"|"propose", "request": {...}, "vc"}
+  -> {"t": "answer", "rid", "answer": value | None, "error": str (hook raised), "vc": stamp}
+  -> {"t": "call", "rid", "op", "args", "vc"}       the agent asks (locks, leases, barriers...)
+  <- {"t": "reply", "rid", "ok": value, "vc"} | {"t": "reply", "rid", "error": {...}, "vc"}
   <- {"t": "cancel", "tasks": [{"id", "attempt"}], "reason"?}   stop these attempts
 The hello also says "concurrency": n (attempts at once).  An agent whose pool has
 ``concurrency > 1`` or an ``async def`` handler runs its attempts through
@@ -68,6 +69,7 @@ from runtime.config import Config, RunPaths
 from runtime.errors import Unavailable, from_wire
 from runtime.observability.events import Emitter
 from runtime.observability.trace_context import TraceContext
+from runtime.observability.vclock import LiveClock
 from runtime.tasks.payloads import Payloads
 from runtime.wire.buffers import RECV_BYTES
 from runtime.wire.server import InternalReader, encode_internal
@@ -148,6 +150,7 @@ class AgentRunner:
         self._abandoned: dict[int, tuple[str, dict[str, Any]]] = {}  # rid -> (release op, args)
         self._running = threading.local()  # the trace of the task this thread runs
         self._call_ids = itertools.count(1)
+        self.clock = LiveClock(agent_id)  # this agent's own vector clock (runtime.observability.vclock)
         # the connection part (agent_main sets these): see "EOF from the coordinator"
         self.path = ""
         self.secret = b""
@@ -175,7 +178,8 @@ class AgentRunner:
         new socket before the hello."""
         with self.send_lock:
             hello = {**self.hello, "inflight": [{"id": k, "attempt": v} for k, v in self.inflight.items()],
-                     "results": [*self.pending, *(r for r in self.recent if r not in self.pending)]}
+                     "results": [*self.pending, *(r for r in self.recent if r not in self.pending)],
+                     "vc": self.clock.now}  # a restarted coordinator's clock resumes past it
             try:
                 sock, reader = _handshake(self.path, self.secret, hello)
             except (OSError, Unavailable):
@@ -358,7 +362,7 @@ class AgentRunner:
         rid = next(self._call_ids)
         waiter: list[Any] = [threading.Event(), None]
         self._calls[rid] = waiter
-        msg = {"t": "call", "rid": rid, "op": op, "args": args}
+        msg = {"t": "call", "rid": rid, "op": op, "args": args, "vc": self.clock.tick()}
         trace = getattr(self._running, "trace", None)
         if trace is not None:  # a call made by a handler belongs to its task's trace
             msg["trace"] = trace.to_wire()
@@ -375,6 +379,7 @@ class AgentRunner:
         finally:
             self._calls.pop(rid, None)
         reply = waiter[1]
+        self.clock.receive(reply.get("vc"))  # the reply's receipt: ordered after the coordinator's
         if "error" in reply:
             raise from_wire(reply["error"])
         return reply.get("ok")
@@ -408,11 +413,12 @@ class AgentRunner:
     def answer(self, msg: dict[str, Any]) -> None:
         hook = {"bid": self.agent.bid, "vote": self.agent.vote, "propose": self.agent.propose}[msg["kind"]]
         request = dict(msg.get("request") or {}, queue=len(self.tasks))
+        self.clock.receive(msg.get("vc"))  # the ask's receipt
         try:
-            self.send({"t": "answer", "rid": msg["rid"], "answer": hook(request)})
+            self.send({"t": "answer", "rid": msg["rid"], "answer": hook(request), "vc": self.clock.tick()})
         except Exception as e:  # a user hook raised: the asker must hear it, not time out
             self.send({"t": "answer", "rid": msg["rid"], "answer": None,
-                       "error": f"{type(e).__name__}: {e}"})
+                       "error": f"{type(e).__name__}: {e}", "vc": self.clock.tick()})
 
     # -- the running role (task path) ----------------------------------------------------
 

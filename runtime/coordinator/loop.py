@@ -464,6 +464,7 @@ class Coordinator:
         if t == "results":
             self.scheduler.results(conn.state["agent"], msg["results"])
         elif t == "answer":
+            self.scheduler.receive_clock(msg.get("vc"), self.scheduler.agents.get(conn.state["agent"]))
             asked = self.asks.pop(msg.get("rid"), None)
             if asked is not None:
                 asked[1](conn.state.get("agent"), msg)
@@ -493,6 +494,7 @@ class Coordinator:
             return self.refuse_agent(conn, msg, f"a hello with concurrency {concurrency!r} (1..1024)")
         link = self.scheduler.agent_joined(agent_id, msg["pool"], pid, msg["caps"],
                                            lambda m, c=conn: c.send(m), concurrency=concurrency)
+        self.scheduler.receive_clock(msg.get("vc"), link)  # after a restart: resume past its stamps
         self.commands.agent_joined(link)
         for listener in self.agent_listeners:
             listener.agent_joined(link)
@@ -519,7 +521,7 @@ class Coordinator:
             return False
         rid = next(self._ask_ids)
         self.asks[rid] = (agent_id, on_answer)
-        link.send({"t": "ask", "rid": rid, "kind": kind, "request": request})
+        link.send({"t": "ask", "rid": rid, "kind": kind, "request": request, "vc": self.scheduler.vclock.tick()})
         if not self._asks_timer:
             self._asks_timer = True
             self.call_later(ASK_TTL_S, self._expire_asks)
@@ -557,6 +559,8 @@ class Coordinator:
         returns a value, a Deferred, or raises; the reply goes back on the agent's socket."""
         rid, op = msg.get("rid"), msg.get("op")
         agent_id = conn.state.get("agent")
+        self.scheduler.receive_clock(msg.get("vc"), self.scheduler.agents.get(agent_id or ""))
+        vclock = self.scheduler.vclock  # the reply is a send: it carries the coordinator's stamp
         fn = self.agent_ops.get(op) if isinstance(op, str) else None
         try:
             if fn is None:
@@ -568,14 +572,15 @@ class Coordinator:
                                    f"got {type(args).__name__}", field="args")
             out = fn(agent_id, args, msg.get("trace"))
         except Exception as e:  # noqa: BLE001 - the agents' boundary (runtime.wire.boundary)
-            self.reply(conn, {"t": "reply", "rid": rid, "error": error_wire(e, f"agent op {str(op)[:40]!r}", self.emit)})
+            self.reply(conn, {"t": "reply", "rid": rid, "vc": vclock.tick(),
+                              "error": error_wire(e, f"agent op {str(op)[:40]!r}", self.emit)})
             return
         # replies leave after the turn's COMMIT (send_replies), as clients' do: a fencing
         # token or a term an agent has heard of is on disk (coordination.services.store)
         if isinstance(out, Deferred):
-            out.bind(lambda m: self.reply(conn, {"t": "reply", "rid": rid, **m}))
+            out.bind(lambda m: self.reply(conn, {"t": "reply", "rid": rid, **m, "vc": vclock.tick()}))
         else:
-            self.reply(conn, {"t": "reply", "rid": rid, "ok": out})
+            self.reply(conn, {"t": "reply", "rid": rid, "ok": out, "vc": vclock.tick()})
 
     def send_task_batches(self) -> None:
         for agent_id, tasks in self.scheduler.take_outbox().items():

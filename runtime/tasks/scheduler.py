@@ -49,8 +49,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.errors import AgoraError, Unavailable
+from runtime.errors import AgoraError, InvalidInput, Unavailable
 from runtime.observability.trace_context import TraceContext
+from runtime.observability.vclock import COORDINATOR, LiveClock
 from runtime.tasks.balancing import PowerOfTwoPolicy
 from runtime.tasks.payloads import Payloads
 from runtime.tasks.task import TERMINAL, error_outcome
@@ -105,6 +106,7 @@ class TaskRun:
     fatal: tuple[str, ...] = ()
     tried: list[str] = field(default_factory=list)  # the agent of each attempt, in order
     sent_at: float = 0.0  # clock() when the current attempt was dispatched (adaptive prefetch)
+    vc: dict[str, int] | None = None  # the agent's vector clock stamp of its (last ok) result
 
 
 @dataclass
@@ -170,6 +172,7 @@ class Scheduler:
         self.policy = policy
         self.emit = emit
         self.clock = clock
+        self.vclock = LiveClock(COORDINATOR)  # the coordinator's own vector clock (frames carry it)
         self.capacity = capacity
         self.tasks: dict[str, TaskRun] = {}
         # capability -> {"pools", "reason", "refuse"} while no live pool serves it (the
@@ -395,7 +398,7 @@ class Scheduler:
             self.emit("task.attempt", span, task_id=task.id, attempt=attempt, agent=agent.id,
                       policy=self.policy.name)
             frame = {"id": task.id, "attempt": attempt, "cap": task.capability,
-                     "trace": span.to_wire()}
+                     "trace": span.to_wire(), "vc": self.vclock.tick()}
             if self.short_streak.get(task.capability, 0) >= SHORT_STREAK:
                 frame["short"] = True  # the agent runs it without a hand-off (runtime.agents.process)
             task.input_handle = self.payloads.pack(task.input, "input", frame, task.size)
@@ -412,6 +415,7 @@ class Scheduler:
 
     def _result(self, link: AgentLink | None, r: dict[str, Any]) -> None:
         tid, attempt = r["id"], r["attempt"]
+        stamp = self.receive_clock(r.get("vc"), link)
         sink = self.result_sinks.get(tid)
         if sink is not None:
             sink(link, r)
@@ -424,12 +428,26 @@ class Scheduler:
         task = self.tasks.get(tid)
         if task is not None and task.attempts == attempt:
             self._timed(task, r.get("run_us"))
+        if task is not None and ok and stamp is not None:
+            task.vc = stamp
         outcome = "succeeded" if ok else self._judge(task, link, r.get("error"))
         fin = self.journal.finish_attempt(tid, attempt, outcome,
                                           result=self.payloads.unpack(r, "ok") if ok else None,
                                           error=r.get("error"))
         if task is not None:
             self.follow(task, attempt, fin)
+
+    def receive_clock(self, stamp: Any, link: AgentLink | None) -> dict[str, int] | None:
+        """Merge an agent's stamp (a result's, an answer's) into the coordinator's clock; the
+        agent's stamp, checked, or None (none, or a bad one: dropped and said, never fatal)."""
+        if stamp is None:
+            return None
+        try:
+            self.vclock.receive(stamp)
+        except InvalidInput as e:
+            self.emit("agent.bad_clock", agent=link.id if link else None, error=e.message)
+            return None
+        return stamp
 
     def _pool_knob(self, pool: str | None, name: str, default: Any) -> Any:
         value = getattr(self.pools.get(pool or ""), name, None)
@@ -484,7 +502,8 @@ class Scheduler:
         self.tasks.pop(task.id, None)
         rec = rec if rec is not None else self.journal.get(task.id)
         self.emit(f"task.{state}", task.trace, task_id=task.id, attempts=rec.attempts,
-                  **({"error": rec.error} if rec.error else {}))
+                  **({"error": rec.error} if rec.error else {}),
+                  **({"vc": task.vc} if task.vc and state == "succeeded" else {}))
         for listener in self.final_listeners:
             listener(task, rec)
 
