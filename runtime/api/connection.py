@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable, Generator
 from typing import Any
 
-from runtime.errors import AgoraError, ClosedError, DeadlineExceeded, ProtocolError, Unavailable, from_wire
+from runtime.errors import AgoraError, ClosedError, DeadlineExceeded, ProtocolError, from_wire
 from runtime.observability.trace_context import TraceContext
 from runtime.wire.client import DEFAULT_TIMEOUT, Client
 from runtime.wire.protocol import FrameReader, Reply, encode_frame, make_request, parse_reply
