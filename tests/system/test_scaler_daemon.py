@@ -99,7 +99,7 @@ def test_recycling_after_max_tasks_loses_no_task(agora_env: Path) -> None:
 def test_autoscale_grows_under_load_and_shrinks_when_idle(agora_env: Path) -> None:
     scaling = ("[pools.echo.scaling]\nautoscale = true\nsustain_up = 0.0\nsustain_down = 0.3\n"
                "cooldown_up = 0.2\ncooldown_down = 0.3\nmax_step_up = 2\n")
-    text = config(size=1, daemon=LOCAL).replace("max = 4\n", "max = 4\nmin = 1\n") + scaling
+    text = config(size=1, daemon=LOCAL, extra=scaling).replace("max = 4\n", "max = 4\nmin = 1\n")
     with running_daemon(agora_env, text) as (c, _):
         eventually(lambda: len(echo_agents(c)) == 1, "1 echo agent")
         ids = c.call("submit_many", tasks=[{"capability": "sleep", "input": {"s": 0.3}}
