@@ -19,6 +19,12 @@ import time
 
 __all__ = ["in_netns_or_reexec", "ray_bare"]
 
+# Ray reads its auth settings once, when it is imported: a token of this run's own, set
+# before any import of ray (without one, Ray writes ~/.ray/auth_token for every cluster).
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+if "RAY_AUTH_TOKEN" not in os.environ:
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+
 
 def in_netns_or_reexec() -> str | None:
     """None when Ray may run here; else re-run this script in a namespace (and exit with
@@ -45,8 +51,6 @@ def ray_bare(n: int, total: int) -> dict[str, tuple[float, float]]:
     """(round trip p50 in us, tasks/s with ``total`` in flight) for ``ray_bare`` (a task:
     ``ray.get(f.remote())``) and ``ray_actor`` (two actors' method calls), 2 CPUs."""
     import ray
-    # a token of this run's own: without one, Ray writes ~/.ray/auth_token for every cluster
-    os.environ.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
         @ray.remote
