@@ -67,6 +67,11 @@ def daemon_figures(engine: str, n: int, total: int, rng: random.Random) -> tuple
     d = _Daemon(engine)
     try:
         c = d.client
+        deadline = time.monotonic() + 180  # a Ray agent joins once its actor is placed
+        while len(c.call("agents")) < 2:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the {engine} pool's agents did not join within 180 s")
+            time.sleep(0.2)
         for i in range(10):  # warm: actors made, connections open
             c.call("submit", task={"capability": "add", "input": {"a": i, "b": 1}}, result=True)
         rtts = []
