@@ -127,7 +127,7 @@ class RayAgent:
         self.ctx: AgentContext | None = None
         self._ray = ray
         connect(cfg, address, env)
-        self._refs = _put_contexts(str(cfg.home))
+        self._refs = _shared_contexts(str(cfg.home))
         opts = {"max_concurrency": pc.concurrency, "num_cpus": 0, **pc.ray}
         self.actor = ray.remote(_Host).options(**opts).remote(cls, ids, pc.capabilities, self._refs)
         self._wait(self.actor.pid.remote(), CONNECT_S)  # constructed (setup ran) before hello
@@ -203,14 +203,38 @@ def _read(reader: Any, name: str) -> Any:
         return np.frombuffer(bytes(reader.bytes(name)), dtype=np.uint8)
 
 
-def _put_contexts(home: str) -> dict[str, Any]:
-    """Each published context, put in Ray's object store (once per agent process: a copy
-    per agent in the store, read zero-copy by its actor)."""
-    import ray
+class _ContextStore:
+    """One per daemon and Ray cluster (a named actor on this machine): puts each published
+    context version in the object store once and hands out references to it."""
 
-    from shm.context import ContextReader
-    reader = ContextReader(home)
-    try:
-        return {name: ray.put(_read(reader, name)) for name in reader.names()}
-    finally:
-        reader.close()
+    def __init__(self, home: str) -> None:
+        from shm.context import ContextReader
+        self.reader = ContextReader(home)
+        self.refs: dict[str, Any] = {}  # segment name (unique per version and run) -> ref
+
+    def current(self) -> dict[str, list[Any]]:
+        import ray
+        out = {}
+        for name in self.reader.names():
+            key = self.reader.info(name).segment
+            if key not in self.refs:
+                self.refs[key] = ray.put(_read(self.reader, name))
+            out[name] = [self.refs[key]]  # in a list: passed on as a reference, not resolved
+        return out
+
+
+def _shared_contexts(home: str) -> dict[str, Any]:
+    """The published contexts as object references, put once per daemon: the first Ray
+    agent starts the store (detached, so a restarted agent finds it; it ends with the
+    cluster the daemon started, or with ``ray.kill`` by name on a cluster of the user's),
+    pinned to this machine's node (it reads the shared memory here)."""
+    import hashlib
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    name = "agora-contexts-" + hashlib.sha1(home.encode()).hexdigest()[:12]
+    store = ray.remote(_ContextStore).options(
+        name=name, namespace="agora", get_if_exists=True, lifetime="detached", num_cpus=0,
+        scheduling_strategy=here).remote(home)
+    return {k: v[0] for k, v in ray.get(store.current.remote(), timeout=CONNECT_S).items()}

@@ -31,7 +31,8 @@ from runtime.supervision.child_spec import ChildSpec
 __all__ = ["ray_address", "ray_token", "ray_head_spec", "START_S"]
 
 START_S = 90.0  # bound on the head's start (Ray takes several seconds on a loaded machine)
-STOP_S = 20.0
+REAP_S = 3.0
+STOP_S = 5.0
 
 
 def ray_address(cfg: Config) -> str:
@@ -63,7 +64,7 @@ def ray_head_spec(cfg: Config) -> ChildSpec | None:
         return None
     return ChildSpec("ray-head", _head_main, (int(cfg.ray.get("num_cpus", os.cpu_count() or 1)),
                                               bool(cfg.ray.get("allow_network"))),
-                     shutdown=STOP_S + 5, start_timeout=START_S + 5)
+                     shutdown=STOP_S + 2 * REAP_S + 5, start_timeout=START_S + 5)
 
 
 def _head_main(ctx: Any, num_cpus: int, allow_network: bool) -> None:
@@ -91,7 +92,9 @@ def _head_main(ctx: Any, num_cpus: int, allow_network: bool) -> None:
 def _start(host: str, port: int, num_cpus: int, tmp: str, token: str) -> subprocess.Popen:
     ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
     from runtime.agents.engines import ray_env
-    env = {**os.environ, **ray_env(token)}
+    # no drain on SIGTERM (Ray waits up to 30 s on detached actors, e.g. the context store):
+    # the cluster is the daemon's own and ends with it
+    env = {**os.environ, **ray_env(token), "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
     log = open(os.path.join(tmp, "head.log"), "ab")
     try:
         return subprocess.Popen(
@@ -121,8 +124,9 @@ def _wait_ready(proc: subprocess.Popen, host: str, port: int) -> None:
 
 
 def _stop(proc: subprocess.Popen, tmp: str) -> None:
-    """SIGTERM to ``ray start`` (it drains and ends its processes), then whatever of them
-    is still alive is killed: nothing of Ray may outlive the head; then its files go."""
+    """SIGTERM to ``ray start`` (it ends its processes, after a drain), SIGKILL if it is not
+    done within STOP_S, then SIGKILL to whatever of Ray is still alive: nothing of Ray may
+    outlive the head; then its files go.  Bounded by about STOP_S + 2 * REAP_S."""
     import psutil
     try:
         ray_procs = psutil.Process(proc.pid).children(recursive=True)
@@ -134,13 +138,12 @@ def _stop(proc: subprocess.Popen, tmp: str) -> None:
             proc.wait(STOP_S)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait(STOP_S)
-    _, alive = psutil.wait_procs(ray_procs, timeout=5.0)
-    for p in alive:
+            proc.wait(REAP_S)
+    for p in ray_procs:
         try:
             p.kill()
         except psutil.Error:
             pass
-    psutil.wait_procs(alive, timeout=5.0)
+    psutil.wait_procs(ray_procs, timeout=REAP_S)
     shutil.rmtree(tmp, ignore_errors=True)
     os._exit(0)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 
+import numpy as np
 import pytest
 
 from coordination.voting import tally
@@ -14,6 +15,7 @@ from tests.support.agents_consensus import estimate, rank_options
 from tests.support.helpers import eventually
 from tests.support.ray_netns import require_ray, running_ray_daemon
 
+VEC = 100_000
 CONFIG = """
 [daemon]
 drain_s = 3.0
@@ -24,6 +26,11 @@ window_ms = 5000   # an actor call is milliseconds, more on a loaded machine; al
 num_cpus = 2
 [pools.rayecho]
 agent = "tests.support.agents:Echo"
+engine = "ray"
+size = 2
+max = 2
+[pools.vr]
+agent = "tests.support.agents:Vectors"
 engine = "ray"
 size = 2
 max = 2
@@ -42,9 +49,11 @@ max = 1
 @pytest.fixture
 def ray_daemon(agora_env):
     require_ray()
-    with running_ray_daemon(agora_env, CONFIG) as got:
+    np.save(agora_env / "vec.npy", np.arange(VEC, dtype=np.float32))
+    text = CONFIG.replace("[market]", f'[context]\nvec = "{agora_env / "vec.npy"}"\n[market]')
+    with running_ray_daemon(agora_env, text) as got:
         # a Ray agent is ready for the root at once and joins once its actor is placed
-        eventually(lambda: len(got[0].call("agents")) == 4 or None, "the four agents joined", timeout=120)
+        eventually(lambda: len(got[0].call("agents")) == 6 or None, "the six agents joined", timeout=120)
         yield got
 
 
@@ -90,3 +99,12 @@ def test_a_local_and_a_ray_pool_answer_one_vote_and_bid_in_one_auction(ray_daemo
     guess = [a for a in auctions if a.get("capability") == "guess"]
     assert guess and all(a["invited"] == ["gl.0", "gr.0"] for a in guess), auctions
     assert {b["bidder"] for a in guess for b in a["bids"]} == {"gl.0", "gr.0"}, auctions
+
+
+def test_ray_agents_read_the_shared_context_zero_copy_from_the_object_store(ray_daemon):
+    c, _ = ray_daemon
+    ids = c.call("submit_many", tasks=[{"capability": "colsum", "input": {"name": "vec"}} for _ in range(6)])
+    done = [c.call("result", id=t, wait=True, timeout_s=60) for t in ids]
+    assert all(d["state"] == "succeeded" for d in done), done
+    want = float(np.arange(VEC, dtype=np.float32).sum())
+    assert all(d["result"] == {"sum": want, "writeable": False} for d in done), done
