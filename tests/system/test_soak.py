@@ -178,8 +178,11 @@ def _soak(home, seconds: float, seed: int) -> None:
 
 def _check(home, history: History, kills: dict, gaps: list, seed: int) -> None:
     acked = dict(history.acked)
+    ids, counts = list(acked), {}
     with Client(str(home), timeout=130) as c:
-        counts = c.call("wait_all", ids=list(acked), timeout_s=120)
+        for i in range(0, len(ids), 10_000):  # wait_all takes at most 10,000 ids a call
+            for state, n in c.call("wait_all", ids=ids[i:i + 10_000], timeout_s=120).items():
+                counts[state] = counts.get(state, 0) + n
     with Journal(home) as j:
         recs = {tid: j.get(tid) for tid in acked}
         lost = [t for t, r in recs.items() if r.state != "succeeded"]
