@@ -12,10 +12,15 @@ import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
+
 from runtime.daemon import launch
 from runtime.daemon.launch import stop, wait_up
+from runtime.errors import AgoraError
+from runtime.wire.client import Client
 
-__all__ = ["REPO", "ECHO_POOL", "config", "spawn", "wait_up", "stop", "kill_tree", "running_daemon"]
+__all__ = ["REPO", "ECHO_POOL", "config", "spawn", "wait_up", "stop", "kill_tree", "running_daemon",
+           "coordinator_pid", "serves"]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,3 +57,29 @@ def kill_tree(proc: subprocess.Popen) -> None:
 def running_daemon(home: Path, config_text: str | None = None, *flags: str):
     with launch.running_daemon(home, config_text, *flags, path=[str(REPO)], cwd=str(REPO)) as got:
         yield got
+
+
+def coordinator_pid(root: int, not_pid: int | None = None) -> int | None:
+    """The pid of the root's live coordinator child (other than ``not_pid``), or None."""
+    try:
+        kids = psutil.Process(root).children()
+    except psutil.NoSuchProcess:
+        return None
+    for p in kids:
+        try:
+            if p.name().startswith("agora:coordin") and p.status() != psutil.STATUS_ZOMBIE \
+                    and p.pid != not_pid:
+                return p.pid
+        except psutil.NoSuchProcess:
+            continue
+    return None
+
+
+def serves(home: Path) -> bool:
+    """The daemon of ``home`` answers ``ping`` now."""
+    try:
+        with Client(str(home), timeout=0.5) as c:
+            c.call("ping")
+            return True
+    except AgoraError:
+        return False

@@ -20,9 +20,8 @@ import time
 import psutil
 import pytest
 
-from runtime.errors import AgoraError
 from runtime.wire.client import Client
-from tests.support.daemons import config, spawn, stop, wait_up
+from tests.support.daemons import config, coordinator_pid, serves, spawn, stop, wait_up
 
 SERVICE_S = 2.0  # every kill is followed by service within this bound
 
@@ -39,21 +38,6 @@ def _until(pred, timeout: float, what: str):
     raise AssertionError(f"not within {timeout} s: {what}")
 
 
-def _coordinator_pid(root: int, not_pid: int | None = None) -> int | None:
-    try:
-        kids = psutil.Process(root).children()
-    except psutil.NoSuchProcess:
-        return None
-    for p in kids:
-        try:
-            if p.name().startswith("agora:coordin") and p.status() != psutil.STATUS_ZOMBIE \
-                    and p.pid != not_pid:
-                return p.pid
-        except psutil.NoSuchProcess:
-            continue
-    return None
-
-
 def _agent_pids(root: int) -> set[int]:
     out = set()
     for p in psutil.Process(root).children():
@@ -63,15 +47,6 @@ def _agent_pids(root: int) -> set[int]:
         except psutil.NoSuchProcess:
             pass
     return out
-
-
-def _serves(home) -> bool:
-    try:
-        with Client(str(home), timeout=0.5) as c:
-            c.call("ping")
-            return True
-    except AgoraError:
-        return False
 
 
 def _kill(pid: int) -> None:
@@ -91,10 +66,10 @@ def test_coordinator_restart_keeps_agents_and_their_task(agora_env, tmp_path):
         with Client(str(agora_env)) as c:
             tid = c.call("submit", task={"capability": "sleep", "input": {"s": 1.5, "pid_file": str(pid_file)}})
         _until(pid_file.exists, 10, "the task started")
-        old = _coordinator_pid(proc.pid)
+        old = coordinator_pid(proc.pid)
         _kill(old)
         t0 = time.monotonic()
-        _until(lambda: _serves(agora_env), SERVICE_S, "service after the coordinator's SIGKILL")
+        _until(lambda: serves(agora_env), SERVICE_S, "service after the coordinator's SIGKILL")
         print(f"service back after {time.monotonic() - t0:.3f} s")
         with Client(str(agora_env), timeout=30) as c:
             rec = c.call("result", id=tid, wait=True, timeout_s=20)
@@ -102,7 +77,7 @@ def test_coordinator_restart_keeps_agents_and_their_task(agora_env, tmp_path):
         assert rec["attempts"] == 1, rec
         assert pid_file.read_text().count("\n") == 1  # the handler ran once
         assert _agent_pids(proc.pid) == agents  # the same agents: none restarted
-        assert _coordinator_pid(proc.pid) != old
+        assert coordinator_pid(proc.pid) != old
     finally:
         stop(agora_env, proc)
 
@@ -115,14 +90,14 @@ def test_two_coordinator_deaths_close_together_never_wedge(agora_env, gap):
     proc = spawn(agora_env, config(size=2))
     try:
         wait_up(agora_env, proc)
-        first = _coordinator_pid(proc.pid)
+        first = coordinator_pid(proc.pid)
         _kill(first)
         time.sleep(gap * rng.uniform(0.8, 1.2))  # the fault timing under test
-        second = _until(lambda: _coordinator_pid(proc.pid, not_pid=first), SERVICE_S,
+        second = _until(lambda: coordinator_pid(proc.pid, not_pid=first), SERVICE_S,
                         "a new coordinator process")
         _kill(second)
         t0 = time.monotonic()
-        _until(lambda: _serves(agora_env), SERVICE_S, "service after the second SIGKILL")
+        _until(lambda: serves(agora_env), SERVICE_S, "service after the second SIGKILL")
         print(f"service back {time.monotonic() - t0:.3f} s after the second kill")
         with Client(str(agora_env), timeout=10) as c:
             tid = c.call("submit", task={"capability": "echo", "input": 1})
@@ -139,7 +114,7 @@ def test_restart_storm_escalates_and_the_daemon_exits_nonzero(agora_env):
         wait_up(agora_env, proc)
         last = None
         for _ in range(6):  # core intensity: 5 restarts in 10 s
-            pid = _until(lambda last=last: proc.poll() is not None or _coordinator_pid(proc.pid, not_pid=last),
+            pid = _until(lambda last=last: proc.poll() is not None or coordinator_pid(proc.pid, not_pid=last),
                          SERVICE_S, "a coordinator to kill")
             if pid is True:
                 break
@@ -156,7 +131,7 @@ def test_sigterm_while_the_coordinator_restarts(agora_env):
     proc = spawn(agora_env, config(size=2))
     try:
         wait_up(agora_env, proc)
-        _kill(_coordinator_pid(proc.pid))
+        _kill(coordinator_pid(proc.pid))
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
     finally:

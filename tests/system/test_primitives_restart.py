@@ -20,12 +20,10 @@ import random
 import signal
 import time
 
-import psutil
 import pytest
 
-from runtime.errors import AgoraError
 from runtime.wire.client import Client
-from tests.support.daemons import config, running_daemon
+from tests.support.daemons import config, coordinator_pid, running_daemon, serves
 from tests.support.helpers import eventually
 
 pytestmark = pytest.mark.timeout(180)
@@ -52,35 +50,6 @@ DAEMON = 'drain_s = 3.0\nallocation = "least-loaded"'
 
 
 SERVICE_S = 7.0  # service is back within this bound after a kill (2 s + agents' reconnect)
-
-
-def _until(pred, timeout: float, what: str):
-    deadline, delay = time.monotonic() + timeout, 0.005
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
-    raise AssertionError(f"not within {timeout} s: {what}")
-
-
-def _coordinator_pid(root: int) -> int | None:
-    for p in psutil.Process(root).children():
-        try:
-            if p.name().startswith("agora:coordin") and p.status() != psutil.STATUS_ZOMBIE:
-                return p.pid
-        except psutil.NoSuchProcess:
-            continue
-    return None
-
-
-def _serves(home) -> bool:
-    try:
-        with Client(str(home), timeout=0.5) as c:
-            c.call("ping")
-            return True
-    except AgoraError:
-        return False
 
 
 def _ask(home, cmd: str, **args):
@@ -115,16 +84,15 @@ def test_tokens_and_terms_never_repeat_and_a_held_lease_stays_held_across_kills(
             tid = _ask(agora_env, "submit", task={"capability": "churn", "input": {
                 "name": "churn", "group": "g", "file": str(out), "n": 12, "pause_s": 0.03}})
             print(f"kill {kill + 1} after line {target}")
-            _until(lambda t=target: len(_lines(out)) >= t, 30, "the churn under way")
-            old = _coordinator_pid(proc.pid)
+            eventually(lambda t=target: len(_lines(out)) >= t, "the churn under way", 30)
+            old = coordinator_pid(proc.pid)
             assert old is not None, "no coordinator process under the root"
             os.kill(old, signal.SIGKILL)
             if kill == 1:  # and its successor too, soon after (RELIABILITY: gaps of 0.05-0.5 s)
                 time.sleep(rng.uniform(0.05, 0.5))
-                _until(lambda o=old: _coordinator_pid(proc.pid) not in (o, None), SERVICE_S,
-                       "a new coordinator")
-                os.kill(_coordinator_pid(proc.pid), signal.SIGKILL)
-            _until(lambda: _serves(agora_env), SERVICE_S, f"service after kill {kill + 1}")
+                eventually(lambda o=old: coordinator_pid(proc.pid) not in (o, None), "a new coordinator", SERVICE_S)
+                os.kill(coordinator_pid(proc.pid), signal.SIGKILL)
+            eventually(lambda: serves(agora_env), f"service after kill {kill + 1}", SERVICE_S)
             rec = _ask(agora_env, "result", id=tid, wait=True, timeout_s=60)
             assert rec["state"] == "succeeded", rec
             now_held = _held(agora_env)["held"]

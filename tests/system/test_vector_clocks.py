@@ -10,13 +10,11 @@ from __future__ import annotations
 import os
 import signal
 
-import psutil
 import pytest
 
 import agora
-from runtime.errors import AgoraError
 from runtime.wire.client import Client
-from tests.support.daemons import config, running_daemon, spawn, stop, wait_up
+from tests.support.daemons import config, coordinator_pid, running_daemon, serves, spawn, stop, wait_up
 from tests.support.helpers import eventually
 
 pytestmark = pytest.mark.timeout(180)
@@ -90,24 +88,6 @@ ONE_STAMP = """
 agent = "tests.support.agents_clocks:Stamp"
 size = 1
 """
-
-
-def coordinator_pid(root: int) -> int | None:
-    for p in psutil.Process(root).children():
-        try:
-            if p.name().startswith("agora:coordin") and p.status() != psutil.STATUS_ZOMBIE:
-                return p.pid
-        except psutil.NoSuchProcess:
-            continue
-    return None
-
-
-def serves(home) -> bool:
-    try:
-        with Client(str(home), timeout=0.5) as c:
-            return c.call("ping") is not None
-    except AgoraError:
-        return False
 
 
 def test_a_restarted_coordinator_resumes_its_clock_past_what_agents_saw(agora_env):
