@@ -25,18 +25,19 @@ from __future__ import annotations
 
 from runtime.api import aio
 from runtime.api.embedded import Pool, Runtime, start
-from runtime.api.futures import (
+from runtime.api import (
     ALL_COMPLETED,
     FIRST_COMPLETED,
     FIRST_EXCEPTION,
     PipelineFuture,
     RemoteTraceback,
+    Session,
     TaskFailed,
     TaskFuture,
     as_completed,
+    connect,
     wait,
 )
-from runtime.api.session import Session, connect
 from runtime.agents.agent import Agent, AgentContext, Cancelled, Fatal, TaskHandle, capability, current_task
 from runtime.errors import (
     AgoraError,

@@ -254,8 +254,11 @@ class Service:
                 self.flights.abandon(digest)
             raise
         self.flights.abandon(digest)
-        raise DeadlineExceeded(f"the identical call to service {self.name!r} in another agent gave no answer "
-                               f"in {self.wait_bound_s:g} s", hint="set [services.<name>].timeout_s so a hung call ends")
+        raise self._flight_timed_out()
+
+    def _flight_timed_out(self) -> DeadlineExceeded:
+        return DeadlineExceeded(f"the identical call to service {self.name!r} in another agent gave no answer "
+                                f"in {self.wait_bound_s:g} s", hint="set [services.<name>].timeout_s so a hung call ends")
 
     def _retrying(self, thunk: Callable[[], T], tokens: float) -> T:
         attempt = 1
@@ -356,8 +359,7 @@ class Service:
                 self.flights.abandon(digest)
             raise
         self.flights.abandon(digest)
-        raise DeadlineExceeded(f"the identical call to service {self.name!r} in another agent gave no answer "
-                               f"in {self.wait_bound_s:g} s", hint="set [services.<name>].timeout_s so a hung call ends")
+        raise self._flight_timed_out()
 
     async def _aretrying(self, thunk: Callable[[], Awaitable[T]], tokens: float) -> T:
         attempt = 1
