@@ -23,8 +23,7 @@ The packages ``runtime``, ``coordination`` and ``shm`` are agora's internals (se
 
 from __future__ import annotations
 
-from runtime.api import aio
-from runtime.api.embedded import Pool, Runtime, start
+from runtime.agents.agent import Agent, AgentContext, Cancelled, Fatal, TaskHandle, capability, current_task
 from runtime.api import (
     ALL_COMPLETED,
     FIRST_COMPLETED,
@@ -34,11 +33,12 @@ from runtime.api import (
     Session,
     TaskFailed,
     TaskFuture,
+    aio,
     as_completed,
     connect,
     wait,
 )
-from runtime.agents.agent import Agent, AgentContext, Cancelled, Fatal, TaskHandle, capability, current_task
+from runtime.api.embedded import Pool, Runtime, start
 from runtime.errors import (
     AgoraError,
     BrokenError,
