@@ -155,7 +155,8 @@ def _request(cmd: Any, args: Any) -> bytes:
 
 
 def _root_message() -> st.SearchStrategy:
-    cmd = st.sampled_from(["tree", "start_agent", "terminate_child", "nope", ""]) | st.text(max_size=10)
+    cmd = st.sampled_from(["tree", "start_agent", "terminate_child", "pools_state", "restart_pool", "nope",
+                           ""]) | st.text(max_size=10)
     return st.tuples(cmd, values()).map(lambda ca: _request(*_pin_root(*ca)))
 
 
