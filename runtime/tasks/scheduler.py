@@ -302,13 +302,15 @@ class Scheduler:
         return ids
 
     def candidates(self, capability: str) -> list[AgentLink]:
-        out = []
-        for aid in self.capable(capability):
-            a = self.agents.get(aid)
-            if a is not None and not a.draining and (len(a.inflight) + len(a.side) < self.room(a)
-                                                     or self._prefetch(a, capability)):
-                out.append(a)
-        return out
+        """The agents offering ``capability`` that have room now, in registry order."""
+        agents = self.agents
+        return [a for a in map(agents.get, self.capable(capability))
+                if a is not None and self._open(a, capability)]
+
+    def _open(self, a: AgentLink, capability: str) -> bool:
+        """Whether a live agent may take one more attempt of ``capability``."""
+        return not a.draining and (len(a.inflight) + len(a.side) < self.room(a)
+                                   or self._prefetch(a, capability))
 
     def _prefetch(self, agent: AgentLink, capability: str) -> bool:
         """Room beyond ``room``: adaptive prefetch of short tasks (see SHORT_TASK_S)."""
@@ -338,28 +340,42 @@ class Scheduler:
         """Attempts an agent may hold: its concurrency plus the prefetch (``agent_inflight - 1``)."""
         return agent.concurrency + self.capacity - 1
 
-    def _choose(self, task: TaskRun, cap: str) -> AgentLink | None | object:
-        """A taker's (TAKEN), else the policy's choice among the capable agents with room;
-        agents that have not run this task yet first (a retry goes elsewhere if it can)."""
+    def _choose(self, task: TaskRun, cap: str, open_: list[AgentLink] | None) -> AgentLink | None | object:
+        """A taker's (TAKEN), else the policy's choice among the capable agents with room
+        (``open_``, kept by ``dispatch`` for the scheduler's own policies; None: read them
+        now); agents that have not run this task yet first (a retry goes elsewhere if it can)."""
         if any(take(task) for take in self.takers):
             return TAKEN
-        able = [a for a in self.candidates(cap) if a.id not in task.excluded and task.id not in a.inflight]
-        fresh = [a for a in able if a.id not in task.tried] if task.tried else able
-        return self.policy.choose(task, fresh or able)
+        able = self.candidates(cap) if open_ is None else open_
+        if task.excluded or task.tried:
+            able = [a for a in able if a.id not in task.excluded and task.id not in a.inflight]
+            fresh = [a for a in able if a.id not in task.tried] if task.tried else able
+            able = fresh or able
+        return self.policy.choose(task, able)
 
     def dispatch(self) -> int:
         """Give queued tasks to agents until queues or room run out; returns tasks sent.
-        Every attempt of the turn starts in one journal batch."""
+        Every attempt of the turn starts in one journal batch.
+
+        Under the scheduler's own policies the agents with room are listed once per
+        capability per pass and an agent leaves the list when it fills: reading them per
+        task made a dispatch O(tasks x agents), a third of the coordinator's time with 64
+        agents (docs/DECISIONS.md, issue 20).  Other policies (the market) may start
+        attempts themselves inside ``choose``, so they get a fresh list per task."""
         picks: list[tuple[TaskRun, AgentLink]] = []
         if self._unregistered:
             self._register_pending()
+        kept = type(self.policy) in _PREFETCHING
         for cap, q in self.queues.items():
+            open_: list[AgentLink] | None = None
             while q:
                 task = self.tasks.get(q[0][2])
                 if task is None or task.state != "queued":
                     heapq.heappop(q)
                     continue
-                agent = self._choose(task, cap)
+                if kept and open_ is None:
+                    open_ = self.candidates(cap)
+                agent = self._choose(task, cap, open_)
                 if agent is TAKEN:  # an asynchronous policy took it (an auction runs)
                     heapq.heappop(q)
                     self._leaves_queue(task)
@@ -370,6 +386,8 @@ class Scheduler:
                 heapq.heappop(q)
                 self._reserve(task, agent)
                 picks.append((task, agent))
+                if open_ is not None and not self._open(agent, cap):
+                    open_.remove(agent)
         if picks:
             self._start(picks)
         return len(picks)
@@ -634,6 +652,7 @@ class Scheduler:
         task.state, task.agent, task.attempts = "running", link.id, attempt
         self.tasks[task.id] = task
         link.inflight[task.id] = attempt
+        task.tried.append(link.id)  # a retry prefers another agent, and never this one while it still runs
         if task.deadline is not None:
             self._timer(task.deadline, "deadline", task.id)
         self.emit("task.adopted", task.trace, task_id=task.id, attempt=attempt, agent=link.id)

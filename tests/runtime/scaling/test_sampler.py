@@ -152,3 +152,32 @@ T = namedtuple("T", "user nice system idle iowait irq softirq steal guest guest_
 )
 def test_machine_cpu_percent_from_cpu_times(before, now, expected):
     assert _busy_percent(before, now) == pytest.approx(expected)
+
+
+def test_uss_is_read_for_new_pids_then_in_turns(monkeypatch):
+    """smaps_rollup costs ~0.5 ms per agent: a new pid is read at once, the others in
+    turns, so each pid's USS is at most FULL_EVERY samples old and carried in between."""
+    from runtime.scaling import sampler as mod
+    reads: list[int] = []
+    real = psutil.Process.memory_full_info
+
+    def counting(self):
+        reads.append(self.pid)
+        return real(self)
+
+    monkeypatch.setattr(psutil.Process, "memory_full_info", counting)
+    with forked_child() as a, forked_child() as b, forked_child() as c:
+        pids = [os.getpid(), a, b, c, os.getppid()]
+        sampler = Sampler()
+        first = sampler.sample(pids)
+        assert sorted(reads) == sorted(pids)  # every pid new: all read
+        assert all(first.processes[p].uss is not None for p in pids)
+        seen: dict[int, int] = {}
+        for n in range(1, 2 * mod.FULL_EVERY + 1):
+            reads.clear()
+            s = sampler.sample(pids)
+            assert len(reads) == -(-len(pids) // mod.FULL_EVERY)  # one turn's share
+            for p in reads:
+                seen[p] = n
+            assert all(s.processes[p].uss is not None for p in pids)  # carried, not lost
+            assert all(n - seen.get(p, 0) < mod.FULL_EVERY for p in pids), (n, seen)
