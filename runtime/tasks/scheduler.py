@@ -70,16 +70,20 @@ DEFAULT_CANCEL_GRACE_S = 5.0
 #: Adaptive prefetch (with the default ``agent_inflight = 1`` only): a capability whose last
 #: ``SHORT_STREAK`` attempts each ran within ``SHORT_TASK_S`` (the handler's time as the
 #: agent measured it, ``run_us`` in its result; else from dispatch to result) is
-#: *short*, and an agent that holds only short attempts takes up to ``SHORT_PREFETCH`` of
-#: them at once.  The tasks of a turn then go out, run and come back as one batch (one
-#: frame, one wake-up, one COMMIT for several tasks): measured with 2 agents and trivial
-#: tasks, CPU per task 727-797 -> 437-483 us.  A short task still never waits behind a
-#: long one: one slow attempt ends the streak, and an agent holding a task of any other
-#: capability gets no prefetch.  The worst case is a short capability's first slow
-#: attempt, which may hold up to SHORT_PREFETCH - 1 prefetched ones (docs/DECISIONS.md).
+#: *short*, and an agent that holds only short attempts takes several of them at once: as
+#: many as fit in ``PREFETCH_BUDGET_S`` of the capability's mean run time, at least 2 and
+#: at most ``SHORT_PREFETCH`` (``Scheduler.prefetch_depth``).  The tasks of a turn then go
+#: out, run and come back as one batch (one frame, one wake-up, one COMMIT for several
+#: tasks): measured with 2 agents and trivial tasks, CPU per task 727-797 -> 437-483 us
+#: (depth 4), and the coordinator's 137-143 -> 106 us (depth 16 for a 20 us handler).  A
+#: short task still never waits behind a long one: one slow attempt ends the streak, and
+#: an agent holding a task of any other capability gets no prefetch.  The worst case is a
+#: short capability's first slow attempt, which may hold the prefetched ones (about
+#: PREFETCH_BUDGET_S of predicted work) behind it (docs/DECISIONS.md).
 SHORT_TASK_S = 0.005
 SHORT_STREAK = 32
-SHORT_PREFETCH = 4
+SHORT_PREFETCH = 16
+PREFETCH_BUDGET_S = 0.002
 
 
 @dataclass
@@ -203,6 +207,7 @@ class Scheduler:
         self.kill_listeners: list[Callable[[AgentLink, str], None]] = []
         self.cancels: dict[str, list[dict[str, Any]]] = {}  # agent id -> cancel frames' entries
         self.short_streak: dict[str, int] = {}  # capability -> attempts in a row back within SHORT_TASK_S
+        self.run_mean: dict[str, float] = {}  # capability -> mean run time (s) of its short attempts
 
     # -- agents ------------------------------------------------------------------------
 
@@ -315,11 +320,11 @@ class Scheduler:
     def _prefetch(self, agent: AgentLink, capability: str) -> bool:
         """Room beyond ``room``: adaptive prefetch of short tasks (see SHORT_TASK_S)."""
         if (self.capacity != 1 or agent.side
-                or len(agent.inflight) >= agent.concurrency + SHORT_PREFETCH - 1
                 or type(self.policy) not in _PREFETCHING):  # the market sizes its own contracts
             return False
         short = self.short_streak
-        if short.get(capability, 0) < SHORT_STREAK:
+        if (short.get(capability, 0) < SHORT_STREAK
+                or len(agent.inflight) >= agent.concurrency + self.prefetch_depth(capability) - 1):
             return False
         tasks = self.tasks
         return all(t is not None and short.get(t.capability, 0) >= SHORT_STREAK
@@ -333,8 +338,17 @@ class Scheduler:
         took = run_us / 1e6 if type(run_us) is int else self.clock() - task.sent_at
         if took <= SHORT_TASK_S:
             self.short_streak[cap] = self.short_streak.get(cap, 0) + 1
+            mean = self.run_mean.get(cap)
+            self.run_mean[cap] = took if mean is None else mean + 0.1 * (took - mean)
         else:
             self.short_streak[cap] = 0
+            self.run_mean.pop(cap, None)
+
+    def prefetch_depth(self, capability: str) -> int:
+        """Attempts of a short capability one agent may hold: ``PREFETCH_BUDGET_S`` of its
+        mean run time, between 2 and ``SHORT_PREFETCH``."""
+        mean = self.run_mean.get(capability, SHORT_TASK_S)
+        return max(2, min(SHORT_PREFETCH, int(PREFETCH_BUDGET_S / max(mean, 1e-6))))
 
     def room(self, agent: AgentLink) -> int:
         """Attempts an agent may hold: its concurrency plus the prefetch (``agent_inflight - 1``)."""

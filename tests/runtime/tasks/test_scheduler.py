@@ -169,15 +169,47 @@ def test_short_tasks_are_prefetched_after_a_streak_and_a_slow_one_ends_it(world)
     assert flush(s) == {"a1": ids[:1]}  # one short of the streak: no prefetch yet
     clock.t += 0.001
     s.results("a1", [{"id": ids[0], "attempt": 1, "ok": 1}])  # the streak is complete
-    ids = ids[1:] + submit(s, journal, SHORT_PREFETCH + 1)
+    depth = s.prefetch_depth("work")
+    assert 2 <= depth <= SHORT_PREFETCH
+    ids = ids[1:] + submit(s, journal, depth + 1)
     s.dispatch()
-    assert flush(s) == {"a1": ids[:SHORT_PREFETCH]}  # prefetched, up to SHORT_PREFETCH
+    assert flush(s) == {"a1": ids[:depth]}  # prefetched, up to the depth
     clock.t += SHORT_TASK_S * 2  # ... and these came back slowly: the streak ends
-    s.results("a1", [{"id": t, "attempt": 1, "ok": 1} for t in ids[:SHORT_PREFETCH]])
+    s.results("a1", [{"id": t, "attempt": 1, "ok": 1} for t in ids[:depth]])
     more = submit(s, journal, 1)
     s.dispatch()
-    assert flush(s) == {"a1": ids[SHORT_PREFETCH:SHORT_PREFETCH + 1]}  # one at a time again
+    assert flush(s) == {"a1": ids[depth:depth + 1]}  # one at a time again
     assert more[0] in s.tasks and s.tasks[more[0]].state == "queued"
+
+
+def test_prefetch_depth_follows_the_measured_run_time(world):
+    """About PREFETCH_BUDGET_S of predicted work per agent: a 20 us handler gets the most,
+    a 1 ms one 2, and the depth falls back once the runs get slower."""
+    from runtime.tasks.scheduler import PREFETCH_BUDGET_S, SHORT_PREFETCH, SHORT_STREAK
+    make, journal, clock, events, finals = world
+    s = make(LeastLoadedPolicy())
+    join(s, "a1")
+
+    def run(n, run_us):
+        for tid in submit(s, journal, n):
+            s.dispatch()
+            for t in flush(s).get("a1", []):
+                s.results("a1", [{"id": t, "attempt": 1, "ok": 1, "run_us": run_us}])
+            assert tid not in s.tasks
+
+    run(SHORT_STREAK, 20)
+    assert s.prefetch_depth("work") == SHORT_PREFETCH
+    ids = submit(s, journal, SHORT_PREFETCH + 3)
+    s.dispatch()
+    assert flush(s) == {"a1": ids[:SHORT_PREFETCH]}
+    s.results("a1", [{"id": t, "attempt": 1, "ok": 1, "run_us": 20} for t in ids[:SHORT_PREFETCH]])
+    s.dispatch()
+    s.results("a1", [{"id": t, "attempt": 1, "ok": 1, "run_us": 20} for t in flush(s)["a1"]])
+    run(60, 1000)  # 1 ms handlers: the mean follows, the depth shrinks
+    assert s.prefetch_depth("work") == max(2, int(PREFETCH_BUDGET_S / 0.001))
+    ids = submit(s, journal, 5)
+    s.dispatch()
+    assert len(flush(s)["a1"]) == s.prefetch_depth("work")
 
 
 def test_no_prefetch_onto_an_agent_holding_another_capability_or_with_agent_inflight_set(world):
