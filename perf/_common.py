@@ -10,6 +10,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,14 @@ class Daemon:
         self.proc = spawn(self.home, config_text, path=[str(REPO)])
         wait_up(self.home, self.proc)
         self.client = Client(str(self.home), timeout=timeout)
+
+    def wait_agents(self, n: int, timeout: float = 120.0) -> None:
+        """Until ``n`` agents have joined (``status``), or TimeoutError."""
+        deadline = time.monotonic() + timeout
+        while self.client.call("status")["agents"] < n:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{n} agents did not join within {timeout} s")
+            time.sleep(0.05)
 
     def close(self) -> None:
         from runtime.daemon.launch import stop

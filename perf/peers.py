@@ -95,6 +95,8 @@ def ppe_rtt(n: int, rng: random.Random) -> list[float]:
 def agora_throughput(total: int, rng: random.Random) -> float:
     with Daemon(ECHO_POOL.format(size=2)) as d:
         tasks = [{"capability": "add", "input": {"a": rng.randrange(1000), "b": i}} for i in range(total)]
+        d.wait_agents(2)  # the agents are up and have run a task, as the pool's workers have
+        d.client.call("submit", task={"capability": "add", "input": {"a": 0, "b": 0}}, result=True)
         t0 = time.perf_counter()
         ids: list[str] = []
         for i in range(0, total, 1000):

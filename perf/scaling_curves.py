@@ -62,14 +62,6 @@ max = {size}
 """
 
 
-def _wait_agents(d: Daemon, n: int, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while d.client.call("status")["agents"] < n:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{n} agents did not join within {timeout} s")
-        time.sleep(0.05)
-
-
 def _rtt(client: object, n: int, rng: random.Random) -> list[float]:
     out = []
     for i in range(n):
@@ -95,7 +87,7 @@ def agents_curve(sizes: list[int], n_rtt: int, total: int, rng: random.Random) -
     rows = []
     for size in sizes:
         with Daemon(ECHO_POOL.format(size=size)) as d:
-            _wait_agents(d, size)
+            d.wait_agents(size)
             _rtt(d.client, 20, rng)  # warm up
             rtt = _rtt(d.client, n_rtt, rng)
             rows.append({"agents": size, "tasks_per_s": round(_throughput(d.client, total)),
@@ -115,7 +107,7 @@ def _client_proc(home: str, n: int, seed: int) -> tuple[float, list[float]]:
 def clients_curve(counts: list[int], per_client: int, seed: int) -> list[dict]:
     rows = []
     with Daemon(ECHO_POOL.format(size=2)) as d:
-        _wait_agents(d, 2)
+        d.wait_agents(2)
         for n in counts:
             with ProcessPoolExecutor(n) as ex:
                 list(ex.map(_client_proc, [str(d.home)] * n, [5] * n, range(n)))  # warm up
@@ -143,7 +135,7 @@ def memory_curve(sizes: list[int], mib: int, seed: int) -> list[dict]:
         del arr
         for size in sizes:
             with Daemon(CTX_POOL.format(path=path, size=size)) as d:
-                _wait_agents(d, size)
+                d.wait_agents(size)
                 run = {"capability": "colsum", "input": {"name": "vec"}}
                 ids = d.client.call("submit_many", tasks=[run] * (2 * size), wait_s=60)
                 assert d.client.call("wait_all", ids=ids, timeout_s=300) == {"succeeded": 2 * size}

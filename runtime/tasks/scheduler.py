@@ -441,17 +441,46 @@ class Scheduler:
         return out
 
     def results(self, agent_id: str, results: list[dict[str, Any]]) -> None:
+        """An agent's results, in order.  A batch of plain successes of the attempts it
+        holds (a prefetched batch) is recorded in one journal write
+        (``Journal.finish_successes``); anything else one by one."""
         link = self.agents.get(agent_id)
+        if len(results) > 1 and link is not None and all(self._usual(link, r) for r in results):
+            taken = [self._take(link, r) for r in results]
+            fins = self.journal.finish_successes([(tid, attempt, result)
+                                                  for _, tid, attempt, _, result, _ in taken])
+            if fins is not None:
+                for (task, _, attempt, *_), fin in zip(taken, fins):
+                    self.follow(task, attempt, fin)
+                return
+            for item in taken:
+                self._finish(*item)
+            return
         for r in results:
             self._result(link, r)
 
+    def _usual(self, link: AgentLink, r: Any) -> bool:
+        """A success of an attempt ``link`` holds, of a task this scheduler runs (no side
+        effects: ``results`` decides on it before taking any result)."""
+        if type(r) is not dict or "error" in r or r.get("id") in self.result_sinks:
+            return False
+        task = self.tasks.get(r.get("id"))
+        return task is not None and task.attempts == r.get("attempt") == link.inflight.get(task.id)
+
     def _result(self, link: AgentLink | None, r: dict[str, Any]) -> None:
+        item = self._take(link, r)
+        if item is not None:
+            self._finish(*item)
+
+    def _take(self, link: AgentLink | None, r: dict[str, Any]) -> tuple[Any, ...] | None:
+        """A result's bookkeeping before the journal: clocks, the agent's room, the
+        streak; None when a sink took it.  Returns (task, id, attempt, outcome, result, error)."""
         tid, attempt = r["id"], r["attempt"]
         stamp = self.receive_clock(r.get("vc"), link)
         sink = self.result_sinks.get(tid)
         if sink is not None:
             sink(link, r)
-            return
+            return None
         if link is not None and link.inflight.get(tid) == attempt:
             del link.inflight[tid]
             link.stopping.pop(tid, None)
@@ -463,9 +492,12 @@ class Scheduler:
         if task is not None and ok and stamp is not None:
             task.vc = stamp
         outcome = "succeeded" if ok else self._judge(task, link, r.get("error"))
-        fin = self.journal.finish_attempt(tid, attempt, outcome,
-                                          result=self.payloads.unpack(r, "ok") if ok else None,
-                                          error=r.get("error"))
+        return (task, tid, attempt, outcome, self.payloads.unpack(r, "ok") if ok else None,
+                r.get("error"))
+
+    def _finish(self, task: TaskRun | None, tid: str, attempt: int, outcome: str,
+                result: Any, error: Any) -> None:
+        fin = self.journal.finish_attempt(tid, attempt, outcome, result=result, error=error)
         if task is not None:
             self.follow(task, attempt, fin)
 
