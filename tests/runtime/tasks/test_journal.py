@@ -471,6 +471,49 @@ def test_finish_many_is_one_all_or_nothing_batch(journal):
     assert [journal.get(i).result for i in ids] == [0, 1, 2]
 
 
+
+def test_finish_successes_records_a_batch_exactly_once(journal):
+    ids = journal.submit_many(specs(4))
+    nums = journal.start_attempts([(i, "a") for i in ids])
+    done = journal.finish_successes([(i, n, {"r": k, "s": "x\"y"}) for k, (i, n) in enumerate(zip(ids, nums))])
+    assert [(f.task_id, f.recorded, f.state) for f in done] == [(i, True, "succeeded") for i in ids]
+    assert [f.record.result for f in done] == [{"r": k, "s": 'x"y'} for k in range(4)]
+    assert [journal.get(i).result for i in ids] == [{"r": k, "s": 'x"y'} for k in range(4)]
+    assert all(journal.attempts(i)[0].outcome == "succeeded" for i in ids)
+    assert journal.finish_successes([]) == []
+
+
+@pytest.mark.parametrize("case", ["ended", "twice", "unknown", "cancelled"])
+def test_finish_successes_outside_the_usual_case_writes_nothing(journal, case):
+    """None, and the whole batch rolled back: the caller then finishes one by one."""
+    ids = journal.submit_many(specs(3))
+    journal.start_attempts([(i, "a") for i in ids])
+    batch = [(ids[0], 1, "ok0"), (ids[1], 1, "ok1")]
+    if case == "ended":
+        journal.finish_attempt(ids[2], 1, "succeeded", result="first")
+        batch.append((ids[2], 1, "again"))
+    elif case == "twice":
+        batch.append((ids[0], 1, "dup"))
+    elif case == "unknown":
+        batch.append(("t-nope", 1, "x"))
+    else:
+        journal.cancel(ids[2])
+        batch.append((ids[2], 1, "late"))
+    assert journal.finish_successes(batch) is None
+    assert [journal.get(i).state for i in ids[:2]] == ["running", "running"]
+    assert [journal.attempts(i)[0].ended for i in ids[:2]] == [None, None]
+    assert [f.recorded for f in (journal.finish_attempt(t, a, "succeeded", result=r) for t, a, r in batch[:2])] == [True, True]
+
+
+def test_finish_successes_advances_pipelines(journal, clock):
+    pid, steps = journal.submit_pipeline(parse_pipeline(PIPE, now=clock.t))
+    nums = journal.start_attempts([(steps["a"], "x"), (steps["side"], "y")])
+    done = journal.finish_successes([(steps["a"], nums[0], {"vec": [10, 20]}), (steps["side"], nums[1], {"n": 5})])
+    assert [f.recorded for f in done] == [True, True]
+    b = journal.get(steps["b"])
+    assert b.state == "queued" and b.input == {"v": 20}
+
+
 # -- pipelines ----------------------------------------------------------------------------
 
 PIPE = {"name": "p", "steps": [

@@ -272,3 +272,31 @@ def test_least_loaded_ranks_by_the_share_of_an_agents_slots_not_raw_inflight(wor
     assert flush(s) == {"a2": [tid]}
     s.agents["a2"].inflight.update({f"more{i}": 1 for i in range(4)})  # 9 on 8 slots: above a1's 1 on 1
     assert policy.choose(None, [s.agents["a1"], s.agents["a2"]]).id == "a1"
+
+
+def test_a_batch_of_successes_is_one_journal_write_and_a_mixed_one_goes_item_by_item(world, monkeypatch):
+    """``results`` takes a prefetched batch of plain successes through
+    ``Journal.finish_successes``; a batch holding an error, one by one; the outcome is the
+    same either way."""
+    from runtime.tasks.scheduler import SHORT_STREAK
+    make, journal, clock, events, finals = world
+    s = make(LeastLoadedPolicy())
+    join(s, "a1")
+    _run_short(s, journal, clock, "a1", SHORT_STREAK)
+    calls = []
+    real = journal.finish_successes
+    monkeypatch.setattr(journal, "finish_successes", lambda items: calls.append(len(items)) or real(items))
+    ids = submit(s, journal, 2)  # the streak's 1 ms runs: a depth of 2
+    s.dispatch()
+    assert flush(s) == {"a1": ids}
+    s.results("a1", [{"id": t, "attempt": 1, "ok": n, "run_us": 10} for n, t in enumerate(ids)])
+    assert calls == [2]
+    assert [finals[t].result for t in ids] == [0, 1] and not s.agents["a1"].inflight
+    ids = submit(s, journal, 2)
+    s.dispatch()
+    flush(s)
+    s.results("a1", [{"id": ids[0], "attempt": 1, "ok": "x", "run_us": 10},
+                     {"id": ids[1], "attempt": 1, "error": {"type": "ValueError", "message": "no"}}])
+    assert calls == [2]  # not the batch path
+    assert finals[ids[0]].result == "x" and journal.get(ids[1]).state == "retry_wait"
+    assert not s.agents["a1"].inflight
