@@ -343,8 +343,13 @@ class _Streamed:
             for f, tid in zip(self.futures, value["ids"]):
                 f._learn_id(tid)
                 self.by_id[tid] = f
+        by_id = self.by_id
+        for tid, result in value.get("ok", ()):
+            f = by_id.get(tid)
+            if f is not None:
+                f._settle(result)
         for rec in value.get("done", ()):
-            f = self.by_id.get(rec["id"])
+            f = by_id.get(rec["id"])
             if f is not None:
                 f.on_record(rec)
 
