@@ -41,10 +41,15 @@ def _show_market(m: dict[str, Any]) -> None:
                    f"{a.get('rounds', 0):>6} {a['winner'] or '-':<16} "
                    f"{_credits(a['price_mc']):>9} {a['auction_ms']:>7.3f}  {a['reason'] or ''}")
     click.echo("\nrecent contracts")
-    click.echo(f"  {'contract':<28} {'agent':<16} {'price':>9}  {'state':<10} breach")
+    click.echo(f"  {'contract':<28} {'agent':<16} {'price':>9}  {'state':<10} {'quality':>8} breach")
     for c in m["contracts"]:
         click.echo(f"  {c['id']:<28} {c['agent']:<16} {_credits(c['price']):>9}  "
-                   f"{c['state']:<10} {c['breach'] or ''}")
+                   f"{c['state']:<10} {_quality(c.get('delivered_quality')):>8} {c['breach'] or ''}")
+
+
+def _quality(q: Any) -> str:
+    """A measured quality, or ``unknown`` (issue 18: nothing graded it; never shown as 1.0)."""
+    return "unknown" if q is None else f"{q:.3f}"
 
 
 @cli.group(invoke_without_command=True)
@@ -155,7 +160,7 @@ def _show_reputation(rows: list[dict[str, Any]]) -> None:
                f"{'quality':>8} {'n':>4}  gated")
     for r in rows:
         click.echo(f"{r['agent']:<20} {r['capability']:<16} {r['score']:>6.3f} {r['success']:>8.3f} "
-                   f"{r['timely']:>7.3f} {r['quality']:>8.3f} {r['observations']:>4}  "
+                   f"{r['timely']:>7.3f} {_quality(r['quality']):>8} {r['observations']:>4}  "
                    f"{'yes' if r['gated'] else ''}")
 
 
