@@ -89,12 +89,14 @@ class FunctionRunner:
         self._queue: queue.SimpleQueue[Any] | None = None
         self.abandoned = 0
         self.jobs: dict[int, _Job] = {}
-        self._busy_since: dict[int, float] = {}
+        self.threads: list[threading.Thread] = []
 
     def submit(self, job: _Job, args: tuple[Any, Any]) -> None:
         if self._queue is None:
             self._queue = queue.SimpleQueue()
-            threading.Thread(target=self._work, args=(self._queue,), name="agora-grader", daemon=True).start()
+            t = threading.Thread(target=self._work, args=(self._queue,), name="agora-grader", daemon=True)
+            t.start()
+            self.threads.append(t)
         self.jobs[job.key] = job
         self._queue.put((job, args))
 
@@ -140,10 +142,14 @@ class FunctionRunner:
             if job.key in self.jobs and self.abandoned < MAX_ABANDONED:
                 self.submit(job, args)
 
-    def close(self) -> None:
+    def close(self, join_s: float = 0.0) -> None:
+        """Stop the grading thread (after its current call); wait up to ``join_s`` for each."""
         if self._queue is not None:
             self._queue.put(None)
             self._queue = None
+        for t in self.threads:
+            t.join(join_s)
+        self.threads = [t for t in self.threads if t.is_alive()]
 
 
 def _function(path: str, config_dir: str | None) -> Callable[[Any, Any], Any]:
@@ -221,7 +227,8 @@ class Grading:
         try:
             self.coord.scheduler.admit(spec.capability)  # nobody serves it: UNAVAILABLE
             ts = parse_task({"capability": spec.capability, "input": payload,
-                             "options": {"max_attempts": 2, "deadline": spec.timeout_s}}, now=time.time())
+                             "options": {"max_attempts": 2, "deadline": spec.timeout_s}}, now=time.time(),
+                            capabilities=self.coord.known_capabilities)  # no such capability: refused
             trace = task.trace.child()
             tid = self.coord.journal.submit(ts, trace_id=trace.trace_id)
         except AgoraError as e:
