@@ -1,24 +1,28 @@
 """Agents of the measured-quality system test (tests/system/test_grading_daemon.py).
 
 ``Honest`` and ``Sloppy`` both serve ``write``: honest work has quality 0.9, sloppy work
-0.1, and each result says so in its text (``"quality:0.9 ..."``); ``Sloppy`` claims 0.99 in
-its bids.  ``Judge`` serves ``grade``: it reads the graded output and answers its score, a
-real (if simple) grading of the text it is given, like a model scorer would.
+0.1, and each text says so (``"quality:0.9 essay on ..."``); ``Sloppy`` claims 0.99 in its
+bids whatever it delivers.  Both take ``input["ms"]`` (default 30 ms) per task, so that
+their measured service times are alike and the market's load criterion does not decide.
+``Judge`` serves ``grade``: it reads the graded output and scores it, a real (if simple)
+grading of the text it is given, as a model scorer would.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-import agora
+from agora import Agent, capability
 
 
-class Honest(agora.Agent):
+class Honest(Agent):
     level = 0.9
 
-    @agora.capability("write")
-    def write(self, task: Any) -> dict[str, Any]:
-        return {"text": f"quality:{self.level} essay on {task['topic']}", "by": self.id}
+    @capability("write")
+    def write(self, input: Any, task: Any) -> dict[str, Any]:
+        time.sleep(float(input.get("ms", 30)) / 1000)
+        return {"text": f"quality:{self.level} essay on {input.get('topic')}", "by": type(self).__name__}
 
 
 class Sloppy(Honest):
@@ -26,13 +30,14 @@ class Sloppy(Honest):
 
     def bid(self, cfp: dict[str, Any]) -> dict[str, Any] | None:
         answer = super().bid(cfp)
-        return None if answer is None else {**answer, "quality": 0.99}  # inflated claim
+        return None if answer is None else {**answer, "quality": 0.99}  # an inflated claim
 
 
-class Judge(agora.Agent):
-    @agora.capability("grade")
-    def grade(self, task: Any) -> dict[str, Any]:
-        text = task["output"]["text"]
-        if not text.startswith("quality:"):
-            return {"score": 0.0}
-        return {"score": float(text.split()[0].partition(":")[2]), "graded": task["task_id"]}
+class Judge(Agent):
+    @capability("grade")
+    def grade(self, input: Any, task: Any) -> dict[str, Any]:
+        text = str((input.get("output") or {}).get("text", ""))
+        head = text.split(" ", 1)[0]
+        if not head.startswith("quality:"):
+            return {"score": 0.0, "graded": input.get("task_id")}
+        return {"score": min(1.0, max(0.0, float(head.partition(":")[2]))), "graded": input.get("task_id")}

@@ -25,3 +25,9 @@ def not_a_score(input: Any, output: Any) -> Any:
 def hangs(input: Any, output: Any) -> float:
     RELEASE.wait(30.0)
     return 1.0
+
+
+def by_text(input: Any, output: Any) -> float:
+    """The level a ``tests.support.agents_grading`` writer put at the head of its text."""
+    head = str(output["text"]).split(" ", 1)[0]
+    return float(head.partition(":")[2]) if head.startswith("quality:") else 0.0
