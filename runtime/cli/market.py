@@ -73,7 +73,10 @@ _ALL_REMEMBERED = 1_000_000
 def market_show(ctx: click.Context, ident: str, as_json: bool) -> None:
     """One auction (by auction id or task id): each bidder's price and score, the winner,
     in credits.  The daemon remembers the latest auctions only ([market] history)."""
-    found = find_auctions(call(ctx, "market", limit=_ALL_REMEMBERED)["auctions"], ident)
+    remembered = call(ctx, "market", limit=_ALL_REMEMBERED)
+    found = find_auctions(remembered["auctions"], ident)
+    for a in found:  # what the award led to: each contract of the task, its delivered quality
+        a["contracts"] = [c for c in remembered["contracts"] if c.get("task_id") == a.get("task_id")]
     if not found:
         raise CliError(NotFound(f"no remembered auction has id or task id {ident!r}",
                                 hint="`agora market --limit 50` lists the recent auctions; "
@@ -101,6 +104,11 @@ def _show_auction(a: dict[str, Any]) -> None:
         click.echo(f"  no bid from: {', '.join(silent)}")
     click.echo(f"  winner {a['winner'] or 'none'} at {_credits(a['price_mc'])} credits"
                + (f" ({a['reason']})" if a.get("reason") else ""))
+    for c in a.get("contracts", ()):
+        click.echo(f"  contract {c['id']} {c['agent']} {c['state']}"
+                   + (f" ({c['breach']})" if c.get("breach") else "")
+                   + f": delivered quality {_quality(c.get('delivered_quality'))}"
+                   f", contracted {c.get('min_quality', 0.0):.3f}")
 
 
 def _show_config(cfg: dict[str, Any]) -> None:

@@ -103,6 +103,9 @@ def test_a_grader_pool_scores_results_breaches_the_poor_and_caps_the_inflated_cl
         runner, home = CliRunner(), ["--home", str(agora_env)]
         res = runner.invoke(cli, [*home, "market", "--limit", "100"])
         assert res.exit_code == 0 and "unknown" in res.output and "0.100" in res.output, res.output
+        res = runner.invoke(cli, [*home, "market", "show", sloppy[0]["task_id"]])
+        assert res.exit_code == 0 and "breached (quality): delivered quality 0.100, contracted 0.500" \
+            in res.output, res.output
         res = runner.invoke(cli, [*home, "reputation"])
         assert res.exit_code == 0 and "unknown" in res.output and "sloppy.0" in res.output, res.output
 
