@@ -19,7 +19,8 @@ Decisions where the spec is silent
     * The contract is settled when the grade is in, at the time the result was delivered
       (the grading's own duration never makes a delivery late).  Its escrow stays held
       meanwhile; a coordinator restart in between refunds it without penalty, like every
-      contract open at a restart (the grade is lost, the result is not).
+      contract open at a restart (the grade is lost, the result is not; a grading task
+      the journal resumes runs to its end, and its score is applied to nothing).
     * A quality breach does not re-run the task: its result is recorded (exactly once) and
       the buyer has it; the breach is what the agent pays and what reputation learns.
     * Grading tasks themselves are never graded (no grader of graders: a chain would

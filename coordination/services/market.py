@@ -136,6 +136,12 @@ Decisions where the spec is silent
       so is the ledger.  The auction kind and knobs live in memory too:
       ``MarketConfig`` defaults, then agora.toml's ``[market]`` table (``MARKET_KNOBS``,
       checked at load time by the composition root), then ``agora market-config``.
+    * Quality (issue 18 item 6): a success of an agent whose pool declares a grader is
+      settled when its grade is in (``coordination.services.grading``; events
+      market.grading, market.graded, market.grade_failed, market.quality_capped); below
+      the pool's ``min_quality`` it is a quality breach.  Without a grader the delivered
+      quality is None (unknown), never 1.0, and a bid's claim is capped by the agent's
+      graded mean once it has ``coordination.grading.MIN_MEASURED`` grades.
 """
 
 from __future__ import annotations
