@@ -29,7 +29,8 @@ Decisions where the spec is silent
       5: with fewer, one unlucky grade moves a mean by more than 0.2 (a truthful agent
       would be capped by noise); from 5, a single grade moves it by at most 0.2 and the
       mean of scores in [0, 1] has a standard error of at most 0.5/sqrt(5) = 0.22, while an
-      inflated claim buys its agent at most 4 contracts on the claim alone.  A claim
+      inflated claim buys its agent at most 5 contracts on the claim alone (each graded,
+      and breached if poor) before its record caps it.  A claim
       below the record stands (an agent may undersell itself).
     * Without a grader the delivered quality is None, reported as unknown in events,
       ``agora market`` and the API, and reputation's quality signal ignores it (it stays
