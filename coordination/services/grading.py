@@ -79,38 +79,52 @@ class _Job:
     deadline: float
     grader: GraderSpec
     result: list[Any] = field(default_factory=list)  # [("ok", value) | ("error", message)]
+    dropped: bool = False   # set by the loop when it gave up on the job (the thread skips it)
+
+
+@dataclass
+class _Worker:
+    """One grading thread, its queue, and the job it is in (written by the thread)."""
+
+    queue: queue.SimpleQueue[Any]
+    thread: threading.Thread | None = None
+    current: _Job | None = None
 
 
 class FunctionRunner:
     """Calls ``module:func`` graders on a daemon thread; the loop collects answers with
-    ``poll``.  A thread stuck past a job's deadline is abandoned and replaced."""
+    ``poll``.  A thread stuck in a call past its deadline is abandoned and replaced."""
 
     def __init__(self, config_dir: Any = None) -> None:
         self.config_dir = None if config_dir is None else str(config_dir)
-        self._queue: queue.SimpleQueue[Any] | None = None
+        self._worker: _Worker | None = None
         self.abandoned = 0
         self.jobs: dict[int, _Job] = {}
         self.threads: list[threading.Thread] = []
 
     def submit(self, job: _Job, args: tuple[Any, Any]) -> None:
-        if self._queue is None:
-            self._queue = queue.SimpleQueue()
-            t = threading.Thread(target=self._work, args=(self._queue,), name="agora-grader", daemon=True)
-            t.start()
-            self.threads.append(t)
+        if self._worker is None:
+            w = self._worker = _Worker(queue.SimpleQueue())
+            w.thread = threading.Thread(target=self._work, args=(w,), name="agora-grader", daemon=True)
+            w.thread.start()
+            self.threads.append(w.thread)
         self.jobs[job.key] = job
-        self._queue.put((job, args))
+        self._worker.queue.put((job, args))
 
-    def _work(self, q: queue.SimpleQueue[Any]) -> None:
+    def _work(self, w: _Worker) -> None:
         while True:
-            item = q.get()
+            item = w.queue.get()
             if item is None:
                 return
             job, (inp, out) = item
+            if job.dropped:
+                continue
+            w.current = job
             try:
                 job.result.append(("ok", _function(job.grader.function or "", self.config_dir)(inp, out)))
             except BaseException as e:  # noqa: BLE001 - a user grader's failure is a failed grade
                 job.result.append(("error", f"{type(e).__name__}: {e}"))
+            w.current = None
 
     def poll(self, now: float) -> list[tuple[_Job, str, Any]]:
         """Finished or timed-out jobs: (job, "ok" | "error", value or message)."""
@@ -119,35 +133,38 @@ class FunctionRunner:
             if job.result:
                 out.append((job, *job.result[0]))
             elif now >= job.deadline:
-                out.append((job, "error", f"the grader function took longer than {job.grader.timeout_s} s"))
-                self._abandon()
+                job.dropped = True
+                out.append((job, "error", f"no answer from the grader function within {job.grader.timeout_s} s"))
             else:
                 continue
             del self.jobs[key]
+        w = self._worker
+        stuck = w.current if w is not None else None
+        if stuck is not None and not stuck.result and now >= stuck.deadline:
+            self._abandon()  # the thread is in the user's function past its deadline
         return out
 
     def _abandon(self) -> None:
-        """The thread may be stuck in the user's function: the next calls go to a new one;
-        the jobs queued behind the stuck call go with them."""
-        if self._queue is None:
+        """The next calls go to a new thread; the jobs queued behind the stuck call move to it."""
+        if self._worker is None:
             return
-        old, self._queue, self.abandoned = self._queue, None, self.abandoned + 1
+        old, self._worker, self.abandoned = self._worker, None, self.abandoned + 1
         pending = []
         while True:
             try:
-                pending.append(old.get_nowait())
+                pending.append(old.queue.get_nowait())
             except queue.Empty:
                 break
-        old.put(None)  # the old thread ends if it ever returns
+        old.queue.put(None)  # the old thread ends if it ever returns
         for job, args in pending:
-            if job.key in self.jobs and self.abandoned < MAX_ABANDONED:
+            if job.key in self.jobs and not job.dropped and self.abandoned < MAX_ABANDONED:
                 self.submit(job, args)
 
     def close(self, join_s: float = 0.0) -> None:
         """Stop the grading thread (after its current call); wait up to ``join_s`` for each."""
-        if self._queue is not None:
-            self._queue.put(None)
-            self._queue = None
+        if self._worker is not None:
+            self._worker.queue.put(None)
+            self._worker = None
         for t in self.threads:
             t.join(join_s)
         self.threads = [t for t in self.threads if t.is_alive()]
