@@ -88,6 +88,9 @@ def test_a_grader_pool_scores_results_breaches_the_poor_and_caps_the_inflated_cl
         assert (capped["agent"], capped["claimed"], capped["graded"]) == ("sloppy.0", 0.99, MIN_MEASURED)
         assert abs(capped["measured"] - 0.1) < 1e-9
 
+        drops = eventually(lambda: [e for e in c.call("events", type="market.reputation", limit=1000)
+                                    if e.get("agent") == "sloppy.0"] or None, "sloppy's reputation events")
+        assert drops[0]["after"] < drops[0]["before"] == 0.5, drops[0]  # its first breach: down from the prior
         rep = {r["agent"]: r for r in c.call("reputation", capability="write")}
         assert rep["sloppy.0"]["score"] < 0.5 < rep["honest.0"]["score"], rep
         assert rep["sloppy.0"]["graded"] >= MIN_MEASURED and abs(rep["sloppy.0"]["measured_quality"] - 0.1) < 1e-9
