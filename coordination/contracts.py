@@ -14,7 +14,10 @@ or refund, see coordination.ledger) and feeds the outcome to reputation.
 Decisions where the spec is silent
     * ``complete`` after the deadline is a breach (timeout), and a delivered quality below
       ``QualityTerms.min_quality`` is a breach (quality): the coordinator reports what
-      happened, the contract decides what it means.
+      happened, the contract decides what it means.  A delivered quality of None means
+      *not graded* (issue 18: no grader declared, or the grading failed): it is reported
+      as unknown and never breaches the quality terms (nobody measured it), where it used
+      to be taken as 1.0.
     * A deadline is exclusive: finishing at ``now == deadline`` is already late.
     * An agent may breach before it started (it died or refused after the award);
       completion needs ``running``.
@@ -172,17 +175,21 @@ def cancel(contract: Contract, now: float) -> tuple[Contract, Settlement]:
     return ended, Settlement(contract.id, contract.agent, "refund", 0, False)
 
 
-def complete(contract: Contract, now: float, delivered_quality: float = 1.0,
+def complete(contract: Contract, now: float, delivered_quality: float | None = None,
              policy: PenaltyPolicy = PenaltyPolicy()) -> tuple[Contract, Settlement]:
-    """running -> completed (pay), or breached(timeout | quality) when late or too poor."""
+    """running -> completed (pay), or breached(timeout | quality) when late or too poor.
+    ``delivered_quality`` None: not graded (unknown), which is never a quality breach."""
     _require(contract, (ContractState.RUNNING,), "complete")
-    if not (isinstance(delivered_quality, (int, float)) and 0.0 <= delivered_quality <= 1.0):
-        raise InvalidInput(f"expected the delivered quality of contract {contract.id!r} in [0, 1], "
-                           f"got: {delivered_quality!r}")
-    contract = replace(contract, delivered_quality=float(delivered_quality))
+    if delivered_quality is not None and (
+            isinstance(delivered_quality, bool) or not isinstance(delivered_quality, (int, float))
+            or not 0.0 <= delivered_quality <= 1.0):
+        raise InvalidInput(f"expected the delivered quality of contract {contract.id!r} in [0, 1] "
+                           f"or None (not graded), got: {delivered_quality!r}")
+    quality = None if delivered_quality is None else float(delivered_quality)
+    contract = replace(contract, delivered_quality=quality)
     if now >= contract.deadline:
         return breach(contract, BreachReason.TIMEOUT, now, policy)
-    if delivered_quality < contract.quality.min_quality:
+    if quality is not None and quality < contract.quality.min_quality:
         return breach(contract, BreachReason.QUALITY, now, policy)
     done = replace(contract, state=ContractState.COMPLETED, ended_at=now)
     return done, Settlement(contract.id, contract.agent, "pay", contract.price, False)

@@ -1,14 +1,20 @@
 """Reputation per (agent, capability): how reliably an agent has done this kind of work.
 
 Each finished contract is an :class:`Observation` of three signals in [0, 1]: success
-(1 completed, 0 breached), timeliness (1 on time, 0 late) and quality (delivered, 0 when
-it failed).  Each signal is a decaying weighted average::
+(1 completed, 0 breached), timeliness (1 on time, 0 late) and quality (the delivered
+quality a grader measured; None when nothing measured it: no grader, or no result to
+grade because the attempt failed).  Each signal is a decaying weighted average::
 
     signal = (prior_weight * prior + sum(w_i * x_i)) / (prior_weight + sum(w_i))
     w_i    = 0.5 ** (age_i / half_life)
 
 and the reputation is the weighted mean of the three signals (:class:`ReputationConfig`
-``weights``).  The prior never decays, so an agent unseen for a long time drifts back
+``weights``).  The quality signal averages only the observations that carry a quality
+(issue 18: an ungraded delivery used to count as quality 1.0, and a failure as 0; now the
+quality of an agent nobody graded stays at the prior, and a failure weighs on success,
+not twice).  :meth:`Reputation.graded` is the measured record (count and plain mean of
+the graded qualities kept), which caps what an agent may claim in a bid
+(coordination.grading).  The prior never decays, so an agent unseen for a long time drifts back
 towards the prior rather than keeping an old verdict forever, and a new agent starts at
 the prior (default 0.5: neither trusted nor distrusted).  Only the ``window`` most recent
 observations per key are kept (bounded memory for long-lived daemons).
@@ -57,13 +63,15 @@ class Observation:
     at: float
     success: float
     timely: float
-    quality: float
+    quality: float | None  # None: not graded (unknown)
 
     def __post_init__(self) -> None:
         for name in ("success", "timely", "quality"):
+            if name == "quality" and self.quality is None:
+                continue
             object.__setattr__(self, name, _unit(getattr(self, name), name))
 
-    def to_json(self) -> list[float]:
+    def to_json(self) -> list[float | None]:
         return [self.at, self.success, self.timely, self.quality]
 
 
@@ -98,9 +106,8 @@ def observation_from_contract(contract: Contract) -> Observation:
     if not settled or contract.ended_at is None:
         raise InvalidInput(f"contract {contract.id!r} is {contract.state.value}, not settled",
                            hint="record reputation after complete/breach")
-    quality = contract.delivered_quality if contract.delivered_quality is not None else 0.0
     return Observation(contract.ended_at, contract.state is ContractState.COMPLETED,
-                       contract.breach is not BreachReason.TIMEOUT, quality)
+                       contract.breach is not BreachReason.TIMEOUT, contract.delivered_quality)
 
 
 class Reputation:
@@ -125,21 +132,34 @@ class Reputation:
         hl = self.config.half_life
         return sum(0.5 ** (max(0.0, now - o.at) / hl) for o in self._history.get((agent, capability), ()))
 
+    def quality_weight(self, agent: str, capability: str, now: float) -> float:
+        """The decayed number of graded observations (the quality signal's evidence)."""
+        hl = self.config.half_life
+        return sum(0.5 ** (max(0.0, now - o.at) / hl) for o in self._history.get((agent, capability), ())
+                   if o.quality is not None)
+
     def keys(self) -> list[tuple[str, str]]:
         """Every (agent, capability) with observations, sorted."""
         return sorted(self._history)
 
     def signals(self, agent: str, capability: str, now: float) -> tuple[float, float, float]:
-        """The decayed (success, timely, quality) averages, prior included."""
+        """The decayed (success, timely, quality) averages, prior included; quality over
+        the graded observations only (the prior alone when none is graded)."""
         c = self.config
-        total_w, sums = c.prior_weight, [c.prior_weight * c.prior] * 3
+        totals, sums = [c.prior_weight] * 3, [c.prior_weight * c.prior] * 3
         for obs in self._history.get((agent, capability), ()):
             w = 0.5 ** (max(0.0, now - obs.at) / c.half_life)
-            total_w += w
             for i, x in enumerate((obs.success, obs.timely, obs.quality)):
-                sums[i] += w * x
-        s, t, q = (v / total_w for v in sums)
+                if x is not None:
+                    totals[i] += w
+                    sums[i] += w * x
+        s, t, q = (v / total for v, total in zip(sums, totals))
         return s, t, q
+
+    def graded(self, agent: str, capability: str) -> tuple[int, float | None]:
+        """The measured quality record: (graded observations kept, their plain mean or None)."""
+        qs = [o.quality for o in self._history.get((agent, capability), ()) if o.quality is not None]
+        return len(qs), (sum(qs) / len(qs) if qs else None)
 
     def score(self, agent: str, capability: str, now: float) -> float:
         """Reputation in [0, 1]; the prior for an agent never seen with this capability."""

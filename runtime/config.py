@@ -52,6 +52,9 @@
     [pools.summarize.capabilities.summarize]
     cost = 1.0                    # declared price basis for bids
     quality = 0.8                 # declared capability score
+    [pools.summarize.grader]      # optional: who scores this pool's results (market only;
+    capability = "grade"          # keys and defaults: coordination.grading): another pool's
+    min_quality = 0.5             # capability, or function = "mypkg.grading:score"
 
     [services.llm]                # an external service's guards (keys: runtime.guards.service),
     timeout_s = 20                # checked at load time; breaker and limiter state is shared by
@@ -145,6 +148,7 @@ class PoolConfig:
     restart_backoff_s: float = 1.0       # a failed pool's first retry
     restart_backoff_max_s: float = 60.0  # ... doubling up to this
     when_down: str = "refuse"            # submissions while no pool serves: refuse | park
+    grader: dict[str, Any] = field(default_factory=dict)  # [pools.NAME.grader] (coordination.grading)
 
 
 @dataclass(frozen=True)
@@ -236,7 +240,8 @@ def _pool(name: str, table: dict[str, Any]) -> PoolConfig:
 
 
 _POOL_KEYS.update({"restart_backoff_s": (int, float), "restart_backoff_max_s": (int, float),
-                   "when_down": str})  # pool recovery (checked by _check_recovery)
+                   "when_down": str,  # pool recovery (checked by _check_recovery); grader: the
+                   "grader": dict})   # keys of coordination.grading, checked by the composition root
 WHEN_DOWN = ("refuse", "park")
 
 

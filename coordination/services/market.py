@@ -136,6 +136,12 @@ Decisions where the spec is silent
       so is the ledger.  The auction kind and knobs live in memory too:
       ``MarketConfig`` defaults, then agora.toml's ``[market]`` table (``MARKET_KNOBS``,
       checked at load time by the composition root), then ``agora market-config``.
+    * Quality (issue 18 item 6): a success of an agent whose pool declares a grader is
+      settled when its grade is in (``coordination.services.grading``; events
+      market.grading, market.graded, market.grade_failed, market.quality_capped); below
+      the pool's ``min_quality`` it is a quality breach.  Without a grader the delivered
+      quality is None (unknown), never 1.0, and a bid's claim is capped by the agent's
+      graded mean once it has ``coordination.grading.MIN_MEASURED`` grades.
 """
 
 from __future__ import annotations
@@ -155,6 +161,7 @@ from coordination.auction import (
 from coordination.evaluation import Offer, Weights
 from coordination.ledger import MAX_AMOUNT, InsufficientCredits, Ledger
 from coordination.reputation import Probation, Reputation, observation_from_contract
+from coordination.services.grading import Grading
 from coordination.services.store import MarketMemory, Store
 from coordination.services._auction_drivers import (
     AUCTION_KINDS,
@@ -206,13 +213,14 @@ class MarketPolicy:
         self.memory = MarketMemory(Store(coord.journal.conn), coord.clock)  # issue 18: durable
         self.memory.load(self.reputation, self.service_s)
         self.probation = Probation()
+        self.grading = Grading(coord)  # issue 18 item 6: graders score results (services.grading)
         self.no_award: dict[str, int] = {}           # task id -> auctions in a row without award
         self.best_offer: dict[str, int] = {}         # task id -> lowest price offered (mc)
         self.rounds: dict[str, _Round] = {}          # auction id -> open round
         self.open: dict[str, _Open] = {}             # task id -> contract under way
         self.auctions_of: dict[str, int] = {}        # task id -> auctions so far
         self.backoff: dict[str, float] = {}
-        self._rep_memo: dict[tuple[str, str], tuple[float, Any, float]] = {}
+        self._rep_memo: dict[tuple[str, str], tuple[float, Any, float, float]] = {}
         self.promised: dict[str, int] = {}            # agent -> open auctions it is invited to
         self.bid_cache: dict[tuple[str, str, int, int | None], tuple[float, dict[str, Any]]] = {}
         self.recent_auctions: deque[dict[str, Any]] = deque(maxlen=self.config.history)
@@ -363,17 +371,19 @@ class MarketPolicy:
         hit = self._rep_memo.get(key)
         if hit is None or now < hit[0] - 1.0:
             r = self.reputation
-            hit = (now, r.signals(agent_id, capability, now), r.weight(agent_id, capability, now))
+            hit = (now, r.signals(agent_id, capability, now), r.weight(agent_id, capability, now),
+                   r.quality_weight(agent_id, capability, now))
             if len(self._rep_memo) >= 4096:
                 self._rep_memo.clear()
             self._rep_memo[key] = hit
-        at, signals, weight = hit
+        at, signals, weight, graded = hit
         c = self.reputation.config
         if now > at:  # (now <= at: the reading as it is)
             f = 0.5 ** ((now - at) / c.half_life)
             base = c.prior_weight * c.prior
-            signals = tuple((base + f * (x * (c.prior_weight + weight) - base)) / (c.prior_weight + f * weight)
-                            for x in signals)
+            # quality averages the graded observations only: its own evidence weight
+            signals = tuple((base + f * (x * (c.prior_weight + w) - base)) / (c.prior_weight + f * w)
+                            for x, w in zip(signals, (weight, weight, graded)))
             weight *= f
         score = sum(w * p for w, p in zip(c.weights, signals)) / sum(c.weights)
         return score, signals, weight
@@ -527,6 +537,7 @@ class MarketPolicy:
             link = self.sched.agents.get(bid.bidder)
             declared = (link.caps.get(cap, {}) if link else {}).get("quality", 0.5)
             quality = min(1.0, max(0.0, r.qualities.get(bid.bidder, declared)))
+            quality = self.grading.cap(self.reputation, bid.bidder, cap, quality, r.span, r.aid)
             load = 1.0 - best / etas[bid.bidder] if etas[bid.bidder] > 0 else 0.0
             out.append(Offer(bid.bidder, bid.price, quality, load,
                              self._rep(bid.bidder, cap, now)[0]))
@@ -639,7 +650,8 @@ class MarketPolicy:
         award is returned to (which starts it as the task's next attempt)."""
         now = self.coord.clock()
         deadline = task.deadline if task.deadline is not None else now + self.config.contract_timeout_s
-        contract = K.start(K.award(cid, task.id, link.id, price, max(deadline, now + 1e-6), now), now)
+        contract = K.start(K.award(cid, task.id, link.id, price, max(deadline, now + 1e-6), now,
+                                   self.grading.terms(link.pool)), now)
         ahead = len(link.inflight)
         if self.probation.on_award(link.id, task.capability, task.id, now):
             self.coord.emit("market.probation", span, task_id=task.id, agent=link.id,
@@ -671,9 +683,13 @@ class MarketPolicy:
             return
         now = self.coord.clock()
         ok = fin.state == "succeeded"
-        if ok:  # agora does not grade results: a delivery is quality 1
+        if ok:  # graded if its pool has a grader (settled when the grade is in), else unknown
             self._measure(o, now)
-            self._settle(task, *K.complete(o.contract, now, 1.0, self.config.penalty))
+            self.open.pop(task.id)  # settled now (no grader: quality unknown) or once graded
+            link = self.sched.agents.get(o.contract.agent)  # (agent ids are "<pool>.<n>")
+            pool = link.pool if link is not None else o.contract.agent.rpartition(".")[0]
+            if not self.grading.grade(task, pool, fin, partial(self._graded, task, o, now)):
+                self._settle(task, *K.complete(o.contract, now, None, self.config.penalty), o=o)
         else:
             why = "the agent died mid-task" if crashed else "the handler failed"
             self._settle(task, *K.breach(o.contract, K.BreachReason.FAILED, now, self.config.penalty),
@@ -701,13 +717,30 @@ class MarketPolicy:
         for table in (self.auctions_of, self.backoff, self.no_award, self.best_offer):
             table.pop(task.id, None)
 
-    def _settle(self, task: TaskRun, contract: K.Contract, s: K.Settlement, why: str | None = None) -> None:
-        o = self.open.pop(task.id)
+    def _graded(self, task: TaskRun, o: _Open, delivered_at: float, quality: float | None,
+                why: str | None) -> None:
+        """A grading ended: settle the contract with the delivered quality (issue 18)."""
+        c = o.contract
+        if quality is None:
+            self.coord.emit("market.grade_failed", o.span, task_id=task.id, contract_id=c.id,
+                            agent=c.agent, why=why)
+        else:
+            self.coord.emit("market.graded", o.span, task_id=task.id, contract_id=c.id, agent=c.agent,
+                            quality=quality, min_quality=c.quality.min_quality)
+        self._settle(task, *K.complete(c, delivered_at, quality, self.config.penalty), o=o,
+                     why=None if quality is None or quality >= c.quality.min_quality else
+                     f"delivered quality {quality:.3f} below the contracted {c.quality.min_quality:.3f}")
+
+    def _settle(self, task: TaskRun, contract: K.Contract, s: K.Settlement, why: str | None = None,
+                o: _Open | None = None) -> None:
+        o = self.open.pop(task.id) if o is None else o
         self.ledger.settle(s, trace_id=task.trace.trace_id)
         kind = {"completed": "completion", "breached": "breach"}.get(contract.state.value, "cancel")
         self.coord.emit(f"market.{kind}", o.span, task_id=task.id, contract_id=contract.id,
                         agent=contract.agent, price_mc=contract.price, settlement=s.to_json(),
-                        breach=None if contract.breach is None else contract.breach.value, why=why)
+                        breach=None if contract.breach is None else contract.breach.value, why=why,
+                        delivered_quality=contract.delivered_quality,  # None: not graded (unknown)
+                        min_quality=contract.quality.min_quality)
         self._transfer_event(o.span, contract.id, s.action, s.amount)
         if contract.state is not K.ContractState.CANCELLED:
             self._learn(o, contract)
@@ -803,10 +836,13 @@ class MarketPolicy:
         for agent, c in self.reputation.keys():
             if cap is None or c == cap:
                 s, t, q = self.reputation.signals(agent, c, now)
+                graded, measured = self.reputation.graded(agent, c)
                 rows.append({"agent": agent, "capability": c,
                              "observations": self.reputation.count(agent, c),
+                             "graded": graded, "measured_quality": measured,
                              "score": self.reputation.score(agent, c, now), "success": s,
-                             "timely": t, "quality": q, "gated": self._gated(agent, c, now),
+                             "timely": t, "quality": q if graded else None,  # None: never graded
+                             "gated": self._gated(agent, c, now),
                              "weight": self.reputation.weight(agent, c, now),
                              "probation": self.probation.state(agent, c, now)})
         return rows

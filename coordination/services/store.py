@@ -10,7 +10,8 @@ What is kept, one table each (all named ``coord_*``, created on first use)::
     coord_counters   name -> value
     coord_barriers   name -> parties, arrivals and wall-clock deadline of a waiting barrier
     coord_blobs      key -> a JSON document
-    coord_reputation the market's reputation observations (the last ``window`` per key)
+    coord_reputation the market's reputation observations (the last ``window`` per key;
+                     quality NULL: not graded)
     coord_service_times  the market's service-time estimates (EWMA seconds per agent, capability)
 
 How it stays consistent (decisions):
@@ -50,12 +51,27 @@ CREATE TABLE IF NOT EXISTS coord_barriers (name TEXT PRIMARY KEY, state TEXT NOT
 CREATE TABLE IF NOT EXISTS coord_blobs (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS coord_reputation (
     seq INTEGER PRIMARY KEY, agent TEXT NOT NULL, capability TEXT NOT NULL,
-    at_wall REAL NOT NULL, success REAL NOT NULL, timely REAL NOT NULL, quality REAL NOT NULL);
+    at_wall REAL NOT NULL, success REAL NOT NULL, timely REAL NOT NULL, quality REAL);
 CREATE INDEX IF NOT EXISTS coord_reputation_key ON coord_reputation (agent, capability, seq);
 CREATE TABLE IF NOT EXISTS coord_service_times (
     agent TEXT NOT NULL, capability TEXT NOT NULL, seconds REAL NOT NULL,
     PRIMARY KEY (agent, capability));
 """
+
+def _nullable_quality(conn: sqlite3.Connection) -> None:
+    """Issue 18 item 6: an ungraded observation's quality is NULL (unknown).  A database
+    made before that has the column NOT NULL: rebuild the table once, rows kept."""
+    cols = conn.execute("PRAGMA table_info(coord_reputation)").fetchall()
+    if not any(c[1] == "quality" and c[3] for c in cols):
+        return
+    conn.execute("DROP INDEX IF EXISTS coord_reputation_key")
+    conn.execute("ALTER TABLE coord_reputation RENAME TO coord_reputation_v1")
+    for statement in filter(str.strip, _SCHEMA.split(";")):
+        if "coord_reputation" in statement:
+            conn.execute(statement)
+    conn.execute("INSERT INTO coord_reputation SELECT * FROM coord_reputation_v1")
+    conn.execute("DROP TABLE coord_reputation_v1")
+
 
 #: (resource, holder, token, ttl, expires_wall, agent, pid)
 LeaseRow = tuple[str, str, int, float, float, str, "int | None"]
@@ -69,6 +85,7 @@ class Store:
         # one statement at a time: executescript would COMMIT a caller's open transaction
         for statement in filter(str.strip, _SCHEMA.split(";")):
             conn.execute(statement)
+        _nullable_quality(conn)
 
     # -- fencing tokens and leases
 

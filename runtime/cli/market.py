@@ -41,10 +41,15 @@ def _show_market(m: dict[str, Any]) -> None:
                    f"{a.get('rounds', 0):>6} {a['winner'] or '-':<16} "
                    f"{_credits(a['price_mc']):>9} {a['auction_ms']:>7.3f}  {a['reason'] or ''}")
     click.echo("\nrecent contracts")
-    click.echo(f"  {'contract':<28} {'agent':<16} {'price':>9}  {'state':<10} breach")
+    click.echo(f"  {'contract':<28} {'agent':<16} {'price':>9}  {'state':<10} {'quality':>8} breach")
     for c in m["contracts"]:
         click.echo(f"  {c['id']:<28} {c['agent']:<16} {_credits(c['price']):>9}  "
-                   f"{c['state']:<10} {c['breach'] or ''}")
+                   f"{c['state']:<10} {_quality(c.get('delivered_quality')):>8} {c['breach'] or ''}")
+
+
+def _quality(q: Any) -> str:
+    """A measured quality, or ``unknown`` (issue 18: nothing graded it; never shown as 1.0)."""
+    return "unknown" if q is None else f"{q:.3f}"
 
 
 @cli.group(invoke_without_command=True)
@@ -68,7 +73,10 @@ _ALL_REMEMBERED = 1_000_000
 def market_show(ctx: click.Context, ident: str, as_json: bool) -> None:
     """One auction (by auction id or task id): each bidder's price and score, the winner,
     in credits.  The daemon remembers the latest auctions only ([market] history)."""
-    found = find_auctions(call(ctx, "market", limit=_ALL_REMEMBERED)["auctions"], ident)
+    remembered = call(ctx, "market", limit=_ALL_REMEMBERED)
+    found = find_auctions(remembered["auctions"], ident)
+    for a in found:  # what the award led to: each contract of the task, its delivered quality
+        a["contracts"] = [c for c in remembered["contracts"] if c.get("task_id") == a.get("task_id")]
     if not found:
         raise CliError(NotFound(f"no remembered auction has id or task id {ident!r}",
                                 hint="`agora market --limit 50` lists the recent auctions; "
@@ -96,6 +104,11 @@ def _show_auction(a: dict[str, Any]) -> None:
         click.echo(f"  no bid from: {', '.join(silent)}")
     click.echo(f"  winner {a['winner'] or 'none'} at {_credits(a['price_mc'])} credits"
                + (f" ({a['reason']})" if a.get("reason") else ""))
+    for c in a.get("contracts", ()):
+        click.echo(f"  contract {c['id']} {c['agent']} {c['state']}"
+                   + (f" ({c['breach']})" if c.get("breach") else "")
+                   + f": delivered quality {_quality(c.get('delivered_quality'))}"
+                   f", contracted {c.get('min_quality', 0.0):.3f}")
 
 
 def _show_config(cfg: dict[str, Any]) -> None:
@@ -155,7 +168,7 @@ def _show_reputation(rows: list[dict[str, Any]]) -> None:
                f"{'quality':>8} {'n':>4}  gated")
     for r in rows:
         click.echo(f"{r['agent']:<20} {r['capability']:<16} {r['score']:>6.3f} {r['success']:>8.3f} "
-                   f"{r['timely']:>7.3f} {r['quality']:>8.3f} {r['observations']:>4}  "
+                   f"{r['timely']:>7.3f} {_quality(r['quality']):>8} {r['observations']:>4}  "
                    f"{'yes' if r['gated'] else ''}")
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from coordination import grading
 from coordination.services import decisions, market, primitives
 from coordination.services.market import MarketConfig
 from runtime.config import ALLOCATIONS, Config
@@ -50,5 +51,8 @@ def composition(cfg: Config) -> Composition:
 
 def check_config(cfg: Config) -> None:
     """What only the services can check, done at load time so that a bad value is an error
-    of ``agora up``, not a coordinator that fails to start: the ``[market]`` knobs."""
+    of ``agora up``, not a coordinator that fails to start: the ``[market]`` knobs and the
+    pools' ``[pools.NAME.grader]`` tables (their shape only: a grader function is imported
+    by the coordinator, never by the root)."""
     market.configure(MarketConfig(), dict(cfg.market))
+    grading.graders(cfg.pools)

@@ -226,7 +226,11 @@ def test_contract_outcomes_feed_reputation():
     done = complete(start(new_contract(), 1.0), 2.0, 0.9)[0]
     late = expire(new_contract(), 10.0)[0]
     assert observation_from_contract(done) == Observation(2.0, True, True, 0.9)
-    assert observation_from_contract(late) == Observation(10.0, False, False, 0.0)
+    # nothing delivered, nothing graded: the failure weighs on success, its quality is unknown
+    assert observation_from_contract(late) == Observation(10.0, False, False, None)
+    ungraded = complete(start(new_contract(), 1.0), 2.0)[0]  # issue 18: no longer quality 1.0
+    assert ungraded.delivered_quality is None and ungraded.state.value == "completed"
+    assert observation_from_contract(ungraded) == Observation(2.0, True, True, None)
     with pytest.raises(InvalidInput, match="not settled"):
         observation_from_contract(new_contract())
 
