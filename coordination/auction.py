@@ -449,16 +449,27 @@ class SecondPriceAuction(_SealedAuction):
                 f"auction {self.auction_id!r}: a second-score auction prices the award at the "
                 "score that ties the runner-up, which bare scores cannot tell",
                 hint="close(now, scores=evaluation.Scoring(offers, weights, direction))")
-        return self._critical(ranked[0], [b.bidder for b in ranked[1:]])
+        return self._critical(ranked[0], ranked[1:])
 
-    def _critical(self, winner: Bid, rivals: list[str]) -> int:
+    def _critical(self, winner: Bid, rivals: list[Bid]) -> int:
         model = self._model
         assert model is not None
-        t = model.critical_price(winner.bidder, rivals)
+        t = model.critical_price(winner.bidder, [r.bidder for r in rivals])
+        sale = self.direction is Direction.SALE
+        at_bid = model.scores()[winner.bidder]
 
-        def level(price: int) -> bool:  # the winner's score at `price` is at least every rival's
+        def level(price: int) -> bool:
+            """The winner's score at ``price`` is at least every rival's; where its price
+            does not move its score at all (a zero price weight, or a rival at 0 that
+            flattens every other price part), a level score goes to the better price as
+            in ``rank_key``: without that the search ran to the reserve, paying a bid the
+            ranking would have refused (a bid below the true cost then won; hypothesis
+            found it)."""
             s = model.scores({winner.bidder: price})
-            return all(s[winner.bidder] >= s[r] for r in rivals)
+            mine = s[winner.bidder]
+            flat = abs(mine - at_bid) <= _LEVEL
+            return all(mine > s[r.bidder] + _LEVEL or mine >= s[r.bidder] - _LEVEL and not (
+                flat and (price < r.price if sale else price > r.price)) for r in rivals)
 
         if self.direction is Direction.PROCUREMENT:
             cap = self.reserve
@@ -471,6 +482,9 @@ class SecondPriceAuction(_SealedAuction):
             return min(winner.price, floor) if t is None else floor
         start = min(winner.price, math.ceil(min(t, winner.price) - _TICK_EPS))
         return _last_true(level, start, winner.price, floor, up=False)
+
+
+_LEVEL = 1e-12  # scores this close are level (coordination.evaluation does the same)
 
 
 def _last_true(ok: Callable[[int], bool], guess: int, safe: int, bound: int | None, *,

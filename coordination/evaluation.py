@@ -143,6 +143,10 @@ def scores(offers: Iterable[Offer], weights: Weights = Weights(),
     return {e.bidder: e.score for e in evaluate(offers, weights, direction)}
 
 
+#: Scores within this of each other are level (sums of the same weights in another order).
+_LEVEL = 1e-12
+
+
 @dataclass(frozen=True)
 class Scoring:
     """The round's evaluation as a function of the prices: what a second-score (Vickrey)
@@ -205,7 +209,10 @@ class Scoring:
     @staticmethod
     def _procurement_crossing(wp: float, qi: float, qj: float, pj: int, c: int) -> float | None:
         if wp == 0 or c == 0:            # the price part cannot (or, past 0, no longer) help
-            return None if qi >= qj + (wp if pj == 0 else 0.0) else 0.0
+            ahead = qi - (qj + (wp if pj == 0 else 0.0))
+            # level on score (to rounding): the tie goes to the lower price (rank_key), so
+            # bidder i wins up to p_j and no further (unbounded only when strictly ahead)
+            return None if ahead > _LEVEL else float(pj) if ahead >= -_LEVEL else 0.0
         a = pj * (1 + (qi - qj) / wp)
         if a <= c:
             return max(a, 0.0)
@@ -214,8 +221,8 @@ class Scoring:
 
     @staticmethod
     def _sale_crossing(wp: float, qi: float, qj: float, pj: int, c: int) -> float:
-        if wp == 0:
-            return 0.0 if qi >= qj else math.inf
+        if wp == 0:  # level on score: the tie goes to the higher price (rank_key)
+            return 0.0 if qi > qj + _LEVEL else float(pj) if qi >= qj - _LEVEL else math.inf
         if c == 0:                       # every rival offers 0: any positive price beats them
             return 0.0 if qi >= qj else 1e-9
         a = pj + c * (qj - qi) / wp
