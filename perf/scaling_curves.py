@@ -7,7 +7,9 @@ Curves (keys of the closing JSON line):
 
 * ``agents``: trivial tasks (``perf._agents:Echo``, ``add``) against the pool's size
   1, 2, 4, 8, 16, 32, 64 (``--quick``: up to 16): ``tasks_per_s`` (batches of 1,000 in
-  flight, ``submit_many`` + ``wait_all``) and ``rtt_p50_us`` (one at a time).
+  flight, ``submit_many`` + ``wait_all``; the best of 3 rounds on one daemon, since a load
+  from elsewhere only ever lowers it) and ``rtt_p50_us`` (one at a time); beside them
+  ``ppe_tasks_per_s``, ``ProcessPoolExecutor`` with as many workers on the same task.
 * ``clients``: 1, 2, 4, 8, 16 client processes (``--quick``: up to 8), each submitting one
   task at a time, 2 agents: total ``tasks_per_s`` and ``rtt_p50_us`` across the clients.
 * ``memory``: pools of 1, 4, 16, 32, 64 agents (``--quick``: 1, 4, 16) that each read a
@@ -90,10 +92,30 @@ def agents_curve(sizes: list[int], n_rtt: int, total: int, rng: random.Random) -
             d.wait_agents(size)
             _rtt(d.client, 20, rng)  # warm up
             rtt = _rtt(d.client, n_rtt, rng)
-            rows.append({"agents": size, "tasks_per_s": round(_throughput(d.client, total)),
+            rate = max(_throughput(d.client, total) for _ in range(3))  # best of 3: a shared machine
+            rows.append({"agents": size, "tasks_per_s": round(rate),
                          "rtt_p50_us": round(statistics.median(rtt), 1)})
+        rows[-1]["ppe_tasks_per_s"] = round(_ppe_throughput(size, total))
         print(f"  agents {size:3}: {rows[-1]}", flush=True)
     return rows
+
+
+def _add(a: int, b: int) -> int:
+    return a + b
+
+
+def _ppe_throughput(workers: int, total: int) -> float:
+    """``ProcessPoolExecutor(workers)`` on the same trivial task, all in flight, best of 3:
+    how the standard library's pool itself fares with that many processes on this machine."""
+    with ProcessPoolExecutor(workers) as ex:
+        list(ex.map(_add, range(4 * workers), range(4 * workers)))  # every worker up
+        best = 0.0
+        for _ in range(3):
+            t0 = time.perf_counter()
+            futures = [ex.submit(_add, i, i) for i in range(total)]
+            assert [f.result() for f in futures] == [2 * i for i in range(total)]
+            best = max(best, total / (time.perf_counter() - t0))
+        return best
 
 
 def _client_proc(home: str, n: int, seed: int) -> tuple[float, list[float]]:
@@ -247,7 +269,7 @@ def plot(res: dict, out_dir: str) -> list[str]:
         print("--plot: matplotlib is not installed (pip install matplotlib)", file=sys.stderr)
         return []
     os.makedirs(out_dir, exist_ok=True)
-    specs = [("agents", "agents", ["tasks_per_s", "rtt_p50_us"], "log"),
+    specs = [("agents", "agents", ["tasks_per_s", "ppe_tasks_per_s", "rtt_p50_us"], "log"),
              ("clients", "clients", ["tasks_per_s", "rtt_p50_us"], "linear"),
              ("memory", "agents", ["uss_mib_per_agent", "total_pss_mib"], "log"),
              ("registry", "entries", ["lookups_per_s", "local_lookups_per_s", "select_ms", "local_select_ms"], "log"),
@@ -297,6 +319,9 @@ def main() -> None:
         f"{'--quick' if q else 'full'}: daemon defaults; context {mib} MiB; journal {journal_total:,} tasks")}
     print("agents (throughput, round trip):", flush=True)
     res["agents"] = agents_curve(agents, 100 if q else 500, 3000 if q else 10_000, rng)
+    res["largest_vs_peak"] = {k: round(res["agents"][-1][k] / max(r[k] for r in res["agents"]), 2)
+                              for k in ("tasks_per_s", "ppe_tasks_per_s")}
+    print(f"  throughput at {res['agents'][-1]['agents']} agents / peak: {res['largest_vs_peak']}")
     print("clients:", flush=True)
     res["clients"] = clients_curve(clients, 50 if q else 200, a.seed)
     print("memory:", flush=True)

@@ -48,7 +48,7 @@ from runtime.errors import AgoraError, ClosedError, DeadlineExceeded, ProtocolEr
 from runtime.observability.trace_context import TraceContext
 from runtime.wire.client import DEFAULT_TIMEOUT, Client
 from runtime.wire.protocol import FrameReader, Reply, encode_frame, make_request, parse_reply
-from runtime.wire.spin import spin_until_readable
+from runtime.wire.spin import Spinner
 
 __all__ = ["Connection", "Pending", "reply_value"]
 
@@ -127,6 +127,7 @@ class Connection(Client):
         self._rlock = threading.Lock()         # the receiving side: socket reads, dispatch
         self._reading: int | None = None       # the thread that holds it
         self._frames = FrameReader(self.limits)
+        self._spinner = Spinner(SPIN_S)        # (spin_us=0 above: the raw client's own is off)
         self._waiters = 0                      # threads waiting for a reply (they read)
         self._wanted = False                   # replies are awaited by callbacks: read them
         self._bg_reading = False               # the background reader holds the socket
@@ -256,7 +257,7 @@ class Connection(Client):
         if sock is None:  # broken and not reconnected: nothing will come on it
             time.sleep(min(seconds, 0.01))
             return
-        if not (spin and spin_until_readable(sock, SPIN_S)):
+        if not (spin and self._spinner.wait(sock)):
             ready, _, _ = select.select([sock, self._wake_r], [], [], seconds)
             if self._wake_r in ready:
                 _drain(self._wake_r)

@@ -27,7 +27,9 @@ Behaviour (the CLI is a thin layer over this class):
   early closes the connection, which tells the daemon to stop streaming.
 * A call waits for its reply by spinning up to ``spin_us`` (default 1 ms) before it
   sleeps: most replies come within that, and waking a sleeping process here costs about
-  as much as the daemon's work (``runtime.wire.spin``).  ``spin_us=0`` never spins.
+  as much as the daemon's work (``runtime.wire.spin``).  ``spin_us=0`` never spins; after
+  a few replies in a row that outlasted the spin it stops spinning, and probes now and
+  then (``runtime.wire.spin.Spinner``).
 * Not thread-safe: use one Client per thread.  One stream at a time per Client.
 """
 
@@ -64,7 +66,7 @@ from runtime.wire.protocol import (
     recv_frame,
     send_frame,
 )
-from runtime.wire.spin import spin_until_readable
+from runtime.wire.spin import Spinner
 
 __all__ = ["Client", "DEFAULT_TIMEOUT"]
 
@@ -89,6 +91,7 @@ class Client:
         self.timeout = timeout
         self.limits = limits
         self.spin_s = max(0.0, spin_us) * 1e-6
+        self._spinner = Spinner(self.spin_s)
         self._ids = itertools.count(1)
         self._closed = False
         self._streaming = False
@@ -231,7 +234,7 @@ class Client:
 
     def _read_reply(self, cmd: str, rid: int, deadline: float) -> Reply:
         assert self._sock is not None
-        spin_until_readable(self._sock, self.spin_s)  # then block, if it was not enough
+        self._spinner.wait(self._sock)  # then block, if it was not enough (or spinning does not pay)
         try:
             obj = recv_frame(self._sock, deadline, self.limits)
         except (OSError, TruncatedFrame) as e:
