@@ -148,6 +148,6 @@ def _reason(exit: dict[str, Any]) -> dict[str, Any]:
     reason = exit.get("reason")
     if not reason:
         code = exit.get("exitcode")
-        reason = ("killed by signal %d" % -code if isinstance(code, int) and code < 0 else
+        reason = (f"killed by signal {-code}" if isinstance(code, int) and code < 0 else
                   f"exit code {code}" if code is not None else "ended")
     return {"child": exit.get("child"), "reason": reason, "at": exit.get("at")}

@@ -40,6 +40,7 @@ def pools_spec(cfg: Config, run: RunPaths, slots: Any) -> SupervisorSpec:
     pools = tuple(
         SupervisorSpec(f"pool:{p.name}",
                        tuple(agent_spec(cfg, run, p.name, i, slots) for i in range(p.size)),
-                       intensity=max(5, 2 * p.max), period=10.0, restart=Restart.TRANSIENT)
+                       intensity=max(5, 2 * p.max), period=10.0, restart=Restart.TRANSIENT,
+                       start_together=True)
         for p in cfg.pools)
     return SupervisorSpec("pools", pools, intensity=len(pools) + 3, period=10.0)

@@ -48,7 +48,7 @@ def registry_spec(cfg: Config, run: RunPaths) -> SupervisorSpec:
     n = cfg.partitions if cfg.registry == "partitioned" else 0
     parts = tuple(ChildSpec(f"registry.{i}", _partition_child, (i, n, run.registry(i), run.events),
                             shutdown=2.0) for i in range(n))
-    return SupervisorSpec("registry", parts, intensity=10, period=10.0)
+    return SupervisorSpec("registry", parts, intensity=10, period=10.0, start_together=True)
 
 
 def open_registry(cfg: Config, run: RunPaths, res: RunResources) -> Any:

@@ -88,6 +88,9 @@ class SupervisorSpec:
     restart: Restart = Restart.PERMANENT
     meta: dict[str, Any] = field(default_factory=dict)
     significant: bool = False  # its parent shuts down when it ends for good (module docstring)
+    # its workers do not depend on one another (an agent pool, the registry's partitions):
+    # they are forked at once and then awaited in order, instead of one after the other
+    start_together: bool = False
 
     def __post_init__(self) -> None:
         _check_id(self.id)

@@ -194,6 +194,31 @@ def test_a_child_that_crashes_on_start_fails_the_start(make_tree):
     assert "RuntimeError: boom during start-up" in failed.value.message
 
 
+
+def test_start_together_forks_all_then_awaits_each_in_order(make_tree):
+    """An agent pool's workers: all forked before any is awaited (each is alive when the
+    first ready is read), and reported started in order."""
+    spec = SupervisorSpec("root", (SupervisorSpec("pool", tuple(worker(c) for c in "abcd"),
+                                                  start_together=True),))
+    tree = make_tree(spec)
+    started = [e["child"] for e in tree.events.of("supervisor.child_started")]
+    assert started == ["root/pool/a", "root/pool/b", "root/pool/c", "root/pool/d"]
+    assert all(psutil.pid_exists(p) for p in pids(tree, "root/pool").values())
+
+
+def test_start_together_with_a_failing_worker_leaves_nothing_behind():
+    """One worker crashes on start: the start fails, the ones started are stopped and
+    the ones not yet awaited are killed and reaped."""
+    spec = SupervisorSpec("root", (worker("x", target=crash_on_start), *(worker(c) for c in "abc")),
+                          start_together=True)
+    tree = Tree(spec, emit=Recorder())
+    before = {p.pid for p in psutil.Process().children()}
+    with pytest.raises(StartFailed, match="boom during start-up"):
+        tree.start()
+    tree.stop()
+    assert [p.pid for p in psutil.Process().children() if p.pid not in before] == []  # all reaped
+
+
 def _fake_root(report_w):
     """A root process of its own, so the test can SIGKILL it."""
     tree = Tree(SupervisorSpec("root", tuple(worker(c) for c in "abcd"), intensity=5, period=60))
