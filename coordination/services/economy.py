@@ -123,9 +123,8 @@ class Economy:
         payer = agent_account(agent)
         self._fund(payer, account, budget_mc, trace)
         options = dict(arg(args, "options", dict, None) or {})
-        options["budget"] = budget
-        task = {"capability": arg(args, "capability", str), "input": args.get("input"),
-                "options": options, "idempotency_key": name}
+        options.update(budget=budget, idempotency_key=name)
+        task = {"capability": arg(args, "capability", str), "input": args.get("input"), "options": options}
         try:
             out = self.coord.command("submit", {"task": task, "wait_s": 5.0}, trace)
         except Exception:

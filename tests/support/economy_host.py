@@ -70,6 +70,20 @@ class EconHost(FakeHost):
         self.turn(call)
         return holder[0]
 
+    def resume(self) -> None:
+        """What a restarted coordinator does first (runtime.coordinator.loop.resume, as after a
+        daemon start): running attempts closed as crashed, unfinished tasks queued again."""
+        from runtime.observability.trace_context import TraceContext
+        from runtime.tasks.scheduler import TaskRun
+
+        def requeue() -> None:
+            for rec in self.journal.unfinished():
+                if rec.state == "queued" and rec.id not in self.scheduler.tasks:
+                    trace = TraceContext(rec.trace_id, rec.trace_id[:16]) if rec.trace_id else TraceContext.new_trace()
+                    self.scheduler.enqueue(TaskRun(rec.id, rec.capability, rec.input, trace,
+                                                   max_attempts=rec.max_attempts, attempts=rec.attempts))
+        self.turn(requeue)
+
     def bid(self, agent: str, resource: str, limit: float, **more: Any) -> Call:
         return self.op(agent, "sale.bid", {"resource": resource, "limit": limit, **more})
 

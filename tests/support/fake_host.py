@@ -83,7 +83,7 @@ class FakeHost:
             return self.table[name](args, trace)
         from runtime.observability.trace_context import TraceContext
         from runtime.tasks.scheduler import TaskRun
-        spec = parse_task(args["task"], now=time.time())
+        spec = parse_task(args["task"], now=time.time(), capabilities={"work"})  # what join() declares
         trace = trace or TraceContext.new_trace()
         tid = self.journal.submit_many([spec], trace_ids=[trace.trace_id])[0]
         rec = self.journal.get(tid)
