@@ -8,11 +8,12 @@ there, and it spends it on sale auctions (coordination.services.sales) and subco
         agent --call economy.subcontract--> coordinator
             budget moved agent:<id> -> budget:<key>   (InsufficientCredits beyond the
                                                        balance: a typed error, nothing moves)
-            child task submitted (the parent's trace id, a child span; options.budget =
-            the budget, the market's reserve price; the market pays its contracts from
+            child task submitted (the parent's trace id, a child span; options.budget = the
+            budget's whole credits, the market's reserve price; the market pays its contracts from
             budget:<key>: escrow at award, release on completion, refund on breach)
         child ends -> what is left in budget:<key> goes back to agent:<id>, the call
             returns {"task_id", "state", "result", "error", "paid_mc", "refunded_mc"}
+            (paid_mc < 0: a breached worker's penalty came to the parent)
 
 Decisions where the spec is silent:
 
@@ -107,9 +108,9 @@ class Economy:
         key = arg(args, "key", int)
         budget = arg(args, "budget", (int, float))
         budget_mc = round(budget * 1000) if budget == budget else 0
-        if isinstance(budget, bool) or not 0 < budget_mc <= MAX_AMOUNT:
-            raise InvalidInput(f"a subcontract's budget must be a positive number of credits, got {budget!r:.40}",
-                               field="budget")
+        if isinstance(budget, bool) or not 1000 <= budget_mc <= MAX_AMOUNT:
+            raise InvalidInput(f"a subcontract's budget must be a number of credits >= 1, got {budget!r:.40}",
+                               field="budget", hint="the market's reserve price (options.budget) is whole credits")
         timeout = float(arg(args, "timeout", (int, float), DEFAULT_TIMEOUT_S))
         if not 0 < timeout <= 3600:
             raise InvalidInput(f"argument 'timeout' must be within (0, 3600] s, got {timeout}", field="timeout")
@@ -123,7 +124,7 @@ class Economy:
         payer = agent_account(agent)
         self._fund(payer, account, budget_mc, trace)
         options = dict(arg(args, "options", dict, None) or {})
-        options.update(budget=budget, idempotency_key=name)
+        options.update(budget=int(budget), idempotency_key=name)  # the reserve: whole credits
         task = {"capability": arg(args, "capability", str), "input": args.get("input"), "options": options}
         try:
             out = self.coord.command("submit", {"task": task, "wait_s": 5.0}, trace)
