@@ -86,7 +86,7 @@ from coordination.ledger import ESCROW_PREFIX, MAX_AMOUNT, InsufficientCredits, 
 from runtime.coordinator.command_kit import Deferred, arg, only
 from runtime.coordinator.host import ServiceHost
 from runtime.coordinator.reconcile import RECONCILE_S
-from runtime.errors import Conflict, DeadlineExceeded, InvalidInput, NotFound
+from runtime.errors import Conflict, DeadlineExceeded, InvalidInput, NoSale, NotFound
 from runtime.observability.trace_context import TraceContext
 
 __all__ = ["Sales", "ResourceSpec", "parse_resource", "install", "NoSale", "SALE_KINDS",
@@ -105,12 +105,6 @@ CREATE TABLE IF NOT EXISTS econ_units (resource TEXT NOT NULL, unit INTEGER NOT 
     holder TEXT NOT NULL, agent TEXT NOT NULL, pid INTEGER, token INTEGER NOT NULL,
     price_mc INTEGER NOT NULL, PRIMARY KEY (resource, unit));
 """
-
-
-class NoSale(Conflict):
-    """An auction a bid took part in ended without an award (everybody dropped or passed)."""
-
-    code = "NO_SALE"
 
 
 def agent_account(agent_id: str) -> str:

@@ -36,7 +36,7 @@ def test_a_handler_subcontracts_pays_from_its_balance_and_gets_the_result_in_its
     worker_before = h.balance("w")
     call = _subcontract(h, tid, trace)
     assert call.pending and h.balance("p") == before - 3000  # the budget left at once
-    for agent, req, _cb in list(h.asks):  # the child's auction: w bids 2, p (busy) declines
+    for agent, _req, _cb in list(h.asks):  # the child's auction: w bids 2, p (busy) declines
         h.answer(agent, {"price": 2} if agent == "w" else None)
     child = _child(h)
     assert child is not None

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.errors import InvalidInput
 from coordination.services.sales import parse_resource
+from runtime.errors import InvalidInput
 from tests.support.economy_host import EconHost
 
 LIMITS = {"a": 3, "b": 5, "c": 4}
