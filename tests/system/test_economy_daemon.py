@@ -21,7 +21,9 @@ import os
 import signal
 
 import pytest
+from click.testing import CliRunner
 
+from runtime.cli.main import cli
 from runtime.wire.client import Client
 from tests.support.daemons import config, coordinator_pid, running_daemon, serves
 from tests.support.helpers import eventually
@@ -133,6 +135,13 @@ def test_the_richest_valuer_wins_the_sale_and_each_pays_its_vickrey_price(agora_
         first = next(s for s in sales if s["winner"] and s["winner"]["agent"] == res["buy_b"]["agent"])
         assert len(first["bids"]) == 3  # all three competed in the first auction
         assert c.call("ledger")["conserved"]
+        runner, home = CliRunner(), ["--home", str(agora_env)]
+        shown = runner.invoke(cli, [*home, "resources"])
+        assert shown.exit_code == 0 and "gpu: 0/1 held  auction vickrey" in shown.output, shown.output
+        made = runner.invoke(cli, [*home, "resource-create", "tpu", "--quantity", "2", "--auction", "english"])
+        assert made.exit_code == 0 and "created tpu: 2 units, english" in made.output, made.output
+        assert runner.invoke(cli, [*home, "resource-create", "tpu"]).exit_code != 0  # exists: an error
+        assert runner.invoke(cli, [*home, "resource-create", "x", "--quantity", "0"]).exit_code != 0
 
 
 def test_units_balances_and_a_subcontract_survive_a_coordinator_kill(agora_env):
