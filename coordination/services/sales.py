@@ -57,7 +57,7 @@ Decisions where the spec is silent:
   is released.  Waiting bids are not restored: their calls failed with UNAVAILABLE when the
   coordinator died and their escrows are refunded at start (``salebid:`` escrows still
   held); the agent asks again.
-* Ray agents take part in sealed sales only (their control path answers bid/vote/propose).
+* Ray agents answer clock rounds through their actor's ``sale_bid`` (runtime.agents._ray).
 
 Events (in the bidder's task trace when it bid from a handler): ``sale.bid``,
 ``sale.cfp`` (auction opened), ``sale.round`` (a clock's round answer), ``sale.award``,

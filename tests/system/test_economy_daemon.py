@@ -6,6 +6,8 @@
 * three buyers bid for the one unit of a resource (Vickrey, reserve 1): the highest
   valuer wins and pays the runner-up's limit, then each release sells the unit on to the
   next (second price again, then the reserve); each buyer's balance fell by its price;
+* the same with resources made by ``resource_create`` in English and Dutch: each round is
+  asked of the agents' ``sale_bid`` hooks, and the prices are the clocks' textbook ones;
 * a coordinator SIGKILL changes nothing: the held unit stays held with its token, no credit
   is paid, minted or lost (the only movements are the market's refunds of the contracts
   open at the kill), the next sale's token is the next one, and a subcontract whose
@@ -142,6 +144,47 @@ def test_the_richest_valuer_wins_the_sale_and_each_pays_its_vickrey_price(agora_
         assert made.exit_code == 0 and "created tpu: 2 units, english" in made.output, made.output
         assert runner.invoke(cli, [*home, "resource-create", "tpu"]).exit_code != 0  # exists: an error
         assert runner.invoke(cli, [*home, "resource-create", "x", "--quantity", "0"]).exit_code != 0
+
+
+def _sell(c, home, resource: str, release) -> dict[str, dict]:
+    """The occupier holds the one unit until the three buyers' bids wait; then they compete."""
+    occ = c.call("submit", task={"capability": "occupy", "input": {"resource": resource,
+                                                                   "release_file": str(release)}})
+    res = lambda: next(r for r in _ask(home, "resources") if r["name"] == resource)  # noqa: E731
+    eventually(lambda: res()["held"], f"the occupier's unit of {resource}", 30)
+    buys = {cap: c.call("submit", task={"capability": cap, "input": {"resource": resource, "limit": limit}})
+            for cap, limit in LIMITS.items()}
+    eventually(lambda: len(res()["waiting"]) == 3, "three waiting bids", 30)
+    release.touch()
+    got = {cap: c.call("result", id=tid, wait=True, timeout_s=90) for cap, tid in buys.items()}
+    assert all(r["state"] == "succeeded" for r in got.values()), got
+    assert c.call("result", id=occ, wait=True, timeout_s=30)["state"] == "succeeded"
+    return {cap: r["result"] for cap, r in got.items()}, res()["sales"]
+
+
+def test_english_and_dutch_sales_ask_the_agents_each_round(agora_env):
+    with running_daemon(agora_env, config(size=1, daemon=DAEMON, extra=POOLS)) as (c, _):
+        _up(c)
+        c.call("resource_create", name="eng", auction="english", reserve=1, gather_ms=100, round_ms=2000)
+        c.call("resource_create", name="dut", auction="dutch", reserve=1, start=10, gather_ms=100, tick_ms=2000)
+        eng, eng_sales = _sell(c, agora_env, "eng", agora_env / "release-eng")
+        # ascending from the reserve 1 by ceil((top - 1) / 50) per round, the agents' sale_bid
+        # hooks staying while the price is within their limit: b beats c just past 4, c beats a
+        # just past 3, a alone pays the start (the reserve)
+        assert [eng[k]["token"] for k in ("buy_b", "buy_c", "buy_a")] == [2, 3, 4]  # (1: the occupier)
+        assert 4.0 < eng["buy_b"]["price"] <= 4.08 and 3.0 < eng["buy_c"]["price"] <= 3.06
+        assert eng["buy_a"]["price"] == 1.0
+        dut, dut_sales = _sell(c, agora_env, "dut", agora_env / "release-dut")
+        # descending from 10 by 0.18 (to the reserve in 50 ticks): the first price within each
+        # remaining top limit takes it: 10 - 28 x 0.18, 10 - 34 x 0.18, 10 - 39 x 0.18
+        assert [dut[k]["token"] for k in ("buy_b", "buy_c", "buy_a")] == [2, 3, 4]
+        assert [dut[k]["price"] for k in ("buy_b", "buy_c", "buy_a")] == pytest.approx([4.96, 3.88, 2.98])
+        for sales in (eng_sales, dut_sales):
+            first = next(s for s in sales if len(s["bids"]) == 3)
+            assert first["rounds"] > 1  # a live clock: several rounds asked of the agents
+        for r in (*eng.values(), *dut.values()):
+            assert r["before"] - r["after"] == pytest.approx(r["price"])
+        assert c.call("ledger")["conserved"]
 
 
 def test_units_balances_and_a_subcontract_survive_a_coordinator_kill(agora_env):
