@@ -61,7 +61,8 @@ Decisions where the spec is silent:
 
 Events (in the bidder's task trace when it bid from a handler): ``sale.bid``,
 ``sale.cfp`` (auction opened), ``sale.round`` (a clock's round answer), ``sale.award``,
-``sale.no_award``, ``sale.refund``, ``sale.released``, ``sale.expired``.
+``sale.no_award``, ``sale.refund``, ``sale.released``, ``sale.expired``; after a restart
+``sale.reconciled`` (units kept and released once the holders had their time to return).
 """
 
 from __future__ import annotations
@@ -273,10 +274,14 @@ class Sales:
         longer run, are released."""
         gone = set(self.unconfirmed)
         self.unconfirmed.clear()
+        released = 0
         for res, units in list(self.units.items()):
             for unit, held in list(units.items()):
                 if held.agent in gone or not self._holder_alive(held):
                     self._free(res, unit, "its holder did not come back after the coordinator restarted")
+                    released += 1
+        self.coord.emit("sale.reconciled", None, released=released,
+                        kept=sum(len(units) for units in self.units.values()))
 
     def _holder_alive(self, held: _Held) -> bool:
         link = self.coord.scheduler.agents.get(held.agent)

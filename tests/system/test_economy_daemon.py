@@ -191,7 +191,8 @@ def test_units_balances_and_a_subcontract_survive_a_coordinator_kill(agora_env):
     release, started, finish = agora_env / "release", agora_env / "started", agora_env / "finish"
     with running_daemon(agora_env, config(size=1, daemon=DAEMON, extra=POOLS)) as (c, proc):
         _up(c)
-        c.call("submit", task={"capability": "occupy", "input": {"resource": "gpu", "release_file": str(release)}})
+        occ = c.call("submit", task={"capability": "occupy",
+                                     "input": {"resource": "gpu", "release_file": str(release)}})
         eventually(lambda: _gpu(agora_env)["held"], "the occupier's unit", 30)
         tid = _subcontract(c, agora_env, wait_file=str(finish), started_file=str(started))
         eventually(started.exists, "the subcontracted child running", 30)
@@ -204,6 +205,8 @@ def test_units_balances_and_a_subcontract_survive_a_coordinator_kill(agora_env):
         eventually(lambda: len([a for a in _ask(agora_env, "agents") if a["pool"] != "echo"]) >= 6,
                    "the agents back", 30)
         assert _gpu(agora_env)["held"] == held            # same holder, same unit, same token
+        eventually(lambda: _ask(agora_env, "events", type="sale.reconciled", limit=5), "the holders' check", 30)
+        assert _gpu(agora_env)["held"] == held            # its holder came back: still held
         # nothing paid or lost by the restart: the only movements since the kill are the
         # market's refunds of the contracts that were open (coordination.services.market)
         changes = _changes_since(agora_env, balances, last)
@@ -223,6 +226,7 @@ def test_units_balances_and_a_subcontract_survive_a_coordinator_kill(agora_env):
         assert round((rec["result"]["after"] - rec["result"]["before"]) * 1000) == \
             sum(e["amount"] for e in changes[manager])
         release.touch()
+        assert _ask(agora_env, "result", id=occ, wait=True, timeout_s=60)["state"] == "succeeded"  # released it
         buy = _ask(agora_env, "submit", task={"capability": "buy_b", "input": {"resource": "gpu", "limit": 2}})
         after = _ask(agora_env, "result", id=buy, wait=True, timeout_s=60)
         assert after["state"] == "succeeded" and after["result"]["token"] == 2  # never a token twice
