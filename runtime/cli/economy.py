@@ -48,8 +48,9 @@ def resources(ctx: click.Context, limit: int, as_json: bool) -> None:
 
 @cli.command("resource-create")
 @click.argument("name")
-@click.option("--quantity", type=int, default=1, show_default=True)
-@click.option("--auction", type=click.Choice(SALE_KINDS), default="vickrey", show_default=True)
+@click.option("--quantity", type=int, default=1, show_default=True, help="Units, each sold in its own auction.")
+@click.option("--auction", type=click.Choice(SALE_KINDS), default="vickrey", show_default=True,
+              help="The sale format.")
 @click.option("--reserve", type=float, default=0.0, show_default=True, help="Lowest price, in credits.")
 @json_option
 @click.pass_context
@@ -61,7 +62,7 @@ def resource_create(ctx: click.Context, name: str, quantity: int, auction: str, 
 
 
 @cli.command()
-@click.option("--limit", default=20, show_default=True)
+@click.option("--limit", default=20, show_default=True, help="Subcontracts to show, newest first.")
 @json_option
 @click.pass_context
 def subcontracts(ctx: click.Context, limit: int, as_json: bool) -> None:
