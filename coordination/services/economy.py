@@ -39,6 +39,7 @@ Decisions where the spec is silent:
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Any
 
@@ -107,7 +108,7 @@ class Economy:
         parent = self._parent(agent, arg(args, "task", dict))
         key = arg(args, "key", int)
         budget = arg(args, "budget", (int, float))
-        budget_mc = round(budget * 1000) if budget == budget else 0
+        budget_mc = round(budget * 1000) if math.isfinite(budget) else 0
         if isinstance(budget, bool) or not 1000 <= budget_mc <= MAX_AMOUNT:
             raise InvalidInput(f"a subcontract's budget must be a number of credits >= 1, got {budget!r:.40}",
                                field="budget", hint="the market's reserve price (options.budget) is whole credits")

@@ -67,6 +67,7 @@ Events (in the bidder's task trace when it bid from a handler): ``sale.bid``,
 
 from __future__ import annotations
 
+import math
 import os
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -130,7 +131,7 @@ class ResourceSpec:
 
 
 def _credits_mc(value: Any, what: str, low: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise InvalidInput(f"{what} must be a number of credits, got {value!r:.80}", field=what)
     mc = round(value * 1000)
     if not low <= mc <= MAX_AMOUNT:
@@ -141,7 +142,8 @@ def _credits_mc(value: Any, what: str, low: int = 0) -> int:
 
 def _bounded(table: dict[str, Any], key: str, default: float, low: float, high: float) -> float:
     value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high \
+            or not math.isfinite(value):
         raise InvalidInput(f"resource key {key!r} must be a number in [{low}, {high}], got {value!r:.80}",
                            field=key)
     return float(value)

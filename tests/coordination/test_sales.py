@@ -80,6 +80,10 @@ def test_resource_specs_are_checked():
         parse_resource("gpu", {"auction": "lottery"})
     with pytest.raises(InvalidInput):
         parse_resource("gpu", {"colour": "red"})
+    with pytest.raises(InvalidInput):
+        parse_resource("gpu", {"reserve": float("inf")})
+    with pytest.raises(InvalidInput):
+        parse_resource("gpu", {"gather_ms": float("nan")})
     assert parse_resource("gpu", {"auction": "sealed-second"}).auction == "vickrey"
 
 
@@ -137,3 +141,15 @@ def test_held_units_and_tokens_survive_a_restart_and_waiting_bids_are_refunded(t
     h2.run_sales(steps=20)
     assert again.value["token"] == 2  # never a token twice
     assert h2.ledger.check_conservation().ok
+
+
+def test_agora_toml_resources_are_read_and_checked_at_load(tmp_path):
+    from runtime.config import parse_config
+    from runtime.daemon.composition import check_config
+    cfg = parse_config({"resources": {"gpu": {"quantity": 2, "auction": "english"}}}, tmp_path, tmp_path)
+    assert cfg.resources == {"gpu": {"quantity": 2, "auction": "english"}}
+    check_config(cfg)
+    with pytest.raises(InvalidInput, match="quantity"):
+        check_config(parse_config({"resources": {"gpu": {"quantity": -1}}}, tmp_path, tmp_path))
+    with pytest.raises(InvalidInput):
+        parse_config({"resources": {"gpu": 3}}, tmp_path, tmp_path)
