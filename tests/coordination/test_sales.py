@@ -153,3 +153,19 @@ def test_agora_toml_resources_are_read_and_checked_at_load(tmp_path):
         check_config(parse_config({"resources": {"gpu": {"quantity": -1}}}, tmp_path, tmp_path))
     with pytest.raises(InvalidInput):
         parse_config({"resources": {"gpu": 3}}, tmp_path, tmp_path)
+
+
+def test_credits_earned_by_work_are_what_an_agent_spends(tmp_path):
+    from dataclasses import replace
+    h = EconHost(tmp_path, resources={"gpu": {"quantity": 1}}, market_cfg={"penalty_fraction": 0})
+    h.market.config = replace(h.market.config, agent_grant_mc=1)  # (almost) nothing to start with
+    h.join("poor")
+    assert h.bid("poor", "gpu", 2).error == "INSUFFICIENT_CREDITS"
+    h.submit()
+    h.answer("poor", {"price": 3})
+    h.result("poor", ok=True)  # the contract pays 3 credits into agent:poor
+    assert h.balance("poor") == 3001
+    won = h.bid("poor", "gpu", 2)
+    h.run_sales(steps=20)
+    assert won.value["price"] == 2.0 and h.balance("poor") == 1001  # alone: its own bid
+    assert h.ledger.check_conservation().ok

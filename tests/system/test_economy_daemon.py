@@ -111,6 +111,15 @@ def test_a_handler_subcontracts_and_pays_from_its_own_balance(agora_env):
         assert any(e["kind"] == "release" and e["counterparty"].startswith("escrow:" + row["child"])
                    for e in worker["entries"])
         assert c.call("ledger")["conserved"]
+        # the child's life is in the parent's trace: its submission, award, result, settlement
+        def in_trace():
+            got = {(e["type"], e.get("task_id") or e.get("child"))
+                   for e in c.call("events", trace_id=rec["trace_id"], limit=500)}
+            want = {("task.submitted", row["child"]), ("market.award", row["child"]),
+                    ("task.succeeded", row["child"]), ("economy.settled", row["child"]),
+                    ("task.succeeded", tid)}
+            return want <= got
+        eventually(in_trace, "the child's events in the parent's trace", 30)
 
 
 def test_the_richest_valuer_wins_the_sale_and_each_pays_its_vickrey_price(agora_env):
