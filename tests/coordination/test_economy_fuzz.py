@@ -19,8 +19,8 @@ json_values = st.recursive(
     max_leaves=8)
 KEYS = ("resource", "limit", "price", "task", "timeout", "unit", "token", "capability", "input", "budget",
         "key", "options", "name", "quantity", "auction", "reserve", "trace")
-args_st = st.dictionaries(st.sampled_from(KEYS), json_values | st.sampled_from(["gpu", 1, 2.5, {"id": "t", "attempt": 1}]),
-                          max_size=6)
+likely = st.sampled_from(["gpu", 1, 2.5, {"id": "t", "attempt": 1}])
+args_st = st.dictionaries(st.sampled_from(KEYS), json_values | likely, max_size=6)
 OPS = ("sale.bid", "sale.release", "sale.held", "economy.subcontract", "economy.balance")
 COMMANDS = ("resources", "resource_create", "subcontracts")
 
