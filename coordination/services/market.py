@@ -117,7 +117,8 @@ Decisions where the spec is silent
       ``NO_AWARD`` naming the best offer seen and the budget.  With the backoff (50 ms
       doubling to 1 s) that is about 5 s of trying.
     * Accounts: ``client`` pays for every task (granted ``client_grant_mc`` once, when the
-      ledger first sees it); each agent has ``agent:<id>`` (granted ``agent_grant_mc`` at its
+      ledger first sees it) but a subcontracted one, which its budget account pays
+      (``payers``, coordination.services.economy); each agent has ``agent:<id>`` (granted ``agent_grant_mc`` at its
       first join) from which it posts its bond (the penalty) at award.  Only these grants
       mint.  Amounts are milli-credits; bids and budgets on the wire are credits.  The price
       held in escrow and paid is the auction's price (Vickrey: the second price).
@@ -880,8 +881,8 @@ def _bounded(value: float, name: str, low: float, high: float, low_open: bool = 
 
 def install(coord: ServiceHost, payers: dict[str, str] | None = None) -> MarketPolicy:
     """The coordinator's service entry (``payers``: shared with the economy service, which
-    names the budget account paying for each subcontracted task).  The composition root makes this service the
-    allocation policy when ``allocation = "market"``; otherwise it only answers the
+    names the budget account paying for each subcontracted task).  The composition root
+    makes this service the allocation policy when ``allocation = "market"``; otherwise it only answers the
     ledger/reputation/market commands (and settles nothing: no task is under contract)."""
     market = MarketPolicy(coord, payers=payers)
     if coord.cfg.market:  # [market] in agora.toml: checked as `agora market-config` is
