@@ -118,8 +118,8 @@ Decisions where the spec is silent
       doubling to 1 s) that is about 5 s of trying.
     * Accounts: ``client`` pays for every task (granted ``client_grant_mc`` once, when the
       ledger first sees it) but a subcontracted one, which its budget account pays
-      (``payers``, coordination.services.economy); each agent has ``agent:<id>`` (granted ``agent_grant_mc`` at its
-      first join) from which it posts its bond (the penalty) at award.  Only these grants
+      (``payers``, coordination.services.economy); each agent has ``agent:<id>`` (granted
+      ``agent_grant_mc`` at its first join) from which it posts its bond (the penalty) at award.  Only these grants
       mint.  Amounts are milli-credits; bids and budgets on the wire are credits.  The price
       held in escrow and paid is the auction's price (Vickrey: the second price).
     * Contract deadline: the task's deadline, else ``contract_timeout_s`` (60 s) after the
