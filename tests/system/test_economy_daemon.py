@@ -25,6 +25,7 @@ import signal
 import pytest
 from click.testing import CliRunner
 
+import agora
 from runtime.cli.main import cli
 from runtime.wire.client import Client
 from tests.support.daemons import config, coordinator_pid, running_daemon, serves
@@ -174,8 +175,10 @@ def _sell(c, home, resource: str, release) -> dict[str, dict]:
 def test_english_and_dutch_sales_ask_the_agents_each_round(agora_env):
     with running_daemon(agora_env, config(size=1, daemon=DAEMON, extra=POOLS)) as (c, _):
         _up(c)
-        c.call("resource_create", name="eng", auction="english", reserve=1, gather_ms=100, round_ms=2000)
-        c.call("resource_create", name="dut", auction="dutch", reserve=1, start=10, gather_ms=100, tick_ms=2000)
+        with agora.connect(str(agora_env)) as s:  # the typed API over the same commands
+            s.resource_create("eng", auction="english", reserve=1, gather_ms=100, round_ms=2000)
+            s.resource_create("dut", auction="dutch", reserve=1, start=10, gather_ms=100, tick_ms=2000)
+            assert {r["name"] for r in s.resources()} >= {"eng", "dut", "gpu"}
         eng, eng_sales = _sell(c, agora_env, "eng", agora_env / "release-eng")
         # ascending from the reserve 1 by ceil((top - 1) / 50) per round, the agents' sale_bid
         # hooks staying while the price is within their limit: b beats c just past 4, c beats a
