@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
+from types import SimpleNamespace
 from typing import Any
 
 from coordination.ledger import MAX_AMOUNT, InsufficientCredits, Ledger
@@ -84,8 +85,15 @@ class Economy:
                                  "WHERE state = 'open'").fetchall()
         for _key, child, account in rows:
             self.payers[child] = account
-            if self.coord.journal.get(child).state in TERMINAL:
+            if self._state(child) in TERMINAL:
                 self._settle(child)
+
+    def _state(self, child: str) -> str:
+        """The child's state; a task the journal no longer has (compacted) counts as ended."""
+        try:
+            return str(self.coord.journal.get(child).state)
+        except NotFound:
+            return "failed"
 
     def agent_ops(self) -> dict[str, Any]:
         return {"economy.subcontract": self.subcontract, "economy.balance": self.balance}
@@ -186,10 +194,10 @@ class Economy:
 
     def _wait(self, child: str, timeout: float, d: Deferred | None = None) -> Deferred:
         d = d or Deferred()
-        rec = self.coord.journal.get(child)
+        state = self._state(child)
         open_ = self.conn.execute("SELECT 1 FROM econ_subcontracts WHERE child = ? AND state = 'open'",
                                   (child,)).fetchone()
-        if rec.state in TERMINAL and not open_:
+        if state in TERMINAL and not open_:
             d.resolve(self._outcome(child))
             return d
         self.callers.setdefault(child, []).append(d)
@@ -215,7 +223,7 @@ class Economy:
         if row is None or row[3] != "open":
             return
         agent, account, budget_mc, _ = row
-        rec = self.coord.journal.get(child)
+        rec = self._record(child)
         trace = TraceContext(rec.trace_id, rec.trace_id[:16]) if rec.trace_id else None
         left = self._refund(account, agent_account(agent), trace or TraceContext.new_trace(),
                             f"task {child} ended {rec.state}")
@@ -227,8 +235,15 @@ class Economy:
         for d in self.callers.pop(child, []):
             d.resolve(self._outcome(child))
 
+    def _record(self, child: str) -> Any:
+        try:
+            return self.coord.journal.get(child)
+        except NotFound:  # compacted by retention: what is left to say
+            return SimpleNamespace(state="failed", result=None, trace_id=None,
+                                   error={"code": "NOT_FOUND", "message": f"task {child} is no longer in the journal"})
+
     def _outcome(self, child: str) -> dict[str, Any]:
-        rec = self.coord.journal.get(child)
+        rec = self._record(child)
         row = self.conn.execute("SELECT budget_mc, paid_mc FROM econ_subcontracts WHERE child = ?",
                                 (child,)).fetchone()
         budget_mc, paid = (row[0], row[1]) if row else (0, 0)

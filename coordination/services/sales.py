@@ -240,8 +240,11 @@ class Sales:
         """Resources on disk, then agora.toml's (a declared one replaces its stored spec:
         the file is the operator's latest word), held units, and stale bids refunded."""
         for name, spec, token in self.conn.execute("SELECT name, spec, token FROM econ_resources").fetchall():
-            self.specs[name] = parse_resource(name, orjson.loads(spec))
             self.tokens[name] = int(token)
+            try:
+                self.specs[name] = parse_resource(name, orjson.loads(spec))
+            except (InvalidInput, orjson.JSONDecodeError) as e:  # never a coordinator that cannot start
+                self.coord.emit("sale.bad_spec", None, resource=name, error=str(e)[:200])
         for name, table in declared.items():
             self._put_spec(parse_resource(name, table), table)
         for res, unit, holder, agent, pid, token, price in self.conn.execute(
