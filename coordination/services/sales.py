@@ -387,7 +387,8 @@ class Sales:
 
     def _kick(self, name: str) -> None:
         """Open the next auction of ``name`` soon, if a unit is free and bids wait."""
-        if name in self.open or name in self.scheduled or not self.waiting.get(name) or not self._free_units(name):
+        if name not in self.specs or name in self.open or name in self.scheduled or not self.waiting.get(name) \
+                or not self._free_units(name):
             return
         self.scheduled.add(name)
         self.coord.call_later(self.specs[name].gather_ms / 1000, partial(self._open, name))
