@@ -212,6 +212,14 @@ class TaskHandle:
         return subcontract(self._call, {"id": self.id, "attempt": self.attempt}, self._subcontracts,
                            capability, input, budget=budget, timeout=timeout, options=options)
 
+    async def asubcontract(self, capability: str, input: Any, *, budget: float, timeout: float = 60.0,
+                           options: dict[str, Any] | None = None) -> Any:
+        """:meth:`subcontract` for an ``async def`` handler: the wait runs in a thread, so the
+        agent's other asyncio tasks go on meanwhile."""
+        import asyncio
+        return await asyncio.to_thread(self.subcontract, capability, input, budget=budget, timeout=timeout,
+                                       options=options)
+
     def balance(self) -> float:
         """The agent's ledger balance in credits."""
         from runtime.agents.economy import balance

@@ -64,3 +64,10 @@ def test_balance_and_the_default_sale_hook():
     assert _handle(Calls({"balance": 12.5})).balance() == 12.5
     assert default_sale_bid({"price": 3, "limit": 3}) and not default_sale_bid({"price": 3.01, "limit": 3})
     assert Agent().sale_bid({"price": 1, "limit": 2}) is True
+
+
+def test_an_async_handler_awaits_its_subcontract():
+    import asyncio
+    call = Calls({"task_id": "t-4", "state": "succeeded", "result": 7})
+    assert asyncio.run(_handle(call).asubcontract("double", {}, budget=2)) == 7
+    assert call.sent[0][1]["key"] == 1
