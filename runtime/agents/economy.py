@@ -18,7 +18,8 @@ the ``with`` block ends and, by the coordinator, when the attempt ends however i
 once.  In English and Dutch sales the coordinator asks the agent's ``sale_bid(offer)`` hook
 each round (default: yes while the price is within the limit).
 
-``task.subcontract`` returns the child task's result, or raises
+``task.subcontract`` (``await task.asubcontract(...)`` in an ``async def`` handler)
+returns the child task's result, or raises
 :class:`SubcontractFailed` (its state and error attached) when it did not succeed.  It
 re-asks, with the same key, while the coordinator restarts (UNAVAILABLE), so a restart
 neither loses the child nor pays for it twice.
