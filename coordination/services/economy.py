@@ -31,6 +31,9 @@ Decisions where the spec is silent:
   failed with UNAVAILABLE) finds the same child and pays nothing twice (the child's
   journal idempotency key is that name).  Durable: table ``econ_subcontracts``; a child
   that ended while the coordinator was down is settled at start.
+* A child still under way when its parent attempt ends (the handler gave up waiting,
+  raised, was cancelled or lost) is cancelled: nobody waits for its result any more, and
+  a retry of the parent subcontracts again under its own key.
 * The asking attempt must be running on the asking agent.  The call waits up to its
   ``timeout`` (default 60 s; then DEADLINE_EXCEEDED, the child goes on and still settles).
   A handler that subcontracts to its own capability on a pool with no free agent waits
@@ -59,7 +62,7 @@ DEFAULT_TIMEOUT_S = 60.0
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS econ_subcontracts (key TEXT PRIMARY KEY, child TEXT NOT NULL,
     parent_agent TEXT NOT NULL, account TEXT NOT NULL, budget_mc INTEGER NOT NULL,
-    state TEXT NOT NULL, paid_mc INTEGER)
+    state TEXT NOT NULL, paid_mc INTEGER, parent_task TEXT, parent_attempt INTEGER)
 """
 
 
@@ -185,8 +188,9 @@ class Economy:
         if known:  # cannot happen with fresh keys; never let two budgets pay one child
             self._refund(account, agent_account(agent), trace, f"task {child} is already subcontracted")
         else:
-            self.conn.execute("INSERT INTO econ_subcontracts VALUES (?, ?, ?, ?, ?, 'open', NULL)",
-                              (name, child, agent, account, budget_mc))
+            _, parent_task, parent_attempt, _n = name.rsplit(":", 3)
+            self.conn.execute("INSERT INTO econ_subcontracts VALUES (?, ?, ?, ?, ?, 'open', NULL, ?, ?)",
+                              (name, child, agent, account, budget_mc, parent_task, int(parent_attempt)))
             self.payers[child] = account
         self.coord.emit("economy.subcontract", trace, child=child, parent_agent=agent, account=account,
                         budget_mc=budget_mc)
@@ -211,6 +215,18 @@ class Economy:
                 waiting.remove(d)
             d.fail(DeadlineExceeded(f"subcontracted task {child} did not finish within {timeout} s",
                                     hint="it goes on and still settles its budget; raise the timeout"))
+
+    def attempt_ended(self, task: Any, attempt: int, fin: Any, crashed: bool) -> None:
+        """The parent attempt ended (its handler returned, raised, was cancelled or lost)
+        with a child still under way: nobody is waiting for that result any more, so the
+        child is cancelled (a retry of the parent subcontracts anew, under its own key);
+        its budget comes back when it ends."""
+        rows = self.conn.execute("SELECT child FROM econ_subcontracts WHERE parent_task = ? AND "
+                                 "parent_attempt = ? AND state = 'open'", (task.id, attempt)).fetchall()
+        for (child,) in rows:
+            if self._state(child) not in TERMINAL and self.coord.scheduler.cancel(child):
+                self.coord.emit("economy.child_cancelled", task.trace, child=child, parent_task=task.id,
+                                attempt=attempt)
 
     def task_final(self, task: Any, rec: Any) -> None:
         if task.id in self.payers:
@@ -264,6 +280,7 @@ def install(coord: ServiceHost, payers: dict[str, str] | None = None) -> Economy
     economy = Economy(coord, payers)
     economy.restore()
     coord.add_final_listener(economy.task_final)
+    coord.add_attempt_listener(economy.attempt_ended)
     coord.add_agent_ops(economy.agent_ops())
     coord.add_commands({"subcontracts": economy.cmd_subcontracts})
     return economy

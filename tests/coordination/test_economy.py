@@ -106,3 +106,18 @@ def test_a_subcontract_open_at_a_restart_is_still_paid_from_its_budget_and_settl
     h2.later(0.0)
     assert h2.balance("p") == before - 1000  # paid the new contract's price, got the rest
     assert h2.ledger.check_conservation().ok
+
+
+def test_a_child_is_cancelled_when_its_parent_attempt_ends_and_its_budget_comes_back(tmp_path):
+    h = EconHost(tmp_path)
+    tid, trace = _running_parent(h)
+    before = h.balance("p")
+    call = _subcontract(h, tid, trace, timeout=1)
+    child = h.journal.conn.execute("SELECT child FROM econ_subcontracts").fetchone()[0]
+    h.later(2.0)  # nobody bid for the child: the handler's call times out ...
+    assert call.error == "DEADLINE_EXCEEDED"
+    h.result("p", ok=False)  # ... and the handler fails
+    h.later(0.0)
+    assert h.state(child) == "cancelled"
+    assert any(e[0] == "economy.child_cancelled" for e in h.events)
+    assert h.balance("p") == before and h.ledger.check_conservation().ok
