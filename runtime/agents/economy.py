@@ -37,6 +37,7 @@ __all__ = ["HeldUnit", "acquire_unit", "subcontract", "balance", "SubcontractFai
 
 CALL_MARGIN_S = 5.0    # the coordinator's own timeout always answers first
 RETRY_PAUSE_S = 0.1
+RELEASE_RETRY_S = 10.0  # a release asked again while the coordinator restarts
 
 
 class SubcontractFailed(AgoraError):
@@ -58,10 +59,24 @@ class HeldUnit:
         self.released = False
 
     def release(self) -> None:
-        if not self.released:
-            self.released = True
-            self._call("sale.release", {"resource": self.resource, "unit": self.unit, "token": self.token,
-                                        **self._owner})
+        """Give the unit back (idempotent).  While the coordinator restarts (UNAVAILABLE) the
+        release is asked again for up to ``RELEASE_RETRY_S``; a task-held unit that still
+        could not be released is released by the coordinator when its attempt ends."""
+        if self.released:
+            return
+        self.released = True
+        args = {"resource": self.resource, "unit": self.unit, "token": self.token, **self._owner}
+        deadline = time.monotonic() + RELEASE_RETRY_S
+        while True:
+            try:
+                self._call("sale.release", args)
+                return
+            except Unavailable:
+                if time.monotonic() + RETRY_PAUSE_S >= deadline:
+                    if "task" in self._owner:
+                        return  # the attempt's end releases it
+                    raise
+                time.sleep(RETRY_PAUSE_S)
 
     def __enter__(self) -> HeldUnit:
         return self

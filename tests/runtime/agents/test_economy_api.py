@@ -71,3 +71,11 @@ def test_an_async_handler_awaits_its_subcontract():
     call = Calls({"task_id": "t-4", "state": "succeeded", "result": 7})
     assert asyncio.run(_handle(call).asubcontract("double", {}, budget=2)) == 7
     assert call.sent[0][1]["key"] == 1
+
+
+def test_a_release_during_a_coordinator_restart_is_asked_again():
+    won = {"resource": "gpu", "unit": 0, "token": 3, "price": 1.0, "auction_id": "s"}
+    call = Calls(won, Unavailable("restarting"), {"released": True})
+    with _handle(call).acquire("gpu", limit=2):
+        pass
+    assert [op for op, _, _ in call.sent] == ["sale.bid", "sale.release", "sale.release"]
