@@ -132,12 +132,12 @@ class Economy:
         row = self.conn.execute("SELECT child FROM econ_subcontracts WHERE key = ?", (name,)).fetchone()
         if row is not None:  # the same call again (the coordinator restarted under the first)
             return self._wait(row[0], timeout)
-        account = BUDGET_PREFIX + name
-        payer = agent_account(agent)
-        self._fund(payer, account, budget_mc, trace)
         options = dict(arg(args, "options", dict, None) or {})
         options.update(budget=int(budget), idempotency_key=name)  # the reserve: whole credits
         task = {"capability": arg(args, "capability", str), "input": args.get("input"), "options": options}
+        account = BUDGET_PREFIX + name
+        payer = agent_account(agent)
+        self._fund(payer, account, budget_mc, trace)  # last: whatever raises from here gives it back
         try:
             out = self.coord.command("submit", {"task": task, "wait_s": 5.0}, trace)
         except Exception:

@@ -80,6 +80,11 @@ def test_a_budget_beyond_the_balance_is_a_typed_error(tmp_path):
     unknown = h.op("p", "economy.subcontract", {"capability": "nothing-serves-this", "input": {}, "budget": 1,
                                                 "task": {"id": tid, "attempt": 1}, "key": 9})
     assert unknown.error is not None and h.balance("p") == before  # refused: the budget is back
+    for bad in ({"options": "x"}, {"options": {"priority": "high"}}, {"capability": 7}):
+        args = {"capability": "work", "input": {}, "budget": 1, "task": {"id": tid, "attempt": 1}, "key": 10,
+                **bad}
+        assert h.op("p", "economy.subcontract", args).error == "INVALID_INPUT", bad
+        assert h.balance("p") == before, bad  # nothing stays in a budget account
     assert h.ledger.check_conservation().ok
 
 

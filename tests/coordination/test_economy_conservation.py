@@ -96,6 +96,11 @@ class World:
         assert report.issued == self.issued, ("credits appeared or vanished", report, trail)
         negative = [a for a in ledger.accounts() if a["name"] != "mint" and a["balance_mc"] < 0]
         assert not negative, (negative, trail)
+        open_ = {r[0] for r in self.host.journal.conn.execute(
+            "SELECT account FROM econ_subcontracts WHERE state = 'open'")}
+        stuck = [a for a in ledger.accounts() if a["name"].startswith("budget:") and a["name"] not in open_
+                 and a["balance_mc"]]
+        assert not stuck, (stuck, trail)  # a settled or refused subcontract leaves nothing behind
 
 
 @settings(max_examples=40, deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow])

@@ -43,5 +43,10 @@ def test_any_arguments_get_a_value_or_a_typed_error(calls):
                     assert out.msg is None or "ok" in out.msg or out.error not in (None, "INTERNAL"), out.msg
                 h.later(0.05)
             assert h.ledger.check_conservation().ok
+            open_ = {r[0] for r in h.journal.conn.execute(
+                "SELECT account FROM econ_subcontracts WHERE state = 'open'")}
+            stuck = [a for a in h.ledger.accounts() if a["name"].startswith("budget:")
+                     and a["name"] not in open_ and a["balance_mc"]]
+            assert not stuck, stuck  # a refused subcontract leaves no credit behind
         finally:
             h.journal.close()
