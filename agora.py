@@ -24,6 +24,7 @@ The packages ``runtime``, ``coordination`` and ``shm`` are agora's internals (se
 from __future__ import annotations
 
 from runtime.agents.agent import Agent, AgentContext, Cancelled, Fatal, TaskHandle, capability, current_task
+from runtime.agents.economy import SubcontractFailed
 from runtime.api import (
     ALL_COMPLETED,
     FIRST_COMPLETED,
@@ -46,9 +47,11 @@ from runtime.errors import (
     Conflict,
     DaemonNotRunning,
     DeadlineExceeded,
+    InsufficientCredits,
     InvalidInput,
     InvalidPipeline,
     MailboxFull,
+    NoSale,
     NotFound,
     PermissionDenied,
     ProtocolError,
@@ -70,6 +73,7 @@ __all__ = [
     "AgoraError", "BrokenError", "ClosedError", "Conflict", "DaemonNotRunning", "DeadlineExceeded",
     "InvalidInput", "InvalidPipeline", "MailboxFull", "NotFound", "PermissionDenied", "ProtocolError",
     "RemoteError", "ResourceExhausted", "Unavailable", "UnknownCapability", "UnknownCommand",
+    "InsufficientCredits", "NoSale", "SubcontractFailed",
     "current_task", "CircuitOpen", "CallTimeout", "Throttled", "ServiceError",
     "start", "connect", "Pool", "Runtime", "Session", "TaskFuture", "PipelineFuture", "TaskFailed",
     "RemoteTraceback", "wait", "as_completed", "FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED",

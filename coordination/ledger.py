@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from coordination.contracts import Settlement
-from runtime.errors import BrokenError, Conflict, InvalidInput, NotFound, ResourceExhausted
+from runtime.errors import BrokenError, Conflict, InsufficientCredits, InvalidInput, NotFound
 
 __all__ = ["Ledger", "Entry", "Escrow", "ConservationReport", "InsufficientCredits",
            "MINT", "MAX_AMOUNT"]
@@ -81,10 +81,6 @@ CREATE TABLE IF NOT EXISTS ledger_escrows (
     price INTEGER NOT NULL, bond INTEGER NOT NULL, state TEXT NOT NULL,
     opened_at REAL NOT NULL, settled_at REAL);
 """
-
-
-class InsufficientCredits(ResourceExhausted):
-    code = "INSUFFICIENT_CREDITS"
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,9 @@
                                   # ceiling_factor, penalty_fraction, contract_timeout_s,
                                   # min_success, weights = {price=..., quality=..., ...}
 
+    [resources.gpu]               # a scarce resource agents buy units of with credits
+    quantity = 2                  # (coordination.services.sales: auction, reserve, seller...)
+
     [context]                     # published into shared memory at start
     embeddings = "data/embeddings.npy"
 
@@ -157,6 +160,7 @@ class Config:
     pools: tuple[PoolConfig, ...] = ()
     contexts: dict[str, str] = field(default_factory=dict)
     market: dict[str, Any] = field(default_factory=dict)
+    resources: dict[str, dict[str, Any]] = field(default_factory=dict)  # [resources.NAME] (sales)
     registry: str = "partitioned"
     partitions: int = 4
     redis_url: str = ""            # registry = "redis": unix:///path.sock or redis://127.0.0.1:PORT/DB
@@ -268,10 +272,11 @@ def _services(raw: Any) -> dict[str, dict[str, Any]]:
 
 
 def parse_config(raw: dict[str, Any], home: Path, base: Path, **overrides: Any) -> Config:
-    unknown = set(raw) - {"daemon", "pools", "context", "market", "services", "ray"}
+    unknown = set(raw) - {"daemon", "pools", "context", "market", "services", "ray", "resources"}
     if unknown:
         raise InvalidInput(f"unknown config sections {sorted(unknown)}",
-                           hint="sections: [daemon], [context], [market], [pools.NAME], [services.NAME], [ray]")
+                           hint="sections: [daemon], [context], [market], [pools.NAME], [services.NAME], "
+                                "[resources.NAME], [ray]")
     market = dict(raw.get("market", {}))
     daemon = _typed("daemon", dict(raw.get("daemon", {})), _DAEMON_KEYS)
     daemon.update({k: v for k, v in overrides.items() if v is not None})
@@ -280,8 +285,11 @@ def parse_config(raw: dict[str, Any], home: Path, base: Path, **overrides: Any) 
     services = _services(raw.get("services", {}))
     from runtime.agents.engines import check_ray_section
     ray = check_ray_section(raw.get("ray", {}))
+    resources = raw.get("resources", {})
+    if not isinstance(resources, dict) or not all(isinstance(t, dict) for t in resources.values()):
+        raise InvalidInput("[resources] must hold tables [resources.NAME]", hint="[resources.gpu] quantity = 2")
     cfg = Config(home=home, pools=pools, contexts=contexts, market=market, services=services,
-                 ray=ray, config_dir=base, **daemon)
+                 ray=ray, resources={str(n): dict(t) for n, t in resources.items()}, config_dir=base, **daemon)
     if cfg.registry not in BACKENDS:
         raise InvalidInput(f"daemon.registry: expected one of {list(BACKENDS)}, got {cfg.registry!r}")
     if cfg.registry == "redis" and not cfg.redis_url:

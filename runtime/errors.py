@@ -19,10 +19,12 @@ Hierarchy (modelled on trio's closed/broken split)::
     │   └── InvalidPipeline
     ├── NotFound
     ├── Conflict             a compare-and-set lost (version moved on)
+    │   └── NoSale               a sale auction a bid took part in awarded nobody
     ├── Unavailable          retryable: the daemon / a partition is down or restarting
     │   └── DaemonNotRunning
     ├── ResourceExhausted    /dev/shm full, mailbox full, budget spent
-    │   └── MailboxFull
+    │   ├── MailboxFull
+    │   └── InsufficientCredits  a ledger account cannot pay (bids, subcontracts, bonds)
     ├── DeadlineExceeded
     ├── PermissionDenied
     ├── Internal             a bug caught at a boundary: code INTERNAL + an incident id
@@ -40,7 +42,7 @@ from typing import Any, ClassVar
 __all__ = [
     "AgoraError", "ClosedError", "BrokenError", "InvalidInput", "ProtocolError",
     "UnknownCommand", "UnknownCapability", "InvalidPipeline", "NotFound", "Conflict",
-    "Unavailable", "DaemonNotRunning", "ResourceExhausted", "MailboxFull",
+    "Unavailable", "DaemonNotRunning", "ResourceExhausted", "MailboxFull", "InsufficientCredits", "NoSale",
     "DeadlineExceeded", "PermissionDenied", "Internal", "RemoteError", "to_wire", "from_wire",
     "EXIT_CODES",
 ]
@@ -107,6 +109,12 @@ class Conflict(AgoraError):
     exit_code = 5
 
 
+class NoSale(Conflict):
+    """An auction a sale bid took part in ended without an award (coordination.services.sales)."""
+
+    code = "NO_SALE"
+
+
 class Unavailable(AgoraError):
     code = "UNAVAILABLE"
     default_hint = "retryable: try again shortly"
@@ -126,6 +134,13 @@ class ResourceExhausted(AgoraError):
 class MailboxFull(ResourceExhausted):
     code = "MAILBOX_FULL"
     default_hint = "the pool is saturated: wait and retry, raise the mailbox limits, or scale the pool"
+
+
+class InsufficientCredits(ResourceExhausted):
+    """Defined here (not in coordination.ledger, which raises it) so that an agent
+    process rebuilds it typed from the wire (``from_wire`` knows the classes it imported)."""
+
+    code = "INSUFFICIENT_CREDITS"
 
 
 class DeadlineExceeded(AgoraError):

@@ -117,8 +117,9 @@ Decisions where the spec is silent
       ``NO_AWARD`` naming the best offer seen and the budget.  With the backoff (50 ms
       doubling to 1 s) that is about 5 s of trying.
     * Accounts: ``client`` pays for every task (granted ``client_grant_mc`` once, when the
-      ledger first sees it); each agent has ``agent:<id>`` (granted ``agent_grant_mc`` at its
-      first join) from which it posts its bond (the penalty) at award.  Only these grants
+      ledger first sees it) but a subcontracted one, which its budget account pays
+      (``payers``, coordination.services.economy); each agent has ``agent:<id>`` (granted
+      ``agent_grant_mc`` at its first join) from which it posts its bond (the penalty) at award.  Only these grants
       mint.  Amounts are milli-credits; bids and budgets on the wire are credits.  The price
       held in escrow and paid is the auction's price (Vickrey: the second price).
     * Contract deadline: the task's deadline, else ``contract_timeout_s`` (60 s) after the
@@ -203,8 +204,12 @@ class MarketPolicy:
 
     name = "market"
 
-    def __init__(self, coord: Any, config: MarketConfig | None = None) -> None:
+    def __init__(self, coord: Any, config: MarketConfig | None = None,
+                 payers: dict[str, str] | None = None) -> None:
         self.coord = coord
+        # task id -> the account that pays for it (a subcontract's budget account, filled by
+        # coordination.services.economy); every other task is paid by PAYER
+        self.payers: dict[str, str] = {} if payers is None else payers
         self.sched = coord.scheduler
         self.config = config or MarketConfig()
         self.ledger = Ledger(coord.journal.conn, nested=True)
@@ -635,13 +640,14 @@ class MarketPolicy:
 
     def _hold(self, r: _Round, link: AgentLink, price: int, cid: str) -> str | None:
         """Price from the payer and bond from the agent into escrow; why not, if refused."""
+        payer = self.payers.get(r.task.id, PAYER)
         try:
-            self.ledger.hold(cid, PAYER, agent_account(link.id), price,
+            self.ledger.hold(cid, payer, agent_account(link.id), price,
                              bond=self.config.penalty.penalty(price), trace_id=r.task.trace.trace_id)
         except InsufficientCredits as e:
             self.coord.emit("market.unfunded", r.span, task_id=r.task.id, agent=link.id,
                             account=e.details.get("account"), error=e.message)
-            return "unfunded" if e.details.get("account") == PAYER else "skip"
+            return "unfunded" if e.details.get("account") == payer else "skip"
         return None
 
     def _start_contract(self, task: TaskRun, link: AgentLink, price: int, cid: str,
@@ -909,11 +915,12 @@ def _bounded(value: float, name: str, low: float, high: float, low_open: bool = 
     return value
 
 
-def install(coord: ServiceHost) -> MarketPolicy:
-    """The coordinator's service entry.  The composition root makes this service the
-    allocation policy when ``allocation = "market"``; otherwise it only answers the
+def install(coord: ServiceHost, payers: dict[str, str] | None = None) -> MarketPolicy:
+    """The coordinator's service entry (``payers``: shared with the economy service, which
+    names the budget account paying for each subcontracted task).  The composition root
+    makes this service the allocation policy when ``allocation = "market"``; otherwise it only answers the
     ledger/reputation/market commands (and settles nothing: no task is under contract)."""
-    market = MarketPolicy(coord)
+    market = MarketPolicy(coord, payers=payers)
     if coord.cfg.market:  # [market] in agora.toml: checked as `agora market-config` is
         market.cmd_config(dict(coord.cfg.market), None)
     market.attach()

@@ -194,6 +194,9 @@ class RayAgent:
     def propose(self, request: dict[str, Any]) -> Any:
         return self._hook("propose", request)
 
+    def sale_bid(self, offer: dict[str, Any]) -> Any:
+        return self._hook("sale_bid", offer)
+
 
 def _read(reader: Any, name: str) -> Any:
     try:

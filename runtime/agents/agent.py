@@ -23,14 +23,17 @@ A handler takes ``(input, task)``: ``input`` is the task's JSON input (with payl
 above the arena threshold already mapped back), ``task`` a :class:`TaskHandle` with the
 id, attempt, trace context, ``emit``, ``clock`` (the agent's vector clock stamp: each
 event it emits carries one as ``vc``) and ``lock(name)`` (a lock held by this attempt,
-released however it ends: ``runtime.agents.locks``).  It returns any JSON value.  An exception is a
+released however it ends: ``runtime.agents.locks``), ``acquire(resource, limit=...)`` (a unit
+of a resource bought in a sale auction), ``subcontract(capability, input, budget=...)`` and
+``balance()`` (``runtime.agents.economy``).  It returns any JSON value.  An exception is a
 failed attempt (the traceback is kept); the task's retry policy decides what follows.
 
 Hooks called on the agent's *control path* (a thread separate from the one running
 handlers), so a busy agent still answers: ``bid(cfp)`` returns ``{"price": ..., ...}``
 or ``None`` to decline; ``vote(request)`` returns a ballot (the shape depends on the
 method: an option, a list of options, or a ranking) or ``None`` to abstain;
-``propose(request)`` returns compromise options for a negotiation round.
+``propose(request)`` returns compromise options for a negotiation round; ``sale_bid(offer)``
+answers a round of an English or Dutch sale the agent bid in (True: stay / take).
 
 Defaults: ``bid`` prices the declared cost of the capability scaled by the agent's
 queue (an idle agent bids its cost; each queued task adds the cost again) and states
@@ -117,6 +120,18 @@ class AgentContext:
         from runtime.agents.locks import acquire_lock
         return acquire_lock(self.call, name, ttl=ttl, timeout=timeout)
 
+    def acquire(self, resource: str, *, limit: float, price: float | None = None,
+                timeout: float = 10.0) -> Any:
+        """Buy a unit of ``resource`` in its sale auction for this agent (released when it
+        dies, or by ``release()``/the ``with`` block): a ``runtime.agents.economy.HeldUnit``."""
+        from runtime.agents.economy import acquire_unit
+        return acquire_unit(self.call, resource, limit=limit, price=price, timeout=timeout)
+
+    def balance(self) -> float:
+        """This agent's ledger balance in credits (what it earned and may spend)."""
+        from runtime.agents.economy import balance
+        return balance(self.call)
+
     def service(self, name: str) -> Any:
         """The guarded ``runtime.guards.Service`` of ``[services.<name>]`` in agora.toml: its
         breaker and rate limiter are shared by every agent of the machine, its cache (with
@@ -151,6 +166,7 @@ class TaskHandle:
         self.cancelled = False  # True once the coordinator asked this attempt to stop
         self.cancel_reason = ""
         self.on_cancel: Callable[[], None] | None = None  # the executor's (an async handler's task)
+        self._subcontracts = 0  # numbers this attempt's subcontracts (their idempotency keys)
 
     def emit(self, type_: str, **fields: Any) -> None:
         """An event in this task's trace (a child span of the attempt); raises
@@ -173,6 +189,41 @@ class TaskHandle:
         from runtime.agents.locks import acquire_lock
         return acquire_lock(self._call, name, ttl=ttl, timeout=timeout,
                             task={"id": self.id, "attempt": self.attempt})
+
+    def acquire(self, resource: str, *, limit: float, price: float | None = None,
+                timeout: float = 10.0) -> Any:
+        """Bid up to ``limit`` credits (from this agent's balance) for a unit of
+        ``resource`` in its sale auction; the unit is held by this attempt (released by the
+        ``with`` block and, however the attempt ends, by the coordinator).  Returns a
+        ``runtime.agents.economy.HeldUnit`` (``unit``, ``token``, ``price``, ``release``)."""
+        from runtime.agents.economy import acquire_unit
+        return acquire_unit(self._call, resource, limit=limit, price=price, timeout=timeout,
+                            task={"id": self.id, "attempt": self.attempt})
+
+    bid_for = acquire
+
+    def subcontract(self, capability: str, input: Any, *, budget: float, timeout: float = 60.0,
+                    options: dict[str, Any] | None = None) -> Any:
+        """Run ``capability(input)`` through the market, paid from this agent's balance (at
+        most ``budget`` credits; the rest comes back), in this task's trace; returns its
+        result or raises ``runtime.agents.economy.SubcontractFailed``."""
+        from runtime.agents.economy import subcontract
+        self._subcontracts += 1
+        return subcontract(self._call, {"id": self.id, "attempt": self.attempt}, self._subcontracts,
+                           capability, input, budget=budget, timeout=timeout, options=options)
+
+    async def asubcontract(self, capability: str, input: Any, *, budget: float, timeout: float = 60.0,
+                           options: dict[str, Any] | None = None) -> Any:
+        """:meth:`subcontract` for an ``async def`` handler: the wait runs in a thread, so the
+        agent's other asyncio tasks go on meanwhile."""
+        import asyncio
+        return await asyncio.to_thread(self.subcontract, capability, input, budget=budget, timeout=timeout,
+                                       options=options)
+
+    def balance(self) -> float:
+        """The agent's ledger balance in credits."""
+        from runtime.agents.economy import balance
+        return balance(self._call)
 
     def check(self) -> None:
         """Raise :class:`Cancelled` if the coordinator asked this attempt to stop; a long
@@ -235,6 +286,13 @@ class Agent:
 
     def vote(self, request: dict[str, Any]) -> Any:
         return None
+
+    def sale_bid(self, offer: dict[str, Any]) -> Any:
+        """A round of an English or Dutch sale this agent bid in (``offer``: resource,
+        auction, round, price, limit, bid_id, in credits): True stays / takes.  Default:
+        while the price is within the limit its handler gave."""
+        from runtime.agents.economy import default_sale_bid
+        return default_sale_bid(offer)
 
     def propose(self, request: dict[str, Any]) -> list[dict[str, Any]]:
         return []

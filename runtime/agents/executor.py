@@ -344,7 +344,8 @@ class ConcurrentMixin:
         """Bids and votes see the executor's load: ``queue`` (attempts waiting for a slot),
         ``load`` (occupied share of the slots) and ``concurrency``."""
         ex = self.executor
-        hook = {"bid": self.agent.bid, "vote": self.agent.vote, "propose": self.agent.propose}[msg["kind"]]
+        hook = {"bid": self.agent.bid, "vote": self.agent.vote, "propose": self.agent.propose,
+                "sale": self.agent.sale_bid}[msg["kind"]]
         request = dict(msg.get("request") or {}, queue=ex.waiting(), load=ex.load(), concurrency=ex.concurrency)
         self.clock.receive(msg.get("vc"))  # the ask's receipt
         try:

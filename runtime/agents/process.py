@@ -26,7 +26,7 @@ Messages (orjson frames, see runtime.wire.protocol):
       a task marked "short": true, from a capability the scheduler found short, is run by
       the reading thread itself when the other one is idle: no hand-off wake-up)
       "queue": n}
-  <- {"t": "ask", "rid", "kind": "bid"|"vote"|"propose", "request": {...}, "vc"}
+  <- {"t": "ask", "rid", "kind": "bid"|"vote"|"propose"|"sale", "request": {...}, "vc"}
   -> {"t": "answer", "rid", "answer": value | None, "error": str (hook raised), "vc": stamp}
   -> {"t": "call", "rid", "op", "args", "vc"}       the agent asks (locks, leases, barriers...)
   <- {"t": "reply", "rid", "ok": value, "vc"} | {"t": "reply", "rid", "error": {...}, "vc"}
@@ -411,7 +411,8 @@ class AgentRunner:
             pass  # the coordinator went away: the lease's TTL ends it
 
     def answer(self, msg: dict[str, Any]) -> None:
-        hook = {"bid": self.agent.bid, "vote": self.agent.vote, "propose": self.agent.propose}[msg["kind"]]
+        hook = {"bid": self.agent.bid, "vote": self.agent.vote, "propose": self.agent.propose,
+                "sale": self.agent.sale_bid}[msg["kind"]]
         request = dict(msg.get("request") or {}, queue=len(self.tasks))
         self.clock.receive(msg.get("vc"))  # the ask's receipt
         try:

@@ -280,6 +280,20 @@ class Session:
         """Each agent's reputation (per capability)."""
         return self.call("reputation", **({"capability": capability} if capability else {}))
 
+    def resources(self, limit: int = 20) -> Any:
+        """Resources agents buy in sale auctions: units, holders, waiting bids, recent sales."""
+        return self.call("resources", limit=limit)
+
+    def resource_create(self, name: str, *, quantity: int = 1, auction: str = "vickrey",
+                        reserve: float = 0.0, **more: Any) -> Any:
+        """Create a resource agents bid for (``task.acquire(name, limit=...)``); durable."""
+        return self.call("resource_create", name=name, quantity=quantity, auction=auction,
+                         reserve=reserve, **more)
+
+    def subcontracts(self, limit: int = 50) -> Any:
+        """Subcontracts agents paid from their balances (``task.subcontract``)."""
+        return self.call("subcontracts", limit=limit)
+
     def vote(self, question: str, options: list[str], *, method: str = "plurality",
              pool: str | None = None, voters: list[str] | None = None, deadline_s: float | None = None,
              quorum: int | None = None, weights: dict[str, float] | None = None,

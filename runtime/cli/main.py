@@ -14,7 +14,7 @@ import sys
 import click
 
 # Command modules register themselves on the group (one concept per module).
-from runtime.cli import consensus, daemon, data, journal, market, observe, run, scale, tasks  # noqa: F401
+from runtime.cli import consensus, daemon, data, economy, journal, market, observe, run, scale, tasks  # noqa: F401
 from runtime.cli.group import add_global_options, cli
 
 __all__ = ["main", "cli"]

@@ -7,7 +7,7 @@ factory the composition root hands the coordinator (``runtime.daemon.composition
 
 and touches the coordinator only through this surface.  It reads the shared parts
 (``cfg``, ``journal``, ``scheduler``, ``registry``, ``contexts``, ``emit``, ``clock``), calls
-``ask``/``call_later``/``wait_for``, and registers what it serves and what it listens to.
+``ask``/``call_later``/``wait_for``/``command``, and registers what it serves and what it listens to.
 Every hook is a list of listeners, called in the order of registration, and listeners are
 independent by contract (none relies on another having run first), so the order in which
 services are installed never changes behaviour.  ``tests/support/fake_host.py`` is the one
@@ -72,6 +72,11 @@ class ServiceHost(Protocol):
     def call_later(self, delay: float, fn: Callable[[], None]) -> None: ...
 
     def wait_for(self, task_id: str, notify: Callable[[Any], None]) -> None: ...
+
+    def command(self, name: str, args: dict[str, Any], trace: Any) -> Any:
+        """Run a control-channel command as a client would (a value, a Deferred, or a
+        typed error): the economy submits a subcontracted task through ``submit``."""
+        ...
 
     def add_commands(self, table: dict[str, Command]) -> None: ...
 

@@ -617,6 +617,9 @@ class Coordinator:
     def wait_for(self, task_id: str, notify: Callable[[dict[str, Any]], None]) -> None:
         self.waiters.setdefault(task_id, []).append(notify)
 
+    def command(self, name: str, args: dict[str, Any], trace: Any) -> Any:
+        return self.commands.run(name, args, trace, None)
+
     def drain_and_close(self) -> None:
         """Stop accepting; let running tasks finish for up to drain_s; the rest stays
         in the journal as accepted and resumes on the next start."""

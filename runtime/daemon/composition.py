@@ -13,10 +13,11 @@ policy; ``POLICY_FACTORIES`` covers exactly those names (a test checks it).
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from coordination import grading
-from coordination.services import decisions, market, primitives
+from coordination.services import decisions, economy, market, primitives, sales
 from coordination.services.market import MarketConfig
 from runtime.config import ALLOCATIONS, Config
 from runtime.coordinator import retention
@@ -33,6 +34,8 @@ SERVICES: tuple[tuple[str, Callable[[ServiceHost], Any]], ...] = (
     ("market", market.install),
     ("decisions", decisions.install),
     ("primitives", primitives.install),
+    ("economy", economy.install),          # agents' subcontracts (issue 18 item 7)
+    ("sales", sales.install),              # sale auctions of resources (issue 18 item 5)
     ("scaling", scaling.install),
     ("replacement", replacement.install),  # agents that ignore a cancel past its grace
     ("retention", retention.install),      # the journal's finished work, compacted
@@ -46,7 +49,12 @@ POLICY_FACTORIES: dict[str, Callable[[ServiceHost, dict[str, Any]], Any]] = {
 
 
 def composition(cfg: Config) -> Composition:
-    return Composition(services=SERVICES, policy=POLICY_FACTORIES[cfg.allocation])
+    """The services, with the market and the economy sharing one map: subcontracted task
+    id -> the budget account that pays its contracts (coordination.services.economy)."""
+    payers: dict[str, str] = {}
+    shared = {"market": partial(market.install, payers=payers), "economy": partial(economy.install, payers=payers)}
+    services = tuple((name, shared.get(name, make)) for name, make in SERVICES)
+    return Composition(services=services, policy=POLICY_FACTORIES[cfg.allocation])
 
 
 def check_config(cfg: Config) -> None:
@@ -56,3 +64,5 @@ def check_config(cfg: Config) -> None:
     by the coordinator, never by the root)."""
     market.configure(MarketConfig(), dict(cfg.market))
     grading.graders(cfg.pools)
+    for name, table in cfg.resources.items():
+        sales.parse_resource(name, table)

@@ -76,6 +76,22 @@ class FakeHost:
     def wait_for(self, task_id: str, notify: Any) -> None:
         self.add_final_listener(lambda task, rec: notify(rec) if task.id == task_id else None)
 
+    def command(self, name: str, args: dict[str, Any], trace: Any) -> Any:
+        """``submit`` as the coordinator's (journal, then the scheduler's queue, in the
+        caller's turn); any other name from the services' own table."""
+        if name != "submit":
+            return self.table[name](args, trace)
+        from runtime.observability.trace_context import TraceContext
+        from runtime.tasks.scheduler import TaskRun
+        spec = parse_task(args["task"], now=time.time(), capabilities={"work"})  # what join() declares
+        trace = trace or TraceContext.new_trace()
+        tid = self.journal.submit_many([spec], trace_ids=[trace.trace_id])[0]
+        rec = self.journal.get(tid)
+        if rec.state == "queued" and tid not in self.scheduler.tasks:
+            self.scheduler.enqueue(TaskRun(tid, spec.capability, spec.input, trace,
+                                           max_attempts=rec.max_attempts, attempts=rec.attempts))
+        return tid
+
     def emit(self, type_: str, trace: Any = None, **fields: Any) -> None:
         self.events.append((type_, trace, fields))
 
