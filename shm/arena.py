@@ -183,6 +183,16 @@ class Arena:
         dtype = np.lib.format.descr_to_dtype(ast.literal_eval(handle.descr))
         return np.frombuffer(self.get(handle), dtype).reshape(handle.shape or ())
 
+    def read(self, handle: Handle) -> bytes:
+        """A copy of the payload for a reader that does not own the block (several may read
+        one block; its writer releases it): validated before and after the copy, as a
+        seqlock reader confirms, so a block released or reset meanwhile raises StaleHandle
+        instead of returning torn or recycled bytes."""
+        start = self._validate(handle)
+        data = bytes(memoryview(self._mm)[start:start + handle.length])
+        self._validate(handle)
+        return data
+
     def release(self, handle: Handle) -> None:
         """Mark the block done (one byte store).  StaleHandle: it was reset or already released."""
         start = self._validate(handle)

@@ -340,19 +340,11 @@ class ConcurrentMixin:
         else:
             super().on_control(msg)
 
-    def answer(self, msg: dict[str, Any]) -> None:
+    def ask_load(self) -> dict[str, Any]:
         """Bids and votes see the executor's load: ``queue`` (attempts waiting for a slot),
         ``load`` (occupied share of the slots) and ``concurrency``."""
         ex = self.executor
-        hook = {"bid": self.agent.bid, "vote": self.agent.vote, "propose": self.agent.propose,
-                "sale": self.agent.sale_bid}[msg["kind"]]
-        request = dict(msg.get("request") or {}, queue=ex.waiting(), load=ex.load(), concurrency=ex.concurrency)
-        self.clock.receive(msg.get("vc"))  # the ask's receipt
-        try:
-            self.send({"t": "answer", "rid": msg["rid"], "answer": hook(request), "vc": self.clock.tick()})
-        except Exception as e:  # a user hook raised: the asker must hear it, not time out
-            self.send({"t": "answer", "rid": msg["rid"], "answer": None, "error": f"{type(e).__name__}: {e}",
-                       "vc": self.clock.tick()})
+        return {"queue": ex.waiting(), "load": ex.load(), "concurrency": ex.concurrency}
 
     def _deliver(self, out: dict[str, Any]) -> None:
         """Send a finished attempt; results finished while another thread sends go in its next frame.

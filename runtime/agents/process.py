@@ -413,13 +413,33 @@ class AgentRunner:
     def answer(self, msg: dict[str, Any]) -> None:
         hook = {"bid": self.agent.bid, "vote": self.agent.vote, "propose": self.agent.propose,
                 "sale": self.agent.sale_bid}[msg["kind"]]
-        request = dict(msg.get("request") or {}, queue=len(self.tasks))
+        request = dict(msg.get("request") or {}, **self.ask_load())
+        if msg["kind"] == "vote":
+            self._resolve_candidates(request)
         self.clock.receive(msg.get("vc"))  # the ask's receipt
         try:
             self.send({"t": "answer", "rid": msg["rid"], "answer": hook(request), "vc": self.clock.tick()})
         except Exception as e:  # a user hook raised: the asker must hear it, not time out
             self.send({"t": "answer", "rid": msg["rid"], "answer": None,
                        "error": f"{type(e).__name__}: {e}", "vc": self.clock.tick()})
+
+    def ask_load(self) -> dict[str, Any]:
+        """What bids and votes see of this agent's load (``queue``: tasks waiting)."""
+        return {"queue": len(self.tasks)}
+
+    def _resolve_candidates(self, request: dict[str, Any]) -> None:
+        """A consensus vote's large candidates come as a reference with an arena handle
+        (coordination.services.decisions): the hook gets the candidate itself, read from the
+        coordinator's block; a block already gone leaves the reference (size and preview)."""
+        candidates = request.get("candidates")
+        if not isinstance(candidates, dict):
+            return
+        for label, c in list(candidates.items()):
+            if isinstance(c, dict) and "$large" in c and "handle" in c:
+                try:
+                    candidates[label] = self.payloads.peek(c["handle"])
+                except Exception:  # noqa: BLE001 - stale, reset or malformed: keep the reference
+                    pass
 
     # -- the running role (task path) ----------------------------------------------------
 

@@ -66,6 +66,25 @@ class Payloads:
         self.stats["received_by_handle"] += 1
         return value
 
+    def share(self, data: bytes) -> Handle | None:
+        """Encoded JSON put into this process's slot for readers that do not release it
+        (``peek``); the writer ``discard``s it when they are done.  None: no arena, or no
+        room (the caller sends something else)."""
+        if self.writer is None:
+            return None
+        try:
+            return self.writer.put(data)
+        except ResourceExhausted:
+            self.stats["inline_fallbacks"] += 1
+            return None
+
+    def peek(self, handle_json: Any) -> Any:
+        """The value of a block ``share``d by another process; the block stays its writer's.
+        StaleHandle (an AgoraError's cousin from shm.errors) when it is gone."""
+        if self.arena is None:
+            raise StaleHandle("no payload arena in this process")
+        return orjson.loads(self.arena.read(Handle.from_json(handle_json)))
+
     def discard(self, handle: Handle | None) -> None:
         """The receiver died before reading: free the block for it."""
         if handle is not None and self.arena is not None:

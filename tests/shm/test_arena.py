@@ -109,6 +109,21 @@ def test_block_is_reused_after_release_and_the_old_handle_is_stale(arena):
     arena.release(second)
 
 
+
+def test_shared_reads_leave_the_block_to_its_writer_and_fail_once_it_is_gone(arena):
+    """``read``: several readers copy one block (a consensus vote's voters); the writer
+    releases it; a read after that, or after the block was reused, is StaleHandle."""
+    w = arena.slot(3)
+    h = w.put(b"c" * 70_000)
+    assert arena.read(h) == arena.read(h) == b"c" * 70_000  # readers do not consume it
+    arena.release(h)
+    with pytest.raises(StaleHandle):
+        arena.read(h)
+    again = w.put(b"d" * 70_000)  # the same offset, a new serial: the old handle stays stale
+    with pytest.raises(StaleHandle):
+        arena.read(h)
+    arena.release(again)
+
 def test_full_slot_is_resource_exhausted_with_numbers_until_released(arena):
     w = arena.slot(3)
     held = []

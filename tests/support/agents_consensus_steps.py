@@ -5,7 +5,9 @@ through the real hooks.
 (64 KiB and more travels by arena handle); the agents whose index is in ``input["hang"]``
 hang until their attempt is cancelled (then raise), with ``input["ignore_cancel"]`` for
 up to 120 s regardless.  Its ``vote`` ranks the candidates by label and says, through the
-ranking's order only, nothing else: the tests compute the expected winner (``c1``).
+ranking's order only, nothing else: the tests compute the expected winner (``c1``); with
+``input["vote_on_content"]`` it ranks by the candidates' own ``value`` (large candidates
+reach it by arena handle, so this shows the voters read them).
 """
 
 from __future__ import annotations
@@ -27,5 +29,10 @@ class Drafter(Agent):
         return {"value": self.ctx.index, "blob": "x" * (int(input.get("big_kib", 0)) * 1024)}
 
     def vote(self, request: dict[str, Any]) -> Any:
-        ranking = sorted(request["candidates"])
+        cands = request["candidates"]
+        if (request.get("input") or {}).get("vote_on_content"):
+            # the candidates themselves: the highest "value" first (a reference, which
+            # has none, would rank last: the test sees whether voters read the content)
+            return sorted(cands, key=lambda lbl: (-cands[lbl].get("value", -1), lbl))
+        ranking = sorted(cands)
         return ranking[0] if request.get("shape") == "single" else ranking

@@ -62,6 +62,12 @@ def test_large_outputs_hung_candidates_and_quorum(agora_env):
         assert res["winner"] == "c1" and res["output"]["value"] == 0
         assert c.call("status")["payloads"]["received_by_handle"] - before == 3
 
+        # voters read large candidates themselves (by handle, not a 256-byte preview):
+        # ranking on content, the last agent's (highest value) candidate wins
+        step = _step(c, {"big_kib": 100, "vote_on_content": True})
+        assert step["state"] == "succeeded", step
+        assert step["result"]["output"]["value"] == 2, step["result"]["tally"]
+
         # one candidate hangs: cancelled at the candidate timeout (the pool's timeout_s),
         # the other two are voted on
         step = _step(c, {"hang": [1]})
