@@ -188,7 +188,7 @@ class Observe:
     def events_after(self, args: dict[str, Any], trace: Any) -> Any:
         only(args, "cursor", "type", "agent", "limit")
         cursor = arg(args, "cursor", list, None)
-        if cursor is not None and not (len(cursor) == 2 and all(isinstance(x, int) for x in cursor)):
+        if cursor is not None and not (len(cursor) == 2 and all(type(x) is int and x >= 0 for x in cursor)):
             raise InvalidInput("argument 'cursor': expected [inode, offset] as returned before",
                                field="cursor")
         limit = arg(args, "limit", int, 1000)

@@ -89,6 +89,7 @@ __all__ = ["Journal", "TaskRecord", "AttemptRecord", "PipelineRecord", "Finish",
 JOURNAL_FILE = "journal.db"
 _CHUNK = 500  # host parameters per IN (...) query
 PAGE_SIZE = 1024  # bytes, for new journal files (see the module docstring)
+WAL_LIMIT_BYTES = 64 << 20  # the WAL is cut back to this after a checkpoint
 _DOOMED = TERMINAL - {"succeeded"}
 
 _SCHEMA = """
@@ -365,6 +366,9 @@ class Journal:
             conn = sqlite3.connect(self.path, isolation_level=None, timeout=busy_timeout)
             conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # a no-op once the file has pages
             conn.execute("PRAGMA journal_mode=WAL")
+            # a burst grows the WAL; once checkpointed it is truncated back to this
+            # (without a limit the file keeps its largest size for the daemon's life)
+            conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
             conn.execute(f"PRAGMA synchronous={durability.upper()}")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.executescript(_SCHEMA)

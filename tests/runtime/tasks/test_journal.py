@@ -17,7 +17,7 @@ import time
 import pytest
 
 from runtime.errors import InvalidInput, NotFound
-from runtime.tasks.journal import PAGE_SIZE, Journal, next_id
+from runtime.tasks.journal import PAGE_SIZE, WAL_LIMIT_BYTES, Journal, next_id
 from runtime.tasks.pipeline import parse_pipeline
 from runtime.tasks.task import IllegalTransition, TaskSpec, parse_task
 from tests.support.helpers import FakeClock, eventually, fork_running, reap
@@ -621,3 +621,13 @@ def test_states_reads_many_ids_in_chunks_and_names_an_unknown_one(journal):
     assert {got[t] for t in ids if t != ids[7]} == {"queued"}
     with pytest.raises(NotFound, match="t-nope"):
         journal.states([*ids[:600], "t-nope"])
+
+
+
+def test_the_wal_is_cut_back_after_a_burst(tmp_path):
+    """journal_size_limit: a burst's WAL is truncated to WAL_LIMIT_BYTES once checkpointed."""
+    j = Journal(tmp_path / "state")
+    try:
+        assert j.conn.execute("PRAGMA journal_size_limit").fetchone()[0] == WAL_LIMIT_BYTES
+    finally:
+        j.close()
