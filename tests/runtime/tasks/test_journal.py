@@ -624,8 +624,8 @@ def test_states_reads_many_ids_in_chunks_and_names_an_unknown_one(journal):
 
 
 
-def test_the_wal_is_cut_back_after_a_burst(tmp_path):
-    """journal_size_limit: a burst's WAL is truncated to WAL_LIMIT_BYTES once checkpointed."""
+def test_the_wal_has_a_size_limit(tmp_path):
+    """journal_size_limit is set: SQLite cuts a WAL that grew in a burst back to it once checkpointed."""
     j = Journal(tmp_path / "state")
     try:
         assert j.conn.execute("PRAGMA journal_size_limit").fetchone()[0] == WAL_LIMIT_BYTES
