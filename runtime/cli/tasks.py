@@ -240,7 +240,8 @@ def tasks(ctx: click.Context, state: str | None, limit: int, as_json: bool) -> N
     def human(rows: list[dict[str, Any]]) -> None:
         click.echo(f"{'ID':<20} {'CAPABILITY':<16} {'STATE':<16} ATTEMPTS")
         for r in rows:
-            click.echo(f"{r['id']:<20} {r['capability']:<16} {r['state']:<16} {r.get('attempts')}")
+            why = f"  (waiting: {r['waiting_for']})" if r.get("waiting_for") else ""
+            click.echo(f"{r['id']:<20} {r['capability']:<16} {r['state']:<16} {r.get('attempts')}{why}")
     out(call(ctx, "tasks", state=state, limit=limit), as_json, human)
 
 

@@ -78,7 +78,7 @@ def test_failed_pool_refuses_then_restarts_on_request(agora_env, capsys):
                    "the pool events (the root's flush on a timer)")
 
 
-def test_parked_tasks_wait_visibly_and_run_after_the_automatic_restart(agora_env):
+def test_parked_tasks_wait_visibly_and_run_after_the_automatic_restart(agora_env, capsys):
     with running_daemon(agora_env, fragile("park", base=0.5, cap=2.0)) as (c, _):
         crash_the_pool(c, agora_env)
         parked = c.call("submit", task={"capability": "work", "input": "later"})
@@ -88,6 +88,8 @@ def test_parked_tasks_wait_visibly_and_run_after_the_automatic_restart(agora_env
         assert row["state"] == "queued" and "fragile" in row["waiting_for"], row
         listed = {r["id"]: r for r in c.call("tasks", state="queued")}
         assert "waiting_for" in listed[parked]
+        assert main(["--home", str(agora_env), "tasks", "--state", "queued"]) == 0  # the human line says why
+        assert f"(waiting: {listed[parked]['waiting_for']})" in capsys.readouterr().out
         assert "work" in c.call("status")["waiting"]
         eventually(lambda: pool(c)["queued"] >= 1, "agora pools to count the parked task")
         assert c.call("result", id=doomed, wait=True, timeout_s=30)["state"] == "deadline_exceeded"
