@@ -490,7 +490,7 @@ class ConsensusSteps:
     def spec_of(self, task: Any) -> dict[str, Any] | None:
         if task.pipeline_id is None:  # consensus exists only in pipeline steps
             return None
-        return (self.coord.journal.get(task.id).options or {}).get("consensus")
+        return (self.coord.journal.options(task.id) or {}).get("consensus")
 
     def take(self, task: Any) -> bool:
         """Start the step now when k agents have room, else keep it for the next turns.
