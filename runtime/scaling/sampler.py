@@ -28,8 +28,14 @@ Design decisions:
   ``psutil.cpu_percent(interval=None)``, whose baseline is module-global and would be
   moved by any other caller in the process.
 - USS/PSS come from ``memory_full_info()``, which reads ``/proc/PID/smaps_rollup`` (one
-  file, cheap) on current kernels.  ``full=False`` skips it for callers that only need
-  RSS and CPU.
+  file) on current kernels.  ``full=False`` skips it for callers that only need
+  RSS and CPU.  The file is not cheap for an agent: the kernel walks every page table of
+  the process, and an agent maps the payload arena and the shared contexts: ~1 ms of CPU
+  per agent here (perf/pipelines.py's agents), so a coordinator sampling 6 agents every
+  second spent 6 ms/s on it, a third of its CPU when idle.  ``memory_every_s`` re-reads
+  USS/PSS of a pid only that often, or at once when its RSS moved by ``rss_drift``
+  (default 8 MiB) since the last full read; in between a sample has the fresh RSS and CPU
+  and the last USS/PSS.  Default 0: every sample reads everything.
 """
 
 from __future__ import annotations
@@ -41,7 +47,11 @@ from typing import Any
 
 import psutil
 
-__all__ = ["ProcessSample", "MachineSample", "Sample", "Sampler"]
+__all__ = ["ProcessSample", "MachineSample", "Sample", "Sampler", "RSS_DRIFT"]
+
+#: With ``memory_every_s``, an RSS that moved by this much since the last full read
+#: re-reads USS/PSS at once (a fast-growing agent is not judged on a stale USS).
+RSS_DRIFT = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -80,9 +90,13 @@ class _Vanished(Exception):
 class Sampler:
     """Samples a changing set of pids; keep one per coordinator."""
 
-    def __init__(self, *, full: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, *, full: bool = True, clock: Callable[[], float] = time.monotonic,
+                 memory_every_s: float = 0.0, rss_drift: int = RSS_DRIFT) -> None:
         self._full = full
         self._clock = clock
+        self._memory_every_s = memory_every_s
+        self._rss_drift = rss_drift
+        self._full_reads: dict[int, tuple[float, int, int | None, int | None]] = {}  # at, rss, uss, pss
         self._procs: dict[int, psutil.Process] = {}
         self._cpu_times: Any = None  # psutil's scputimes namedtuple
 
@@ -108,6 +122,7 @@ class Sampler:
     def forget(self, pid: int) -> None:
         """Drop a pid's kept Process (the driver calls it when an agent exits)."""
         self._procs.pop(pid, None)
+        self._full_reads.pop(pid, None)
 
     @property
     def tracked(self) -> frozenset[int]:
@@ -118,6 +133,7 @@ class Sampler:
     def _forget_unwanted(self, wanted: list[int]) -> None:
         for pid in set(self._procs) - set(wanted):
             del self._procs[pid]
+            self._full_reads.pop(pid, None)
 
     def _process(self, pid: int) -> tuple[psutil.Process, bool]:
         """The kept Process for pid (and whether it is new), checked against pid reuse."""
@@ -146,11 +162,18 @@ class Sampler:
     def _memory(self, proc: psutil.Process) -> tuple[int, int | None, int | None]:
         if not self._full:
             return proc.memory_info().rss, None, None
+        now, last = self._clock(), self._full_reads.get(proc.pid)
+        if last is not None and now - last[0] < self._memory_every_s:
+            rss = proc.memory_info().rss
+            if abs(rss - last[1]) < self._rss_drift:
+                return rss, last[2], last[3]  # USS/PSS of the last full read: RSS has not moved
         try:
             info = proc.memory_full_info()
         except psutil.AccessDenied:  # another user's process: smaps is unreadable, RSS is not
             return proc.memory_info().rss, None, None
-        return info.rss, getattr(info, "uss", None), getattr(info, "pss", None)
+        uss, pss = getattr(info, "uss", None), getattr(info, "pss", None)
+        self._full_reads[proc.pid] = (now, info.rss, uss, pss)
+        return info.rss, uss, pss
 
     def _sample_machine(self) -> MachineSample:
         vm = psutil.virtual_memory()

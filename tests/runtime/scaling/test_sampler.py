@@ -152,3 +152,34 @@ T = namedtuple("T", "user nice system idle iowait irq softirq steal guest guest_
 )
 def test_machine_cpu_percent_from_cpu_times(before, now, expected):
     assert _busy_percent(before, now) == pytest.approx(expected)
+
+
+def test_memory_every_s_rereads_uss_only_when_due_or_when_rss_moves(monkeypatch):
+    """smaps_rollup costs ~1 ms per agent: with ``memory_every_s`` a sample within the period
+    carries the last USS/PSS beside a fresh RSS, unless RSS moved by ``rss_drift``."""
+    now = [100.0]
+    reads: list[int] = []
+    real = psutil.Process.memory_full_info
+
+    def counting(self):
+        reads.append(self.pid)
+        return real(self)
+
+    monkeypatch.setattr(psutil.Process, "memory_full_info", counting)
+    me = os.getpid()
+    sampler = Sampler(clock=lambda: now[0], memory_every_s=5.0, rss_drift=1 << 40)
+    first = sampler.sample([me]).processes[me]
+    now[0] += 4.9
+    second = sampler.sample([me]).processes[me]
+    assert len(reads) == 1 and second.uss == first.uss and second.rss > 0
+    now[0] += 0.2  # 5.1 s after the full read: due
+    sampler.sample([me])
+    assert len(reads) == 2
+    drifting = Sampler(clock=lambda: now[0], memory_every_s=5.0, rss_drift=16 << 20)
+    drifting.sample([me])
+    drifting.sample([me])
+    assert len(reads) == 3  # RSS has not moved by 16 MiB: no re-read
+    ballast = b"x" * (64 << 20)  # RSS grows by 64 MiB (every page written)
+    grown = drifting.sample([me]).processes[me]
+    assert len(reads) == 4 and grown.uss is not None
+    del ballast
