@@ -480,7 +480,10 @@ class ConsensusSteps:
     quorum (a majority of the agents the step ran on), else the attempt fails
     ``CONSENSUS_NO_QUORUM``.  Vote requests carry candidates up to ``INLINE_CANDIDATE_BYTES``
     (16 KiB of JSON) inline; a larger one is referenced (``{"$large": label, "bytes": n,
-    "preview": ...}``) and its output stays in the coordinator for the result."""
+    "preview": ...}``) and its output stays in the coordinator for the result.  The step's
+    input rides the same way (``{"$large": "input", ...}`` beyond 16 KiB): every voter got a
+    copy of it, 3 x 28 KB of frames per check step of perf/pipelines.py, for a vote that
+    ranks candidates."""
 
     def __init__(self, coord: Any, service: Service) -> None:
         self.coord, self.sched, self.service = coord, coord.scheduler, service
@@ -631,7 +634,8 @@ class ConsensusSteps:
             return
         voters = [a for a in run.agents if a in self.sched.agents]
         extra = {"candidates": {lbl: _for_ballot(lbl, run.outputs[a]) for lbl, a in labels.items()},
-                 "capability": run.task.capability, "input": run.task.input, "task_id": run.task.id}
+                 "capability": run.task.capability, "input": _for_ballot("input", run.task.input),
+                 "task_id": run.task.id}
         run.vote = self.service.open_vote(
             f"consensus of task {run.task.id}", list(labels), run.method, voters or run.agents,
             DEFAULT_DEADLINE_S, run.task.trace.child(), lambda v: self._voted(run, v), extra=extra)
