@@ -12,12 +12,20 @@ the table gives milliseconds per pipeline and per step (6 steps, the check step 
 once) for each role, and for the agents as a whole.  CPU time, unlike wall-clock time,
 does not count waits for a core, so the figures hold on a loaded machine.
 
+``--journal``: no daemon; the journal calls the coordinator makes for ``n`` pipelines (submit,
+the dispatch reads, start, finish with the documents perf/_agents_pipeline.py returns, the
+check step's result holding its winner and 3 candidates, pipeline_progress' reads), in this
+process: journal CPU (process_time) per pipeline, WAL bytes written per pipeline (automatic
+checkpoints off) and the time per statement kind.  Deterministic enough to compare one
+journal change with another on a loaded machine.
+
 ``--spy DIR``: py-spy records the coordinator at 200 Hz during the measured pipelines
 (``DIR/coordinator.txt``, raw folded stacks; needs py-spy on PATH) and the script prints
 the 25 hottest frames (self time) and the 25 hottest functions including callees.
 
 Keys of the JSON line: ``ms_per_pipeline`` (role -> ms), ``ms_per_step`` (role -> ms),
-``pipelines``, ``succeeded``, ``config``, ``seed``.
+``pipelines``, ``succeeded``, ``config``, ``seed``; with ``--journal``: ``journal_ms_per_pipeline``,
+``wal_kib_per_pipeline``, ``pipelines``, ``seed``.
 """
 
 from __future__ import annotations
@@ -121,14 +129,86 @@ def hottest(path: Path, top: int = 25) -> None:
             print(f"{100 * k / max(1, total):6.1f}%  {frame[:150]}")
 
 
+def _step_output(step: str, doc: dict[str, Any]) -> Any:
+    """What the agents of perf/_agents_pipeline.py return for ``step`` (their sizes)."""
+    from _agents_pipeline import _pad, _timed
+    t0 = time.perf_counter()
+    add = {"retrieve": {"passages": "agent market auction " * 380}, "embed": {"vector": _pad("v", 3000)},
+           "llm": {"answer": _pad("a", 6000)}, "check": {"verdict": "ok:1", "check_pad": _pad("c", 2000)},
+           "summarize": {"summary": _pad("s", 4000)}, "score": {"score": 0.5}}[step]
+    out = _timed(dict(doc, **add), step, t0, 0.1)
+    if step == "check":  # a consensus step's result: the winner and every candidate
+        return {"winner": "a", "output": out, "candidates": [{"label": c, "output": out} for c in "abc"]}
+    return out
+
+
+def journal_cost(n: int, seed: int) -> dict[str, Any]:
+    from pipelines import spec
+
+    from runtime.tasks.journal import Journal
+    from runtime.tasks.pipeline import parse_pipeline
+    home = Path(tempfile.mkdtemp(prefix="agora-perf-cost-journal-"))
+    j = Journal(home, durability="normal")  # the daemon's default (durability = "process")
+    times: collections.Counter[str] = collections.Counter()
+    real = j.conn
+
+    class Timed:  # the connection, each statement timed by its first words
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        def execute(self, sql: str, *a: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return real.execute(sql, *a)
+            finally:
+                times[" ".join(sql.split()[:4])] += time.perf_counter() - t
+
+    def one(i: int) -> None:
+        pid, steps = j.submit_pipeline(parse_pipeline(spec(i, "http://127.0.0.1:1", 3), now=time.time()))
+        for step in STEPS:
+            tid = steps[step]
+            rec = j.get(tid)  # a queued step's record (pipeline_progress -> task_run)
+            j.options(tid)  # ConsensusSteps.spec_of
+            j.finish_attempt(tid, j.start_attempt(tid, "agent"), "succeeded", result=_step_output(step, rec.input))
+            states = j.states(list(j.get_pipeline(pid).steps.values()))  # pipeline_progress
+            for t, st in states.items():
+                if st == "queued":
+                    j.get(t)
+    try:
+        for i in range(5):
+            one(seed * 100_000 + i)  # warm: pages, statements
+        j.conn.execute("PRAGMA wal_autocheckpoint=0")
+        j.conn = Timed()  # type: ignore[assignment]
+        wal = Path(j.path + "-wal")
+        w0, t0 = wal.stat().st_size, time.process_time()
+        for i in range(n):
+            one(seed * 100_000 + 10 + i)
+        cpu, wal_bytes = time.process_time() - t0, wal.stat().st_size - w0
+    finally:
+        j.conn = real
+        j.close()
+        shutil.rmtree(home, ignore_errors=True)
+    return {"journal_ms_per_pipeline": 1000 * cpu / n, "wal_kib_per_pipeline": wal_bytes / n / 1024,
+            "by_statement_ms": {k: 1000 * v / n for k, v in times.most_common(8)}}
+
+
 def main() -> None:
     args = parse_args(__doc__, **{
         "--n": {"type": int, "default": None, "help": "pipelines measured"},
         "--window": {"type": int, "default": 12, "help": "pipelines in flight at most"},
         "--config": {"default": "agora", "choices": ("naive", "agora")},
         "--spy": {"metavar": "DIR", "default": None, "help": "py-spy the coordinator into DIR"},
-        "--top": {"type": int, "default": 25, "help": "frames listed with --spy"}})
+        "--top": {"type": int, "default": 25, "help": "frames listed with --spy"},
+        "--journal": {"action": "store_true", "help": "the journal's part alone, no daemon"}})
     n = args.n or (40 if args.quick else 120)
+    if args.journal:
+        got = journal_cost(n, args.seed)
+        print(f"{n} pipelines through the journal: {got['journal_ms_per_pipeline']:.2f} ms of CPU and "
+              f"{got['wal_kib_per_pipeline']:.0f} KiB of WAL per pipeline")
+        for k, v in got["by_statement_ms"].items():
+            print(f"{v:8.3f} ms  {k}")
+        emit_json(args, {**got, "pipelines": n, "seed": args.seed})
+        return
     home = Path(tempfile.mkdtemp(prefix="agora-perf-cost-"))
     try:
         corpus = corpus_file(home, args.seed)
