@@ -19,9 +19,11 @@ process: journal CPU (process_time) per pipeline, WAL bytes written per pipeline
 checkpoints off) and the time per statement kind.  Deterministic enough to compare one
 journal change with another on a loaded machine.
 
-``--spy DIR``: py-spy records the coordinator at 200 Hz during the measured pipelines
-(``DIR/coordinator.txt``, raw folded stacks; needs py-spy on PATH) and the script prints
-the 25 hottest frames (self time) and the 25 hottest functions including callees.
+``--spy DIR``: py-spy records the coordinator at 200 Hz without stopping it
+(``--nonblocking``) during the measured pipelines (``DIR/coordinator.txt``, raw folded
+stacks; needs py-spy on PATH) and the script prints the hottest lines (self time) and
+functions (callees included), waits left out (``--top N`` of each).  py-spy's samples are
+not CPU time: a thread that is runnable but preempted counts too.
 
 Keys of the JSON line: ``ms_per_pipeline`` (role -> ms), ``ms_per_step`` (role -> ms),
 ``pipelines``, ``succeeded``, ``config``, ``seed``; with ``--journal``: ``journal_ms_per_pipeline``,
@@ -220,7 +222,7 @@ def main() -> None:
                 spy = None
                 if args.spy:
                     Path(args.spy).mkdir(parents=True, exist_ok=True)
-                    spy = subprocess.Popen(["py-spy", "record", "-r", "200", "-f", "raw", "-p",
+                    spy = subprocess.Popen(["py-spy", "record", "--nonblocking", "-r", "200", "-f", "raw", "-p",
                                             str(coordinator(run)), "-o", str(Path(args.spy) / "coordinator.txt")],
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                     time.sleep(1.0)  # py-spy attached
