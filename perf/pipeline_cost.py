@@ -1,7 +1,7 @@
 """CPU that agora's own processes spend per pipeline of perf/pipelines.py's workload.
 
     python perf/pipeline_cost.py [--quick] [--seed N] [--json] [--n N] [--config naive|agora]
-                                 [--window W] [--spy DIR]
+                                 [--window W] [--spy DIR [--top N]] [--journal]
 
 One daemon with perf/pipelines.py's configuration (``agora`` by default) and fake API;
 after a warm-up, ``n`` pipelines (default 120, 40 with ``--quick``) run with at most
@@ -33,7 +33,6 @@ Keys of the JSON line: ``ms_per_pipeline`` (role -> ms), ``ms_per_step`` (role -
 from __future__ import annotations
 
 import collections
-import random
 import re
 import shutil
 import subprocess
@@ -218,7 +217,6 @@ def main() -> None:
             run = Run(args.config, api, corpus, args)
             try:
                 run.results(run.submit(6))  # warm-up
-                random.seed(args.seed)
                 spy = None
                 if args.spy:
                     Path(args.spy).mkdir(parents=True, exist_ok=True)
