@@ -242,6 +242,7 @@ def _precheck(body: bytes, lim: Limits) -> tuple[bool, bool]:
 # 40 us (perf/pipeline_cost.py, docs/DECISIONS.md "pipeline coordination cost").
 _DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
 _NINETEEN_DIGITS = b"0" * 19
+_FLOAT_SUSPECT = float(2**63)  # no float below this came from an out-of-range int literal
 
 
 def _has_long_digits(body: bytes) -> bool:
@@ -267,9 +268,6 @@ def _big_number_in(obj: Any, lim: Limits) -> bool:
         elif isinstance(value, int) and not -lim.max_int < value < lim.max_int:
             return True
     return False
-
-
-_FLOAT_SUSPECT = float(2**63)
 
 
 def _check_long_ints(body: bytes, lim: Limits) -> None:
