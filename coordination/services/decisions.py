@@ -482,7 +482,9 @@ class ConsensusSteps:
     ``CONSENSUS_NO_QUORUM``.  Vote requests carry candidates up to ``INLINE_CANDIDATE_BYTES``
     (16 KiB of JSON) inline; a larger one by handle (``{"$large": label, "bytes": n,
     "preview": ..., "handle": ...}``, resolved by the voters' agents: ``_for_ballot``) and
-    its output stays in the coordinator for the result."""
+    its output stays in the coordinator for the result.  The step's input rides the same
+    way (``{"$large": "input", ...}`` beyond 16 KiB): every voter got a copy of it, 3 x 28
+    KB of frames per check step of perf/pipelines.py, for a vote that ranks candidates."""
 
     def __init__(self, coord: Any, service: Service) -> None:
         self.coord, self.sched, self.service = coord, coord.scheduler, service
@@ -492,7 +494,7 @@ class ConsensusSteps:
     def spec_of(self, task: Any) -> dict[str, Any] | None:
         if task.pipeline_id is None:  # consensus exists only in pipeline steps
             return None
-        return (self.coord.journal.get(task.id).options or {}).get("consensus")
+        return (self.coord.journal.options(task.id) or {}).get("consensus")
 
     def take(self, task: Any) -> bool:
         """Start the step now when k agents have room, else keep it for the next turns.
@@ -633,7 +635,8 @@ class ConsensusSteps:
             return
         voters = [a for a in run.agents if a in self.sched.agents]
         extra = {"candidates": {lbl: self._for_ballot(run, lbl, run.outputs[a]) for lbl, a in labels.items()},
-                 "capability": run.task.capability, "input": run.task.input, "task_id": run.task.id}
+                 "capability": run.task.capability, "input": self._for_ballot(run, "input", run.task.input),
+                 "task_id": run.task.id}
         run.vote = self.service.open_vote(
             f"consensus of task {run.task.id}", list(labels), run.method, voters or run.agents,
             DEFAULT_DEADLINE_S, run.task.trace.child(), lambda v: self._voted(run, v), extra=extra)

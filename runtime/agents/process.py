@@ -415,7 +415,7 @@ class AgentRunner:
                 "sale": self.agent.sale_bid}[msg["kind"]]
         request = dict(msg.get("request") or {}, **self.ask_load())
         if msg["kind"] == "vote":
-            self._resolve_candidates(request)
+            self._resolve_refs(request)
         self.clock.receive(msg.get("vc"))  # the ask's receipt
         try:
             self.send({"t": "answer", "rid": msg["rid"], "answer": hook(request), "vc": self.clock.tick()})
@@ -427,19 +427,23 @@ class AgentRunner:
         """What bids and votes see of this agent's load (``queue``: tasks waiting)."""
         return {"queue": len(self.tasks)}
 
-    def _resolve_candidates(self, request: dict[str, Any]) -> None:
-        """A consensus vote's large candidates come as a reference with an arena handle
-        (coordination.services.decisions): the hook gets the candidate itself, read from the
-        coordinator's block; a block already gone leaves the reference (size and preview)."""
+    def _resolve_refs(self, request: dict[str, Any]) -> None:
+        """A consensus vote's large candidates (and a large step input) come as a reference
+        with an arena handle (coordination.services.decisions): the hook gets the value
+        itself, read from the coordinator's block; a block already gone leaves the
+        reference (size and preview)."""
         candidates = request.get("candidates")
-        if not isinstance(candidates, dict):
-            return
-        for label, c in list(candidates.items()):
-            if isinstance(c, dict) and "$large" in c and "handle" in c:
+        places = list(candidates.items()) if isinstance(candidates, dict) else []
+        for label, value in places + [(None, request.get("input"))]:
+            if isinstance(value, dict) and "$large" in value and "handle" in value:
                 try:
-                    candidates[label] = self.payloads.peek(c["handle"])
+                    read = self.payloads.peek(value["handle"])
                 except Exception:  # noqa: BLE001 - stale, reset or malformed: keep the reference
-                    pass
+                    continue
+                if label is None:
+                    request["input"] = read
+                else:
+                    candidates[label] = read
 
     # -- the running role (task path) ----------------------------------------------------
 

@@ -603,11 +603,14 @@ class Coordinator:
     def pipeline_progress(self, pipeline_id: str) -> None:
         """A step ended: the journal has unblocked (or cancelled) what follows it."""
         p = self.journal.get_pipeline(pipeline_id)
-        for task_id in p.steps.values():
-            if task_id not in self.scheduler.tasks:
-                rec = self.journal.get(task_id)
-                if rec.state == "queued":
-                    self.scheduler.enqueue(self.commands.tasks.task_run(rec))
+        # states first, records only of the steps to queue: reading every step's record
+        # decoded each finished step's input and result again (~2 ms of a 6-step pipeline
+        # of 35 KB documents, perf/pipeline_cost.py)
+        idle = [task_id for task_id in p.steps.values() if task_id not in self.scheduler.tasks]
+        states = self.journal.states(idle)
+        for task_id in idle:
+            if states[task_id] == "queued":
+                self.scheduler.enqueue(self.commands.tasks.task_run(self.journal.get(task_id)))
         if p.state != "running":
             self.emit("pipeline." + p.state, None if p.trace_id is None else
                       TraceContext(p.trace_id, p.trace_id[:16]), pipeline_id=pipeline_id)

@@ -27,14 +27,15 @@ Design decisions:
 - Machine CPU is computed from ``psutil.cpu_times()`` deltas held by this Sampler, not
   ``psutil.cpu_percent(interval=None)``, whose baseline is module-global and would be
   moved by any other caller in the process.
-- USS/PSS come from ``memory_full_info()``, which reads ``/proc/PID/smaps_rollup``.  One
-  file, but the kernel walks the process's page tables to fill it: about 0.5 ms for an
-  agent that maps the arenas (against 12 us for RSS), so a sample of 64 agents read them
-  all took 35 ms of the coordinator's loop every second (66 ms/s of CPU on an idle
-  daemon).  Each sample therefore reads USS/PSS for a pid it has never read, plus the
-  ``1 / FULL_EVERY`` of the others read longest ago; the rest keep their last USS/PSS
-  (with a fresh RSS): every pid's USS is at most ``FULL_EVERY`` samples old.
-  ``full=False`` skips it for callers that only need RSS and CPU.
+- USS/PSS come from ``memory_full_info()``, which reads ``/proc/PID/smaps_rollup`` (one
+  file) on current kernels.  ``full=False`` skips it for callers that only need
+  RSS and CPU.  The file is not cheap for an agent: the kernel walks every page table of
+  the process, and an agent maps the payload arena and the shared contexts: ~1 ms of CPU
+  per agent here (perf/pipelines.py's agents), so a coordinator sampling 6 agents every
+  second spent 6 ms/s on it, a third of its CPU when idle.  ``memory_every_s`` re-reads
+  USS/PSS of a pid only that often, or at once when its RSS moved by ``rss_drift``
+  (default 8 MiB) since the last full read; in between a sample has the fresh RSS and CPU
+  and the last USS/PSS.  Default 0: every sample reads everything.
 """
 
 from __future__ import annotations
@@ -46,9 +47,11 @@ from typing import Any
 
 import psutil
 
-__all__ = ["ProcessSample", "MachineSample", "Sample", "Sampler", "FULL_EVERY"]
+__all__ = ["ProcessSample", "MachineSample", "Sample", "Sampler", "RSS_DRIFT"]
 
-FULL_EVERY = 5  # a pid's USS/PSS is re-read at least once per this many samples
+#: With ``memory_every_s``, an RSS that moved by this much since the last full read
+#: re-reads USS/PSS at once (a fast-growing agent is not judged on a stale USS).
+RSS_DRIFT = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -87,25 +90,25 @@ class _Vanished(Exception):
 class Sampler:
     """Samples a changing set of pids; keep one per coordinator."""
 
-    def __init__(self, *, full: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, *, full: bool = True, clock: Callable[[], float] = time.monotonic,
+                 memory_every_s: float = 0.0, rss_drift: int = RSS_DRIFT) -> None:
         self._full = full
         self._clock = clock
+        self._memory_every_s = memory_every_s
+        self._rss_drift = rss_drift
+        self._full_reads: dict[int, tuple[float, int, int | None, int | None]] = {}  # at, rss, uss, pss
         self._procs: dict[int, psutil.Process] = {}
         self._cpu_times: Any = None  # psutil's scputimes namedtuple
-        self._shared: dict[int, tuple[int, int | None, int | None]] = {}  # pid -> (sample no, uss, pss)
-        self._count = 0
 
     def sample(self, pids: Iterable[int]) -> Sample:
         """One sample of each pid and of the machine; vanished pids are skipped."""
         wanted = list(dict.fromkeys(pids))
         self._forget_unwanted(wanted)
-        self._count += 1
-        fresh = self._due_full(wanted)
         processes: dict[int, ProcessSample] = {}
         vanished: list[int] = []
         for pid in wanted:
             try:
-                processes[pid] = self._sample_pid(pid, pid in fresh)
+                processes[pid] = self._sample_pid(pid)
             except _Vanished:
                 self._procs.pop(pid, None)
                 vanished.append(pid)
@@ -119,18 +122,7 @@ class Sampler:
     def forget(self, pid: int) -> None:
         """Drop a pid's kept Process (the driver calls it when an agent exits)."""
         self._procs.pop(pid, None)
-        self._shared.pop(pid, None)
-
-    def _due_full(self, wanted: list[int]) -> set[int]:
-        """The pids whose USS/PSS this sample reads (module docstring): never read, or
-        the longest-unread ``1 / FULL_EVERY`` of the rest."""
-        if not self._full:
-            return set()
-        shared = self._shared
-        new = [pid for pid in wanted if pid not in shared]
-        known = sorted((pid for pid in wanted if pid in shared), key=lambda pid: shared[pid][0])
-        quota = -(-len(known) // FULL_EVERY)
-        return set(new).union(known[:quota])
+        self._full_reads.pop(pid, None)
 
     @property
     def tracked(self) -> frozenset[int]:
@@ -141,8 +133,7 @@ class Sampler:
     def _forget_unwanted(self, wanted: list[int]) -> None:
         for pid in set(self._procs) - set(wanted):
             del self._procs[pid]
-        for pid in set(self._shared) - set(wanted):
-            del self._shared[pid]
+            self._full_reads.pop(pid, None)
 
     def _process(self, pid: int) -> tuple[psutil.Process, bool]:
         """The kept Process for pid (and whether it is new), checked against pid reuse."""
@@ -156,32 +147,33 @@ class Sampler:
         self._procs[pid] = proc
         return proc, True
 
-    def _sample_pid(self, pid: int, full: bool) -> ProcessSample:
+    def _sample_pid(self, pid: int) -> ProcessSample:
         proc, new = self._process(pid)
-        if new:
-            self._shared.pop(pid, None)  # a reused pid: its old figures are another process's
-            full = self._full
         try:
             with proc.oneshot():
                 if proc.status() == psutil.STATUS_ZOMBIE:
                     raise _Vanished(pid)
                 cpu = proc.cpu_percent(interval=None)
-                if full:
-                    rss, uss, pss = self._memory(proc)
-                    self._shared[pid] = (self._count, uss, pss)
-                else:
-                    rss = proc.memory_info().rss
-                    _, uss, pss = self._shared.get(pid, (0, None, None))
+                rss, uss, pss = self._memory(proc)
         except psutil.NoSuchProcess as exc:  # includes ZombieProcess
             raise _Vanished(pid) from exc
         return ProcessSample(pid=pid, cpu_percent=None if new else cpu, rss=rss, uss=uss, pss=pss)
 
     def _memory(self, proc: psutil.Process) -> tuple[int, int | None, int | None]:
+        if not self._full:
+            return proc.memory_info().rss, None, None
+        now, last = self._clock(), self._full_reads.get(proc.pid)
+        if last is not None and now - last[0] < self._memory_every_s:
+            rss = proc.memory_info().rss
+            if abs(rss - last[1]) < self._rss_drift:
+                return rss, last[2], last[3]  # USS/PSS of the last full read: RSS has not moved
         try:
             info = proc.memory_full_info()
         except psutil.AccessDenied:  # another user's process: smaps is unreadable, RSS is not
             return proc.memory_info().rss, None, None
-        return info.rss, getattr(info, "uss", None), getattr(info, "pss", None)
+        uss, pss = getattr(info, "uss", None), getattr(info, "pss", None)
+        self._full_reads[proc.pid] = (now, info.rss, uss, pss)
+        return info.rss, uss, pss
 
     def _sample_machine(self) -> MachineSample:
         vm = psutil.virtual_memory()

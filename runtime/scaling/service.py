@@ -92,10 +92,11 @@ from runtime.scaling.policy import (
 )
 from runtime.scaling.sampler import Sample, Sampler
 
-__all__ = ["install", "Scaler", "TICK_S", "SAMPLE_EVERY"]
+__all__ = ["install", "Scaler", "TICK_S", "SAMPLE_EVERY", "MEMORY_EVERY_S"]
 
 TICK_S = 0.1  # decision period: well under the 500 ms reaction target
 SAMPLE_EVERY = 10  # psutil sample every 10 ticks (1 s)
+MEMORY_EVERY_S = 5.0  # USS/PSS (smaps_rollup, ~1 ms per agent) at most this often, or when RSS moves
 RATE_WINDOW_S = 1.0
 LATENCY_WINDOW_S = 10.0
 LATENCY_SAMPLES = 1000  # the p95 is taken over at most this many recent tasks
@@ -214,7 +215,7 @@ class Scaler:
         self.coord = coord
         self.sched = coord.scheduler
         self.root = RootActions(coord.run.root_sock)
-        self.sampler = Sampler()
+        self.sampler = Sampler(memory_every_s=MEMORY_EVERY_S)
         self.sample: Sample | None = None
         self.available = psutil.virtual_memory().available
         self.pools = {p.name: PoolState(p.name, pool_scaling(p), set(range(p.size)), p.size)

@@ -776,18 +776,23 @@ class Journal:
             self._advance_pipeline(pid, now)
 
     def _advance_pipeline(self, pid: str, now: float) -> None:
-        """Unblock steps whose inputs exist, cancel doomed ones, settle the pipeline state."""
-        steps = self.conn.execute("SELECT id, step_id, state, deps, result FROM tasks "
+        """Unblock steps whose inputs exist, cancel doomed ones, settle the pipeline state.
+        An output is read and decoded only when a step about to be unblocked references
+        it, once per call (reading every finished step's result at each step's end made a
+        6-step pipeline of 35 KB documents decode 21 results instead of 5)."""
+        steps = self.conn.execute("SELECT id, step_id, state, deps FROM tasks "
                                   "WHERE pipeline_id = ?", (pid,)).fetchall()
         state = {s[1]: s[2] for s in steps}
-        outputs = {s[1]: _loads(s[4]) for s in steps if s[2] == "succeeded"}
-        for task_id, step_id, st, deps, _ in steps:
+        ids = {s[1]: s[0] for s in steps}
+        outputs: dict[str, Any] = {}  # step id -> decoded output, filled on first use
+        for task_id, step_id, st, deps in steps:
             if st == "blocked":
-                state[step_id] = self._unblock_or_cancel(task_id, step_id, _loads(deps), state, outputs, now)
+                state[step_id] = self._unblock_or_cancel(task_id, step_id, _loads(deps), state,
+                                                         (ids, outputs), now)
         self._settle_pipeline(pid, list(state.values()), now)
 
-    def _unblock_or_cancel(self, task_id: str, step_id: str, deps: list[str],
-                           state: dict[str, str], outputs: dict[str, Any], now: float) -> str:
+    def _unblock_or_cancel(self, task_id: str, step_id: str, deps: list[str], state: dict[str, str],
+                           known: tuple[dict[str, str], dict[str, Any]], now: float) -> str:
         doomed = [d for d in deps if state[d] in _DOOMED]
         if doomed:
             error = {"code": "UPSTREAM_FAILED", "message": f"step {step_id!r} cannot run: step "
@@ -795,6 +800,10 @@ class Journal:
             return self._set_state(task_id, "cancelled", now, error=error)
         if not all(state[d] == "succeeded" for d in deps):
             return "blocked"
+        ids, outputs = known
+        for d in deps:  # the references' sources are exactly the deps (runtime.tasks.pipeline)
+            if d not in outputs:
+                outputs[d] = _loads(self._one("SELECT result FROM tasks WHERE id = ?", (ids[d],)))
         template = _loads(self._one("SELECT input FROM tasks WHERE id = ?", (task_id,)))
         try:
             resolved = resolve_refs(step_id, template, outputs)
@@ -825,6 +834,14 @@ class Journal:
 
     def _state(self, task_id: str) -> str | None:
         return self._one("SELECT state FROM tasks WHERE id = ?", (task_id,))
+
+    def options(self, task_id: str) -> dict[str, Any]:
+        """A task's options (what ``TaskRecord.options`` holds) without decoding its input
+        and result: a consensus step asks at each dispatch (35 KB documents, 6 per pipeline)."""
+        text = self._one("SELECT options FROM tasks WHERE id = ?", (task_id,))
+        if text is None:
+            raise NotFound(f"no task {task_id!r} in the journal", hint="`agora tasks` lists the known ids")
+        return _loads(text)
 
     def get(self, task_id: str) -> TaskRecord:
         row = self.conn.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()

@@ -25,9 +25,12 @@ Limits (module constants; pass a ``Limits`` to override per reader/call)
                     (orjson itself stops at 1024; CPython's json would raise
                     RecursionError: every parser failure becomes ``ProtocolError``.)
 ``MAX_INT``         integers must satisfy ``|n| < 2**63``.  orjson 3.10+ silently turns
-                    an integer literal beyond 64 bits into a float, so integer literals
-                    of 19+ digits are found in the raw body (skipping strings) and
-                    checked exactly, before parsing.  Must not exceed 2**64.
+                    an integer literal beyond 64 bits into a float, so when the raw body
+                    holds 19+ digits in a row and the parsed value an int out of range or
+                    a float of magnitude >= 2**63 (or the body does not parse), the
+                    integer literals of 19+ digits are found in the raw body (skipping
+                    strings) and checked exactly.  Digits inside strings (hex, ids, text)
+                    thus cost one byte scan, not a tokenizing pass.  Must not exceed 2**64.
 ``MAX_STRING``      8 Mi characters per string or key.
 ``MAX_CONTAINERS``  1 Mi arrays/objects per frame, counted as ``{``/``[`` bytes of the raw
                     body before parsing (brackets inside strings count too: the bound is
@@ -40,7 +43,9 @@ Limits (module constants; pass a ``Limits`` to override per reader/call)
                     infinity, e.g. ``1e400``): ``ProtocolError``.
 ``duplicate keys``  refused at any depth (``{"cmd":"status","cmd":"down"}`` is never
                     obeyed): the keys of the parsed value are counted and compared with the
-                    keys of the raw body (``:`` bytes outside strings); on a mismatch the
+                    keys of the raw body (``:`` bytes outside strings: all ``:`` bytes less
+                    the ``:`` in the parsed strings, when no ``\\u`` escape could hide
+                    one, else the body with its strings removed); on a mismatch the
                     body is re-read without converting numbers to name the key and path.
 ``invalid UTF-8``   and lone surrogates: refused by orjson -> ``ProtocolError``.
 ``depth >= 1024``   a ``Limits`` whose ``max_depth`` is at least ``PARSER_DEPTH`` leaves the
@@ -108,17 +113,6 @@ _REQUEST_FIELDS = frozenset({"v", "id", "cmd", "args", "trace"})
 _REPLY_KINDS = ("ok", "error", "more")
 _CMD_RE = re.compile(r"[a-z][a-z0-9_.:-]*\Z")
 _HEX_ID_RE = re.compile(r"[0-9a-f]{1,32}\Z")
-# Digits to b"0", every other byte to b" ": a run of 19 digits is then a plain substring
-# search, 7x faster than the regex rb"\d{19}" on a typical 300-byte frame (4.1 -> 0.6 us).
-_DIGITS_ONLY = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))
-_NINETEEN = b"0" * 19
-
-
-def _long_digits(body: bytes) -> bool:
-    """Whether ``body`` holds a run of 19 or more ASCII digits (anywhere, strings too)."""
-    return _NINETEEN in body.translate(_DIGITS_ONLY)
-
-
 # A JSON string (skipped whole, so digits inside strings never match) or an integer
 # literal of 19+ digits that is not part of a fraction or exponent.
 _STRING_OR_LONG_INT = re.compile(
@@ -231,16 +225,55 @@ def _body_bounds(body: bytes, containers: int, lim: Limits) -> bool:
     return depth_ok and len(body) <= lim.max_string and lim.max_int >= 10**18
 
 
-def _precheck(body: bytes, lim: Limits) -> bool:
-    """Refuse what orjson would accept but the protocol must not (before parsing).  True
-    when the parsed value still needs ``check_value``'s walk (see ``_body_bounds``)."""
+def _precheck(body: bytes, lim: Limits) -> tuple[bool, bool]:
+    """Refuse what orjson would accept but the protocol must not (before parsing).
+    (``walk``, ``long``): ``walk`` when the parsed value still needs ``check_value``'s walk
+    (see ``_body_bounds``), ``long`` when the body holds a run of 19+ digits, in a string or
+    not (then ``_check_long_ints`` decides after parsing, see ``decode_value``)."""
     containers = body.count(b"{") + body.count(b"[")
     if containers > lim.max_containers:
         raise ProtocolError(f"frame holds {containers} '{{'/'[' bytes, over the "
                             f"limit of {lim.max_containers} arrays and objects")
-    walk = not _body_bounds(body, containers, lim)
-    if not _long_digits(body):
-        return walk
+    return not _body_bounds(body, containers, lim), _has_long_digits(body)
+
+
+# ``\d{19}`` through ``re`` cost 300 us on a 35 KB body of text and hex (it retries at
+# every digit); mapping digits to "0" and looking for 19 of them is the same test in
+# 40 us (perf/pipeline_cost.py, docs/DECISIONS.md "pipeline coordination cost").
+_DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_NINETEEN_DIGITS = b"0" * 19
+_FLOAT_SUSPECT = float(2**63)  # no float below this came from an out-of-range int literal
+
+
+def _has_long_digits(body: bytes) -> bool:
+    """True when ``body`` holds 19 consecutive ASCII digits (what ``\\d{19}`` finds)."""
+    return _NINETEEN_DIGITS in body.translate(_DIGITS_TO_ZERO)
+
+
+def _big_number_in(obj: Any, lim: Limits) -> bool:
+    """True when the parsed ``obj`` holds an int out of range, or a float of magnitude
+    2**63 or more: the only values an integer literal of 19+ digits beyond the limit can
+    have become (orjson keeps 64-bit integers exact and turns larger ones into floats).
+    Without one, no literal is out of range, whatever digits the strings hold."""
+    stack = [obj]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, float):
+            if not -_FLOAT_SUSPECT < value < _FLOAT_SUSPECT:
+                return True
+        elif isinstance(value, int) and not -lim.max_int < value < lim.max_int:
+            return True
+    return False
+
+
+def _check_long_ints(body: bytes, lim: Limits) -> None:
+    """The exact test: every integer literal of 19+ digits outside strings is in range
+    (a tokenizing pass over the whole body: only run when ``_big_number_in`` found a
+    suspect, or the body did not parse)."""
     for m in _STRING_OR_LONG_INT.finditer(body):
         token = m.group()
         if token[:1] != b'"' and not _int_literal_ok(token, lim):
@@ -248,7 +281,6 @@ def _precheck(body: bytes, lim: Limits) -> bool:
             raise ProtocolError(f"frame: integer literal {shown} ({len(token.lstrip(b'-'))} "
                                 f"digits) is out of range (|n| must be < {lim.max_int})",
                                 hint="send it as a string")
-    return walk
 
 
 def _int_literal_ok(token: bytes, lim: Limits) -> bool:
@@ -274,7 +306,7 @@ def encode_frame(obj: dict[str, Any], limits: Limits | None = None) -> bytes:
         raise ProtocolError(f"cannot encode frame as JSON: {e}",
                             hint="send only dicts, lists, str, int, float, bool and None") from e
     containers = body.count(b"{") + body.count(b"[")
-    if not _body_bounds(body, containers, lim) or _long_digits(body):
+    if not _body_bounds(body, containers, lim) or _has_long_digits(body):
         check_value(obj, lim, "outgoing frame")  # the walk the small frames are spared
     if len(body) > lim.max_frame:
         raise FrameTooLarge(f"outgoing frame is {len(body)} bytes, over the "
@@ -287,12 +319,16 @@ def decode_value(body: bytes, limits: Limits | None = None) -> Any:
     ProtocolError (whatever the parser raised)."""
     lim = limits or default_limits()
     body = bytes(body)
-    walk = _precheck(body, lim)
+    walk, long = _precheck(body, lim)
     try:
         obj = orjson.loads(body)
     except (ValueError, RecursionError, TypeError, OverflowError) as e:
+        if long:
+            _check_long_ints(body, lim)  # a literal out of range says so, not "not JSON"
         raise ProtocolError(f"frame body ({len(body)} bytes) is not JSON: {e}"
                             f"{_sniff(body[:1])}") from e
+    if long and _big_number_in(obj, lim):
+        _check_long_ints(body, lim)
     if walk:
         check_value(obj, lim)
     _refuse_duplicate_keys(body, obj)
@@ -315,13 +351,36 @@ def _count_keys(obj: Any) -> int:
     n, stack = 0, [obj]
     while stack:
         value = stack.pop()
-        if type(value) is dict:  # parsed JSON: exact types, no subclasses
+        if isinstance(value, dict):
             n += len(value)
-            value = value.values()
-        for child in value:
-            kind = type(child)
-            if kind is dict or kind is list:
-                stack.append(child)
+            stack.extend(v for v in value.values() if isinstance(v, (dict, list)))
+        else:
+            stack.extend(v for v in value if isinstance(v, (dict, list)))
+    return n
+
+
+def _string_colons(obj: Any) -> int:
+    """``:`` characters in every key and string of ``obj``.  With no ``\\u`` escape in the
+    body each is exactly one ``:`` byte inside a string of the body, so ``colons ==
+    keys + _string_colons`` holds if and only if no key was dropped (a repeated key adds a
+    ``:`` outside strings, and its dropped key and value only add more).  Cheaper than
+    stripping the body's strings: 20 us against 190 us on a 35 KB body of prose."""
+    n, stack = 0, [obj]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            for key, child in value.items():
+                n += key.count(":")
+                if isinstance(child, str):
+                    n += child.count(":")
+                elif isinstance(child, (dict, list)):
+                    stack.append(child)
+        else:
+            for child in value:
+                if isinstance(child, str):
+                    n += child.count(":")
+                elif isinstance(child, (dict, list)):
+                    stack.append(child)
     return n
 
 
@@ -332,7 +391,9 @@ def _refuse_duplicate_keys(body: bytes, obj: Any) -> None:
     if colons <= 1 or not isinstance(obj, (dict, list)):
         return
     parsed = _count_keys(obj)
-    if colons == parsed or _JSON_STRING.sub(b"", body).count(b":") == parsed:
+    if colons == parsed or (b"\\u" not in body and colons == parsed + _string_colons(obj)):
+        return
+    if _JSON_STRING.sub(b"", body).count(b":") == parsed:
         return
     raise ProtocolError(f"frame: {_which_duplicate(body)}",
                         hint="send each key once (JSON objects with repeated keys are ambiguous)")

@@ -30,9 +30,10 @@ def _world(tmp_path):
     return journal, s, steps
 
 
-def _consensus_task(journal, s) -> TaskRun:
+def _consensus_task(journal, s, input: object = None) -> TaskRun:
     pid, ids = journal.submit_pipeline({"name": "c", "steps": [
-        {"id": "check", "capability": "check", "input": {"q": 1}, "consensus": {"k": 3, "method": "plurality"}}]})
+        {"id": "check", "capability": "check", "input": input or {"q": 1},
+         "consensus": {"k": 3, "method": "plurality"}}]})
     rec = journal.get(ids["check"])
     task = TaskRun(rec.id, rec.capability, rec.input, TraceContext.new_trace(), pipeline_id=pid)
     s.enqueue(task)
@@ -61,5 +62,28 @@ def test_a_consensus_step_without_room_waits_for_the_next_turns(tmp_path):
         del s.agents["a2"].inflight["busy"]  # its result came in: the turn hook starts the step
         steps.turn()
         assert sorted(s.take_outbox()) == ["a0", "a1", "a2"] and steps.pending == []
+    finally:
+        journal.close()
+
+
+def test_the_vote_request_carries_a_large_input_by_reference(tmp_path):
+    """A step input beyond 16 KiB reaches the voters as ``{"$large": "input", ...}`` (as a
+    large candidate does), a small one inline."""
+    journal, s, steps = _world(tmp_path)
+    asked: list = []
+    steps.service = SimpleNamespace(open_vote=lambda *a, extra, **k: asked.append(extra) or SimpleNamespace())
+    try:
+        for given in ({"q": 1}, {"q": "x" * 20_000}):
+            task = _consensus_task(journal, s, given)
+            s.dispatch()
+            s.take_outbox()
+            run = steps.running[task.id]
+            for agent in run.agents:
+                steps._result(s.agents[agent], {"id": task.id, "attempt": run.attempt, "ok": {"v": agent}})
+        small, large = asked
+        assert small["input"] == {"q": 1}
+        assert sorted(c["v"] for c in small["candidates"].values()) == ["a0", "a1", "a2"]  # inline
+        assert large["input"]["$large"] == "input" and large["input"]["bytes"] == 20_008
+        assert large["input"]["preview"].startswith('{"q":"xxx')
     finally:
         journal.close()

@@ -154,10 +154,10 @@ def test_machine_cpu_percent_from_cpu_times(before, now, expected):
     assert _busy_percent(before, now) == pytest.approx(expected)
 
 
-def test_uss_is_read_for_new_pids_then_in_turns(monkeypatch):
-    """smaps_rollup costs ~0.5 ms per agent: a new pid is read at once, the others in
-    turns, so each pid's USS is at most FULL_EVERY samples old and carried in between."""
-    from runtime.scaling import sampler as mod
+def test_memory_every_s_rereads_uss_only_when_due_or_when_rss_moves(monkeypatch):
+    """smaps_rollup costs ~1 ms per agent: with ``memory_every_s`` a sample within the period
+    carries the last USS/PSS beside a fresh RSS, unless RSS moved by ``rss_drift``."""
+    now = [100.0]
     reads: list[int] = []
     real = psutil.Process.memory_full_info
 
@@ -166,18 +166,20 @@ def test_uss_is_read_for_new_pids_then_in_turns(monkeypatch):
         return real(self)
 
     monkeypatch.setattr(psutil.Process, "memory_full_info", counting)
-    with forked_child() as a, forked_child() as b, forked_child() as c:
-        pids = [os.getpid(), a, b, c, os.getppid()]
-        sampler = Sampler()
-        first = sampler.sample(pids)
-        assert sorted(reads) == sorted(pids)  # every pid new: all read
-        assert all(first.processes[p].uss is not None for p in pids)
-        seen: dict[int, int] = {}
-        for n in range(1, 2 * mod.FULL_EVERY + 1):
-            reads.clear()
-            s = sampler.sample(pids)
-            assert len(reads) == -(-len(pids) // mod.FULL_EVERY)  # one turn's share
-            for p in reads:
-                seen[p] = n
-            assert all(s.processes[p].uss is not None for p in pids)  # carried, not lost
-            assert all(n - seen.get(p, 0) < mod.FULL_EVERY for p in pids), (n, seen)
+    me = os.getpid()
+    sampler = Sampler(clock=lambda: now[0], memory_every_s=5.0, rss_drift=1 << 40)
+    first = sampler.sample([me]).processes[me]
+    now[0] += 4.9
+    second = sampler.sample([me]).processes[me]
+    assert len(reads) == 1 and second.uss == first.uss and second.rss > 0
+    now[0] += 0.2  # 5.1 s after the full read: due
+    sampler.sample([me])
+    assert len(reads) == 2
+    drifting = Sampler(clock=lambda: now[0], memory_every_s=5.0, rss_drift=16 << 20)
+    drifting.sample([me])
+    drifting.sample([me])
+    assert len(reads) == 3  # RSS has not moved by 16 MiB: no re-read
+    ballast = b"x" * (64 << 20)  # RSS grows by 64 MiB (every page written)
+    grown = drifting.sample([me]).processes[me]
+    assert len(reads) == 4 and grown.uss is not None
+    del ballast

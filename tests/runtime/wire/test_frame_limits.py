@@ -35,6 +35,11 @@ BAD = {
     "lone surrogate": b'{"a":"\\ud800"}',
     "truncated JSON": b'{"a":',
     "deep nesting": b"[" * 2000 + b"]" * 2000,
+    # digits and colons inside strings take the fast paths; these must still be refused
+    "int beyond 64 bits beside long digits in a string": b'{"s":"12345678901234567890123","a":18446744073709551616}',
+    "negative int beyond 64 bits in a list of digit strings": b'["0000000000000000000",[-18446744073709551617]]',
+    "duplicate key beside colons in strings": b'{"a":"x:y:z","b":[":"],"a":"w"}',
+    "duplicate key whose colons are escaped": b'{"a":"\\u003a","a":"\\u003a"}',
 }
 
 
@@ -72,6 +77,18 @@ def test_duplicate_keys_name_the_key():
 
 def test_keys_and_colons_inside_strings_are_not_duplicates():
     assert decode_value(b'{"a":"x:y","b":{"c":":"}}') == {"a": "x:y", "b": {"c": ":"}}
+    assert decode_value(b'{"a:b":["::",{"c":"\\u003a:"}]}') == {"a:b": ["::", {"c": "::"}]}
+
+
+@pytest.mark.parametrize("sock", SOCKETS)
+def test_long_digits_in_strings_and_large_floats_are_accepted(sock):
+    """The 19-digit scan finds runs inside strings and large float literals: neither is an
+    integer literal out of range, so the frame is accepted (the exact pass decides)."""
+    body = (b'{"hex":"ab0000513660002070537cd","f":1e19,"g":-2.5e30,"n":9223372036854775807,'
+            b'"t":1.2345678901234567e-05,"w":["1234567890123456789012345"]}')
+    assert decode_value(body, SOCKETS[sock]) == {
+        "hex": "ab0000513660002070537cd", "f": 1e19, "g": -2.5e30, "n": 2**63 - 1,
+        "t": 1.2345678901234567e-05, "w": ["1234567890123456789012345"]}
 
 
 @pytest.mark.parametrize("reader", [FrameReader, InternalReader])
