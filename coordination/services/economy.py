@@ -48,9 +48,10 @@ from types import SimpleNamespace
 from typing import Any
 
 from coordination.ledger import MAX_AMOUNT, InsufficientCredits, Ledger
+from coordination.services.primitives import running_attempt
 from runtime.coordinator.command_kit import Deferred, arg, only
 from runtime.coordinator.host import ServiceHost
-from runtime.errors import Conflict, DeadlineExceeded, InvalidInput, NotFound
+from runtime.errors import DeadlineExceeded, InvalidInput, NotFound
 from runtime.observability.trace_context import TraceContext
 from runtime.tasks.task import TERMINAL
 
@@ -152,14 +153,8 @@ class Economy:
         return d
 
     def _parent(self, agent: str, task: dict[str, Any]) -> tuple[str, int]:
-        tid, attempt = task.get("id"), task.get("attempt")
-        if not isinstance(tid, str) or not tid or type(attempt) is not int:
-            raise InvalidInput(f"argument 'task' must be {{'id': str, 'attempt': int}}, got {task!r:.200}",
-                               field="task")
-        link = self.coord.scheduler.agents.get(agent)
-        if link is None or link.inflight.get(tid) != attempt:
-            raise Conflict(f"task {tid} attempt {attempt} is not running on {agent!r}",
-                           hint="subcontract from the attempt's own handler (task.subcontract)")
+        tid, attempt = running_attempt(self.coord.scheduler.agents, agent, task,
+                                       "subcontract from the attempt's own handler (task.subcontract)")
         return tid, attempt
 
     def _fund(self, payer: str, account: str, budget_mc: int, trace: TraceContext) -> None:

@@ -108,6 +108,20 @@ def _timeout(args: dict[str, Any], default: float) -> float:
     return value
 
 
+
+def running_attempt(agents: Any, agent: str, task: Any, hint: str) -> tuple[str, int]:
+    """``task`` ({"id", "attempt"}) checked, and that attempt running on ``agent`` (when
+    ``agents``, the scheduler's links, is given): what a task-held lock, a task-held
+    resource unit and a subcontract's parent all ask of the attempt that names itself."""
+    tid, attempt = task.get("id"), task.get("attempt")
+    if not isinstance(tid, str) or not tid or type(attempt) is not int:
+        raise InvalidInput(f"argument 'task' must be {{'id': str, 'attempt': int}}, "
+                           f"got {task!r:.200}", field="task")
+    link = None if agents is None else agents.get(agent)
+    if agents is not None and (link is None or link.inflight.get(tid) != attempt):
+        raise Conflict(f"task {tid} attempt {attempt} is not running on {agent!r}", hint=hint)
+    return tid, attempt
+
 class _Wait:
     """An agent waiting for a lease: its reply and the trace its events go to."""
 
@@ -174,15 +188,9 @@ class Primitives:
         task = arg(args, "task", dict, None)
         if task is None:
             return agent
-        tid, attempt = task.get("id"), task.get("attempt")
-        if not isinstance(tid, str) or not tid or type(attempt) is not int:
-            raise InvalidInput(f"argument 'task' must be {{'id': str, 'attempt': int}}, "
-                               f"got {task!r:.200}", field="task")
-        link = None if self.agents is None else self.agents.get(agent)
-        if self.agents is not None and (link is None or link.inflight.get(tid) != attempt):
-            raise Conflict(f"task {tid} attempt {attempt} is not running on {agent!r}",
-                           hint="a task-held lock is taken from the attempt's own handler "
-                                "(task.lock(name)); a finished attempt holds nothing")
+        tid, attempt = running_attempt(self.agents, agent, task,
+                                       "a task-held lock is taken from the attempt's own handler "
+                                       "(task.lock(name)); a finished attempt holds nothing")
         holder = f"task:{tid}:{attempt}"
         self.owners.setdefault(holder, agent)
         return holder

@@ -85,6 +85,7 @@ from coordination.auction import (
     SecondPriceAuction,
 )
 from coordination.ledger import ESCROW_PREFIX, MAX_AMOUNT, InsufficientCredits, Ledger
+from coordination.services.primitives import running_attempt
 from runtime.coordinator.command_kit import Deferred, arg, only
 from runtime.coordinator.host import ServiceHost
 from runtime.coordinator.reconcile import RECONCILE_S
@@ -306,14 +307,8 @@ class Sales:
         task = arg(args, "task", dict, None)
         if task is None:
             return agent
-        tid, attempt = task.get("id"), task.get("attempt")
-        if not isinstance(tid, str) or not tid or type(attempt) is not int:
-            raise InvalidInput(f"argument 'task' must be {{'id': str, 'attempt': int}}, got {task!r:.200}",
-                               field="task")
-        link = self.coord.scheduler.agents.get(agent)
-        if link is None or link.inflight.get(tid) != attempt:
-            raise Conflict(f"task {tid} attempt {attempt} is not running on {agent!r}",
-                           hint="a task-held unit is bought from the attempt's own handler (task.acquire)")
+        tid, attempt = running_attempt(self.coord.scheduler.agents, agent, task,
+                                       "a task-held unit is bought from the attempt's own handler (task.acquire)")
         return f"task:{tid}:{attempt}"
 
     def _spec(self, name: Any) -> ResourceSpec:
