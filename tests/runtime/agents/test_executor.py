@@ -201,15 +201,18 @@ def test_64_async_attempts_in_flight_at_once(world):
 
 
 @pytest.mark.parametrize("world", [1, 4], indirect=True)
-def test_results_and_answers_carry_the_agents_own_clock(world):
+@pytest.mark.parametrize("cap", ["sync", "aio"])
+def test_results_and_answers_carry_the_agents_own_clock(world, cap):
     """The agent merges the frame's stamp at the task's start and stamps the result with its
-    own clock (runtime.observability.vclock); every event of the agent gets a distinct stamp."""
+    own clock (runtime.observability.vclock); every event of the agent gets a distinct stamp.
+    Async results too, and both report their run time (the scheduler's prefetch reads it)."""
     coord, agent, runner = world
     agent.release.set()
-    coord.send({"t": "tasks", "tasks": [{"id": f"t{n}", "attempt": 1, "cap": "sync", "input": {"n": n},
+    coord.send({"t": "tasks", "tasks": [{"id": f"t{n}", "attempt": 1, "cap": cap, "input": {"n": n},
                                          "vc": {"coordinator": n + 1}} for n in range(3)]})
     got = coord.results(3)
     stamps = [got[f"t{n}"]["vc"] for n in range(3)]
+    assert all(got[f"t{n}"]["run_us"] >= 0 for n in range(3))
     assert all(set(s) == {"coordinator", "w.0"} for s in stamps), stamps
     assert all(s["coordinator"] >= n + 1 for n, s in enumerate(stamps))  # merged at the start
     assert len({s["w.0"] for s in stamps}) == 3  # start + result: two ticks each, all distinct
