@@ -13,9 +13,11 @@ Decisions:
   failing call does not turn into N).
 - ``ttl_s`` counts from the moment the result arrived; ``ttl_s = 0`` disables the cache
   (in-flight de-duplication included: a service that disables caching wants every call made).
-- The cache and its flights are per process (results are arbitrary Python objects); a
-  ``Service`` given a ``flights_dir`` also de-duplicates across the agent processes of the
-  machine (runtime.guards.flights), once this cache says this process leads.
+- This cache and its flights are per process (results are arbitrary Python objects); a
+  ``Service`` given a ``flights_dir`` (every agent of a daemon is) also shares answers
+  across the agent processes of the machine once this cache says this process leads: a
+  stored answer (runtime.guards.shared_cache), else an identical call in flight
+  (runtime.guards.flights).
 """
 
 from __future__ import annotations

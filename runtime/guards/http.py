@@ -21,6 +21,9 @@ Decisions:
 - Batching: a ``BatchRoute`` sends JSON POSTs to ``path`` as one POST to ``batch_path`` with
   ``{"items": [body, ...]}`` and expects ``{"results": [{"status": S, "body": B}, ...]}``; both
   encodings are overridable (``encode``/``decode``) for a real API's batch format.
+- Hedged (async, when the service has ``hedge_after_s``): idempotent methods and
+  ``cache_methods`` only, batches of POSTs when POST is one; a POST the user has not
+  declared cacheable is never sent twice.
 - ``tokens(request)`` estimates a request's LLM tokens for the limiter's token budget.
 """
 
@@ -105,6 +108,9 @@ def _judge(replay: _Replay, now_wall: Callable[[], float]) -> _Replay:
     return replay
 
 
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})  # RFC 9110 9.2.2
+
+
 class _Common:
     def __init__(self, service: Service, *, cache_methods: tuple[str, ...] = ("GET", "HEAD"),
                  batch: list[BatchRoute] | None = None, tokens: Callable[[httpx.Request], float] | None = None,
@@ -117,6 +123,10 @@ class _Common:
         if request.method not in self.cache_methods or not self.service.cache.enabled:
             return None
         return b"\0".join([request.method.encode(), str(request.url).encode(), request.content])
+
+    def _hedgeable(self, request: httpx.Request) -> bool:
+        """Sent twice it does no harm: an idempotent method, or one the user caches."""
+        return request.method in _IDEMPOTENT or request.method in self.cache_methods
 
     def _route(self, request: httpx.Request) -> BatchRoute | None:
         return self.routes.get(request.url.path) if request.method == "POST" else None
@@ -206,7 +216,8 @@ class AsyncGuardedTransport(_Common, httpx.AsyncBaseTransport):
         def batcher(r: BatchRoute) -> Callable[[Any], Any]:
             async def run(items: list[httpx.Request]) -> list[_Replay]:
                 return await self._send_batch(r, items)
-            return service.batched(run, key=lambda req: self._key(req))
+            # a batch of POSTs may go twice when POST is a cacheable method (as a single one may)
+            return service.batched(run, key=lambda req: self._key(req), hedge="POST" in self.cache_methods)
         self._batchers = {path: batcher(r) for path, r in self.routes.items()}
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -218,7 +229,7 @@ class AsyncGuardedTransport(_Common, httpx.AsyncBaseTransport):
             else:
                 key = self._key(request)
                 replay = await self.service.acall_with(self._send, (request,), tokens=self.tokens(request),
-                                                       key=key, cache=key is not None)
+                                                       key=key, cache=key is not None, hedge=self._hedgeable(request))
         except _Failed as e:
             return _unwrap(e, request)
         except _NotStored as e:

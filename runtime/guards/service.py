@@ -15,8 +15,12 @@ The ``[services.<name>]`` table of agora.toml (every key optional)::
     cache_size       1024
     batch_window_ms  10      for ``batched`` functions only
     batch_max        16
+    hedge_after_s    0       async calls only: a second attempt after this long if the first has
+                             not answered, the first answer wins (0 = off; for idempotent calls)
 
-A call goes: cache (hit / join an identical call in flight / lead) -> [batch] -> retry loop of
+A call goes: cache (hit / join an identical call in flight / lead; in an agent, behind this
+process's cache, the machine's: a stored answer, runtime.guards.shared_cache, or an identical
+call in another agent, runtime.guards.flights) -> [batch] -> retry loop of
 attempts; each attempt: breaker permit -> rate limiter wait -> the call under the timeout ->
 outcome to the breaker. The breaker counts only *retryable* errors (and timeouts) as failures:
 a service that answers "bad request" is healthy.
@@ -27,7 +31,17 @@ Use: ``svc.call(fn, *a)``, ``await svc.acall(fn, *a)``, ``@svc`` on a sync or as
 
 Every guard decision is ``on_event(name, service=..., **fields)``: ``breaker_transition``,
 ``breaker_reject``, ``throttle_wait``, ``cache_hit``, ``cache_join``, ``cache_miss``,
-``batch_join``, ``batch_flush``, ``retry``, ``timeout``; ``Service.counts`` counts them.
+``batch_join``, ``batch_flush``, ``retry``, ``timeout``, ``hedge``, ``hedge_won``;
+``Service.counts`` counts them.
+
+Hedged requests (``hedge_after_s``, "The Tail at Scale"): an awaited attempt that has not
+answered after ``hedge_after_s`` gets a twin (its own breaker permit, limiter tokens and
+timeout); the first success wins and the other is cancelled (its permit handed back
+unjudged); only when both fail does the retry loop see the (last) error.  It cuts the tail
+of a heavy-tailed service for about P(latency > hedge_after_s) more calls.  Only ``acall``
+and the async transport hedge: a sync call runs in its caller's thread and has no second
+thread to race; the transport hedges idempotent methods and ``cache_methods`` only, and a
+caller opts a call out with ``acall_with(..., hedge=False)``.
 """
 
 from __future__ import annotations
@@ -54,6 +68,7 @@ from .errors import CallTimeout, CircuitOpen, is_retryable
 from .flights import FOLLOW, LeaderGone, SharedFlights
 from .limiter import LimiterConfig, RateLimiter
 from .retry import RetryPolicy
+from .shared_cache import SharedResults
 from .state import LocalStateStore, StateStore
 from .timeout import Deadline, _current, run_async, run_sync
 
@@ -62,7 +77,7 @@ __all__ = ["ServiceConfig", "Service", "Attempt", "Guards", "default_key"]
 T = TypeVar("T")
 OnEvent = Callable[..., None]
 _KEYS = {"timeout_s", "retries", "backoff", "breaker", "rate", "burst", "tokens_per_s", "token_burst",
-         "max_wait_s", "cache_ttl_s", "cache_size", "batch_window_ms", "batch_max"}
+         "max_wait_s", "cache_ttl_s", "cache_size", "batch_window_ms", "batch_max", "hedge_after_s"}
 
 
 @dataclass(frozen=True)
@@ -79,6 +94,7 @@ class ServiceConfig:
     cache_size: int = 1024
     batch_window_ms: float = 10.0
     batch_max: int = 16
+    hedge_after_s: float = 0.0
 
     @classmethod
     def from_dict(cls, name: str, table: Mapping[str, Any]) -> ServiceConfig:
@@ -89,7 +105,8 @@ class ServiceConfig:
         if unknown:
             raise InvalidInput(f"[services.{name}] has unknown key(s) {unknown}", hint=f"known keys: {sorted(_KEYS)}")
         kw: dict[str, Any] = {k: table[k] for k in ("retries", "max_wait_s", "cache_ttl_s", "cache_size",
-                                                    "batch_window_ms", "batch_max") if k in table}
+                                                    "batch_window_ms", "batch_max", "hedge_after_s")
+                               if k in table}
         if "timeout_s" in table:
             kw["timeout_s"] = table["timeout_s"] or None
         kw.update(_backoff(name, table.get("backoff")))
@@ -105,7 +122,7 @@ class ServiceConfig:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and value > 0):
                 raise InvalidInput(f"{name} must be a number > 0 or absent, got {value!r}")
-        for name in ("cache_ttl_s", "batch_window_ms"):
+        for name in ("cache_ttl_s", "batch_window_ms", "hedge_after_s"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0):
                 raise InvalidInput(f"{name} must be a number >= 0, got {value!r}")
@@ -170,6 +187,8 @@ class Service:
         self.cache = ResultCache(ttl_s=cfg.cache_ttl_s, size=cfg.cache_size, clock=clock)
         # machine-wide in-flight de-duplication (runtime.guards.flights): with a directory for results
         self.flights = SharedFlights(name, store, flights_dir) if flights_dir and self.cache.enabled else None
+        # and the machine-wide answers behind the local cache (runtime.guards.shared_cache)
+        self.shared = SharedResults(name, flights_dir, cfg.cache_ttl_s, cfg.cache_size) if self.flights else None
         per_attempt = (cfg.timeout_s or 600.0) + cfg.cap_s + max(cfg.max_retry_after_s, 0)
         self.wait_bound_s = self.retry.max_attempts * per_attempt + cfg.batch_window_ms / 1000
 
@@ -221,9 +240,13 @@ class Service:
         """This process leads ``key``: follow an identical call of another process, or lead
         (``cache_miss``: this call is made here)."""
         digest = self.flights.digest(key) if self.flights else None
-        if digest is None or self.flights is None:
+        if digest is None or self.flights is None or self.shared is None:
             self.emit("cache_miss")
             return compute()
+        hit, value = self.shared.get(digest)
+        if hit:
+            self.emit("cache_hit", scope="machine")
+            return value
         while self.flights.begin(digest) == FOLLOW:
             self.emit("cache_join", scope="machine")
             try:
@@ -236,8 +259,15 @@ class Service:
         except BaseException:
             self.flights.fail(digest)
             raise
-        self.flights.finish(digest, value)
+        self._publish(digest, value)
         return value
+
+    def _publish(self, digest: bytes, value: Any) -> None:
+        """The leader's answer: to the machine's cache first (a caller arriving once the
+        flight is over finds it there), then to the flight's followers."""
+        assert self.flights is not None and self.shared is not None
+        self.shared.put(digest, value)
+        self.flights.finish(digest, value)
 
     def _follow(self, digest: bytes) -> Any:
         assert self.flights is not None
@@ -299,9 +329,11 @@ class Service:
 
     async def acall_with(self, fn: Callable[..., Awaitable[T]], args: tuple = (),
                          kwargs: Mapping[str, Any] | None = None, *, tokens: float = 0.0, key: Any = None,
-                         cache: bool = True) -> T:
+                         cache: bool = True, hedge: bool = True) -> T:
+        """``acall`` with a token estimate, an explicit cache key, no cache, or no hedging."""
         kwargs = kwargs or {}
-        run = functools.partial(self._aretrying, lambda: fn(*args, **kwargs), tokens)
+        run = functools.partial(self._aretrying, lambda: fn(*args, **kwargs), tokens,
+                                hedge and self.config.hedge_after_s > 0)
         if not (cache and self.cache.enabled):
             return await run()
         return await self._acached(self._key(fn, args, kwargs) if key is None else key, run)
@@ -326,9 +358,13 @@ class Service:
     async def _ashared(self, key: Any, compute: Callable[[], Awaitable[T]]) -> T:
         """``_shared`` on the event loop."""
         digest = self.flights.digest(key) if self.flights else None
-        if digest is None or self.flights is None:
+        if digest is None or self.flights is None or self.shared is None:
             self.emit("cache_miss")
             return await compute()
+        hit, value = self.shared.get(digest)
+        if hit:
+            self.emit("cache_hit", scope="machine")
+            return value
         while self.flights.begin(digest) == FOLLOW:
             self.emit("cache_join", scope="machine")
             try:
@@ -341,7 +377,7 @@ class Service:
         except BaseException:
             self.flights.fail(digest)
             raise
-        self.flights.finish(digest, value)
+        self._publish(digest, value)
         return value
 
     async def _afollow(self, digest: bytes) -> Any:
@@ -361,10 +397,12 @@ class Service:
         self.flights.abandon(digest)
         raise self._flight_timed_out()
 
-    async def _aretrying(self, thunk: Callable[[], Awaitable[T]], tokens: float) -> T:
+    async def _aretrying(self, thunk: Callable[[], Awaitable[T]], tokens: float, hedge: bool = False) -> T:
         attempt = 1
         while True:
             try:
+                if hedge:
+                    return await self._ahedged(thunk, tokens)
                 return await self._aattempt(thunk, tokens)
             except Exception as e:
                 delay = self._next_delay(attempt, e)
@@ -386,6 +424,34 @@ class Service:
             raise
         finally:
             self._settle(permit, ok)
+
+    async def _ahedged(self, thunk: Callable[[], Awaitable[T]], tokens: float) -> T:
+        """One attempt, and its twin if it has not answered in ``hedge_after_s``: the first
+        success wins; both failed raises the last error (the retry loop decides what follows)."""
+        first = asyncio.ensure_future(self._aattempt(thunk, tokens))
+        done, _ = await asyncio.wait({first}, timeout=self.config.hedge_after_s)
+        if done:
+            return first.result()
+        self.emit("hedge", after_s=self.config.hedge_after_s)
+        second = asyncio.ensure_future(self._aattempt(thunk, tokens))
+        pending: set[asyncio.Future[T]] = {first, second}
+        error: BaseException | None = None
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for f in done:
+                    if f.exception() is None:
+                        if f is second:
+                            self.emit("hedge_won")
+                        return f.result()
+                    error = f.exception()
+            assert error is not None
+            raise error
+        finally:
+            for f in pending:  # the loser, or both when this call itself is cancelled
+                f.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
 
     async def _athrottle(self, tokens: float) -> None:
         wait = self.limiter.acquire(tokens, max_wait=self.config.max_wait_s)
@@ -444,16 +510,19 @@ class Service:
         return guarded
 
     def batched(self, batch_fn: Callable[[list], Any], *,
-                key: Callable[[Any], Any] | None = None) -> Callable[[Any], Any]:
+                key: Callable[[Any], Any] | None = None, hedge: bool = False) -> Callable[[Any], Any]:
         """An item function over ``batch_fn(items) -> results``: items are cached (by ``key(item)``,
         default the service's key of ``batch_fn(item)``; a key of None skips the cache), then
-        batched, and each batch is one guarded call (retries, breaker, limiter, timeout)."""
+        batched, and each batch is one guarded call (retries, breaker, limiter, timeout; with
+        ``hedge`` and an async ``batch_fn``, hedged as ``acall`` is: say so only for a batch
+        that may be sent twice)."""
         cfg = self.config
+        hedged = hedge and cfg.hedge_after_s > 0
 
         def key_of(item: Any) -> Any:
             return key(item) if key is not None else self._key(batch_fn, (item,), {})
         if inspect.iscoroutinefunction(batch_fn):
-            ab = AsyncMicroBatcher(self.name, lambda items: self._aretrying(lambda: batch_fn(items), 0.0),
+            ab = AsyncMicroBatcher(self.name, lambda items: self._aretrying(lambda: batch_fn(items), 0.0, hedged),
                                    window_s=cfg.batch_window_ms / 1000, max_size=cfg.batch_max,
                                    on_event=self.emit, result_wait_s=self.wait_bound_s)
 

@@ -174,3 +174,23 @@ def test_identical_calls_in_flight_in_two_agents_make_one_request(tmp_path):
         joins = {(e.get("task_id"), e.get("scope")) for r in results
                  for e in _events(c.call("trace", id=r["id"])["trace"]) if e.get("type") == "service.cache_join"}
         assert [scope for _, scope in joins] == ["machine"]  # one task joined the other agent's call
+
+
+def test_an_answer_one_agent_got_is_a_hit_in_another(tmp_path):
+    """The machine-wide result cache (runtime.guards.shared_cache): after caller.X's call, the
+    same question asked of both agents at once makes no request: a hit from its own memory in
+    one, from the machine's cache in the other (its trace says scope machine)."""
+    service = "cache_ttl_s = 60\nretries = 0"
+    same = {"capability": "call", "input": {"body": {"q": "again"}}}
+    with FakeAPI(time_scale=0.01) as api, running_daemon(tmp_path, conf(2, service)) as (c, _):
+        same["input"]["url"] = api.url
+        [first] = run_all(c, [same])
+        assert first["state"] == "succeeded" and api.requests == 1
+        both = run_all(c, [same, same])  # concurrency 1: one task each
+        assert {r["result"]["agent"] for r in both} == {"caller.0", "caller.1"}
+        assert [r["result"]["outcome"] for r in both] == [200, 200] and api.requests == 1
+        counts = _counts_of_both(c)
+        assert sorted((v.get("cache_miss", 0), v.get("cache_hit", 0)) for v in counts.values()) == [(0, 1), (1, 1)]
+        scopes = [e.get("scope") for r in both for e in _events(c.call("trace", id=r["id"])["trace"])
+                  if e.get("type") == "service.cache_hit" and e.get("task_id") == r["id"]]
+        assert sorted(map(str, scopes)) == ["None", "machine"]

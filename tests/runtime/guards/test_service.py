@@ -244,3 +244,119 @@ def test_guards_registry():
     assert g.service("llm") is g.service("llm") and g.names() == ["llm", "search"]
     with pytest.raises(NotFound, match="services.vector"):
         g.service("vector")
+
+
+def _twins(first_hangs=True, fail=()):
+    """An async call whose n-th invocation hangs (until cancelled) or fails or answers n."""
+    calls, cancelled = [], []
+
+    async def fn():
+        n = len(calls) + 1
+        calls.append(n)
+        if n in fail:
+            raise ConnectionError(f"reset {n}")
+        if n == 1 and first_hangs:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cancelled.append(n)
+                raise
+        return n
+    return fn, calls, cancelled
+
+
+def test_a_slow_attempt_gets_a_hedge_and_the_first_answer_wins():
+    env = Env()
+    svc = env.service({"hedge_after_s": 0.01, "retries": 0, "timeout_s": WAIT,
+                       "breaker": {"min_calls": 1, "window_calls": 2}})
+    fn, calls, cancelled = _twins()
+    assert asyncio.run(svc.acall(fn)) == 2  # the twin's answer
+    assert calls == [1, 2] and cancelled == [1]  # the loser is cancelled, not left running
+    assert svc.counts["hedge"] == 1 and svc.counts["hedge_won"] == 1
+    assert svc.breaker.stats()["failures"] == 0  # the cancelled loser is not judged a failure
+
+
+def test_a_fast_attempt_is_never_hedged_and_hedge_false_opts_out():
+    env = Env()
+    svc = env.service({"hedge_after_s": WAIT, "retries": 0, "breaker": False})
+    fn, calls, _ = _twins(first_hangs=False)
+    assert asyncio.run(svc.acall(fn)) == 1 and calls == [1] and svc.counts["hedge"] == 0
+    quick = env.service({"hedge_after_s": 0.01, "retries": 0, "timeout_s": 0.2, "breaker": False})
+    fn, calls, _ = _twins()
+    with pytest.raises(CallTimeout):  # no twin: the hung attempt runs into its timeout
+        asyncio.run(quick.acall_with(fn, hedge=False))
+    assert calls == [1] and quick.counts["hedge"] == 0
+    assert env.service({"retries": 0}).config.hedge_after_s == 0  # off by default
+
+
+def test_when_the_twin_fails_the_first_attempt_still_counts_and_both_failed_is_retried():
+    env = Env()
+    svc = env.service({"hedge_after_s": 0.01, "retries": 1, "breaker": False})
+    gate: list[asyncio.Event] = []
+    calls = []
+
+    async def fn():  # 1: slow then answers; 2: the twin fails at once
+        calls.append(len(calls) + 1)
+        if len(calls) == 2:
+            gate[0].set()
+            raise ConnectionError("reset")
+        await gate[0].wait()
+        return "first"
+
+    async def main():
+        gate.append(asyncio.Event())
+        return await svc.acall(fn)
+    assert asyncio.run(main()) == "first" and calls == [1, 2] and svc.counts["retry"] == 0
+    both = env.service({"hedge_after_s": 0.01, "retries": 2, "breaker": False})
+    fn2, calls2, _ = _twins(first_hangs=False, fail=(1, 2))
+    assert asyncio.run(both.acall(fn2)) == 3  # each failed before its hedge was due: retries
+    assert calls2 == [1, 2, 3] and both.counts["retry"] == 2 and both.counts["hedge"] == 0
+
+
+def test_a_cancelled_hedged_call_cancels_both_attempts():
+    env = Env()
+    svc = env.service({"hedge_after_s": 0.01, "retries": 0, "breaker": False})
+    started, cancelled = [], []
+
+    async def fn():
+        started.append(1)
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(1)
+            raise
+
+    async def main():
+        call = asyncio.ensure_future(svc.acall(fn))
+        while len(started) < 2:
+            await asyncio.sleep(0.005)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+    asyncio.run(asyncio.wait_for(main(), WAIT))
+    assert len(started) == 2 and len(cancelled) == 2
+
+
+def test_hedge_after_s_is_validated():
+    with pytest.raises(InvalidInput, match="hedge_after_s"):
+        Service("x", {"hedge_after_s": -1})
+
+
+def test_a_batch_declared_hedgeable_is_hedged_and_others_are_not():
+    env = Env()
+    svc = env.service({"hedge_after_s": 0.01, "batch_window_ms": 0, "batch_max": 4, "retries": 0,
+                       "timeout_s": 0.3, "breaker": False})
+    sent = []
+
+    async def embed(items):  # the first batch hangs until cancelled, later ones answer
+        sent.append(list(items))
+        if len(sent) == 1:
+            await asyncio.Event().wait()
+        return [len(x) for x in items]
+
+    assert asyncio.run(svc.batched(embed, hedge=True)("abcd")) == 4
+    assert sent == [["abcd"], ["abcd"]] and svc.counts["hedge_won"] == 1
+    sent.clear()
+    with pytest.raises(CallTimeout):  # not declared: the hung batch runs into its timeout alone
+        asyncio.run(svc.batched(embed)("xy"))
+    assert sent == [["xy"]] and svc.counts["hedge"] == 1
