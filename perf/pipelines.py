@@ -5,7 +5,7 @@ was the coordinator's: a consensus step taken by a turn's dispatch was only star
 later turn, and with every agent idle no later turn came (fixed in
 coordination.services.decisions.ConsensusSteps.take, tests/coordination/test_consensus_steps.py).
 
-    python perf/pipelines.py [--quick] [--seed N] [--json] [--plot FILE]
+    python perf/pipelines.py [--quick] [--seed N] [--json] [--plot FILE] [--ablate]
 
 One fake external API (runtime.demo.fake_api: 127.0.0.1, lognormal latency around 300 ms
 with a heavy tail, a concurrency cap) serves both configurations, in this run, one after
@@ -21,9 +21,17 @@ Configurations (the same number of agent processes):
 - ``naive``: what the reference did: static allocation, sync handlers one at a time per
   process, direct calls without guards, one attempt per step;
 - ``agora``: least-loaded allocation, ``async def`` handlers with ``concurrency = 32`` per
-  agent, every call through ``ctx.service("api")`` (timeout 1 s: a call in the heavy tail is abandoned and retried, 3 retries with full-jitter
-  backoff, the machine-wide breaker, the result cache with in-flight de-duplication, and
-  micro-batching of embeddings), steps with the default 3 attempts.
+  agent, every call through ``ctx.service("api")`` (timeout 1 s: a call in the heavy tail
+  is abandoned and retried; a hedge after 0.5 s: a second request for a slow answer, the
+  first to come wins; 3 retries with full-jitter backoff, the machine-wide breaker, the
+  machine-wide result cache with in-flight de-duplication, and micro-batching of
+  embeddings), steps with the default 3 attempts.
+
+``--ablate`` adds, after those two, agora with one default switched off each (``-cache``,
+``-batch``, ``-timeout``, ``-hedge``, ``-retries``, ``-concurrency``, ``-least-loaded``: see
+``LEVERS``)
+at the same offered load: which default made which difference.  Their columns join the
+table and the JSON's ``{"naive": ..., "agora": ..., "-cache": ...}``.
 
 Phases per configuration:
 
@@ -91,23 +99,35 @@ autoscale = false
 {services}
 """
 
-SERVICES = """
-[services.api]
-timeout_s = 1.0
-retries = 3
-backoff = {base_s = 0.05, cap_s = 1.0}
-breaker = {failure_rate = 0.5, window_calls = 20, min_calls = 10, open_s = 1.0}
-cache_ttl_s = 600
-cache_size = 4096
-batch_window_ms = 10
-batch_max = 16
-"""
+SERVICE = {"timeout_s": "1.0", "retries": "3", "backoff": "{base_s = 0.05, cap_s = 1.0}",
+           "breaker": "{failure_rate = 0.5, window_calls = 20, min_calls = 10, open_s = 1.0}",
+           "cache_ttl_s": "600", "cache_size": "4096", "batch_window_ms": "10", "batch_max": "16",
+           "hedge_after_s": "0.5"}
+
+
+def services(overrides: dict[str, str]) -> str:
+    """agora's ``[services.api]`` table, with ``overrides`` (one lever switched off)."""
+    return "[services.api]\n" + "".join(f"{k} = {v}\n" for k, v in {**SERVICE, **overrides}.items())
+
 
 CONFIGS = {
     "naive": {"allocation": "static", "cls": "NaivePipe", "concurrency": 1, "services": "", "attempts": 1},
-    "agora": {"allocation": "least-loaded", "cls": "GuardedPipe", "concurrency": 32, "services": SERVICES,
+    "agora": {"allocation": "least-loaded", "cls": "GuardedPipe", "concurrency": 32, "services": services({}),
               "attempts": 3},
 }
+# --ablate: agora with one of its defaults switched off each, at the same offered load, to say
+# which default made which difference: (lever, [services.api] overrides, config overrides)
+LEVERS = {
+    "cache": ({"cache_ttl_s": "0"}, {}),  # no result cache, no in-flight de-duplication
+    "batch": ({"batch_max": "1"}, {}),  # every embedding its own request
+    "timeout": ({"timeout_s": "30.0"}, {}),  # the heavy tail is waited out, not cut and retried
+    "hedge": ({"hedge_after_s": "0"}, {}),  # no second request for a slow answer
+    "retries": ({"retries": "0"}, {"attempts": 1}),  # neither call retries nor step attempts
+    "concurrency": ({}, {"concurrency": 1}),  # async handlers, one at a time per agent
+    "least-loaded": ({}, {"allocation": "static"}),  # round-robin placement
+}
+for _lever, (_svc, _cfg) in LEVERS.items():
+    CONFIGS[f"-{_lever}"] = {**CONFIGS["agora"], "services": services(_svc), **_cfg}
 STEPS = ("retrieve", "embed", "llm", "check", "summarize", "score")
 
 
@@ -318,7 +338,9 @@ KEYS = ("pipelines_per_min", "p95_s", "success_rate", "calls_per_pipeline", "coo
 
 
 def main() -> None:
-    args = parse_args(__doc__, **{"--plot": {"metavar": "FILE", "help": "PNG of latency over time"}})
+    args = parse_args(__doc__, **{"--plot": {"metavar": "FILE", "help": "PNG of latency over time"},
+                                  "--ablate": {"action": "store_true",
+                                               "help": "also agora without each of its defaults in turn"}})
     home = Path(tempfile.mkdtemp(prefix="agora-perf-pipelines-"))
     try:
         corpus = corpus_file(home, args.seed)
@@ -326,15 +348,19 @@ def main() -> None:
             results: dict[str, dict[str, Any]] = {}
             results["naive"] = measure("naive", api, corpus, args, None)
             results["agora"] = measure("agora", api, corpus, args, results["naive"]["rate"])
+            for lever in LEVERS if args.ablate else ():
+                results[f"-{lever}"] = measure(f"-{lever}", api, corpus, args, results["naive"]["rate"])
     finally:
         shutil.rmtree(home, ignore_errors=True)
-    print(f"{'':22}{'naive':>12}{'agora':>12}   target")
+    names = list(results)
+    print(f"{'':22}" + "".join(f"{n:>13}" for n in names) + "   target")
     for k in KEYS:
-        n, a = results["naive"][k], results["agora"][k]
-        print(f"{k:22}{n:>12.4g}{a:>12.4g}   {TARGETS.get(k, '')}")
+        print(f"{k:22}" + "".join(f"{results[n][k]:>13.4g}" for n in names) + f"   {TARGETS.get(k, '')}")
     print(f"offered load {results['naive']['rate']:.2f} pipelines/s; failed under faults: "
           f"naive {results['naive']['failed']}, agora {results['agora']['failed']}")
     verdict = met(results)
+    if args.ablate:
+        print("(-lever: agora with that default switched off, the same offered load; see LEVERS)")
     print("met: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in verdict.items()))
     if args.plot:
         plot(args.plot, results)
