@@ -295,9 +295,17 @@ class Ledger:
 
     def _move(self, cur: sqlite3.Cursor, src: str, dst: str, amount: int, kind: str,
               reason: str | None, contract_id: str | None, trace_id: str | None) -> int:
-        """The one place balances change: check, then two entries and one transfer row."""
-        src_balance, src_floor = self._account(cur, src)
-        dst_balance, _ = self._account(cur, dst)
+        """The one place balances change: check, then two entries and one transfer row (four
+        statements: both accounts read at once, both entries in one INSERT, both balances in
+        one UPDATE; a contract moves credits three times, in the coordinator's turn)."""
+        if src == dst:  # (callers refuse it first; the UPDATE below needs two rows)
+            raise InvalidInput(f"transfer from {src!r} to itself", hint="name two different accounts")
+        rows = {n: (b, f) for n, b, f in cur.execute(
+            "SELECT name, balance, floor FROM ledger_accounts WHERE name IN (?, ?)", (src, dst))}
+        for name in (src, dst):
+            if name not in rows:
+                raise NotFound(f"no ledger account {name!r}", hint="open_account() or grant() creates it")
+        (src_balance, src_floor), (dst_balance, _) = rows[src], rows[dst]
         if src_floor is not None and src_balance - amount < src_floor:
             raise self._refusal(src, dst, amount, src_balance, src_floor, contract_id, trace_id)
         if dst_balance + amount > _MAX_BALANCE or src_balance - amount < -_MAX_BALANCE:
@@ -307,10 +315,10 @@ class Ledger:
                     "contract_id, trace_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (self._clock(), kind, src, dst, amount, reason, contract_id, trace_id))
         tid = int(cur.lastrowid or 0)
-        cur.executemany("INSERT INTO ledger_entries (transfer_id, account, amount) "
-                        "VALUES (?, ?, ?)", [(tid, src, -amount), (tid, dst, amount)])
-        cur.executemany("UPDATE ledger_accounts SET balance = balance + ? WHERE name = ?",
-                        [(-amount, src), (amount, dst)])
+        cur.execute("INSERT INTO ledger_entries (transfer_id, account, amount) VALUES (?, ?, ?), (?, ?, ?)",
+                    (tid, src, -amount, tid, dst, amount))
+        cur.execute("UPDATE ledger_accounts SET balance = balance + CASE name WHEN ? THEN ? ELSE ? END "
+                    "WHERE name IN (?, ?)", (src, -amount, amount, src, dst))
         return tid
 
     @staticmethod
