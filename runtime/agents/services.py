@@ -15,11 +15,12 @@ machine.  What a guard decides becomes an event:
   (runtime.observability.metrics).
 
 Decisions:
-- The result cache is per agent process (it holds arbitrary Python objects); its in-flight
-  de-duplication is machine-wide: two identical calls in flight at once, in one agent or in
-  two, make one request (runtime.guards.flights: a board in the shared table, the leader's
-  result handed over as a file in the run's private directory).  Breaker and limiter state,
-  which is small and fixed-size, is machine-wide.
+- Each agent process caches results in memory (any Python object); behind it the answers
+  are machine-wide: one agent's answer is a hit in every other (runtime.guards.shared_cache:
+  a file per answer in the run's private directory, for values ``marshal`` encodes), and two
+  identical calls in flight at once, in one agent or in two, make one request
+  (runtime.guards.flights: a board in the shared table, the leader's result handed over as
+  a file).  Breaker and limiter state, which is small and fixed-size, is machine-wide.
 - ``transport()`` / ``async_transport()`` need httpx (the ``agora[http]`` extra), imported only
   when asked for.
 """
