@@ -267,6 +267,12 @@ def _services(raw: Any) -> dict[str, dict[str, Any]]:
     if not isinstance(raw, dict):
         raise InvalidInput(f"[services] must hold tables [services.NAME], got {type(raw).__name__}")
     for name, table in raw.items():
+        # the name becomes part of file names (runtime.guards.shared_cache, flights) and of a
+        # 64-byte shared-table key: letters, digits, "_", "-", ".", at most 48, no leading dot
+        if not (isinstance(name, str) and 0 < len(name) <= 48 and name[0] != "."
+                and all(c.isascii() and (c.isalnum() or c in "_-.") for c in name)):
+            raise InvalidInput(f"[services.{name}]: a service name is 1-48 of letters, digits, '_', '-', '.' "
+                               f"(not starting with '.'), got {name!r}", hint="e.g. [services.llm]")
         ServiceConfig.from_dict(name, table)
     return {str(n): dict(t) for n, t in raw.items()}
 

@@ -58,6 +58,10 @@ def test_overrides_win_over_the_file():
     ({"pools": {"p": {"size": 1}}}, "pools.p.agent is missing"),
     ({"pools": {"p": {**POOL, "sise": 1}}}, "unknown key pools.p.sise"),
     ({"pools": {"p": {**POOL, "size": 5, "max": 4}}}, "min <= size <= max"),
+    ({"services": {"../../x": {}}}, "a service name is 1-48"),  # it becomes part of file names
+    ({"services": {"a" * 49: {}}}, "a service name is 1-48"),
+    ({"services": {".hidden": {}}}, "a service name is 1-48"),
+    ({"services": {"llm": {"hedge_after_s": "soon"}}}, "hedge_after_s"),
 ])
 def test_bad_configs_are_refused_naming_the_key(raw, words):
     with pytest.raises(InvalidInput) as info:
