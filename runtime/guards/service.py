@@ -427,16 +427,19 @@ class Service:
 
     async def _ahedged(self, thunk: Callable[[], Awaitable[T]], tokens: float) -> T:
         """One attempt, and its twin if it has not answered in ``hedge_after_s``: the first
-        success wins; both failed raises the last error (the retry loop decides what follows)."""
+        success wins; both failed raises the last error (the retry loop decides what follows).
+        Whatever ends this call (an answer, an error, its own cancellation), no attempt of it
+        is left running."""
         first = asyncio.ensure_future(self._aattempt(thunk, tokens))
-        done, _ = await asyncio.wait({first}, timeout=self.config.hedge_after_s)
-        if done:
-            return first.result()
-        self.emit("hedge", after_s=self.config.hedge_after_s)
-        second = asyncio.ensure_future(self._aattempt(thunk, tokens))
-        pending: set[asyncio.Future[T]] = {first, second}
-        error: BaseException | None = None
+        pending: set[asyncio.Future[T]] = {first}
         try:
+            done, pending = await asyncio.wait(pending, timeout=self.config.hedge_after_s)
+            if done:
+                return first.result()
+            self.emit("hedge", after_s=self.config.hedge_after_s)
+            second = asyncio.ensure_future(self._aattempt(thunk, tokens))
+            pending = {first, second}
+            error: BaseException | None = None
             while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for f in done:
@@ -448,10 +451,11 @@ class Service:
             assert error is not None
             raise error
         finally:
-            for f in pending:  # the loser, or both when this call itself is cancelled
+            running = [f for f in pending if not f.done()]
+            for f in running:  # the loser, or every attempt when this call itself is cancelled
                 f.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
 
     async def _athrottle(self, tokens: float) -> None:
         wait = self.limiter.acquire(tokens, max_wait=self.config.max_wait_s)

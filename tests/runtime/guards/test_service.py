@@ -360,3 +360,20 @@ def test_a_batch_declared_hedgeable_is_hedged_and_others_are_not():
     with pytest.raises(CallTimeout):  # not declared: the hung batch runs into its timeout alone
         asyncio.run(svc.batched(embed)("xy"))
     assert sent == [["xy"]] and svc.counts["hedge"] == 1
+
+
+def test_a_call_cancelled_before_its_hedge_is_due_leaves_no_attempt_running():
+    env = Env()
+    svc = env.service({"hedge_after_s": WAIT, "retries": 0, "breaker": False})
+    fn, calls, cancelled = _twins()
+
+    async def main():
+        call = asyncio.ensure_future(svc.acall(fn))
+        while not calls:
+            await asyncio.sleep(0.001)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert cancelled == [1]  # by the call itself, not by asyncio.run's clean-up at the end
+    asyncio.run(asyncio.wait_for(main(), WAIT))
+    assert calls == [1] and svc.counts["hedge"] == 0
