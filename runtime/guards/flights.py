@@ -216,9 +216,14 @@ class SharedFlights:
             return
         path = self._path(digest)
         tmp = f"{path}.{self.pid}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except OSError:  # a full disk, the directory gone: the leader keeps its answer, the
+            self._unlink_path(tmp)  # followers call themselves
+            self.fail(digest)
+            return
         if self._update(lambda b: finish(b, digest, self.pid, self.clock())):
             self._unlink(digest)
 
@@ -248,7 +253,11 @@ class SharedFlights:
             self._unlink(digest)
 
     def _unlink(self, digest: bytes) -> None:
+        self._unlink_path(self._path(digest))
+
+    @staticmethod
+    def _unlink_path(path: str) -> None:
         try:
-            os.unlink(self._path(digest))
+            os.unlink(path)
         except FileNotFoundError:
             pass  # never written, or another reader removed it first

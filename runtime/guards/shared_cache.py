@@ -26,7 +26,9 @@ Decisions:
   beyond ``size``, so the directory holds at most about ``size`` + (processes x
   ``size // 16``) answers between trims.  Oldest written goes first (not least recently
   used: a hit does not rewrite its file).
-- Errors are never stored (as in the local cache).
+- Errors are never stored (as in the local cache).  The cache never fails a call: a file
+  it cannot write (a full disk, the directory removed by a stopping daemon) or read is a
+  miss, and the caller keeps the answer it got.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ class SharedResults:
         try:
             with open(path, "rb") as f:
                 data = f.read()
-        except FileNotFoundError:
+        except OSError:  # none stored (or the directory is gone: the daemon is stopping)
             return False, None
         try:
             (expires,) = _EXPIRY.unpack_from(data)
@@ -83,11 +85,15 @@ class SharedResults:
             return False
         path, now = self._path(digest), self.clock()
         tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(_EXPIRY.pack(now + self.ttl_s))
-            f.write(data)
-        os.utime(tmp, (now, now))  # trim() orders and expires by it, on this cache's clock
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(_EXPIRY.pack(now + self.ttl_s))
+                f.write(data)
+            os.utime(tmp, (now, now))  # trim() orders and expires by it, on this cache's clock
+            os.replace(tmp, path)
+        except OSError:  # a full disk, the directory gone: the caller has its answer anyway
+            _unlink(tmp)
+            return False
         self._writes += 1
         if self._writes % self.trim_every == 0:
             self.trim()
@@ -96,13 +102,16 @@ class SharedResults:
     def trim(self) -> int:
         """Remove the expired answers, then the oldest written beyond ``size``; how many went."""
         now, files = self.clock(), []
-        with os.scandir(self.directory) as it:
-            for e in it:
-                if e.name.startswith(self.prefix) and e.name.endswith(_SUFFIX):
-                    try:
-                        files.append((e.stat().st_mtime, e.path))
-                    except FileNotFoundError:
-                        continue  # another process removed it
+        try:
+            with os.scandir(self.directory) as it:
+                for e in it:
+                    if e.name.startswith(self.prefix) and e.name.endswith(_SUFFIX):
+                        try:
+                            files.append((e.stat().st_mtime, e.path))
+                        except FileNotFoundError:
+                            continue  # another process removed it
+        except FileNotFoundError:
+            return 0  # the directory went with the daemon's stop
         files.sort()
         doomed = [p for m, p in files if m + self.ttl_s <= now]
         alive = [p for m, p in files if m + self.ttl_s > now]

@@ -107,3 +107,13 @@ def test_a_service_follows_another_processes_flight(tmp_path):
     follow._sleep = publish
     assert follow.call_with(lambda: made.append("follower") or {"answer": 0}, key=key) == {"answer": 42}
     assert made == ["leader"] and follow.counts["cache_join"] == 1 and "cache_miss" not in follow.counts
+
+
+def test_a_leader_that_cannot_write_its_answer_frees_its_followers(tmp_path):
+    a, b = _pair(tmp_path)
+    d = SharedFlights.digest(b"q")
+    assert a.begin(d) == LEAD and b.begin(d) == FOLLOW
+    os.rmdir(tmp_path / "f")  # the run directory went (a stopping daemon): the write fails
+    a.finish(d, {"answer": 1})  # does not raise: the leader keeps its answer
+    with pytest.raises(LeaderGone):
+        b.poll(d)

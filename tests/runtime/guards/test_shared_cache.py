@@ -80,3 +80,10 @@ def test_a_service_in_another_process_answers_from_the_machines_cache(tmp_path):
     except ValueError:
         pass
     assert second.shared.get(SharedFlights.digest(b"err")) == (False, None)  # errors are not stored
+
+
+def test_a_cache_whose_directory_is_gone_misses_and_never_fails_the_call(tmp_path):
+    a, _ = _cache(tmp_path, size=1)  # trims at every write
+    d = SharedFlights.digest(b"q")
+    os.rmdir(a.directory)  # the daemon stopping removes the run directory under its agents
+    assert a.put(d, REPLAY) is False and a.get(d) == (False, None) and a.trim() == 0
