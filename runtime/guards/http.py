@@ -20,7 +20,9 @@ Decisions:
   2xx responses are stored; two identical requests in flight at once make one request.
 - Batching: a ``BatchRoute`` sends JSON POSTs to ``path`` as one POST to ``batch_path`` with
   ``{"items": [body, ...]}`` and expects ``{"results": [{"status": S, "body": B}, ...]}``; both
-  encodings are overridable (``encode``/``decode``) for a real API's batch format.
+  encodings are overridable (``encode``/``decode``) for a real API's batch format.  An item
+  answered 5xx or 429 inside a batch that answered is sent again alone (in a later batch, up
+  to ``retries`` times); no item's error is cached.
 - Hedged (async, when the service has ``hedge_after_s``): idempotent methods and
   ``cache_methods`` only, batches of POSTs when POST is one; a POST the user has not
   declared cacheable is never sent twice.
@@ -144,7 +146,16 @@ class _Common:
             raise BrokenError(f"batch endpoint {route.batch_path} answered {len(parts)} results for {n} items",
                               hint="check the BatchRoute's encode/decode against the API's batch format")
         ctype = [(b"content-type", b"application/json")]
-        return [(status, ctype, orjson.dumps(body)) for status, body in parts]
+        return [self._item((status, ctype, orjson.dumps(body))) for status, body in parts]
+
+    def _item(self, replay: _Replay) -> _Replay | Exception:
+        """One item of a batch's answer: a 5xx/429 is that item's retryable failure, any other
+        non-2xx its answer but not the cache's (as for a single call)."""
+        try:
+            replay = _judge(replay, self.now_wall)
+        except _Failed as e:
+            return e
+        return replay if 200 <= replay[0] < 300 else _NotStored(replay)
 
 
 def _unwrap(e: _Failed, request: httpx.Request) -> httpx.Response:

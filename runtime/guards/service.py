@@ -519,25 +519,31 @@ class Service:
         default the service's key of ``batch_fn(item)``; a key of None skips the cache), then
         batched, and each batch is one guarded call (retries, breaker, limiter, timeout; with
         ``hedge`` and an async ``batch_fn``, hedged as ``acall`` is: say so only for a batch
-        that may be sent twice)."""
+        that may be sent twice).
+
+        A result that is an exception is that item's error alone: never cached, and, when it is
+        retryable (a 5xx of one item in a batch that answered), that item is sent again, in a
+        later batch, up to ``retries`` times with the same backoff.  The breaker judged the batch
+        call itself, which answered."""
         cfg = self.config
         hedged = hedge and cfg.hedge_after_s > 0
 
         def key_of(item: Any) -> Any:
             return key(item) if key is not None else self._key(batch_fn, (item,), {})
         if inspect.iscoroutinefunction(batch_fn):
-            ab = AsyncMicroBatcher(self.name, lambda items: self._aretrying(lambda: batch_fn(items), 0.0, hedged),
-                                   window_s=cfg.batch_window_ms / 1000, max_size=cfg.batch_max,
-                                   on_event=self.emit, result_wait_s=self.wait_bound_s)
+            async def guarded_batch(items: list) -> Any:
+                return self._mark_items(await self._aretrying(lambda: batch_fn(items), 0.0, hedged))
+            ab = AsyncMicroBatcher(self.name, guarded_batch, window_s=cfg.batch_window_ms / 1000,
+                                   max_size=cfg.batch_max, on_event=self.emit, result_wait_s=self.wait_bound_s)
 
             @functools.wraps(batch_fn)
             async def item_async(item: Any) -> Any:
                 k = key_of(item) if self.cache.enabled else None
                 if k is None:  # no cache, or the key function says "do not cache this one"
-                    return await ab.submit(item)
-                return await self._acached(k, lambda: ab.submit(item))
+                    return await self._aitem_retrying(lambda: ab.submit(item))
+                return await self._aitem_retrying(lambda: self._acached(k, lambda: ab.submit(item)))
             return item_async
-        sb = MicroBatcher(self.name, lambda items: self._retrying(lambda: batch_fn(items), 0.0),
+        sb = MicroBatcher(self.name, lambda items: self._mark_items(self._retrying(lambda: batch_fn(items), 0.0)),
                           window_s=cfg.batch_window_ms / 1000, max_size=cfg.batch_max,
                           on_event=self.emit, result_wait_s=self.wait_bound_s)
 
@@ -545,13 +551,52 @@ class Service:
         def item(value: Any) -> Any:
             k = key_of(value) if self.cache.enabled else None
             if k is None:  # no cache, or the key function says "do not cache this one"
-                return sb.submit(value)
-            return self._cached(k, lambda: sb.submit(value))
+                return self._item_retrying(lambda: sb.submit(value))
+            return self._item_retrying(lambda: self._cached(k, lambda: sb.submit(value)))
         return item
+
+    def _mark_items(self, results: Any) -> Any:
+        """A batch's answer with each item's retryable error marked: its caller sends it again."""
+        if not isinstance(results, list):
+            return results  # malformed: the batcher fails every item with a clear error
+        return [_ItemAgain(r) if isinstance(r, Exception) and self.retry.retryable(r) else r for r in results]
+
+    def _item_retrying(self, once: Callable[[], T]) -> T:
+        attempt = 1
+        while True:
+            try:
+                return once()
+            except _ItemAgain as again:
+                delay = self._next_delay(attempt, again.error)
+                if delay is None:
+                    raise again.error from None
+            self._sleep(delay)
+            attempt += 1
+
+    async def _aitem_retrying(self, once: Callable[[], Awaitable[T]]) -> T:
+        attempt = 1
+        while True:
+            try:
+                return await once()
+            except _ItemAgain as again:
+                delay = self._next_delay(attempt, again.error)
+                if delay is None:
+                    raise again.error from None
+            await self._asleep(delay)
+            attempt += 1
 
     def attempt(self, *, tokens: float = 0.0) -> Attempt:
         """One guarded attempt around a block: ``with svc.attempt():`` or ``async with``."""
         return Attempt(self, tokens)
+
+
+class _ItemAgain(Exception):
+    """One item's retryable error in a batch that answered (``Service.batched``): its caller
+    (and any identical call that joined it) sends the item again; never cached."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class Attempt:

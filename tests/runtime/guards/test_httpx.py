@@ -127,6 +127,30 @@ def test_batching_joins_calls(api):
     assert svc.counts["batch_join"] == 3 and svc.counts["batch_flush"] == 1
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_batch_items_5xx_is_sent_again_and_not_cached(api, mode):
+    """The fake API fails items of a batch one by one (500 inside a 200): such an item is
+    retried alone and its error never becomes the cache's answer."""
+    api.error_rate = 0.5
+    svc = service(batch_window_ms=0, batch_max=4, retries=12, breaker=False, cache_ttl_s=60)
+    route = [BatchRoute("/v1/complete", "/v1/batch")]
+    if mode == "sync":
+        with client(api, svc, batch=route, cache_methods=("POST",)) as c:
+            got = [c.post("/v1/complete", json={"i": i}) for i in range(8)]
+            again = [c.post("/v1/complete", json={"i": i}) for i in range(8)]
+    else:
+        async def main():
+            transport = AsyncGuardedTransport(svc, batch=route, cache_methods=("POST",))
+            async with httpx.AsyncClient(transport=transport, base_url=api.url, timeout=WAIT) as c:
+                return ([await c.post("/v1/complete", json={"i": i}) for i in range(8)],
+                        [await c.post("/v1/complete", json={"i": i}) for i in range(8)])
+        got, again = asyncio.run(main())
+    assert [r.status_code for r in got + again] == [200] * 16
+    assert [r.json()["answer"] for r in again] == [{"i": i} for i in range(8)]
+    batches = api.by_path["/v1/batch"]
+    assert svc.counts["retry"] > 0 and batches == 8 + svc.counts["retry"]  # the second round: all cached
+
+
 def test_the_deadline_lowers_the_request_timeout(api):
     svc = service(timeout_s=0.05, retries=1, breaker={"min_calls": 2, "window_calls": 2})
     api.pause()

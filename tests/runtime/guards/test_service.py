@@ -239,6 +239,57 @@ def test_batched_items_share_one_guarded_call():
     assert "batch_join" in env.names() and "batch_flush" in env.names()
 
 
+def test_a_batch_items_own_error_is_retried_alone_and_never_cached():
+    env = Env()
+    svc = env.service({"batch_window_ms": 0, "batch_max": 4, "retries": 2, "backoff": 0.01, "breaker": False,
+                       "cache_ttl_s": 60})
+    sent, fails = [], {"flaky": 1, "down": 99}
+
+    def embed(items):
+        sent.append(list(items))
+        out = []
+        for x in items:
+            if x == "bad":
+                out.append(ValueError("not an input"))  # not retryable: the caller's own error
+            elif fails.get(x, 0) > 0:
+                fails[x] -= 1
+                out.append(ServiceError(f"500 for {x}", retryable=True, status=500))
+            else:
+                out.append(len(x))
+        return out
+    item = svc.batched(embed)
+    assert item("flaky") == 5 and sent == [["flaky"], ["flaky"]]  # sent again alone, then answered
+    assert item("flaky") == 5 and len(sent) == 2  # the answer is cached, the error was not
+    with pytest.raises(ServiceError, match="500 for down"):
+        item("down")
+    assert sent[2:] == [["down"]] * 3  # retries = 2: three tries in all
+    with pytest.raises(ValueError):
+        item("bad")
+    with pytest.raises(ValueError):
+        item("bad")  # sent again: an error is never the cache's answer
+    assert sent[5:] == [["bad"], ["bad"]]
+    retries = [f for e, f in env.events if e == "retry"]
+    assert [r["error"] for r in retries] == ["ServiceError"] * 3
+
+
+def test_async_batch_item_errors_are_retried_alone():
+    env = Env()
+    svc = env.service({"batch_window_ms": 0, "batch_max": 4, "retries": 1, "backoff": 0.01, "breaker": False,
+                       "cache_ttl_s": 60})
+    sent = []
+
+    async def embed(items):
+        sent.append(list(items))
+        first = len(sent) == 1
+        return [ServiceError("500", retryable=True) if first else len(x) for x in items]
+    item = svc.batched(embed)
+
+    async def main():
+        assert await item("abc") == 3 and await item("abc") == 3
+    asyncio.run(main())
+    assert sent == [["abc"], ["abc"]] and env.names().count("retry") == 1
+
+
 def test_guards_registry():
     g = Guards({"llm": {"rate": 10}, "search": {}}, clock=FakeClock())
     assert g.service("llm") is g.service("llm") and g.names() == ["llm", "search"]
