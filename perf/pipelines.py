@@ -243,6 +243,14 @@ def latency(p: dict[str, Any]) -> float:
     return float(p["updated"]) - float(p["created"])
 
 
+def why_failed(p: dict[str, Any]) -> str:
+    """The first failed step of a failed pipeline and its error, shortened: what to look at."""
+    for s in p["steps"]:
+        if s["state"] != "succeeded":
+            return f"{s['step_id']} {s['state']} after {s['attempts']}: {str(s.get('error'))[:160]}"
+    return f"pipeline {p['state']}"
+
+
 def split(p: dict[str, Any]) -> tuple[float, float] | None:
     """(seconds in handlers on the critical path, seconds of it in external calls)."""
     by_step = {s["step_id"]: s.get("result") for s in p["steps"]}
@@ -295,7 +303,8 @@ def measure(name: str, api: FakeAPI, corpus: Path, args: Any, rate: float | None
                 "coordination_cpu_share": coord_cpu / sum(latency(p) for p in steady),
                 "uss_per_agent_mib": sampled[0] if sampled else None, "rate": rate,
                 "timeline": [(p["sent"], latency(p)) for p in steady + faulty if p["state"] == "succeeded"],
-                "failed": len(faulty) - sum(p["state"] == "succeeded" for p in faulty)}
+                "failed": len(faulty) - sum(p["state"] == "succeeded" for p in faulty),
+                "why_failed": [why_failed(p) for p in faulty if p["state"] != "succeeded"][:5]}
     finally:
         run.close()
 
@@ -358,13 +367,16 @@ def main() -> None:
         print(f"{k:22}" + "".join(f"{results[n][k]:>13.4g}" for n in names) + f"   {TARGETS.get(k, '')}")
     print(f"offered load {results['naive']['rate']:.2f} pipelines/s; failed under faults: "
           f"naive {results['naive']['failed']}, agora {results['agora']['failed']}")
+    for n in ("agora", *(f"-{lever}" for lever in LEVERS)):
+        for why in results.get(n, {}).get("why_failed", []):
+            print(f"  {n} failed: {why}")
     verdict = met(results)
     if args.ablate:
         print("(-lever: agora with that default switched off, the same offered load; see LEVERS)")
     print("met: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in verdict.items()))
     if args.plot:
         plot(args.plot, results)
-    out = {k: {n: results[n][k] for n in results} for k in KEYS + ("p50_s", "rate")}
+    out = {k: {n: results[n][k] for n in results} for k in KEYS + ("p50_s", "rate", "why_failed")}
     emit_json(args, {**out, "targets": TARGETS, "met": verdict, "seed": args.seed, "quick": args.quick})
 
 
