@@ -157,8 +157,10 @@ def test_identical_calls_in_flight_in_two_agents_make_one_request(tmp_path):
         counts: dict[int, dict] = {}
         while time.monotonic() < deadline:  # the agents themselves say when the second one joined
             counts = _counts_of_both(c)
-            # both counts tasks can land on one agent (a tie in load): sample again until each answered
-            if len(counts) == 2 and sum(v.get("cache_join", 0) for v in counts.values()) and api.requests:
+            # both counts tasks can land on one agent (a tie in load), and the leader opens its
+            # flight before it counts its miss: sample again until each answered and both counted
+            joined, missed = (sum(v.get(k, 0) for v in counts.values()) for k in ("cache_join", "cache_miss"))
+            if len(counts) == 2 and joined and missed and api.requests:
                 break
             time.sleep(0.01)
         assert len(counts) == 2, counts  # both agents answered
