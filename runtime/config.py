@@ -65,6 +65,9 @@
     cache_ttl_s = 600
 
 Unknown keys are refused with the key named: a typo must not silently change nothing.
+Every number is finite (TOML has ``inf`` and ``nan``) and in its key's range (``_RANGES``;
+the [services], [market] and [scaling] tables check their own), refused at load naming the
+key: an out-of-range value would otherwise fail later, far away, or never end.
 Relative paths are relative to the config file's directory, and an agent's module is
 looked for there as well as on the path and in the current directory
 (``runtime.agents.loading``); ``agent = "script.py:Class"`` imports a file by path.
@@ -72,6 +75,7 @@ looked for there as well as on the path and in the current directory
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -202,6 +206,20 @@ _POOL_KEYS = {"agent": str, "size": int, "min": int, "max": int, "mailbox_messag
               "engine": str, "ray": dict}
 
 
+MAX_AGENTS = 4096  # agents per pool (size, min, max): more processes than one machine runs
+
+#: The range of every number of [daemon] and [pools.NAME] (inclusive; a value must also be
+#: finite: TOML has ``inf`` and ``nan``).  A value outside it would fail later and far away
+#: (``drain_s = inf``: a stop that never ends; ``size = 1000000``: a fork bomb; a negative
+#: ``timeout_s``: every attempt timed out at once), so it is refused at load, naming the key.
+_RANGES: dict[str, tuple[float, float]] = {
+    "drain_s": (0.0, 3600.0), "arena_mib": (1, 65536), "retention_age_s": (1.0, 100 * 365 * 86400.0),
+    "retention_tasks": (0, 10**12), "redis_lease_ttl": (1.0, 3600.0),
+    "size": (0, MAX_AGENTS), "min": (0, MAX_AGENTS), "max": (1, MAX_AGENTS),
+    "mailbox_messages": (1, 10**9), "mailbox_bytes": (1, 1 << 40), "timeout_s": (0.0, 30 * 86400.0),
+}
+
+
 def _typed(section: str, table: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
     for k, v in table.items():
         if k not in schema:
@@ -209,14 +227,32 @@ def _typed(section: str, table: dict[str, Any], schema: dict[str, Any]) -> dict[
                                hint=f"known keys: {sorted(schema)}")
         if not isinstance(v, schema[k]) or (isinstance(v, bool) and schema[k] is not bool):
             raise InvalidInput(f"{section}.{k}: expected {schema[k]}, got {v!r}")
+        if k in _RANGES and not (math.isfinite(v) and _RANGES[k][0] <= v <= _RANGES[k][1]):
+            low, high = _RANGES[k]
+            raise InvalidInput(f"{section}.{k}: expected a number in {low:.15g}..{high:.15g}, got {v!r}")
     return table
+
+
+def _capabilities(pool: str, raw: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """``[pools.NAME.capabilities.CAP]`` tables of declared numbers (cost, quality, ...), each
+    finite and >= 0: a bid is priced from them and the ledger pays it."""
+    caps: dict[str, dict[str, float]] = {}
+    for cap, table in raw.items():
+        if not isinstance(table, dict):
+            raise InvalidInput(f"pools.{pool}.capabilities.{cap}: expected a table such as {{cost = 1.0}}, "
+                               f"got {table!r}")
+        for k, v in table.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
+                raise InvalidInput(f"pools.{pool}.capabilities.{cap}.{k}: expected a finite number >= 0, got {v!r}")
+        caps[str(cap)] = {str(k): float(v) for k, v in table.items()}
+    return caps
 
 
 def _pool(name: str, table: dict[str, Any]) -> PoolConfig:
     t = _typed(f"pools.{name}", dict(table), _POOL_KEYS)
     if "agent" not in t:
         raise InvalidInput(f"pools.{name}.agent is missing", hint="e.g. agent = 'mypkg.agents:MyAgent'")
-    caps = {str(c): {k: float(v) for k, v in (d or {}).items()} for c, d in t.get("capabilities", {}).items()}
+    caps = _capabilities(name, t.get("capabilities", {}))
     from runtime.tasks.task import type_names
     lists = {k: type_names(t[k], f"pools.{name}.{k}") for k in ("retryable", "fatal") if k in t}
     if "timeout_s" in t:

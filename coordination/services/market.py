@@ -886,8 +886,10 @@ def configure(c: MarketConfig, args: dict[str, Any]) -> MarketConfig:
     changes.update(_clock_changes(args))
     if "bid_cache_ms" in args:
         changes["bid_cache_ms"] = float(_bounded(arg(args, "bid_cache_ms", (int, float)), "bid_cache_ms", 0, 60_000))
-    changes["contract_timeout_s"] = float(arg(args, "contract_timeout_s", (int, float), c.contract_timeout_s))
-    changes["min_success"] = float(arg(args, "min_success", (int, float), c.min_success))
+    changes["contract_timeout_s"] = float(_bounded(arg(args, "contract_timeout_s", (int, float), c.contract_timeout_s),
+                                                   "contract_timeout_s", 0, 30 * 86400, low_open=True))
+    changes["min_success"] = float(_bounded(arg(args, "min_success", (int, float), c.min_success),
+                                            "min_success", 0, 1))  # a success rate
     return replace(c, **changes)
 
 

@@ -35,6 +35,7 @@ from typing import Any
 
 from runtime.errors import InvalidInput
 
+from .bounds import MAX_WAIT_S, check_number
 from .errors import CircuitOpen
 from .state import LocalStateStore, StateStore
 
@@ -63,10 +64,9 @@ class BreakerConfig:
         _positive_int("window_calls", self.window_calls, MAX_WINDOW_CALLS)
         _positive_int("min_calls", self.min_calls, 10**9)
         _positive_int("half_open_probes", self.half_open_probes, 10**6)
-        if self.window_s is not None and not (isinstance(self.window_s, (int, float)) and self.window_s > 0):
-            raise InvalidInput(f"breaker window_s must be a number > 0 or absent, got {self.window_s!r}")
-        if not (isinstance(self.open_s, (int, float)) and self.open_s >= 0):
-            raise InvalidInput(f"breaker open_s must be a number >= 0, got {self.open_s!r}")
+        if self.window_s is not None:
+            check_number("breaker window_s", self.window_s, 0.001, MAX_WAIT_S, hint="leave it out for a count window")
+        check_number("breaker open_s", self.open_s, 0, MAX_WAIT_S)
         if self.window_s is None and self.min_calls > self.window_calls:
             raise InvalidInput(f"breaker min_calls ({self.min_calls}) exceeds window_calls ({self.window_calls}): "
                                "it could never open", hint="lower min_calls or widen the window")

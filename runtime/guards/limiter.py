@@ -24,8 +24,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from runtime.errors import InvalidInput
-
+from .bounds import MAX_WAIT_S, check_number
 from .errors import Throttled
 from .state import LocalStateStore, StateStore
 
@@ -40,12 +39,14 @@ class LimiterConfig:
     token_burst: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("rate", "burst", "tokens_per_s", "token_burst"):
-            value = getattr(self, name)
-            if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
-                                          and value > 0):
-                raise InvalidInput(f"limiter {name} must be a number > 0 or absent, got {value!r}",
-                                   hint="leave it out for no limit")
+        for name in ("rate", "tokens_per_s"):  # at least one per day: no wait for one is longer
+            if getattr(self, name) is not None:
+                check_number(f"limiter {name}", getattr(self, name), 1 / MAX_WAIT_S, 1e12,
+                             hint="per second; leave it out for no limit")
+        for name in ("burst", "token_burst"):
+            if getattr(self, name) is not None:
+                check_number(f"limiter {name}", getattr(self, name), 0, 1e15, low_open=True,
+                             hint="leave it out for one second's worth")
 
     @property
     def request_burst(self) -> float:
@@ -102,10 +103,12 @@ class RateLimiter:
         """Reserve one request (and ``tokens``); return the seconds to wait before calling."""
         if not self.active:
             return 0.0
+        check_number("tokens", tokens, 0, 1e15, hint="the call's token estimate")
         wait = self.store.update(self.key, self.codec, lambda b: self._reserve(b, tokens, max_wait))
         if wait < 0:
+            allowed = MAX_WAIT_S if max_wait is None else max_wait
             raise Throttled(f"service {self.name!r}: the rate limit needs a wait of {-wait:.3g} s, "
-                            f"more than the {max_wait:g} s allowed", retry_after=-wait, service=self.name)
+                            f"more than the {allowed:g} s allowed", retry_after=-wait, service=self.name)
         return wait
 
     def try_acquire(self, tokens: float = 0.0) -> bool:
@@ -147,7 +150,9 @@ class RateLimiter:
         if cfg.tokens_per_s is not None and tokens > 0:
             wait = max(wait, (tokens - b.tok) / cfg.tokens_per_s)
         wait = max(0.0, wait)
-        if max_wait is not None and wait > max_wait:
+        if max_wait is None:
+            max_wait = MAX_WAIT_S  # "always wait" stops at a day (a token estimate in the billions)
+        if wait > max_wait:
             return -wait if wait > 0 else 0.0
         if cfg.rate is not None:
             b.req -= 1.0

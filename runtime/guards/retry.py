@@ -21,8 +21,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from runtime.errors import InvalidInput
-
+from .bounds import MAX_WAIT_S, check_number
 from .errors import is_retryable, retry_after_of
 
 __all__ = ["RetryPolicy", "parse_retry_after"]
@@ -40,13 +39,10 @@ class RetryPolicy:
     retryable: Callable[[BaseException], bool] = is_retryable
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
-            raise InvalidInput(f"retry max_attempts must be an int >= 1, got {self.max_attempts!r}",
-                               hint="retries = 0 means one attempt; retries = 2 means three")
+        check_number("retry max_attempts", self.max_attempts, 1, 1000, integer=True,
+                     hint="retries = 0 means one attempt; retries = 2 means three")
         for name in ("base_s", "cap_s", "max_retry_after_s"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value < 0:
-                raise InvalidInput(f"retry {name} must be a number >= 0, got {value!r}")
+            check_number(f"retry {name}", getattr(self, name), 0, MAX_WAIT_S)
 
     def backoff(self, attempt: int) -> float:
         """Full-jitter delay after failed attempt number ``attempt`` (1-based)."""

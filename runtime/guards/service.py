@@ -62,6 +62,7 @@ import orjson
 from runtime.errors import DeadlineExceeded, InvalidInput, NotFound
 
 from .batcher import AsyncMicroBatcher, MicroBatcher
+from .bounds import MAX_WAIT_S, check_number
 from .breaker import BreakerConfig, CircuitBreaker, Permit
 from .cache import Hit, Join, ResultCache
 from .errors import CallTimeout, CircuitOpen, is_retryable
@@ -76,6 +77,7 @@ __all__ = ["ServiceConfig", "Service", "Attempt", "Guards", "default_key"]
 
 T = TypeVar("T")
 OnEvent = Callable[..., None]
+MAX_RETRIES = 100  # retries per call: more is a loop, not a guard
 _KEYS = {"timeout_s", "retries", "backoff", "breaker", "rate", "burst", "tokens_per_s", "token_burst",
          "max_wait_s", "cache_ttl_s", "cache_size", "batch_window_ms", "batch_max", "hedge_after_s"}
 
@@ -116,20 +118,18 @@ class ServiceConfig:
         return cls(**kw)
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.retries, int) and not isinstance(self.retries, bool) and self.retries >= 0):
-            raise InvalidInput(f"retries must be an int >= 0, got {self.retries!r}")
+        check_number("retries", self.retries, 0, MAX_RETRIES, integer=True)
         for name in ("timeout_s", "max_wait_s"):
             value = getattr(self, name)
-            if value is not None and not (isinstance(value, (int, float)) and value > 0):
-                raise InvalidInput(f"{name} must be a number > 0 or absent, got {value!r}")
-        for name in ("cache_ttl_s", "batch_window_ms", "hedge_after_s"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0):
-                raise InvalidInput(f"{name} must be a number >= 0, got {value!r}")
-        for name in ("cache_size", "batch_max"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-                raise InvalidInput(f"{name} must be an int >= 1, got {value!r}")
+            if value is not None:
+                check_number(name, value, 0, MAX_WAIT_S, low_open=True, hint="leave it out for none")
+        for name in ("base_s", "cap_s", "max_retry_after_s"):
+            check_number(f"backoff {name}", getattr(self, name), 0, MAX_WAIT_S)
+        check_number("hedge_after_s", self.hedge_after_s, 0, MAX_WAIT_S, hint="0 = no hedging")
+        check_number("cache_ttl_s", self.cache_ttl_s, 0, 10 * 365 * 86400, hint="0 = no cache")
+        check_number("batch_window_ms", self.batch_window_ms, 0, 60_000)
+        check_number("cache_size", self.cache_size, 1, 10**9, integer=True)
+        check_number("batch_max", self.batch_max, 1, 10**6, integer=True)
 
 
 def _backoff(name: str, value: Any) -> dict[str, Any]:

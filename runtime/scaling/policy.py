@@ -159,6 +159,10 @@ class ScalingConfig:
     memory_ceiling: int | None = None
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # TOML has inf and nan, and nan fails no `min(x, nan) >= 0`
+            if not _is_finite(getattr(self, f.name)):
+                raise InvalidInput(f"expected a finite number for {f.name} in the scaling config, "
+                                   f"got: {getattr(self, f.name)!r}", hint="fix the pool's [scaling] table in agora.toml")
         for expected, holds in _CONFIG_RULES:
             try:
                 ok = holds(self)
@@ -177,6 +181,11 @@ class ScalingConfig:
 
 # Each rule: (what is expected, naming the fields it reads; the check).
 _CONFIG_RULES: tuple[tuple[str, Callable[[ScalingConfig], bool]], ...] = (
+    ("forecast to be true or false", lambda c: isinstance(c.forecast, bool)),
+    (
+        "integers for max_step_up, max_step_down",
+        lambda c: all(isinstance(v, int) and not isinstance(v, bool) for v in (c.max_step_up, c.max_step_down)),
+    ),
     (
         "0 <= min_size <= max_size and max_size >= 1",
         lambda c: 0 <= c.min_size <= c.max_size and c.max_size >= 1,
@@ -468,6 +477,9 @@ def pool_scaling(pool: Any) -> PoolScaling:
             f"a number > 0, got: autoscale={autoscale!r}, retire_timeout_s={retire!r}"
         )
     floor_mib = table.pop("memory_floor_mib", 256)
+    if not _is_finite(retire) or not _is_finite(floor_mib):
+        raise InvalidInput(f"expected pools.{pool.name}.scaling.retire_timeout_s and memory_floor_mib to be "
+                           f"finite numbers, got: retire_timeout_s={retire!r}, memory_floor_mib={floor_mib!r}")
     config = ScalingConfig(
         min_size=pool.min,
         max_size=pool.max,
@@ -481,6 +493,11 @@ def pool_scaling(pool: Any) -> PoolScaling:
 
 def _number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _is_finite(x: Any) -> bool:
+    """Not inf or nan (True for what is not a float: the other rules judge its type)."""
+    return not isinstance(x, float) or math.isfinite(x)
 
 
 def _positive_number(x: Any) -> bool:
