@@ -23,14 +23,15 @@ Configurations (the same number of agent processes):
 - ``agora``: least-loaded allocation, ``async def`` handlers with ``concurrency = 32`` per
   agent, every call through ``ctx.service("api")`` (timeout 1 s: a call in the heavy tail
   is abandoned and retried; a hedge after 0.5 s: a second request for a slow answer, the
-  first to come wins; 3 retries with full-jitter backoff, the machine-wide breaker, the
-  machine-wide result cache with in-flight de-duplication, and micro-batching of
-  embeddings), steps with the default 3 attempts.
+  first to come wins, for at most 10% of the calls (the default ``hedge_budget``); 3
+  retries with full-jitter backoff, the machine-wide breaker, the machine-wide result cache
+  with in-flight de-duplication, and micro-batching of embeddings), steps with the default
+  3 attempts.
 
 ``--ablate`` adds, after those two, agora with one default switched off each (``-cache``,
-``-batch``, ``-timeout``, ``-hedge``, ``-retries``, ``-concurrency``, ``-least-loaded``: see
-``LEVERS``)
-at the same offered load: which default made which difference.  Their columns join the
+``-batch``, ``-timeout``, ``-hedge``, ``-hedge-budget``, ``-retries``, ``-concurrency``,
+``-least-loaded``: see ``LEVERS``) at the same offered load: which default made which
+difference.  Their columns join the
 table and the JSON's ``{"naive": ..., "agora": ..., "-cache": ...}``.
 
 Phases per configuration:
@@ -122,6 +123,7 @@ LEVERS = {
     "batch": ({"batch_max": "1"}, {}),  # every embedding its own request
     "timeout": ({"timeout_s": "30.0"}, {}),  # the heavy tail is waited out, not cut and retried
     "hedge": ({"hedge_after_s": "0"}, {}),  # no second request for a slow answer
+    "hedge-budget": ({"hedge_budget": "1.0"}, {}),  # every slow call hedged (no budget)
     "retries": ({"retries": "0"}, {"attempts": 1}),  # neither call retries nor step attempts
     "concurrency": ({}, {"concurrency": 1}),  # async handlers, one at a time per agent
     "least-loaded": ({}, {"allocation": "static"}),  # round-robin placement

@@ -17,6 +17,8 @@ The ``[services.<name>]`` table of agora.toml (every key optional)::
     batch_max        16
     hedge_after_s    0       async calls only: a second attempt after this long if the first has
                              not answered, the first answer wins (0 = off; for idempotent calls)
+    hedge_budget     0.1     hedges are at most this share of the calls, machine-wide (1 = every
+                             slow call may be hedged; runtime.guards.hedge)
 
 A call goes: cache (hit / join an identical call in flight / lead; in an agent, behind this
 process's cache, the machine's: a stored answer, runtime.guards.shared_cache, or an identical
@@ -31,7 +33,7 @@ Use: ``svc.call(fn, *a)``, ``await svc.acall(fn, *a)``, ``@svc`` on a sync or as
 
 Every guard decision is ``on_event(name, service=..., **fields)``: ``breaker_transition``,
 ``breaker_reject``, ``throttle_wait``, ``cache_hit``, ``cache_join``, ``cache_miss``,
-``batch_join``, ``batch_flush``, ``retry``, ``timeout``, ``hedge``, ``hedge_won``;
+``batch_join``, ``batch_flush``, ``retry``, ``timeout``, ``hedge``, ``hedge_won``, ``hedge_denied``;
 ``Service.counts`` counts them.
 
 Hedged requests (``hedge_after_s``, "The Tail at Scale"): an awaited attempt that has not
@@ -41,7 +43,9 @@ unjudged); only when both fail does the retry loop see the (last) error.  It cut
 of a heavy-tailed service for about P(latency > hedge_after_s) more calls.  Only ``acall``
 and the async transport hedge: a sync call runs in its caller's thread and has no second
 thread to race; the transport hedges idempotent methods and ``cache_methods`` only, and a
-caller opts a call out with ``acall_with(..., hedge=False)``.
+caller opts a call out with ``acall_with(..., hedge=False)``.  At most ``hedge_budget`` of a
+service's calls are hedged, machine-wide (runtime.guards.hedge): against a saturated service,
+where every answer is slow, a twin per call would double its load.
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ from .breaker import BreakerConfig, CircuitBreaker, Permit
 from .cache import Hit, Join, ResultCache
 from .errors import CallTimeout, CircuitOpen, is_retryable
 from .flights import FOLLOW, LeaderGone, SharedFlights
+from .hedge import HedgeBudget
 from .limiter import LimiterConfig, RateLimiter
 from .retry import RetryPolicy
 from .shared_cache import SharedResults
@@ -79,7 +84,8 @@ T = TypeVar("T")
 OnEvent = Callable[..., None]
 MAX_RETRIES = 100  # retries per call: more is a loop, not a guard
 _KEYS = {"timeout_s", "retries", "backoff", "breaker", "rate", "burst", "tokens_per_s", "token_burst",
-         "max_wait_s", "cache_ttl_s", "cache_size", "batch_window_ms", "batch_max", "hedge_after_s"}
+         "max_wait_s", "cache_ttl_s", "cache_size", "batch_window_ms", "batch_max", "hedge_after_s",
+         "hedge_budget"}
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,7 @@ class ServiceConfig:
     batch_window_ms: float = 10.0
     batch_max: int = 16
     hedge_after_s: float = 0.0
+    hedge_budget: float = 0.1
 
     @classmethod
     def from_dict(cls, name: str, table: Mapping[str, Any]) -> ServiceConfig:
@@ -107,7 +114,8 @@ class ServiceConfig:
         if unknown:
             raise InvalidInput(f"[services.{name}] has unknown key(s) {unknown}", hint=f"known keys: {sorted(_KEYS)}")
         kw: dict[str, Any] = {k: table[k] for k in ("retries", "max_wait_s", "cache_ttl_s", "cache_size",
-                                                    "batch_window_ms", "batch_max", "hedge_after_s")
+                                                    "batch_window_ms", "batch_max", "hedge_after_s",
+                                                    "hedge_budget")
                                if k in table}
         if "timeout_s" in table:
             kw["timeout_s"] = table["timeout_s"] or None
@@ -126,6 +134,8 @@ class ServiceConfig:
         for name in ("base_s", "cap_s", "max_retry_after_s"):
             check_number(f"backoff {name}", getattr(self, name), 0, MAX_WAIT_S)
         check_number("hedge_after_s", self.hedge_after_s, 0, MAX_WAIT_S, hint="0 = no hedging")
+        check_number("hedge_budget", self.hedge_budget, 0, 1, low_open=True,
+                     hint="the share of calls that may be hedged (1: every slow one)")
         check_number("cache_ttl_s", self.cache_ttl_s, 0, 10 * 365 * 86400, hint="0 = no cache")
         check_number("batch_window_ms", self.batch_window_ms, 0, 60_000)
         check_number("cache_size", self.cache_size, 1, 10**9, integer=True)
@@ -184,6 +194,7 @@ class Service:
         if self.breaker:
             self.breaker.listeners.append(lambda **f: self.emit("breaker_transition", **f))
         self.limiter = RateLimiter(name, cfg.limiter, clock=clock, store=store)
+        self.hedges = HedgeBudget(name, cfg.hedge_budget, store)
         self.cache = ResultCache(ttl_s=cfg.cache_ttl_s, size=cfg.cache_size, clock=clock)
         # machine-wide in-flight de-duplication (runtime.guards.flights): with a directory for results
         self.flights = SharedFlights(name, store, flights_dir) if flights_dir and self.cache.enabled else None
@@ -432,10 +443,14 @@ class Service:
         is left running."""
         first = asyncio.ensure_future(self._aattempt(thunk, tokens))
         pending: set[asyncio.Future[T]] = {first}
+        self.hedges.deposit()
         try:
             done, pending = await asyncio.wait(pending, timeout=self.config.hedge_after_s)
             if done:
                 return first.result()
+            if not self.hedges.try_spend():  # the service is slow for everyone: no twin
+                self.emit("hedge_denied", budget=self.config.hedge_budget)
+                return await first
             self.emit("hedge", after_s=self.config.hedge_after_s)
             second = asyncio.ensure_future(self._aattempt(thunk, tokens))
             pending = {first, second}

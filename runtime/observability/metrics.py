@@ -74,7 +74,8 @@ HELP: dict[str, tuple[str, str]] = {
     "agora_breaker_state": ("gauge", "Circuit breaker state: 0 closed, 1 half open, 2 open."),
     "agora_breaker_transitions_total": ("counter", "Circuit breaker transitions, by breaker and state."),
     "agora_service_decisions_total": ("counter", "Service guard decisions (cache_hit, cache_join, throttle_wait, "
-                                      "batch_join, batch_flush, retry, timeout, breaker_reject, hedge, hedge_won), by service."),
+                                      "batch_join, batch_flush, retry, timeout, breaker_reject, hedge, hedge_won, "
+                                      "hedge_denied), by service."),
     "agora_service_throttle_seconds_total": ("counter", "Seconds callers waited on a service's rate limiter."),
     "agora_metrics_series_dropped_total": ("counter", "Label sets refused past MAX_SERIES."),
     "agora_queue_depth": ("gauge", "Tasks queued, by capability (coordinator, live)."),
