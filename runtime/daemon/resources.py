@@ -54,9 +54,10 @@ def prepare_root(cfg: Config, run: RunPaths, emit: Any) -> dict[str, Any]:
 
 
 def _guard_table(run_id: Any, services: int) -> Any:
-    """One breaker and up to one limiter record per service, with room to spare."""
+    """Up to four records per service (breaker, limiter, in-flight board, hedge budget), with
+    room to spare."""
     from shm.guard_state import GuardStateTable
-    return GuardStateTable.create(run_id, slots=max(64, 4 * services), slot_size=2048)
+    return GuardStateTable.create(run_id, slots=max(64, 6 * services), slot_size=2048)
 
 
 def release_root(res: RunResources | None) -> None:

@@ -441,9 +441,9 @@ class Service:
         success wins; both failed raises the last error (the retry loop decides what follows).
         Whatever ends this call (an answer, an error, its own cancellation), no attempt of it
         is left running."""
+        self.hedges.deposit()
         first = asyncio.ensure_future(self._aattempt(thunk, tokens))
         pending: set[asyncio.Future[T]] = {first}
-        self.hedges.deposit()
         try:
             done, pending = await asyncio.wait(pending, timeout=self.config.hedge_after_s)
             if done:
