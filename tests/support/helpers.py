@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import sys
 import time
@@ -10,6 +11,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import pytest
 
 WAIT = 30.0  # seconds: a bound only a deadlock reaches
@@ -65,6 +67,26 @@ def fork_running(body: Callable[[int], None]) -> tuple[int, int]:
             os._exit(code)
     os.close(w)
     return pid, r
+
+
+def read_message(fd: int, timeout: float = WAIT) -> bytes:
+    """One line from a ``fork_running`` child's pipe, within ``timeout``."""
+    deadline, data = time.monotonic() + timeout, b""
+    while not data.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        ready, _, _ = select.select([fd], [], [], max(0.0, left))
+        if not ready:
+            pytest.fail(f"no message from a child within {timeout} s (got {data!r})")
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            pytest.fail(f"a child closed its pipe early (got {data!r}); see its traceback above")
+        data += chunk
+    return data
+
+
+def send(fd: int, obj: Any) -> None:
+    """A child's one-line JSON message to its parent (``read_message``)."""
+    os.write(fd, orjson.dumps(obj) + b"\n")
 
 
 def reap(pid: int, timeout: float = WAIT) -> int:

@@ -18,8 +18,7 @@ from runtime.guards.hedge import BURST, HedgeBudget
 from runtime.guards.service import Service
 from shm import RunId
 from shm.guard_state import GuardStateTable
-from tests.runtime.guards.test_shared import read_message, send
-from tests.support.helpers import WAIT, fork_running, reap
+from tests.support.helpers import WAIT, fork_running, read_message, reap, send
 
 
 @given(st.floats(0.01, 1.0), st.lists(st.booleans(), max_size=400))

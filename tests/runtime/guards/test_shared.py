@@ -26,7 +26,7 @@ from runtime.guards import (
 from shm import RunId
 from shm.errors import InvalidArgument, ResourceExhausted
 from shm.guard_state import GuardStateTable
-from tests.support.helpers import WAIT, fork_running, reap
+from tests.support.helpers import WAIT, fork_running, read_message, reap, send
 
 BREAKER = BreakerConfig(failure_rate=0.5, window_calls=8, min_calls=4, open_s=60.0, half_open_probes=1)
 
@@ -39,25 +39,6 @@ def table():
     t.close()
     t.unlink()
     assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"agora.{run}.")]
-
-
-def read_message(fd: int, timeout: float = WAIT) -> bytes:
-    """One line from a child's pipe, within ``timeout``."""
-    deadline, data = time.monotonic() + timeout, b""
-    while not data.endswith(b"\n"):
-        left = deadline - time.monotonic()
-        ready, _, _ = select.select([fd], [], [], max(0.0, left))
-        if not ready:
-            pytest.fail(f"no message from a child within {timeout} s (got {data!r})")
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            pytest.fail(f"a child closed its pipe early (got {data!r}); see its traceback above")
-        data += chunk
-    return data
-
-
-def send(fd: int, obj) -> None:
-    os.write(fd, orjson.dumps(obj) + b"\n")
 
 
 def test_records_keys_and_limits(table):
