@@ -538,8 +538,10 @@ class Service:
 
         A result that is an exception is that item's error alone: never cached, and, when it is
         retryable (a 5xx of one item in a batch that answered), that item is sent again, in a
-        later batch, up to ``retries`` times with the same backoff.  The breaker judged the batch
-        call itself, which answered."""
+        later batch, up to ``retries`` times with the same backoff.  A batch whose *every* item
+        is a retryable error is a failed call: the breaker counts it as one (an outage that
+        answers 200 with a 500 per item must open the breaker) and the retry loop sends the
+        batch again; with some items answered the call succeeded."""
         cfg = self.config
         hedged = hedge and cfg.hedge_after_s > 0
 
@@ -547,7 +549,9 @@ class Service:
             return key(item) if key is not None else self._key(batch_fn, (item,), {})
         if inspect.iscoroutinefunction(batch_fn):
             async def guarded_batch(items: list) -> Any:
-                return self._mark_items(await self._aretrying(lambda: batch_fn(items), 0.0, hedged))
+                async def once() -> Any:
+                    return self._judged(await batch_fn(items))
+                return self._mark_items(await self._aretrying(once, 0.0, hedged))
             ab = AsyncMicroBatcher(self.name, guarded_batch, window_s=cfg.batch_window_ms / 1000,
                                    max_size=cfg.batch_max, on_event=self.emit, result_wait_s=self.wait_bound_s)
 
@@ -558,7 +562,9 @@ class Service:
                     return await self._aitem_retrying(lambda: ab.submit(item))
                 return await self._aitem_retrying(lambda: self._acached(k, lambda: ab.submit(item)))
             return item_async
-        sb = MicroBatcher(self.name, lambda items: self._mark_items(self._retrying(lambda: batch_fn(items), 0.0)),
+        def guarded_sync_batch(items: list) -> Any:
+            return self._mark_items(self._retrying(lambda: self._judged(batch_fn(items)), 0.0))
+        sb = MicroBatcher(self.name, guarded_sync_batch,
                           window_s=cfg.batch_window_ms / 1000, max_size=cfg.batch_max,
                           on_event=self.emit, result_wait_s=self.wait_bound_s)
 
@@ -569,6 +575,14 @@ class Service:
                 return self._item_retrying(lambda: sb.submit(value))
             return self._item_retrying(lambda: self._cached(k, lambda: sb.submit(value)))
         return item
+
+    def _judged(self, results: Any) -> Any:
+        """A batch's answer, or its last item's error raised when every item is a retryable
+        error (the attempt failed: the breaker and the retry loop see it)."""
+        if (isinstance(results, list) and results
+                and all(isinstance(r, Exception) and self.retry.retryable(r) for r in results)):
+            raise results[-1]
+        return results
 
     def _mark_items(self, results: Any) -> Any:
         """A batch's answer with each item's retryable error marked: its caller sends it again."""

@@ -428,3 +428,38 @@ def test_a_call_cancelled_before_its_hedge_is_due_leaves_no_attempt_running():
         assert cancelled == [1]  # by the call itself, not by asyncio.run's clean-up at the end
     asyncio.run(asyncio.wait_for(main(), WAIT))
     assert calls == [1] and svc.counts["hedge"] == 0
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_batch_whose_every_item_failed_is_a_failed_call_for_the_breaker(mode):
+    """An outage that answers 200 with a 500 per item opens the breaker; a batch with some
+    items answered is a call that succeeded (its failed items are sent again alone)."""
+    env = Env()
+    svc = env.service({"batch_window_ms": 0, "batch_max": 4, "retries": 0, "cache_ttl_s": 0,
+                       "breaker": {"failure_rate": 0.5, "window_calls": 4, "min_calls": 3, "open_s": 60}})
+    down = {"on": False}
+
+    def answer(items):
+        return [ServiceError("500", retryable=True, status=500) if down["on"] or x == "sick" else len(x)
+                for x in items]
+
+    if mode == "sync":
+        item = svc.batched(answer)
+        run = item
+    else:
+        async def aanswer(items):
+            return answer(items)
+        aitem = svc.batched(aanswer)
+
+        def run(x):
+            return asyncio.run(aitem(x))
+    assert run("ok") == 2
+    with pytest.raises(ServiceError):
+        run("sick")  # alone in its batch: every item failed, one failed call
+    assert svc.breaker.state() == "closed" and svc.breaker.stats()["failures"] == 1
+    down["on"] = True
+    with pytest.raises(ServiceError):
+        run("abc")
+    assert svc.breaker.state() == "open"  # 2 of 3 calls failed: the outage is seen
+    with pytest.raises(CircuitOpen):
+        run("abc")
