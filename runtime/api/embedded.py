@@ -214,12 +214,21 @@ def start(pools: dict[str, Pool] | None = None, *, context: dict[str, Any] | Non
     try:
         run_home.mkdir(parents=True, exist_ok=True)
         raw.setdefault("context", {}).update(_save_contexts(run_home, context or {}))
-        return _launch(run_home, {k: v for k, v in raw.items() if v}, config_dir, owns_home,
-                       timeout, start_timeout)
+        raw = {k: v for k, v in raw.items() if v}
+        _check(raw, run_home, config_dir)
+        return _launch(run_home, raw, config_dir, owns_home, timeout, start_timeout)
     except BaseException:
         if owns_home:
             shutil.rmtree(run_home, ignore_errors=True)
         raise
+
+
+def _check(raw: dict[str, Any], home: Path, config_dir: Path | None) -> None:
+    """The daemon loader's checks, in the caller's process: a bad value is InvalidInput
+    naming its key now, not a daemon that fails to start and a log to read."""
+    from runtime.config import parse_config
+    from runtime.daemon.composition import check_config
+    check_config(parse_config(raw, home, config_dir or Path.cwd()))
 
 
 def _launch(home: Path, raw: dict[str, Any], config_dir: Path | None, owns_home: bool,

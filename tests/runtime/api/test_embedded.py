@@ -83,3 +83,15 @@ def test_every_session_method_has_a_docstring_and_type_hints():
             continue
         assert fn.__doc__, f"Session.{name} has no docstring"
         assert "return" in fn.__annotations__, f"Session.{name} has no return type"
+
+
+@pytest.mark.parametrize("kw, words", [
+    ({"pools": {"echo": Pool(Echo, size=10**6, max=10**6)}}, "pools.echo.size"),
+    ({"daemon": {"drain_s": float("nan")}}, "daemon.drain_s"),
+    ({"pools": {"echo": Pool(Echo, capabilities={"echo": {"cost": -1}})}}, "pools.echo.capabilities.echo.cost"),
+])
+def test_a_bad_value_is_invalid_input_before_any_process_starts(tmp_path, kw, words):
+    run = tmp_path / "run"
+    with pytest.raises(InvalidInput, match=words.replace(".", r"\.")):
+        agora.start(home=run, **kw)
+    assert not (run / "agora.log").exists()  # no daemon was spawned to find out
