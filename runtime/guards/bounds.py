@@ -28,6 +28,6 @@ def check_number(what: str, value: Any, low: float, high: float, *, low_open: bo
     ok = (isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value)
           and (low < value if low_open else low <= value) and value <= high)
     if not ok:
-        interval = f"{'(' if low_open else '['}{low:.15g}, {high:.15g}]"
+        interval = f"{'(' if low_open else '['}{low:.6g}, {high:.6g}]"
         kind = "an int" if integer else "a finite number"
         raise InvalidInput(f"{what} must be {kind} in {interval}, got {value!r}", hint=hint)

@@ -120,10 +120,15 @@ class ServiceConfig:
         if "timeout_s" in table:
             kw["timeout_s"] = table["timeout_s"] or None
         kw.update(_backoff(name, table.get("backoff")))
-        kw["breaker"] = _breaker(name, table.get("breaker", {}))
-        kw["limiter"] = LimiterConfig(**{k: table[k] for k in ("rate", "burst", "tokens_per_s", "token_burst")
-                                         if k in table})
-        return cls(**kw)
+        try:
+            kw["breaker"] = _breaker(name, table.get("breaker", {}))
+            kw["limiter"] = LimiterConfig(**{k: table[k] for k in ("rate", "burst", "tokens_per_s", "token_burst")
+                                             if k in table})
+            return cls(**kw)
+        except InvalidInput as e:  # the value checks do not know the table: name it
+            if e.message.startswith("[services."):
+                raise
+            raise InvalidInput(f"[services.{name}] {e.message}", hint=e.hint) from None
 
     def __post_init__(self) -> None:
         check_number("retries", self.retries, 0, MAX_RETRIES, integer=True)
