@@ -227,23 +227,30 @@ def _typed(section: str, table: dict[str, Any], schema: dict[str, Any]) -> dict[
                                hint=f"known keys: {sorted(schema)}")
         if not isinstance(v, schema[k]) or (isinstance(v, bool) and schema[k] is not bool):
             raise InvalidInput(f"{section}.{k}: expected {schema[k]}, got {v!r}")
-        if k in _RANGES and not (math.isfinite(v) and _RANGES[k][0] <= v <= _RANGES[k][1]):
+        if k in _RANGES and not (_finite(v) and _RANGES[k][0] <= v <= _RANGES[k][1]):
             low, high = _RANGES[k]
             raise InvalidInput(f"{section}.{k}: expected a number in {low:.15g}..{high:.15g}, got {v!r}")
     return table
 
 
+def _finite(v: int | float) -> bool:
+    """Not inf or nan; an int always is (math.isfinite overflows on one past a float's range:
+    TOML's reader takes any number of digits)."""
+    return isinstance(v, int) or math.isfinite(v)
+
+
 def _capabilities(pool: str, raw: dict[str, Any]) -> dict[str, dict[str, float]]:
     """``[pools.NAME.capabilities.CAP]`` tables of declared numbers (cost, quality, ...), each
-    finite and >= 0: a bid is priced from them and the ledger pays it."""
+    finite and in 0..1e12: a bid is priced from them and the ledger pays it."""
     caps: dict[str, dict[str, float]] = {}
     for cap, table in raw.items():
         if not isinstance(table, dict):
             raise InvalidInput(f"pools.{pool}.capabilities.{cap}: expected a table such as {{cost = 1.0}}, "
                                f"got {table!r}")
         for k, v in table.items():
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
-                raise InvalidInput(f"pools.{pool}.capabilities.{cap}.{k}: expected a finite number >= 0, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (_finite(v) and 0 <= v <= 1e12):
+                raise InvalidInput(f"pools.{pool}.capabilities.{cap}.{k}: expected a finite number in 0..1e12, "
+                                   f"got {v!r}")
         caps[str(cap)] = {str(k): float(v) for k, v in table.items()}
     return caps
 
@@ -313,7 +320,21 @@ def _services(raw: Any) -> dict[str, dict[str, Any]]:
     return {str(n): dict(t) for n, t in raw.items()}
 
 
+def _check_integers(value: Any, path: str) -> None:
+    """TOML integers are 64-bit (the spec) but tomllib reads any number of digits, and one
+    past a float's range overflows the first ``float()`` that meets it: refused, named."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_integers(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_integers(v, f"{path}[{i}]")
+    elif isinstance(value, int) and not isinstance(value, bool) and not -2**63 <= value < 2**63:
+        raise InvalidInput(f"{path}: an integer of {len(str(abs(value)))} digits; TOML integers are 64-bit")
+
+
 def parse_config(raw: dict[str, Any], home: Path, base: Path, **overrides: Any) -> Config:
+    _check_integers(raw, "")
     unknown = set(raw) - {"daemon", "pools", "context", "market", "services", "ray", "resources"}
     if unknown:
         raise InvalidInput(f"unknown config sections {sorted(unknown)}",

@@ -25,7 +25,8 @@ def check_number(what: str, value: Any, low: float, high: float, *, low_open: bo
     """InvalidInput naming ``what`` unless ``value`` is a finite number (an int when
     ``integer``) in ``[low, high]`` (``(low, high]`` when ``low_open``); bools are not numbers."""
     kinds = int if integer else (int, float)
-    ok = (isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value)
+    ok = (isinstance(value, kinds) and not isinstance(value, bool)
+          and (isinstance(value, int) or math.isfinite(value))  # isfinite overflows on a huge int
           and (low < value if low_open else low <= value) and value <= high)
     if not ok:
         interval = f"{'(' if low_open else '['}{low:.6g}, {high:.6g}]"

@@ -121,3 +121,13 @@ def test_the_market_command_checks_the_same_bounds():
 def test_a_service_refuses_bad_numbers_at_construction_too():
     with pytest.raises(InvalidInput, match="batch_window_ms"):
         Service("x", {"batch_window_ms": INF})
+
+
+def test_an_integer_past_a_floats_range_is_refused_not_an_overflow():
+    huge = 10**400  # tomllib reads any number of digits
+    for raw, words in (({"daemon": {"drain_s": huge}}, "daemon.drain_s"), (pool(size=huge), "pools.p.size"),
+                       (pool(capabilities={"work": {"cost": huge}}), "cost"),
+                       ({"services": {"llm": {"retries": huge}}}, "retries"),
+                       ({"services": {"llm": {"timeout_s": huge}}}, "timeout_s")):
+        with pytest.raises(InvalidInput, match=words):
+            load(raw)
