@@ -75,13 +75,13 @@ looked for there as well as on the path and in the current directory
 
 from __future__ import annotations
 
-import math
 import os
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from runtime.bounds import check_number
 from runtime.errors import InvalidInput
 from runtime.registry.model import BACKENDS
 from runtime.wire import paths
@@ -227,16 +227,9 @@ def _typed(section: str, table: dict[str, Any], schema: dict[str, Any]) -> dict[
                                hint=f"known keys: {sorted(schema)}")
         if not isinstance(v, schema[k]) or (isinstance(v, bool) and schema[k] is not bool):
             raise InvalidInput(f"{section}.{k}: expected {schema[k]}, got {v!r}")
-        if k in _RANGES and not (_finite(v) and _RANGES[k][0] <= v <= _RANGES[k][1]):
-            low, high = _RANGES[k]
-            raise InvalidInput(f"{section}.{k}: expected a number in {low:.15g}..{high:.15g}, got {v!r}")
+        if k in _RANGES:
+            check_number(f"{section}.{k}", v, *_RANGES[k])
     return table
-
-
-def _finite(v: int | float) -> bool:
-    """Not inf or nan; an int always is (math.isfinite overflows on one past a float's range:
-    TOML's reader takes any number of digits)."""
-    return isinstance(v, int) or math.isfinite(v)
 
 
 def _capabilities(pool: str, raw: dict[str, Any]) -> dict[str, dict[str, float]]:
@@ -248,9 +241,7 @@ def _capabilities(pool: str, raw: dict[str, Any]) -> dict[str, dict[str, float]]
             raise InvalidInput(f"pools.{pool}.capabilities.{cap}: expected a table such as {{cost = 1.0}}, "
                                f"got {table!r}")
         for k, v in table.items():
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (_finite(v) and 0 <= v <= 1e12):
-                raise InvalidInput(f"pools.{pool}.capabilities.{cap}.{k}: expected a finite number in 0..1e12, "
-                                   f"got {v!r}")
+            check_number(f"pools.{pool}.capabilities.{cap}.{k}", v, 0, 1e12)
         caps[str(cap)] = {str(k): float(v) for k, v in table.items()}
     return caps
 

@@ -33,9 +33,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from runtime.bounds import MAX_WAIT_S, check_number
 from runtime.errors import InvalidInput
 
-from .bounds import MAX_WAIT_S, check_number
 from .errors import CircuitOpen
 from .state import LocalStateStore, StateStore
 

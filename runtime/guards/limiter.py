@@ -24,7 +24,8 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .bounds import MAX_WAIT_S, check_number
+from runtime.bounds import MAX_WAIT_S, check_number
+
 from .errors import Throttled
 from .state import LocalStateStore, StateStore
 

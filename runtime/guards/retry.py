@@ -21,7 +21,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .bounds import MAX_WAIT_S, check_number
+from runtime.bounds import MAX_WAIT_S, check_number
+
 from .errors import is_retryable, retry_after_of
 
 __all__ = ["RetryPolicy", "parse_retry_after"]

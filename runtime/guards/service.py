@@ -63,10 +63,10 @@ from typing import Any, TypeVar
 
 import orjson
 
+from runtime.bounds import MAX_WAIT_S, check_number
 from runtime.errors import DeadlineExceeded, InvalidInput, NotFound
 
 from .batcher import AsyncMicroBatcher, MicroBatcher
-from .bounds import MAX_WAIT_S, check_number
 from .breaker import BreakerConfig, CircuitBreaker, Permit
 from .cache import Hit, Join, ResultCache
 from .errors import CallTimeout, CircuitOpen, is_retryable

@@ -3,7 +3,7 @@
 TOML has ``inf`` and ``nan``; before these checks ``drain_s = inf`` made a stop that never
 ended, ``size = 1000000`` a fork bomb, ``cost = nan`` a market whose bids compare false,
 ``[services.x] rate = 1e-300`` a call waiting 1e300 s, and ``backoff = inf`` or
-``batch_window_ms = 1e308`` an OverflowError inside an agent's call (runtime.guards.bounds).
+``batch_window_ms = 1e308`` an OverflowError inside an agent's call (runtime.bounds).
 The sweep feeds each numeric key every bad number and asserts a typed error, never another
 exception and never acceptance."""
 
@@ -20,7 +20,7 @@ from runtime.config import parse_config
 from runtime.daemon.composition import check_config
 from runtime.errors import InvalidInput
 from runtime.guards import LimiterConfig, RateLimiter, Throttled
-from runtime.guards.bounds import MAX_WAIT_S
+from runtime.bounds import MAX_WAIT_S
 from runtime.guards.service import Service, ServiceConfig
 from tests.support.helpers import FakeClock
 

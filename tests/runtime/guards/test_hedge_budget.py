@@ -65,7 +65,8 @@ def test_a_service_with_its_budget_spent_does_not_hedge_and_still_answers():
     assert asyncio.run(svc.acall(_slow, calls)) == 1  # the first attempt's own answer
     assert calls == [1] and svc.counts["hedge"] == 0 and svc.counts["hedge_denied"] == 1
     assert "hedge_denied" in events
-    svc.hedges.store.update(svc.hedges.key, svc.hedges._codec, lambda t: setattr(t, "tokens", 1.0))
+    for _ in range(9):
+        svc.hedges.deposit()  # nine calls of others, the next call's own: 1.1 tokens
     calls2: list[int] = []
     assert asyncio.run(svc.acall(_slow, calls2)) == 2 and svc.counts["hedge"] == 1  # one token: one twin
 

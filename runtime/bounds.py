@@ -1,4 +1,6 @@
-"""The bounds every number of a ``[services.NAME]`` table is checked against at load time.
+"""The bounds numbers of agora.toml are checked against at load time (``runtime.config``
+for [daemon] and [pools], ``runtime.guards`` for [services]); a leaf module, so that the
+config's loader does not import the guards.
 
 TOML has ``inf`` and ``nan``, and a guard that is handed one fails far from the config:
 ``time.sleep(inf)`` and ``Condition.wait(1e308)`` raise OverflowError inside an agent's call,
