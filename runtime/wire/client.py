@@ -15,7 +15,11 @@ Behaviour (the CLI is a thin layer over this class):
   (``runtime.errors.from_wire``); unknown codes arrive as ``RemoteError``.
 * Every wait is bounded: ``timeout`` (per client, overridable per call) covers the send
   and the whole reply of a call, or the gap between two frames of a stream.  Time up ->
-  ``DeadlineExceeded``.  A daemon that dies mid-call (EOF, ECONNRESET, EPIPE, half a
+  ``DeadlineExceeded``.  A call that asks the daemon to wait (a ``timeout_s`` argument:
+  ``result``/``pipeline_result`` with ``wait``, ``wait_all``) waits for the reply at least
+  that long plus ``WAIT_MARGIN_S`` unless the call gives its own ``timeout``: a client
+  deadline shorter than the wait it asked for would give up on a daemon that is keeping its
+  word (a ``wait_all`` of 120 s died at the client's 30 s).  A daemon that dies mid-call (EOF, ECONNRESET, EPIPE, half a
   frame) -> ``Unavailable``; never a hang.
 * After any failure mid-request the connection is out of step, so it is dropped; the next
   call reconnects (and gets ``DaemonNotRunning`` if the daemon is still down).  A request
@@ -72,6 +76,8 @@ __all__ = ["Client", "DEFAULT_TIMEOUT"]
 
 #: Seconds a call may take (send + reply) unless the Client or the call says otherwise.
 DEFAULT_TIMEOUT = 30.0
+#: Seconds beyond a call's own ``timeout_s`` (a server-side wait) that its reply may take.
+WAIT_MARGIN_S = 10.0
 #: Microseconds a call spins for its reply before it sleeps (runtime.wire.spin); 0 = never.
 SPIN_US = 1000.0
 
@@ -170,6 +176,9 @@ class Client:
                 trace: TraceContext | None = None, timeout: float | None = None) -> Any:
         """Like ``call`` with ``args`` as a dict (for argument names such as "timeout")."""
         seconds = self.timeout if timeout is None else timeout
+        wait = (args or {}).get("timeout_s") if timeout is None else None
+        if isinstance(wait, (int, float)) and not isinstance(wait, bool) and 0 <= wait < float("inf"):
+            seconds = max(seconds, wait + WAIT_MARGIN_S)  # the daemon was asked to wait that long
         deadline = time.monotonic() + seconds
         rid = self._send(cmd, args, trace, deadline)
         reply = self._receive(cmd, rid, deadline, seconds)

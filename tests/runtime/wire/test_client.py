@@ -377,3 +377,21 @@ def test_refusal_is_a_pure_decision(mode, uid, refused):
 def test_every_client_error_is_an_agora_error():
     for cls in (DaemonNotRunning, PermissionDenied, Unavailable, DeadlineExceeded, ClosedError):
         assert issubclass(cls, AgoraError)
+
+
+def test_a_call_that_asks_the_daemon_to_wait_waits_for_its_reply_that_long(monkeypatch):
+    """``wait_all(timeout_s=T)`` is a server-side wait of up to T: the client's own shorter
+    timeout must not give up first (it did: a 120 s ``wait_all`` died at 30 s)."""
+    monkeypatch.setattr(client_mod, "WAIT_MARGIN_S", 0.5)
+
+    def handler(conn):
+        req = read_request(conn)
+        time.sleep(0.4)  # past the client's 0.2 s, within the asked-for wait
+        send_frame(conn, ok_reply(req.id, {"waited": True}), time.monotonic() + WAIT)
+        read_request(conn)
+        assert conn.recv(1) == b""  # unanswered: the client gives up at its own timeout and hangs up
+
+    with serve(handler), Client(timeout=0.2) as c:
+        assert c.call("wait_all", ids=["t-1"], timeout_s=0.3) == {"waited": True}
+        with pytest.raises(DeadlineExceeded, match="no reply within 0.1"):
+            c.call("wait_all", ids=["t-1"], timeout_s=0.3, timeout=0.1)  # the call's own timeout wins
