@@ -724,9 +724,9 @@ def running_attempts(journal: Any) -> list[tuple[str, int, str]]:
 def resumable(journal: Any) -> list[Any]:
     """``Journal.unfinished`` without closing running attempts: queued, retry_wait and
     blocked tasks (highest priority first)."""
-    from runtime.tasks.journal import _TASK_COLUMNS, TaskRecord
+    from runtime.tasks.journal import _RECORD, TaskRecord
     rows = journal.conn.execute(
-        f"SELECT {_TASK_COLUMNS} FROM tasks WHERE state IN ('queued', 'retry_wait', 'blocked') "
+        f"SELECT {_RECORD} FROM tasks WHERE state IN ('queued', 'retry_wait', 'blocked') "
         "ORDER BY priority DESC, id").fetchall()
     return [TaskRecord.from_row(r) for r in rows]
 

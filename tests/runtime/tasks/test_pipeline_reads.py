@@ -25,9 +25,9 @@ def journal(tmp_path):
 
 
 def _finish(j: Journal, task_id: str, result: object) -> list[str]:
-    """Finish the step and return the ``SELECT result`` statements it ran."""
+    """Finish the step and return the statements reading a result that it ran."""
     seen: list[str] = []
-    j.conn.set_trace_callback(lambda sql: seen.append(sql) if sql.startswith("SELECT result") else None)
+    j.conn.set_trace_callback(lambda sql: seen.append(sql) if sql.startswith("SELECT body FROM task_results") else None)
     try:
         j.finish_attempt(task_id, j.start_attempt(task_id, "agent"), "succeeded", result=result)
     finally:
