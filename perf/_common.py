@@ -8,7 +8,9 @@ import atexit
 import contextlib
 import os
 import shutil
+import signal
 import sys
+import threading
 import tempfile
 import time
 from pathlib import Path
@@ -71,9 +73,25 @@ def pinned_parent(cpus: tuple[int, int] | None) -> Any:
         os.sched_setaffinity(0, old)
 
 
+def _exit_on_sigterm() -> None:
+    """A script stopped by SIGTERM (``kill``, ``timeout``) unwinds as on Ctrl-C: its ``finally``
+    blocks stop the daemons it started (the default action left them running, with their
+    homes, after the script was gone)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        return
+    me = os.getpid()
+
+    def on_term(signum: int, frame: Any) -> None:
+        if os.getpid() != me:  # a forked child of the script: die as before, unwinding nothing
+            os._exit(128 + signum)
+        sys.exit(128 + signum)
+    signal.signal(signal.SIGTERM, on_term)
+
+
 def private_runtime_dir() -> None:
     """Sockets of the daemons this script starts go in a directory of their own, removed
     when the script exits (forked children leave through ``os._exit``: not they)."""
+    _exit_on_sigterm()
     if "AGORA_RUNTIME_DIR" not in os.environ:
         path = tempfile.mkdtemp(prefix="agora-perf-rt-")
         os.environ["AGORA_RUNTIME_DIR"] = path
@@ -89,8 +107,14 @@ class Daemon:
         private_runtime_dir()
         self.home = Path(tempfile.mkdtemp(prefix="agora-perf-"))
         self.proc = spawn(self.home, config_text, path=[str(REPO)])
-        wait_up(self.home, self.proc)
-        self.client = Client(str(self.home), timeout=timeout)
+        try:
+            wait_up(self.home, self.proc)
+            self.client = Client(str(self.home), timeout=timeout)
+        except BaseException:  # failed or interrupted (SIGTERM, Ctrl-C) while it started
+            from runtime.daemon.launch import stop
+            stop(self.home, self.proc)
+            shutil.rmtree(self.home, ignore_errors=True)
+            raise
 
     def wait_agents(self, n: int, timeout: float = 120.0) -> None:
         """Until ``n`` agents have joined (``status``), or TimeoutError."""

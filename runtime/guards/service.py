@@ -18,7 +18,9 @@ The ``[services.<name>]`` table of agora.toml (every key optional)::
     hedge_after_s    0       async calls only: a second attempt after this long if the first has
                              not answered, the first answer wins (0 = off; for idempotent calls)
     hedge_budget     0.1     hedges are at most this share of the calls, machine-wide (1 = every
-                             slow call may be hedged; runtime.guards.hedge)
+                             slow call may be hedged; runtime.guards.budget)
+    retry_budget             retries per call at most, on average over the machine's calls, plus
+                             10 (0.2: a fifth of the calls; absent: no limit; runtime.guards.budget)
 
 A call goes: cache (hit / join an identical call in flight / lead; in an agent, behind this
 process's cache, the machine's: a stored answer, runtime.guards.shared_cache, or an identical
@@ -33,7 +35,8 @@ Use: ``svc.call(fn, *a)``, ``await svc.acall(fn, *a)``, ``@svc`` on a sync or as
 
 Every guard decision is ``on_event(name, service=..., **fields)``: ``breaker_transition``,
 ``breaker_reject``, ``throttle_wait``, ``cache_hit``, ``cache_join``, ``cache_miss``,
-``batch_join``, ``batch_flush``, ``retry``, ``timeout``, ``hedge``, ``hedge_won``, ``hedge_denied``;
+``batch_join``, ``batch_flush``, ``retry``, ``retry_denied``, ``timeout``, ``hedge``, ``hedge_won``,
+``hedge_denied``;
 ``Service.counts`` counts them.
 
 Hedged requests (``hedge_after_s``, "The Tail at Scale"): an awaited attempt that has not
@@ -44,8 +47,10 @@ of a heavy-tailed service for about P(latency > hedge_after_s) more calls.  Only
 and the async transport hedge: a sync call runs in its caller's thread and has no second
 thread to race; the transport hedges idempotent methods and ``cache_methods`` only, and a
 caller opts a call out with ``acall_with(..., hedge=False)``.  At most ``hedge_budget`` of a
-service's calls are hedged, machine-wide (runtime.guards.hedge): against a saturated service,
-where every answer is slow, a twin per call would double its load.
+service's calls are hedged, machine-wide (runtime.guards.budget): against a saturated service,
+where every answer is slow, a twin per call would double its load.  Retries have a budget of
+their own (``retry_budget``, off by default: see runtime.guards.budget): a saturated
+service times out every attempt, and a retry of each would multiply its queue (a retry storm).
 """
 
 from __future__ import annotations
@@ -71,7 +76,7 @@ from .breaker import BreakerConfig, CircuitBreaker, Permit
 from .cache import Hit, Join, ResultCache
 from .errors import CallTimeout, CircuitOpen, is_retryable
 from .flights import FOLLOW, LeaderGone, SharedFlights
-from .hedge import HedgeBudget
+from .budget import Budget
 from .limiter import LimiterConfig, RateLimiter
 from .retry import RetryPolicy
 from .shared_cache import SharedResults
@@ -85,7 +90,7 @@ OnEvent = Callable[..., None]
 MAX_RETRIES = 100  # retries per call: more is a loop, not a guard
 _KEYS = {"timeout_s", "retries", "backoff", "breaker", "rate", "burst", "tokens_per_s", "token_burst",
          "max_wait_s", "cache_ttl_s", "cache_size", "batch_window_ms", "batch_max", "hedge_after_s",
-         "hedge_budget"}
+         "hedge_budget", "retry_budget"}
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,7 @@ class ServiceConfig:
     batch_max: int = 16
     hedge_after_s: float = 0.0
     hedge_budget: float = 0.1
+    retry_budget: float | None = None
 
     @classmethod
     def from_dict(cls, name: str, table: Mapping[str, Any]) -> ServiceConfig:
@@ -115,7 +121,7 @@ class ServiceConfig:
             raise InvalidInput(f"[services.{name}] has unknown key(s) {unknown}", hint=f"known keys: {sorted(_KEYS)}")
         kw: dict[str, Any] = {k: table[k] for k in ("retries", "max_wait_s", "cache_ttl_s", "cache_size",
                                                     "batch_window_ms", "batch_max", "hedge_after_s",
-                                                    "hedge_budget")
+                                                    "hedge_budget", "retry_budget")
                                if k in table}
         if "timeout_s" in table:
             kw["timeout_s"] = table["timeout_s"] or None
@@ -141,6 +147,9 @@ class ServiceConfig:
         check_number("hedge_after_s", self.hedge_after_s, 0, MAX_WAIT_S, hint="0 = no hedging")
         check_number("hedge_budget", self.hedge_budget, 0, 1, low_open=True,
                      hint="the share of calls that may be hedged (1: every slow one)")
+        if self.retry_budget is not None:
+            check_number("retry_budget", self.retry_budget, 0, MAX_RETRIES, low_open=True,
+                         hint="retries per call on average (0.2: a fifth of the calls; leave it out for no limit)")
         check_number("cache_ttl_s", self.cache_ttl_s, 0, 10 * 365 * 86400, hint="0 = no cache")
         check_number("batch_window_ms", self.batch_window_ms, 0, 60_000)
         check_number("cache_size", self.cache_size, 1, 10**9, integer=True)
@@ -199,7 +208,10 @@ class Service:
         if self.breaker:
             self.breaker.listeners.append(lambda **f: self.emit("breaker_transition", **f))
         self.limiter = RateLimiter(name, cfg.limiter, clock=clock, store=store)
-        self.hedges = HedgeBudget(name, cfg.hedge_budget, store)
+        self.hedges = Budget(name, "hedge", cfg.hedge_budget, store)
+        # (none, or as many retries per call as the policy allows: no limit, no budget kept)
+        budget = cfg.retry_budget
+        self.retries = Budget(name, "retry", budget, store) if budget is not None and budget < cfg.retries else None
         self.cache = ResultCache(ttl_s=cfg.cache_ttl_s, size=cfg.cache_size, clock=clock)
         # machine-wide in-flight de-duplication (runtime.guards.flights): with a directory for results
         self.flights = SharedFlights(name, store, flights_dir) if flights_dir and self.cache.enabled else None
@@ -307,6 +319,7 @@ class Service:
                                 f"in {self.wait_bound_s:g} s", hint="set [services.<name>].timeout_s so a hung call ends")
 
     def _retrying(self, thunk: Callable[[], T], tokens: float) -> T:
+        self._deposit_retry()
         attempt = 1
         while True:
             try:
@@ -414,6 +427,7 @@ class Service:
         raise self._flight_timed_out()
 
     async def _aretrying(self, thunk: Callable[[], Awaitable[T]], tokens: float, hedge: bool = False) -> T:
+        self._deposit_retry()
         attempt = 1
         while True:
             try:
@@ -512,11 +526,21 @@ class Service:
         t = self.config.timeout_s
         return Deadline(self.clock, t, f"a call to service {self.name!r}") if t else None
 
+    def _deposit_retry(self) -> None:
+        if self.retries is not None:
+            self.retries.deposit()
+
     def _next_delay(self, attempt: int, exc: Exception) -> float | None:
+        """The wait before the next attempt, or None: give up (the policy says so, or the
+        machine's retry budget is spent).  Every retry loop deposits once per call."""
         delay = self.retry.next_delay(attempt, exc)
-        if delay is not None:
-            self.emit("retry", attempt=attempt, delay_s=delay, error=type(exc).__name__,
-                      retry_after=getattr(exc, "retry_after", None))
+        if delay is None:
+            return None
+        if self.retries is not None and not self.retries.try_spend():  # failing for many callers: no multiplying
+            self.emit("retry_denied", attempt=attempt, error=type(exc).__name__, budget=self.config.retry_budget)
+            return None
+        self.emit("retry", attempt=attempt, delay_s=delay, error=type(exc).__name__,
+                  retry_after=getattr(exc, "retry_after", None))
         return delay
 
     # -- decorator, batch, context manager -------------------------------------------
@@ -596,6 +620,7 @@ class Service:
         return [_ItemAgain(r) if isinstance(r, Exception) and self.retry.retryable(r) else r for r in results]
 
     def _item_retrying(self, once: Callable[[], T]) -> T:
+        self._deposit_retry()
         attempt = 1
         while True:
             try:
@@ -608,6 +633,7 @@ class Service:
             attempt += 1
 
     async def _aitem_retrying(self, once: Callable[[], Awaitable[T]]) -> T:
+        self._deposit_retry()
         attempt = 1
         while True:
             try:

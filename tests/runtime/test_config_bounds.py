@@ -84,7 +84,8 @@ def test_in_range_values_still_load():
 NUMBERS = st.one_of(st.integers(-10**20, 10**20), st.floats(allow_nan=True, allow_infinity=True),
                     st.booleans(), st.text(max_size=3), st.none())
 SERVICE_KEYS = ("timeout_s", "retries", "backoff", "rate", "burst", "tokens_per_s", "token_burst", "max_wait_s",
-                "cache_ttl_s", "cache_size", "batch_window_ms", "batch_max", "hedge_after_s", "hedge_budget")
+                "cache_ttl_s", "cache_size", "batch_window_ms", "batch_max", "hedge_after_s", "hedge_budget",
+                "retry_budget")
 
 
 @settings(max_examples=400, deadline=None)
@@ -97,7 +98,7 @@ def test_a_service_table_either_loads_with_every_wait_bounded_or_is_invalid_inpu
     for value in (cfg.timeout_s, cfg.max_wait_s, cfg.hedge_after_s, cfg.base_s, cfg.cap_s, cfg.max_retry_after_s,
                   cfg.batch_window_ms / 1000):
         assert value is None or 0 <= value <= MAX_WAIT_S
-    assert 0 < cfg.hedge_budget <= 1
+    assert 0 < cfg.hedge_budget <= 1 and (cfg.retry_budget is None or 0 < cfg.retry_budget <= 100)
     lim = RateLimiter("x", cfg.limiter, clock=FakeClock())
     for _ in range(3):
         assert 0 <= lim.acquire() <= MAX_WAIT_S
