@@ -29,8 +29,14 @@ Decisions:
 - **No file outlives its readers**: the leader writes one, marks the entry done, and the last
   of leader and followers to leave removes both; a follower that died waiting is purged with
   its file after ``linger_s``.
-- The board holds ``MAX_FLIGHTS`` entries; when it is full a call simply goes ahead (it is
-  de-duplicated in its own process only).
+- The board holds ``MAX_FLIGHTS`` entries; when it is full a call simply goes ahead (``ALONE``:
+  de-duplicated in its own process only) and publishes nothing to the board: its answer
+  must not touch the file of a flight of the same question that another process registered
+  meanwhile.  (It did: an unregistered leader wrote and then unlinked the registered
+  leader's result file, whose follower then polled a flight that was done with no file
+  until its wait bound, 248 s with perf/pipelines.py's guards; a consensus candidate timed
+  out at 60 s in one of ~25 saturation bursts.  A follower that finds a flight done and its
+  file gone now calls itself, whatever removed the file.)
 - ``begin``/``finish``/``fail``/``left`` are pure functions of the board (tested on a fake
   clock and a fake ``alive``); :class:`SharedFlights` is the thin I/O around them.
 """
@@ -48,10 +54,10 @@ from typing import Any
 
 from .state import StateStore
 
-__all__ = ["Flight", "Board", "BoardCodec", "SharedFlights", "LeaderGone", "LEAD", "FOLLOW",
+__all__ = ["Flight", "Board", "BoardCodec", "SharedFlights", "LeaderGone", "LEAD", "FOLLOW", "ALONE",
            "MAX_FLIGHTS", "begin", "finish", "fail", "left"]
 
-LEAD, FOLLOW = "lead", "follow"
+LEAD, FOLLOW, ALONE = "lead", "follow", "alone"
 RUNNING, DONE = 1, 2
 MAX_FLIGHTS = 64
 _TAG = b"F1"
@@ -106,21 +112,33 @@ def purge(board: Board, now: float, alive: Callable[[int], bool], linger_s: floa
 
 
 def begin(board: Board, digest: bytes, pid: int, now: float) -> str:
-    """LEAD (this caller calls; registered when the board has room) or FOLLOW (wait for it)."""
+    """LEAD (this caller calls, its flight on the board), FOLLOW (wait for another process's)
+    or ALONE (the board is full: call, and publish nothing to the board)."""
     f = _find(board, digest)
     if f is not None and f.pid != pid:
         f.waiters += 1
         return FOLLOW
-    if f is None and len(board) < MAX_FLIGHTS:
+    if f is None:
+        if len(board) >= MAX_FLIGHTS:
+            return ALONE
         board.append(Flight(digest, pid, RUNNING, 0, now))
     return LEAD
 
 
-def finish(board: Board, digest: bytes, pid: int, now: float) -> bool:
-    """The leader's result file is written; True when nobody waits for it (remove it now)."""
+def owns(board: Board, digest: bytes, pid: int) -> bool:
+    """True when the board's flight of ``digest`` is ``pid``'s (its result file is its to write)."""
     f = _find(board, digest)
-    if f is None or f.pid != pid:
+    return f is not None and f.pid == pid
+
+
+def finish(board: Board, digest: bytes, pid: int, now: float) -> bool:
+    """The leader's result file is written; True when nobody waits for it (remove it now).
+    A flight of another process is not touched (False: its file is not this leader's)."""
+    f = _find(board, digest)
+    if f is None:
         return True
+    if f.pid != pid:
+        return False
     if f.waiters == 0:
         board.remove(f)
         return True
@@ -208,7 +226,10 @@ class SharedFlights:
         return role
 
     def finish(self, digest: bytes, value: Any) -> None:
-        """Publish the leader's value (unshareable values: the followers call themselves)."""
+        """Publish the leader's value (unshareable values: the followers call themselves).
+        Only to a flight of this process: the path is the question's, not the leader's."""
+        if not self._update(lambda b: owns(b, digest, self.pid)):
+            return
         try:
             data = marshal.dumps(value)
         except ValueError:
@@ -237,7 +258,8 @@ class SharedFlights:
             with open(self._path(digest), "rb") as f:
                 value = marshal.loads(f.read())
         except FileNotFoundError:
-            if self._update(lambda b: status(b, digest, self.alive)) == "gone":
+            # "done" without its file: removed by mistake; waiting could never end, so call
+            if self._update(lambda b: status(b, digest, self.alive)) in ("gone", "done"):
                 self._leave(digest)
                 raise LeaderGone(f"the {self.service!r} call this one followed ended without a result") from None
             return False, None

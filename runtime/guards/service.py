@@ -281,6 +281,8 @@ class Service:
                 return self._follow(digest)
             except LeaderGone:
                 continue  # the other process failed or died: lead (or follow whoever does now)
+        # LEAD, or ALONE (the board was full): the call is made here; an ALONE answer goes to
+        # the machine's cache only (``SharedFlights.finish`` publishes to this process's flight)
         self.emit("cache_miss")
         try:
             value = compute()

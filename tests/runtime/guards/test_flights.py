@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from runtime.guards.flights import (DONE, FOLLOW, LEAD, MAX_FLIGHTS, BoardCodec, LeaderGone, SharedFlights, begin,
+from runtime.guards.flights import (ALONE, DONE, FOLLOW, LEAD, MAX_FLIGHTS, BoardCodec, LeaderGone, SharedFlights, begin,
                                     fail, finish, left, purge, status)
 from runtime.guards.service import Service
 from runtime.guards.state import LocalStateStore
@@ -52,7 +52,7 @@ def test_a_dead_leader_and_an_abandoned_done_flight_are_purged():
 def test_a_full_board_lets_calls_go_ahead_and_the_codec_round_trips():
     board: list = []
     for i in range(MAX_FLIGHTS + 3):
-        assert begin(board, i.to_bytes(16, "big"), 1, float(i)) == LEAD
+        assert begin(board, i.to_bytes(16, "big"), 1, float(i)) == (LEAD if i < MAX_FLIGHTS else ALONE)
     assert len(board) == MAX_FLIGHTS
     codec = BoardCodec()
     assert codec.unpack(codec.pack(board)) == board
@@ -65,6 +65,37 @@ def _pair(tmp_path):
     a = SharedFlights("api", store, str(tmp_path / "f"), pid=lambda: 101, alive=lambda pid: True)
     b = SharedFlights("api", store, str(tmp_path / "f"), pid=lambda: 202, alive=lambda pid: True)
     return a, b
+
+
+def test_a_caller_the_full_board_left_out_never_touches_the_flight_another_registers(tmp_path):
+    # The race a saturation burst of perf/pipelines.py met: A calls alone (board full), a slot
+    # frees, B registers the same question and C follows B; B answers; then A answers.  A
+    # wrote B's file and unlinked it, and C polled a done flight with no file until its
+    # wait bound (a consensus candidate timed out at 60 s).
+    store = LocalStateStore()
+    mk = lambda pid: SharedFlights("api", store, str(tmp_path / "f"), pid=lambda: pid, alive=lambda p: True)  # noqa: E731
+    filler, a, b, c = mk(303), mk(101), mk(202), mk(404)
+    others = [SharedFlights.digest(f"other {i}") for i in range(MAX_FLIGHTS)]
+    assert all(filler.begin(o) == LEAD for o in others)
+    d = SharedFlights.digest("question")
+    assert a.begin(d) == ALONE
+    filler.fail(others[0])
+    assert b.begin(d) == LEAD and c.begin(d) == FOLLOW
+    b.finish(d, "answer")
+    a.finish(d, "answer")
+    assert c.poll(d) == (True, "answer")
+    assert sorted(os.listdir(tmp_path / "f")) == []
+
+
+def test_a_done_flight_whose_file_is_gone_sends_its_follower_to_call_itself(tmp_path):
+    a, b = _pair(tmp_path)
+    d = SharedFlights.digest("q")
+    a.begin(d)
+    b.begin(d)
+    a.finish(d, "answer")
+    os.unlink(a._path(d))  # whatever removed it
+    with pytest.raises(LeaderGone):
+        b.poll(d)
 
 
 def test_a_follower_reads_the_leaders_value_and_no_file_is_left(tmp_path):
