@@ -12,6 +12,7 @@ Modules (pure state machines on an injected monotonic clock; no I/O except the s
     cache     ResultCache: TTL, LRU bound, in-flight de-duplication (one process)
     flights   SharedFlights: in-flight de-duplication across the processes of the machine
     batcher   MicroBatcher / AsyncMicroBatcher
+    budget    Budget: hedges and retries at most a share of the calls, machine-wide
     state     StateStore: LocalStateStore (one process) or SharedStateStore (shm.guard_state:
               every process of the machine)
     service   ServiceConfig (the [services.<name>] table), Service (composes the guards; a

@@ -73,10 +73,10 @@ from runtime.errors import DeadlineExceeded, InvalidInput, NotFound
 
 from .batcher import AsyncMicroBatcher, MicroBatcher
 from .breaker import BreakerConfig, CircuitBreaker, Permit
+from .budget import Budget
 from .cache import Hit, Join, ResultCache
 from .errors import CallTimeout, CircuitOpen, is_retryable
 from .flights import FOLLOW, LeaderGone, SharedFlights
-from .budget import Budget
 from .limiter import LimiterConfig, RateLimiter
 from .retry import RetryPolicy
 from .shared_cache import SharedResults
