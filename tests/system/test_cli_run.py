@@ -4,6 +4,8 @@ embedded runtime, print results and leave nothing running (the leak fixture chec
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 from runtime.cli.main import main
 from tests.support.daemons import config
@@ -30,8 +32,15 @@ def test_run_tasks_and_report_a_failure(agora_env, tmp_path, capsys):
         {"capability": "add", "input": {"a": 1, "b": 1}},
         {"capability": "flaky", "input": {"succeed_on": 9}, "options": {"max_attempts": 1}}]}))
     assert main(["run", "--config", str(cfg), str(job)]) == 1  # one task failed
-    out = capsys.readouterr().out
-    assert "succeeded" in out and "failed" in out
+    captured = capsys.readouterr()
+    assert "succeeded" in captured.out and "failed" in captured.out
+    # a failed job keeps its home for inspection; this test removes it (it was left in
+    # the temporary directory by every run of the suite)
+    home = Path(captured.err.split("home kept for inspection: ")[1].split()[0])
+    try:
+        assert (home / "journal.db").is_file()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_demo(agora_env, capsys):
@@ -44,8 +53,6 @@ def test_demo(agora_env, capsys):
 
 
 def test_demo_says_what_it_did_and_keep_leaves_a_home_to_trace(agora_env, capsys):
-    import shutil
-    from pathlib import Path
     assert main(["demo", "--keep"]) == 0
     captured = capsys.readouterr()
     out = captured.out
