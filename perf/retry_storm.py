@@ -15,12 +15,12 @@ that made the attempt time out.
 Four configurations in the same run, on one API (drained between them): ``budget``
 (``retry_budget = 0.2``: retries at most a fifth of the calls plus 10, machine-wide),
 ``no-budget`` (the default: no limit), and both again without the breaker (``-nobrk``: a
-service that fails slowly enough, or partly enough, to keep a breaker closed).  Reported for each: requests
-the server received per call (the amplification; below 1 when the breaker or the client's
-timeout ended calls before their request reached the server), calls that succeeded, the
-time until the last call ended, and ``drain_s``: the time from the burst until the server
-has answered every request it received, abandoned ones included (how long the storm
-outlives the burst), plus the retries made and refused.
+service that fails slowly enough, or partly enough, to keep a breaker closed). Reported for
+each: requests the server received per call (the amplification; below 1 when the breaker or
+the client's timeout ended calls before their request reached the server), calls that
+succeeded, the time until the last call ended, and ``drain_s``: the time from the first call
+until the server has answered every request it received, abandoned ones included (how long
+the storm outlives the overload), plus the retries made and refused.
 
 Keys of the JSON line: ``requests_per_call``, ``succeeded``, ``calls_done_s``, ``drain_s``,
 ``retries``, ``retry_denied``, each ``{"budget": ..., "no-budget": ..., "budget-nobrk": ...,
@@ -54,7 +54,7 @@ def backlog(api: FakeAPI) -> int:
     return api.requests - sum(api.by_status.values())
 
 
-async def burst(api: FakeAPI, overrides: dict[str, Any], calls: int, seed: int) -> dict[str, Any]:
+async def overload(api: FakeAPI, overrides: dict[str, Any], calls: int, seed: int) -> dict[str, Any]:
     import httpx
 
     from runtime.guards.http import AsyncGuardedTransport
@@ -86,7 +86,7 @@ def main() -> None:
     results: dict[str, dict[str, Any]] = {}
     with FakeAPI(seed=args.seed, median_s=0.3, sigma=0.6, concurrency=16) as api:
         for name, overrides in CONFIGS.items():
-            results[name] = asyncio.run(burst(api, overrides, calls, args.seed))
+            results[name] = asyncio.run(overload(api, overrides, calls, args.seed))
     keys = ("requests_per_call", "succeeded", "calls_done_s", "drain_s", "retries", "retry_denied")
     print(f"{calls} calls at {RATE:g}/s to a 16-worker API (~44/s; timeout 1 s, 3 retries)")
     print(f"{'':20}" + "".join(f"{n:>17}" for n in results))
