@@ -138,8 +138,11 @@ _RECORD = ("tasks.id, pipeline_id, step_id, capability, "
            "deps, (SELECT body FROM task_results WHERE task_results.id = tasks.id), tasks.error")
 _INSERT_TASK = (f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES ({', '.join('?' * 17)}) "
                 "ON CONFLICT(idempotency_key) DO NOTHING")
-# a task's input, written only when its row was (a known idempotency key inserts nothing)
+# a task's input; with an idempotency key, written only when its row was (a known key
+# inserts nothing)
+_INSERT_INPUT_NEW = "INSERT INTO task_inputs (id, body) VALUES (?, ?)"
 _INSERT_INPUT = "INSERT INTO task_inputs (id, body) SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM tasks WHERE id = ?1)"
+_KEY_AT = _TASK_COLUMNS.split(", ").index("idempotency_key")
 
 
 def _in(states: Iterable[str]) -> str:
@@ -520,9 +523,15 @@ class Journal:
                  None if deps is None else _dumps(deps), None), _dumps(spec.input))
 
     def _insert_tasks(self, rows: Sequence[tuple[tuple[Any, ...], str]]) -> None:
-        """Tasks rows and their inputs (inside a transaction)."""
+        """Tasks rows and their inputs (inside a transaction).  Only a row with an
+        idempotency key can have been left out (a known key), so only its input asks."""
         self.conn.executemany(_INSERT_TASK, [row for row, _ in rows])
-        self.conn.executemany(_INSERT_INPUT, [(row[0], text) for row, text in rows])
+        keyed = [(row[0], text) for row, text in rows if row[_KEY_AT] is not None]
+        if len(keyed) < len(rows):
+            self.conn.executemany(_INSERT_INPUT_NEW,
+                                  [(row[0], text) for row, text in rows if row[_KEY_AT] is None])
+        if keyed:
+            self.conn.executemany(_INSERT_INPUT, keyed)
 
     def _ids_by_key(self, keys: list[str]) -> dict[str, str]:
         found: dict[str, str] = {}
