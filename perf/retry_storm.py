@@ -30,6 +30,7 @@ Keys of the JSON line: ``requests_per_call``, ``succeeded``, ``calls_done_s``, `
 from __future__ import annotations
 
 import asyncio
+import random
 import sys
 import time
 from pathlib import Path
@@ -59,7 +60,7 @@ async def overload(api: FakeAPI, overrides: dict[str, Any], calls: int, seed: in
 
     from runtime.guards.http import AsyncGuardedTransport
     from runtime.guards.service import Service
-    svc = Service("api", {**GUARDS, **overrides}, rng=__import__("random").Random(seed))
+    svc = Service("api", {**GUARDS, **overrides}, rng=random.Random(seed))
     before = api.requests
     t0 = time.monotonic()
     async with httpx.AsyncClient(transport=AsyncGuardedTransport(svc, cache_methods=()), base_url=api.url, timeout=60,
@@ -67,7 +68,7 @@ async def overload(api: FakeAPI, overrides: dict[str, Any], calls: int, seed: in
         async def one(i: int) -> bool:
             await asyncio.sleep(i / RATE)  # open-loop arrivals, RATE per second
             try:
-                r = await c.post("/v1/complete", json={"q": f"{seed}-{i}-{id(overrides)}"})
+                r = await c.post("/v1/complete", json={"q": f"{seed}-{i}"})
                 return r.status_code == 200
             except Exception:  # a timeout, the breaker, a 503: a failed call
                 return False

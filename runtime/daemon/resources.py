@@ -54,8 +54,8 @@ def prepare_root(cfg: Config, run: RunPaths, emit: Any) -> dict[str, Any]:
 
 
 def _guard_table(run_id: Any, services: int) -> Any:
-    """Up to four records per service (breaker, limiter, in-flight board, hedge budget), with
-    room to spare."""
+    """Up to five records per service (breaker, limiter, in-flight board, hedge and retry
+    budgets), with room to spare."""
     from shm.guard_state import GuardStateTable
     return GuardStateTable.create(run_id, slots=max(64, 6 * services), slot_size=2048)
 

@@ -211,7 +211,7 @@ class Service:
         self.hedges = Budget(name, "hedge", cfg.hedge_budget, store)
         # (none, or as many retries per call as the policy allows: no limit, no budget kept)
         budget = cfg.retry_budget
-        self.retries = Budget(name, "retry", budget, store) if budget is not None and budget < cfg.retries else None
+        self.retry_budget = Budget(name, "retry", budget, store) if budget is not None and budget < cfg.retries else None
         self.cache = ResultCache(ttl_s=cfg.cache_ttl_s, size=cfg.cache_size, clock=clock)
         # machine-wide in-flight de-duplication (runtime.guards.flights): with a directory for results
         self.flights = SharedFlights(name, store, flights_dir) if flights_dir and self.cache.enabled else None
@@ -529,8 +529,8 @@ class Service:
         return Deadline(self.clock, t, f"a call to service {self.name!r}") if t else None
 
     def _deposit_retry(self) -> None:
-        if self.retries is not None:
-            self.retries.deposit()
+        if self.retry_budget is not None:
+            self.retry_budget.deposit()
 
     def _next_delay(self, attempt: int, exc: Exception) -> float | None:
         """The wait before the next attempt, or None: give up (the policy says so, or the
@@ -538,7 +538,7 @@ class Service:
         delay = self.retry.next_delay(attempt, exc)
         if delay is None:
             return None
-        if self.retries is not None and not self.retries.try_spend():  # failing for many callers: no multiplying
+        if self.retry_budget is not None and not self.retry_budget.try_spend():  # failing for many callers: no multiplying
             self.emit("retry_denied", attempt=attempt, error=type(exc).__name__, budget=self.config.retry_budget)
             return None
         self.emit("retry", attempt=attempt, delay_s=delay, error=type(exc).__name__,

@@ -137,14 +137,14 @@ def test_retries_against_a_dead_service_are_at_most_the_share_of_calls_plus_the_
 def test_a_spent_retry_budget_raises_the_first_error_and_a_passing_fault_is_retried():
     events: list[str] = []
     svc = _retrying_service(events)
-    while svc.retries.try_spend():
+    while svc.retry_budget.try_spend():
         pass  # an outage elsewhere on the machine spent it
     sent: list[int] = []
     with pytest.raises(_Down):
         svc.call(_failing, sent)
     assert sent == [1] and svc.counts["retry_denied"] == 1 and "retry_denied" in events
     for _ in range(4):
-        svc.retries.deposit()  # four good calls of others, this call's own: one token
+        svc.retry_budget.deposit()  # four good calls of others, this call's own: one token
     flaky = iter([_Down("503"), None])
 
     def once() -> str:
@@ -158,7 +158,7 @@ def test_a_spent_retry_budget_raises_the_first_error_and_a_passing_fault_is_retr
 def test_async_calls_and_batch_items_spend_the_same_retry_budget():
     events: list[str] = []
     svc = _retrying_service(events, 0.1)
-    while svc.retries.try_spend():
+    while svc.retry_budget.try_spend():
         pass
 
     async def down() -> None:
