@@ -54,10 +54,11 @@ def prepare_root(cfg: Config, run: RunPaths, emit: Any) -> dict[str, Any]:
 
 
 def _guard_table(run_id: Any, services: int) -> Any:
-    """Up to five records per service (breaker, limiter, in-flight board, hedge and retry
-    budgets), with room to spare."""
+    """The records of every service (breaker, limiter, hedge and retry budgets, the shards
+    of its in-flight board), with room to spare."""
+    from runtime.guards.flights import SHARDS
     from shm.guard_state import GuardStateTable
-    return GuardStateTable.create(run_id, slots=max(64, 6 * services), slot_size=2048)
+    return GuardStateTable.create(run_id, slots=max(64, (5 + SHARDS) * services), slot_size=2048)
 
 
 def release_root(res: RunResources | None) -> None:

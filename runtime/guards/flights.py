@@ -29,7 +29,13 @@ Decisions:
 - **No file outlives its readers**: the leader writes one, marks the entry done, and the last
   of leader and followers to leave removes both; a follower that died waiting is purged with
   its file after ``linger_s``.
-- The board holds ``MAX_FLIGHTS`` entries; when it is full a call simply goes ahead (``ALONE``:
+- **The board is ``SHARDS`` records** (``flights/<k>:<service>``, a question's flight in the
+  record its digest's first byte names), each of at most ``MAX_FLIGHTS`` entries: 256
+  questions in flight per service.  One record of 64 was full in perf/pipelines.py's burst of
+  150 pipelines (6 agents running 32 handlers each), and every call beyond it went ahead
+  unshared: a consensus step's 3 identical candidate calls became 3 requests.  Shards also
+  split the record lock among callers of different questions.
+- A shard holds ``MAX_FLIGHTS`` entries; when it is full a call simply goes ahead (``ALONE``:
   de-duplicated in its own process only) and publishes nothing to the board: its answer
   must not touch the file of a flight of the same question that another process registered
   meanwhile.  (It did: an unregistered leader wrote and then unlinked the registered
@@ -55,11 +61,12 @@ from typing import Any
 from .state import StateStore
 
 __all__ = ["Flight", "Board", "BoardCodec", "SharedFlights", "LeaderGone", "LEAD", "FOLLOW", "ALONE",
-           "MAX_FLIGHTS", "begin", "finish", "fail", "left"]
+           "MAX_FLIGHTS", "SHARDS", "begin", "finish", "fail", "left"]
 
 LEAD, FOLLOW, ALONE = "lead", "follow", "alone"
 RUNNING, DONE = 1, 2
-MAX_FLIGHTS = 64
+MAX_FLIGHTS = 64  # per shard: 31-byte entries in a 2 KiB record of the guard table
+SHARDS = 4
 _TAG = b"F1"
 _ENTRY = struct.Struct("<16sIBHd")  # digest, leader pid, state, waiters, since (wall clock)
 
@@ -193,7 +200,7 @@ class SharedFlights:
                  clock: Callable[[], float] = time.time, alive: Callable[[int], bool] = _alive,
                  pid: Callable[[], int] = os.getpid) -> None:
         self.service, self.store, self.directory = service, store, directory
-        self.key = f"flights:{service}"[:64]
+        self.keys = [f"flights/{k}:{service}" for k in range(SHARDS)]  # a service name is <= 48 bytes
         self.codec = BoardCodec()
         self.linger_s, self.clock, self.alive, self._pid = linger_s, clock, alive, pid
         self.pid = pid()
@@ -211,8 +218,9 @@ class SharedFlights:
     def _path(self, digest: bytes) -> str:
         return os.path.join(self.directory, f"{self.service}-{digest.hex()}.res")
 
-    def _update(self, fn: Callable[[Board], Any]) -> Any:
-        return self.store.update(self.key, self.codec, fn)
+    def _update(self, digest: bytes, fn: Callable[[Board], Any]) -> Any:
+        """``fn`` applied to the shard of the board that holds ``digest``'s flight."""
+        return self.store.update(self.keys[digest[0] % SHARDS], self.codec, fn)
 
     def begin(self, digest: bytes) -> str:
         self.pid = self._pid()  # (a fork after construction leads under its own pid)
@@ -220,7 +228,7 @@ class SharedFlights:
         def step(board: Board) -> tuple[str, list[bytes]]:
             gone = purge(board, self.clock(), self.alive, self.linger_s)
             return begin(board, digest, self.pid, self.clock()), gone
-        role, gone = self._update(step)
+        role, gone = self._update(digest, step)
         for d in gone:
             self._unlink(d)
         return role
@@ -228,7 +236,7 @@ class SharedFlights:
     def finish(self, digest: bytes, value: Any) -> None:
         """Publish the leader's value (unshareable values: the followers call themselves).
         Only to a flight of this process: the path is the question's, not the leader's."""
-        if not self._update(lambda b: owns(b, digest, self.pid)):
+        if not self._update(digest, lambda b: owns(b, digest, self.pid)):
             return
         try:
             data = marshal.dumps(value)
@@ -245,11 +253,11 @@ class SharedFlights:
             self._unlink_path(tmp)  # followers call themselves
             self.fail(digest)
             return
-        if self._update(lambda b: finish(b, digest, self.pid, self.clock())):
+        if self._update(digest, lambda b: finish(b, digest, self.pid, self.clock())):
             self._unlink(digest)
 
     def fail(self, digest: bytes) -> None:
-        self._update(lambda b: fail(b, digest, self.pid))
+        self._update(digest, lambda b: fail(b, digest, self.pid))
 
     def poll(self, digest: bytes) -> tuple[bool, Any]:
         """(True, value) once the leader's result is there; (False, None) while it runs;
@@ -259,7 +267,7 @@ class SharedFlights:
                 value = marshal.loads(f.read())
         except FileNotFoundError:
             # "done" without its file: removed by mistake; waiting could never end, so call
-            if self._update(lambda b: status(b, digest, self.alive)) in ("gone", "done"):
+            if self._update(digest, lambda b: status(b, digest, self.alive)) in ("gone", "done"):
                 self._leave(digest)
                 raise LeaderGone(f"the {self.service!r} call this one followed ended without a result") from None
             return False, None
@@ -271,7 +279,7 @@ class SharedFlights:
         self._leave(digest)
 
     def _leave(self, digest: bytes) -> None:
-        if self._update(lambda b: left(b, digest)):
+        if self._update(digest, lambda b: left(b, digest)):
             self._unlink(digest)
 
     def _unlink(self, digest: bytes) -> None:

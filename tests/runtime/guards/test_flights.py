@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from runtime.guards.flights import (ALONE, DONE, FOLLOW, LEAD, MAX_FLIGHTS, BoardCodec, LeaderGone, SharedFlights, begin,
+from runtime.guards.flights import (ALONE, DONE, FOLLOW, LEAD, MAX_FLIGHTS, SHARDS, BoardCodec, LeaderGone, SharedFlights, begin,
                                     fail, finish, left, purge, status)
 from runtime.guards.service import Service
 from runtime.guards.state import LocalStateStore
@@ -60,6 +60,24 @@ def test_a_full_board_lets_calls_go_ahead_and_the_codec_round_trips():
     assert codec.unpack(b"other") is None
 
 
+def _same_shard(d: bytes, n: int) -> list[bytes]:
+    """``n`` digests of other questions whose flights share ``d``'s shard of the board."""
+    found = (SharedFlights.digest(f"other {i}") for i in range(100_000))
+    return [o for o in found if o[0] % SHARDS == d[0] % SHARDS][:n]
+
+
+def test_the_board_is_sharded_so_a_service_holds_shards_times_the_flights_of_a_record(tmp_path):
+    store = LocalStateStore()
+    lead = SharedFlights("api", store, str(tmp_path / "f"), pid=lambda: 101, alive=lambda pid: True)
+    digests = [SharedFlights.digest(f"q {i}") for i in range(4000)]
+    by_shard = {k: [d for d in digests if d[0] % SHARDS == k][:MAX_FLIGHTS] for k in range(SHARDS)}
+    assert all(len(ds) == MAX_FLIGHTS for ds in by_shard.values())
+    assert all(lead.begin(d) == LEAD for ds in by_shard.values() for d in ds)  # SHARDS x MAX_FLIGHTS
+    extra = next(d for d in digests if d not in by_shard[d[0] % SHARDS])
+    assert lead.begin(extra) == ALONE  # its shard is full
+    assert len({k for k in store._records if k.startswith("flights/")}) == SHARDS
+
+
 def _pair(tmp_path):
     store = LocalStateStore()
     a = SharedFlights("api", store, str(tmp_path / "f"), pid=lambda: 101, alive=lambda pid: True)
@@ -75,9 +93,9 @@ def test_a_caller_the_full_board_left_out_never_touches_the_flight_another_regis
     store = LocalStateStore()
     mk = lambda pid: SharedFlights("api", store, str(tmp_path / "f"), pid=lambda: pid, alive=lambda p: True)  # noqa: E731
     filler, a, b, c = mk(303), mk(101), mk(202), mk(404)
-    others = [SharedFlights.digest(f"other {i}") for i in range(MAX_FLIGHTS)]
-    assert all(filler.begin(o) == LEAD for o in others)
     d = SharedFlights.digest("question")
+    others = _same_shard(d, MAX_FLIGHTS)
+    assert all(filler.begin(o) == LEAD for o in others)
     assert a.begin(d) == ALONE
     filler.fail(others[0])
     assert b.begin(d) == LEAD and c.begin(d) == FOLLOW

@@ -14,6 +14,7 @@ import time
 import orjson
 import pytest
 
+from runtime.guards.flights import SHARDS
 from runtime.guards import (
     OPEN,
     BreakerConfig,
@@ -209,3 +210,27 @@ def test_the_rate_holds_across_eight_processes(table):
     assert worst <= BURST + 1
     # and so the 200 grants needed at least (200 - burst) / rate seconds between them
     assert grants[-1] - grants[0] >= (n - BURST - 1) / RATE
+
+
+def test_the_daemons_guard_table_holds_every_record_of_its_services(tmp_path):
+    # Each service keeps a breaker, a limiter, hedge and retry budgets and SHARDS boards of
+    # flights: 12 services need more than the table's floor of 64 records.
+    from runtime.daemon.resources import _guard_table
+    from runtime.guards.service import Service
+    run = RunId.new()
+    t = _guard_table(run, 12)
+    try:
+        store = SharedStateStore(t)
+        cfg = {"breaker": {"failure_rate": 0.5, "window_calls": 8, "min_calls": 4, "open_s": 1.0},
+               "rate": 10.0, "retries": 3, "retry_budget": 0.5, "hedge_after_s": 0.5, "cache_ttl_s": 60}
+        for i in range(12):
+            svc = Service(f"service-{i:02d}-" + "x" * 38, cfg, store=store, flights_dir=str(tmp_path / "f"))
+            assert svc.breaker is not None and svc.retry_budget is not None and svc.flights is not None
+            svc.call(lambda: "ok")  # breaker, limiter and retry budget records
+            assert svc.hedges.try_spend()
+            for k in range(256):  # a flight in every shard of the board
+                svc.flights.fail(bytes([k]) * 16)
+        assert len(t.keys()) == 12 * (4 + SHARDS)
+    finally:
+        t.close()
+        t.unlink()
