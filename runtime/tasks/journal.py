@@ -183,12 +183,18 @@ _SUCCEED_MANY = (f"UPDATE tasks SET error = NULL, state = 'succeeded', "
 def _split_blobs(conn: sqlite3.Connection) -> None:
     """Move a journal of the earlier layout (``input`` and ``result`` columns of ``tasks``)
     to ``task_inputs`` / ``task_results``, in one transaction (a crash midway leaves the old
-    layout, moved again at the next open).  A no-op on a journal of this layout."""
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
-    if "input" not in columns:
+    layout, moved again at the next open).  A no-op on a journal of this layout.  The layout
+    is read again under the write lock: two processes opening an old journal at once (a
+    daemon starting, ``agora journal stats``) move it once."""
+    def old_layout() -> bool:
+        return "input" in {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
+    if not old_layout():
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
+        if not old_layout():  # moved by the other opener meanwhile
+            conn.execute("COMMIT")
+            return
         conn.execute("INSERT INTO task_inputs (id, body) SELECT id, input FROM tasks")
         conn.execute("INSERT INTO task_results (id, body) SELECT id, result FROM tasks WHERE result IS NOT NULL")
         conn.execute("ALTER TABLE tasks DROP COLUMN input")

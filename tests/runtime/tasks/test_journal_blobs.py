@@ -143,3 +143,29 @@ def test_a_journal_of_the_earlier_layout_is_moved_over_when_opened(tmp_path):
     with Journal(state, durability="normal") as again:  # opening a moved journal is a no-op
         assert _counts(again) == (4, 4, 3)
         assert again.get("t-000000000001-0002").result == 7
+
+
+def test_two_openers_of_an_earlier_layout_journal_move_it_once(tmp_path):
+    # A daemon starting while `agora journal stats` reads the file: both find the old layout,
+    # the second takes the write lock once the first has moved it, and must not move it again.
+    from runtime.tasks.journal import _split_blobs
+    state = tmp_path / "state"
+    path = _old_journal(str(state))
+    real = sqlite3.connect(path, isolation_level=None)
+    real.executescript("CREATE TABLE task_inputs (id TEXT PRIMARY KEY, body TEXT NOT NULL);"
+                       "CREATE TABLE task_results (id TEXT PRIMARY KEY, body TEXT NOT NULL);")
+
+    class Racing:  # the first opener moves the journal between our look and our lock
+        def execute(self, sql, *args):
+            if sql == "BEGIN IMMEDIATE":
+                Journal(state, durability="normal").close()
+            return real.execute(sql, *args)
+
+        def rollback(self):
+            real.rollback()
+
+    _split_blobs(Racing())  # type: ignore[arg-type]
+    real.close()
+    with Journal(state, durability="normal") as j:
+        assert _counts(j) == (4, 4, 1)
+        assert j.get("t-000000000001-0001").result == "done"
