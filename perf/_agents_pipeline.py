@@ -20,6 +20,11 @@ Two classes, the same work:
   ``embed`` into the batch endpoint.  While the breaker is open, a call waits out its
   ``retry_after`` and tries again, within the step's budget (an agent rides out an outage
   instead of failing the pipeline).
+- ``ProcessGuardedPipe``: ``GuardedPipe`` with the same guards kept per agent process (what
+  per-process libraries give a user: a retry decorator, an ``lru_cache``, a breaker and a
+  limiter in each process): its own cache, breaker, limiter, budgets and batches, no
+  machine-wide answers or in-flight de-duplication across agents.  perf/pipelines.py's
+  ``-machine-wide`` lever.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import httpx
 
 from agora import Agent, CircuitOpen, capability
 
-__all__ = ["NaivePipe", "GuardedPipe", "PASSAGE_BYTES", "STEP_BUDGET_S"]
+__all__ = ["NaivePipe", "GuardedPipe", "ProcessGuardedPipe", "PASSAGE_BYTES", "STEP_BUDGET_S"]
 
 PASSAGE_BYTES = 8_000
 STEP_BUDGET_S = 20.0  # how long a guarded step may wait out an open breaker
@@ -200,3 +205,12 @@ class GuardedPipe(_Local, Agent):
 
     def vote(self, request: dict[str, Any]) -> Any:
         return self._vote(self, request)
+
+
+class ProcessGuardedPipe(GuardedPipe):
+    """``GuardedPipe`` with ``[services.api]``'s guards in this process only (no events)."""
+
+    def setup(self, ctx: Any) -> None:
+        from runtime.agents.services import MachineService
+        super().setup(ctx)
+        self.svc = MachineService("api", ctx.service("api").config)  # a local store, no flights

@@ -5,7 +5,7 @@ was the coordinator's: a consensus step taken by a turn's dispatch was only star
 later turn, and with every agent idle no later turn came (fixed in
 coordination.services.decisions.ConsensusSteps.take, tests/coordination/test_consensus_steps.py).
 
-    python perf/pipelines.py [--quick] [--seed N] [--json] [--plot FILE] [--ablate]
+    python perf/pipelines.py [--quick] [--seed N] [--json] [--plot FILE] [--ablate | --levers A,B]
 
 One fake external API (runtime.demo.fake_api: 127.0.0.1, lognormal latency around 300 ms
 with a heavy tail, a concurrency cap) serves both configurations, in this run, one after
@@ -30,9 +30,12 @@ Configurations (the same number of agent processes):
 
 ``--ablate`` adds, after those two, agora with one default switched off each (``-cache``,
 ``-batch``, ``-timeout``, ``-hedge``, ``-hedge-budget``, ``-retries``, ``-concurrency``,
-``-least-loaded``: see ``LEVERS``) at the same offered load: which default made which
-difference.  Their columns join the
-table and the JSON's ``{"naive": ..., "agora": ..., "-cache": ...}``.
+``-least-loaded``, ``-machine-wide``: see ``LEVERS``) at the same offered load: which
+default made which difference; ``--levers cache,machine-wide`` runs those only.  Their
+columns join the table and the JSON's ``{"naive": ..., "agora": ..., "-cache": ...}``.
+``-machine-wide`` keeps every guard but per agent process (perf/_agents_pipeline.py's
+``ProcessGuardedPipe``): what a user would get from per-process libraries (a retry
+decorator, ``functools.lru_cache``, a breaker and a limiter in each process).
 
 Phases per configuration:
 
@@ -127,6 +130,9 @@ LEVERS = {
     "retries": ({"retries": "0"}, {"attempts": 1}),  # neither call retries nor step attempts
     "concurrency": ({}, {"concurrency": 1}),  # async handlers, one at a time per agent
     "least-loaded": ({}, {"allocation": "static"}),  # round-robin placement
+    # the same guards per agent process (what per-process libraries give): no answers or
+    # in-flight calls shared between agents, a breaker, limiter and budgets in each
+    "machine-wide": ({}, {"cls": "ProcessGuardedPipe"}),
 }
 for _lever, (_svc, _cfg) in LEVERS.items():
     CONFIGS[f"-{_lever}"] = {**CONFIGS["agora"], "services": services(_svc), **_cfg}
@@ -351,7 +357,12 @@ KEYS = ("pipelines_per_min", "p95_s", "success_rate", "calls_per_pipeline", "coo
 def main() -> None:
     args = parse_args(__doc__, **{"--plot": {"metavar": "FILE", "help": "PNG of latency over time"},
                                   "--ablate": {"action": "store_true",
-                                               "help": "also agora without each of its defaults in turn"}})
+                                               "help": "also agora without each of its defaults in turn"},
+                                  "--levers": {"metavar": "A,B", "help": "like --ablate, these levers only"}})
+    levers = list(LEVERS) if args.ablate else [] if args.levers is None else args.levers.split(",")
+    unknown = [lever for lever in levers if lever not in LEVERS]
+    if unknown:
+        sys.exit(f"--levers: unknown {unknown}; the levers are {', '.join(LEVERS)}")
     home = Path(tempfile.mkdtemp(prefix="agora-perf-pipelines-"))
     try:
         corpus = corpus_file(home, args.seed)
@@ -359,21 +370,22 @@ def main() -> None:
             results: dict[str, dict[str, Any]] = {}
             results["naive"] = measure("naive", api, corpus, args, None)
             results["agora"] = measure("agora", api, corpus, args, results["naive"]["rate"])
-            for lever in LEVERS if args.ablate else ():
+            for lever in levers:
                 results[f"-{lever}"] = measure(f"-{lever}", api, corpus, args, results["naive"]["rate"])
     finally:
         shutil.rmtree(home, ignore_errors=True)
     names = list(results)
-    print(f"{'':22}" + "".join(f"{n:>13}" for n in names) + "   target")
+    w = 2 + max(11, *map(len, names))  # a column per configuration
+    print(f"{'':22}" + "".join(f"{n:>{w}}" for n in names) + "   target")
     for k in KEYS:
-        print(f"{k:22}" + "".join(f"{results[n][k]:>13.4g}" for n in names) + f"   {TARGETS.get(k, '')}")
+        print(f"{k:22}" + "".join(f"{results[n][k]:>{w}.4g}" for n in names) + f"   {TARGETS.get(k, '')}")
     print(f"offered load {results['naive']['rate']:.2f} pipelines/s; failed under faults: "
           f"naive {results['naive']['failed']}, agora {results['agora']['failed']}")
     for n in ("agora", *(f"-{lever}" for lever in LEVERS)):
         for why in results.get(n, {}).get("why_failed", []):
             print(f"  {n} failed: {why}")
     verdict = met(results)
-    if args.ablate:
+    if levers:
         print("(-lever: agora with that default switched off, the same offered load; see LEVERS)")
     print("met: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in verdict.items()))
     if args.plot:

@@ -5,9 +5,14 @@ directory (the cross-process run is tests/system/test_services_daemon.py)."""
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
 
+from runtime.guards import flights
 from runtime.guards.flights import (ALONE, DONE, FOLLOW, LEAD, MAX_FLIGHTS, SHARDS, BoardCodec, LeaderGone, SharedFlights, begin,
                                     fail, finish, left, purge, status)
 from runtime.guards.service import Service
@@ -166,3 +171,102 @@ def test_a_leader_that_cannot_write_its_answer_frees_its_followers(tmp_path):
     a.finish(d, {"answer": 1})  # does not raise: the leader keeps its answer
     with pytest.raises(LeaderGone):
         b.poll(d)
+
+
+# ---------------------------------------------------------------------------- model-based
+class FlightsMachine(RuleBasedStateMachine):
+    """Random interleavings of leaders and followers of two questions on shards of one flight
+    each (so that boards fill and calls go ALONE), leaders finishing, failing or dying,
+    followers polling, abandoning or dying, time passing.  A follower that is told to wait
+    has a live leader of its question to wait for; at the end, with everyone gone and the
+    linger past, no flight and no file is left."""
+
+    directory: str
+
+    def __init__(self) -> None:
+        super().__init__()
+        shutil.rmtree(self.directory, ignore_errors=True)
+        self.store, self.now, self.alive, self.next_pid = LocalStateStore(), 0.0, set(), 100
+        self.callers: list[list] = []  # [pid, question, role, flights, open]
+        self.questions = _same_shard(SharedFlights.digest("q0"), 1) + [SharedFlights.digest("q0")]
+
+    def _flights(self, pid: int) -> SharedFlights:
+        return SharedFlights("api", self.store, self.directory, linger_s=10.0, clock=lambda: self.now,
+                             alive=lambda p: p in self.alive, pid=lambda: pid)
+
+    def _open(self, roles: tuple[str, ...], i: int) -> list | None:
+        mine = [c for c in self.callers if c[4] and c[2] in roles]
+        return mine[i % len(mine)] if mine else None
+
+    @rule(q=st.integers(0, 1))
+    def ask(self, q):
+        pid, self.next_pid = self.next_pid, self.next_pid + 1
+        self.alive.add(pid)
+        fl = self._flights(pid)
+        self.callers.append([pid, q, fl.begin(self.questions[q]), fl, True])
+
+    @rule(i=st.integers(0, 9), how=st.sampled_from(["finish", "fail", "die"]))
+    def leader_ends(self, i, how):
+        c = self._open((LEAD, ALONE), i)
+        if c is None:
+            return
+        c[4] = False
+        if how == "finish":
+            c[3].finish(self.questions[c[1]], ("answer", c[1]))
+        elif how == "fail":
+            c[3].fail(self.questions[c[1]])
+        else:
+            self.alive.discard(c[0])
+
+    @rule(i=st.integers(0, 9))
+    def follower_polls(self, i):
+        c = self._open((FOLLOW,), i)
+        if c is None:
+            return
+        try:
+            done, value = c[3].poll(self.questions[c[1]])
+        except LeaderGone:
+            c[4] = False  # it calls itself
+            return
+        if done:
+            assert value == ("answer", c[1])
+            c[4] = False
+        else:  # told to wait: someone is still answering this question
+            assert any(o[4] and o[2] == LEAD and o[1] == c[1] and o[0] in self.alive for o in self.callers)
+
+    @rule(i=st.integers(0, 9), die=st.booleans())
+    def follower_leaves(self, i, die):
+        c = self._open((FOLLOW,), i)
+        if c is None:
+            return
+        c[4] = False
+        if die:
+            self.alive.discard(c[0])
+        else:
+            c[3].abandon(self.questions[c[1]])
+
+    @rule()
+    def time_passes(self):
+        self.now += 11.0
+
+    def teardown(self) -> None:
+        for c in self.callers:  # everyone still there leaves
+            if c[4] and c[2] == FOLLOW:
+                c[3].abandon(self.questions[c[1]])
+            elif c[4]:
+                c[3].fail(self.questions[c[1]])
+        self.now += 11.0
+        for d in self.questions:  # a later caller of each shard purges what the dead left
+            last = self._flights(1)
+            assert last.begin(d) == LEAD
+            last.fail(d)
+        boards = [b for k, b in self.store._records.items() if k.startswith("flights/")]
+        assert all(b == [] for b in boards), boards
+        assert os.listdir(self.directory) == []
+
+
+def test_random_interleavings_of_flights_leave_no_waiter_stuck_and_nothing_behind(tmp_path, monkeypatch):
+    monkeypatch.setattr(flights, "MAX_FLIGHTS", 1)  # one flight per shard: the boards fill
+    FlightsMachine.directory = str(tmp_path / "f")
+    run_state_machine_as_test(FlightsMachine, settings=settings(
+        max_examples=120, stateful_step_count=25, deadline=None, suppress_health_check=list(HealthCheck)))
