@@ -107,8 +107,9 @@ Decisions where the spec is silent
       signal below ``min_success`` (with at least ``min_observations`` of decayed
       evidence weight) gates the agent for a cooldown (5 s, doubling per failed trial up
       to 5 min); after it, the agent may win one task; its success re-admits it, its
-      failure gates it again, longer.  When every live capable agent is gated, the task
-      goes to the best of them by reputation (it runs rather than waits forever).
+      failure gates it again, longer.  When every live capable agent that may take the
+      task (those excluded for it may not) is gated, the task goes to the best of them by
+      reputation (it runs rather than waits forever).
     * Head of line: a task no free agent can be invited for (all free ones gated or
       excluded for it) is parked with the auction backoff instead of blocking its queue:
       the tasks behind it are still auctioned.
@@ -298,7 +299,7 @@ class MarketPolicy:
         free = [a for a in candidates if self._free(a) > 0]
         if candidates and not free:
             return None  # every agent with room is promised to open auctions: they wake us
-        invited = self._gate(task.capability, free)
+        invited = self._gate(task, free)
         if not invited:
             if not self.sched.candidates(task.capability):
                 return None  # nobody has room: wait for it (a result or a join wakes the loop)
@@ -396,14 +397,18 @@ class MarketPolicy:
     def _gated(self, agent_id: str, capability: str, now: float) -> bool:
         return not self.probation.admits(agent_id, capability, now)
 
-    def _gate(self, capability: str, candidates: list[AgentLink]) -> list[AgentLink]:
-        """Candidates minus gated agents; if every live capable agent is gated, the best
-        of the candidates by reputation (the task runs rather than waits forever)."""
-        now = self.coord.clock()
+    def _gate(self, task: TaskRun, candidates: list[AgentLink]) -> list[AgentLink]:
+        """Candidates minus gated agents; if every live capable agent that may take this
+        task (one excluded for it may not) is gated, the best of the candidates by
+        reputation (the task runs rather than waits forever).  Counting an excluded agent
+        as one that could serve parked a task for good: its one other agent gated, the
+        agent that had failed it excluded, and neither rule letting go."""
+        now, capability = self.coord.clock(), task.capability
         good = [a for a in candidates if not self._gated(a.id, capability, now)]
         if good:
             return good
-        live = [aid for aid in self.sched.capable(capability) if aid in self.sched.agents]
+        live = [aid for aid in self.sched.capable(capability)
+                if aid in self.sched.agents and aid not in task.excluded]
         if any(not self._gated(aid, capability, now) for aid in live) or not candidates:
             return []
         best = max(candidates, key=lambda a: (self._rep(a.id, capability, now)[0], -a.order))

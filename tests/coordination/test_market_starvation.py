@@ -147,3 +147,24 @@ def test_a_stuck_task_does_not_block_the_tasks_behind_it(tmp_path):
     assert agent and loop.sent.get(first), "the task behind was auctioned on the free agent"
     assert loop.state(behind) == "running"
     assert loop.state(stuck) in ("queued", "retry_wait")
+
+
+def test_a_task_its_one_ungated_agent_failed_goes_to_the_gated_one(tmp_path):
+    # What the daemon's flaky-pool run met once in a suite: b gated, the task runs on a and
+    # fails there (a is excluded for it), and the task was parked for good: b "may not" (gated)
+    # and the all-gated rule counted a, which may not take this task either.
+    loop = market(tmp_path)
+    gate_agent(loop, "b", failures=8)
+    tid = loop.submit()
+    assert [aid for aid, _, _ in loop.asks] == ["a"]
+    answer_all(loop)
+    loop.result("a", ok=False)  # a breaches: excluded from this task's re-auction
+    for _ in range(6):  # the retry's backoff and a re-auction, well inside b's 5 s cooldown
+        if loop.sent.get("b"):
+            break
+        answer_all(loop)
+        loop.later(0.5)
+    assert loop.sent.get("b"), f"the task never reached b: {loop.state(tid)}, {loop.types()[-5:]}"
+    loop.result("b")
+    assert loop.state(tid) == "succeeded"
+    assert "market.all_gated" in loop.types()
