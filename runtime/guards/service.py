@@ -239,7 +239,21 @@ class Service:
         run = functools.partial(self._retrying, lambda: fn(*args, **kwargs), tokens)
         if not (cache and self.cache.enabled):
             return run()
-        return self._cached(self._key(fn, args, kwargs) if key is None else key, run)
+        return self._cached(self._cache_key(fn, args, kwargs, key), run)
+
+    def _cache_key(self, fn: Callable, args: tuple, kwargs: Mapping[str, Any], key: Any) -> Any:
+        """``key``, else the key function's."""
+        return self._hashable(self._key(fn, args, kwargs) if key is None else key)
+
+    def _hashable(self, key: Any) -> Any:
+        """A cache key as it is, or a typed error naming the service (not the cache's TypeError)."""
+        try:
+            hash(key)
+        except TypeError as e:
+            raise InvalidInput(f"service {self.name!r}: a cache key must be hashable, got {type(key).__name__}",
+                               hint="use a str, bytes or tuple (bytes and str are shared by the machine's "
+                                    "agents), or call with cache=False") from e
+        return key
 
     def _cached(self, key: Any, compute: Callable[[], T]) -> T:
         step = self.cache.begin(key)
@@ -367,7 +381,7 @@ class Service:
                                 hedge and self.config.hedge_after_s > 0)
         if not (cache and self.cache.enabled):
             return await run()
-        return await self._acached(self._key(fn, args, kwargs) if key is None else key, run)
+        return await self._acached(self._cache_key(fn, args, kwargs, key), run)
 
     async def _acached(self, key: Any, compute: Callable[[], Awaitable[T]]) -> T:
         step = self.cache.begin(key)
@@ -577,7 +591,8 @@ class Service:
         hedged = hedge and cfg.hedge_after_s > 0
 
         def key_of(item: Any) -> Any:
-            return key(item) if key is not None else self._key(batch_fn, (item,), {})
+            k = key(item) if key is not None else self._key(batch_fn, (item,), {})
+            return None if k is None else self._hashable(k)
         if inspect.iscoroutinefunction(batch_fn):
             async def guarded_batch(items: list) -> Any:
                 async def once() -> Any:

@@ -9,6 +9,7 @@ import pytest
 
 from runtime.errors import BrokenError, InvalidInput
 from runtime.guards import AsyncMicroBatcher, Hit, Join, Lead, MicroBatcher, ResultCache
+from runtime.guards.service import Service
 from tests.support.helpers import WAIT, FakeClock
 
 
@@ -138,3 +139,18 @@ def test_a_cancelled_async_leader_still_sends_the_batch():
         with pytest.raises(asyncio.CancelledError):
             await leader
     asyncio.run(main())
+
+
+def test_an_unhashable_cache_key_is_a_typed_error_naming_the_service():
+    svc = Service("api", {"cache_ttl_s": 60, "batch_window_ms": 1, "batch_max": 2})
+    calls = []
+    for bad in (["a list"], {"a": "dict"}):
+        with pytest.raises(InvalidInput, match="'api': a cache key must be hashable"):
+            svc.call_with(lambda: calls.append(1), key=bad)
+        with pytest.raises(InvalidInput, match="hashable"):
+            asyncio.run(svc.acall_with(lambda: asyncio.sleep(0), key=bad))
+        one = svc.batched(lambda items: [calls.append(1) or i for i in items], key=lambda item: [item])
+        with pytest.raises(InvalidInput, match="hashable"):
+            one("x")
+    assert calls == []  # refused before any call
+    assert svc.call_with(lambda: 7, key=("a", "tuple")) == 7
