@@ -28,7 +28,8 @@ Decisions:
   cross. Waits are bounded by the service's ``wait_bound_s``.
 - **No file outlives its readers**: the leader writes one, marks the entry done, and the last
   of leader and followers to leave removes both; a follower that died waiting is purged with
-  its file after ``linger_s``.
+  its file after ``linger_s``, by the next caller of its shard (what no caller purges goes
+  with the run directory at stop).
 - **The board is ``SHARDS`` records** (``flights/<k>:<service>``, a question's flight in the
   record its digest's first byte names), each of at most ``MAX_FLIGHTS`` entries: 256
   questions in flight per service.  One record of 64 was full in perf/pipelines.py's burst of
