@@ -10,8 +10,8 @@ import os
 import shutil
 import signal
 import sys
-import threading
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any

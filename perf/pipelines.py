@@ -359,6 +359,8 @@ def main() -> None:
                                   "--ablate": {"action": "store_true",
                                                "help": "also agora without each of its defaults in turn"},
                                   "--levers": {"metavar": "A,B", "help": "like --ablate, these levers only"}})
+    if args.ablate and args.levers:
+        sys.exit("--ablate runs every lever; --levers names some: one or the other")
     levers = list(LEVERS) if args.ablate else [] if args.levers is None else args.levers.split(",")
     unknown = [lever for lever in levers if lever not in LEVERS]
     if unknown:

@@ -532,10 +532,12 @@ class Journal:
         """Tasks rows and their inputs (inside a transaction).  Only a row with an
         idempotency key can have been left out (a known key), so only its input asks."""
         self.conn.executemany(_INSERT_TASK, [row for row, _ in rows])
-        keyed = [(row[0], text) for row, text in rows if row[_KEY_AT] is not None]
-        if len(keyed) < len(rows):
-            self.conn.executemany(_INSERT_INPUT_NEW,
-                                  [(row[0], text) for row, text in rows if row[_KEY_AT] is None])
+        new: list[tuple[str, str]] = []
+        keyed: list[tuple[str, str]] = []
+        for row, text in rows:
+            (new if row[_KEY_AT] is None else keyed).append((row[0], text))
+        if new:
+            self.conn.executemany(_INSERT_INPUT_NEW, new)
         if keyed:
             self.conn.executemany(_INSERT_INPUT, keyed)
 
