@@ -69,6 +69,16 @@ Other decisions:
   pipeline step's four transactions): 164 -> 69 KiB of WAL and 0.45 -> 0.25 ms of CPU per
   task.  A journal of the earlier layout (input and result columns) is moved over when it
   is opened, in one transaction (``_split_blobs``).
+* **Inputs by reference.**  A pipeline step's input is its template (the ``$ref``s as
+  submitted) and, once its dependencies succeeded, its *sources* (``task_sources``: step id
+  -> task id of each dependency); a read resolves the template against those results, which
+  are written once and never change.  Writing the resolved input instead copied the
+  previous step's result into ``task_inputs`` at every step (a document passed down a
+  pipeline was journaled twice per step).  The template is still resolved when the step is
+  unblocked, so that a reference that cannot be resolved fails the step then, as before.
+  A journal written before this keeps its resolved inputs (no sources row: read as is).
+  Measured in the next section's terms (perf/pipeline_cost.py ``--journal``): see
+  docs/DECISIONS.md "Inputs by reference".
 * Pages of 1 KiB (``PAGE_SIZE``), set when the file is created (an existing journal keeps
   its own).  A task's two COMMITs write about eight pages to the WAL, and SQLite copies and
   checksums every byte of each: with 4 KiB pages the journal took 84 us of CPU per task,
@@ -121,6 +131,8 @@ CREATE TABLE IF NOT EXISTS task_inputs (
     id TEXT PRIMARY KEY REFERENCES tasks(id), body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS task_results (
     id TEXT PRIMARY KEY REFERENCES tasks(id), body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS task_sources (
+    id TEXT PRIMARY KEY REFERENCES tasks(id), sources TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS attempts (
     task_id TEXT NOT NULL REFERENCES tasks(id), attempt INTEGER NOT NULL, agent TEXT NOT NULL,
     started REAL NOT NULL, ended REAL, outcome TEXT, error TEXT, revised INTEGER NOT NULL DEFAULT 0,
@@ -129,13 +141,15 @@ CREATE TABLE IF NOT EXISTS attempts (
 
 # The tasks table's own columns (what INSERT writes), and a record's columns as a SELECT or
 # RETURNING list: the input and the result live in tables of their own (see "Blobs apart"
-# in the module docstring), read back by their task id.
+# in the module docstring), read back by their task id; last, a pipeline step's sources
+# (see "Inputs by reference").
 _TASK_COLUMNS = ("id, pipeline_id, step_id, capability, options, state, attempts, max_attempts, "
                  "priority, created, updated, deadline, not_before, trace_id, idempotency_key, deps, error")
 _RECORD = ("tasks.id, pipeline_id, step_id, capability, "
            "(SELECT body FROM task_inputs WHERE task_inputs.id = tasks.id), options, state, attempts, "
            "max_attempts, priority, created, updated, deadline, not_before, trace_id, idempotency_key, "
-           "deps, (SELECT body FROM task_results WHERE task_results.id = tasks.id), tasks.error")
+           "deps, (SELECT body FROM task_results WHERE task_results.id = tasks.id), tasks.error, "
+           "(SELECT sources FROM task_sources WHERE task_sources.id = tasks.id)")
 _INSERT_TASK = (f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES ({', '.join('?' * 17)}) "
                 "ON CONFLICT(idempotency_key) DO NOTHING")
 # a task's input; with an idempotency key, written only when its row was (a known key
@@ -256,11 +270,30 @@ class TaskRecord:
     error: Any
 
     @classmethod
-    def from_row(cls, row: Sequence[Any]) -> TaskRecord:
-        r = list(row)
+    def from_row(cls, row: Sequence[Any], conn: sqlite3.Connection) -> TaskRecord:
+        """A record from a ``_RECORD`` row; ``conn`` reads the sources of a step whose input
+        is stored by reference (see "Inputs by reference" in the module docstring)."""
+        r = list(row[:19])
         r[4], r[5], r[16], r[17], r[18] = (_loads(r[4]), _loads(r[5]), _loads(r[16]),
                                            _loads(r[17]), _loads(r[18]))
+        if row[19] is not None:
+            r[4] = _resolve_stored(conn, r[0], r[2], r[4], _loads(row[19]))
         return cls(*r)
+
+
+def _resolve_stored(conn: sqlite3.Connection, task_id: str, step_id: str, template: Any,
+                    sources: dict[str, str]) -> Any:
+    """The input of a step stored by reference: its template resolved against the results
+    of ``sources`` (step id -> task id), each recorded once and never changed."""
+    marks = ", ".join("?" * len(sources))
+    bodies = dict(conn.execute(f"SELECT id, body FROM task_results WHERE id IN ({marks})",
+                               list(sources.values())).fetchall())
+    missing = [step for step, tid in sources.items() if tid not in bodies]
+    if missing:
+        raise BrokenError(f"task {task_id!r}: the result of step {missing[0]!r} its input references "
+                          "is not in the journal", hint="this is a bug in agora's journal (or the file "
+                          "was edited by hand)")
+    return resolve_refs(step_id, template, {step: _loads(bodies[tid]) for step, tid in sources.items()})
 
 
 @dataclass(frozen=True, slots=True)
@@ -663,7 +696,7 @@ class Journal:
                 rows = self.conn.execute(_SUCCEED_MANY, (now, batch)).fetchall()
                 if len(rows) != len(items):
                     raise _NotUsual
-                records = {rec.id: rec for rec in map(TaskRecord.from_row, rows)}
+                records = {rec.id: rec for rec in (TaskRecord.from_row(r, self.conn) for r in rows)}
                 for pid in dict.fromkeys(rec.pipeline_id for rec in records.values() if rec.pipeline_id):
                     self._advance_pipeline(pid, now)
         except _NotUsual:
@@ -697,7 +730,7 @@ class Journal:
         if row is None:  # the INSERT above saw the same state in the same transaction
             raise BrokenError(f"task {task_id!r}: its result was recorded but its state did not move",
                               hint="this is a bug in agora's journal")
-        return TaskRecord.from_row(row)
+        return TaskRecord.from_row(row, self.conn)
 
     def _apply_failure(self, task_id: str, attempt: int, outcome: str, error: Any, now: float) -> None:
         row = self.conn.execute("SELECT state, attempts, max_attempts FROM tasks WHERE id = ?",
@@ -850,7 +883,7 @@ class Journal:
             rows = self.conn.execute(
                 f"SELECT {_RECORD} FROM tasks WHERE state IN ('queued', 'retry_wait', 'blocked') "
                 "ORDER BY priority DESC, id").fetchall()
-        return [TaskRecord.from_row(r) for r in rows]
+        return [TaskRecord.from_row(r, self.conn) for r in rows]
 
     # -- pipelines ------------------------------------------------------------------------
 
@@ -889,23 +922,25 @@ class Journal:
             if d not in outputs:
                 outputs[d] = _loads(self._one("SELECT body FROM task_results WHERE id = ?", (ids[d],)))
         template = _loads(self._one("SELECT body FROM task_inputs WHERE id = ?", (task_id,)))
-        try:
-            resolved = resolve_refs(step_id, template, outputs)
+        try:  # resolved now so that a reference that cannot be fails the step now
+            resolve_refs(step_id, template, outputs)
         except InvalidInput as exc:
             return self._set_state(task_id, "failed", now, error={
                 "code": exc.code, "message": exc.message, "hint": exc.hint, "step": step_id})
-        return self._set_state(task_id, "queued", now, resolved=resolved)
+        return self._set_state(task_id, "queued", now, sources={d: ids[d] for d in deps})
 
     def _set_state(self, task_id: str, state: str, now: float, *, error: Any = None,
-                   resolved: Any = None) -> str:
-        """Move a blocked step on; a queued step gets its resolved input (may be null)."""
+                   sources: dict[str, str] | None = None) -> str:
+        """Move a blocked step on; a queued step keeps its template and gets its sources
+        (its input by reference: "Inputs by reference" in the module docstring)."""
         sets, params = "state = ?, updated = ?", [state, now]
         if error is not None:
             sets, params = sets + ", error = ?", params + [_dumps(error)]
         moved = self.conn.execute(f"UPDATE tasks SET {sets} WHERE id = ? AND state = 'blocked'",
                                   params + [task_id]).rowcount
         if moved and state == "queued":
-            self.conn.execute("UPDATE task_inputs SET body = ? WHERE id = ?", (_dumps(resolved), task_id))
+            self.conn.execute("INSERT OR REPLACE INTO task_sources (id, sources) VALUES (?, ?)",
+                              (task_id, _dumps(sources or {})))
         return state
 
     def _settle_pipeline(self, pid: str, states: list[str], now: float) -> None:
@@ -932,7 +967,7 @@ class Journal:
         row = self.conn.execute(f"SELECT {_RECORD} FROM tasks WHERE id = ?", (task_id,)).fetchone()
         if row is None:
             raise NotFound(f"no task {task_id!r} in the journal", hint="`agora tasks` lists the known ids")
-        return TaskRecord.from_row(row)
+        return TaskRecord.from_row(row, self.conn)
 
     def states(self, task_ids: Sequence[str]) -> dict[str, str]:
         """Task id -> state for every id given, read in chunks of ``_CHUNK`` (no record is
@@ -955,7 +990,7 @@ class Journal:
         where, params = ("WHERE state = ?", [state]) if state else ("", [])
         rows = self.conn.execute(f"SELECT {_RECORD} FROM tasks {where} ORDER BY id DESC LIMIT ?",
                                  params + [limit]).fetchall()
-        return [TaskRecord.from_row(r) for r in rows]
+        return [TaskRecord.from_row(r, self.conn) for r in rows]
 
     def attempts(self, task_id: str) -> list[AttemptRecord]:
         rows = self.conn.execute("SELECT task_id, attempt, agent, started, ended, outcome, error, revised "
@@ -1003,6 +1038,7 @@ class Journal:
                 self.conn.execute(f"DELETE FROM attempts WHERE task_id IN ({marks})", chunk)
                 self.conn.execute(f"DELETE FROM task_inputs WHERE id IN ({marks})", chunk)
                 self.conn.execute(f"DELETE FROM task_results WHERE id IN ({marks})", chunk)
+                self.conn.execute(f"DELETE FROM task_sources WHERE id IN ({marks})", chunk)
                 self.conn.execute(f"DELETE FROM tasks WHERE id IN ({marks})", chunk)
             self.conn.executemany("DELETE FROM pipelines WHERE id = ?", [(p,) for p in pids])
         return {"tasks": len(ids), "pipelines": len(pids)}

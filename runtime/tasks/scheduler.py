@@ -728,7 +728,7 @@ def resumable(journal: Any) -> list[Any]:
     rows = journal.conn.execute(
         f"SELECT {_RECORD} FROM tasks WHERE state IN ('queued', 'retry_wait', 'blocked') "
         "ORDER BY priority DESC, id").fetchall()
-    return [TaskRecord.from_row(r) for r in rows]
+    return [TaskRecord.from_row(r, journal.conn) for r in rows]
 
 
 def attempt_open(journal: Any, task_id: str, attempt: int) -> bool:

@@ -1,0 +1,83 @@
+"""A pipeline step's input by reference (runtime.tasks.journal, "Inputs by reference"): the
+journal keeps the step's template and its sources, not a copy of the results it references,
+and every read resolves it; a result holding ``$ref``-shaped data is data; a journal written
+before keeps its resolved inputs; compaction takes the sources with their tasks."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from runtime.tasks.journal import Journal
+
+BIG = {"text": "x" * 50_000, "v": 7}
+CHAIN = {"name": "chain", "steps": [
+    {"id": "a", "capability": "c", "input": {"q": 1}},
+    {"id": "b", "capability": "c", "input": {"doc": {"$ref": "a"}, "n": 1}},
+    {"id": "c", "capability": "c", "input": {"$ref": "b.doc.v"}}]}
+
+
+@pytest.fixture
+def journal(tmp_path):
+    j = Journal(tmp_path / "state", durability="normal")
+    yield j
+    j.close()
+
+
+def _run(j: Journal, task_id: str, result: object):
+    return j.finish_attempt(task_id, j.start_attempt(task_id, "agent"), "succeeded", result=result)
+
+
+def test_a_step_unblocked_by_a_large_result_does_not_journal_a_copy_of_it(journal):
+    journal.conn.execute("PRAGMA wal_autocheckpoint=0")  # the WAL only grows: its size is what was written
+    _, ids = journal.submit_pipeline(CHAIN)
+    wal = journal.path + "-wal"
+    before = os.path.getsize(wal)
+    _run(journal, ids["a"], BIG)  # a's result (~50 KB) once, b unblocked
+    written = os.path.getsize(wal) - before
+    # a's result is ~52 KB of frames; a copy of it as b's input made it ~104 KB
+    assert written < 75_000, written
+    assert journal.conn.execute("SELECT length(body) FROM task_inputs WHERE id = ?",
+                                (ids["b"],)).fetchone()[0] < 100  # the template, as submitted
+    expected = {"doc": BIG, "n": 1}
+    assert journal.get(ids["b"]).input == expected
+    assert [r.input for r in journal.list(state="queued")] == [expected]
+    finish = _run(journal, ids["b"], {"doc": BIG})
+    assert finish.recorded and finish.record.input == expected  # the RETURNING record too
+    assert journal.get(ids["c"]).input == 7
+
+
+def test_the_inputs_read_the_same_after_a_restart(tmp_path):
+    with Journal(tmp_path, durability="normal") as j:
+        _, ids = j.submit_pipeline(CHAIN)
+        _run(j, ids["a"], BIG)
+    with Journal(tmp_path, durability="normal") as j:
+        assert [(r.step_id, r.input) for r in j.unfinished()] == [("b", {"doc": BIG, "n": 1}), ("c", {"$ref": "b.doc.v"})]
+
+
+def test_a_result_holding_ref_shaped_data_is_passed_on_as_data(journal):
+    _, ids = journal.submit_pipeline(CHAIN)
+    literal = {"$ref": "nowhere.at.all", "v": 3}  # an output that looks like a reference
+    _run(journal, ids["a"], literal)
+    assert journal.get(ids["b"]).input == {"doc": literal, "n": 1}
+    _run(journal, ids["b"], {"doc": {"v": {"$ref": "x"}}})
+    assert journal.get(ids["c"]).input == {"$ref": "x"}
+
+
+def test_a_step_resolved_by_an_earlier_version_is_read_as_stored(journal):
+    _, ids = journal.submit_pipeline(CHAIN)
+    _run(journal, ids["a"], {"v": 1})
+    # what an earlier version left: the resolved input in task_inputs, no sources row
+    journal.conn.execute("DELETE FROM task_sources WHERE id = ?", (ids["b"],))
+    journal.conn.execute("UPDATE task_inputs SET body = ? WHERE id = ?", ('{"doc":{"v":1},"n":1,"old":true}', ids["b"]))
+    assert journal.get(ids["b"]).input == {"doc": {"v": 1}, "n": 1, "old": True}
+
+
+def test_compaction_takes_the_sources_with_their_steps(journal):
+    _, ids = journal.submit_pipeline(CHAIN)
+    for step in "abc":
+        _run(journal, ids[step], {"doc": {"v": step}})
+    assert journal.conn.execute("SELECT count(*) FROM task_sources").fetchone()[0] == 2
+    assert journal.compact(keep=0)["pipelines"] == 1
+    assert journal.conn.execute("SELECT count(*) FROM task_sources").fetchone()[0] == 0
