@@ -297,10 +297,10 @@ class TaskCommands:
         # the final pipeline event (Coordinator.pipeline_progress) find it again
         trace = TraceContext(given.trace_id, given.trace_id[:16], given.span_id if trace else None)
         pid, steps = self.coord.journal.submit_pipeline(spec, trace_id=trace.trace_id)
+        states = self.coord.journal.states(list(steps.values()))
         for task_id in steps.values():
-            rec = self.coord.journal.get(task_id)
-            if rec.state == "queued":
-                self.coord.scheduler.enqueue(self.task_run(rec, trace.child()))
+            if states[task_id] == "queued":  # the others are blocked: read when unblocked
+                self.coord.scheduler.enqueue(self.task_run(self.coord.journal.get(task_id), trace.child()))
         self.coord.emit("pipeline.submitted", trace, pipeline_id=pid, steps=list(steps))
         return {"id": pid, "steps": steps, "trace_id": trace.trace_id}
 
@@ -387,7 +387,7 @@ def _public(rec: Any, brief: bool = False) -> dict[str, Any]:
 def _public_pipeline(p: Any, journal: Any) -> dict[str, Any]:
     steps = []
     for step_id, task_id in p.steps.items():
-        rec = journal.get(task_id)
+        rec = journal.get(task_id, with_input=False)  # _public shows no input
         steps.append({"step_id": step_id, **_public(rec)})
     order = {s["id"]: i for i, s in enumerate(p.spec["steps"])}
     steps.sort(key=lambda s: order.get(s["step_id"], 0))

@@ -145,11 +145,18 @@ CREATE TABLE IF NOT EXISTS attempts (
 # (see "Inputs by reference").
 _TASK_COLUMNS = ("id, pipeline_id, step_id, capability, options, state, attempts, max_attempts, "
                  "priority, created, updated, deadline, not_before, trace_id, idempotency_key, deps, error")
-_RECORD = ("tasks.id, pipeline_id, step_id, capability, "
-           "(SELECT body FROM task_inputs WHERE task_inputs.id = tasks.id), options, state, attempts, "
-           "max_attempts, priority, created, updated, deadline, not_before, trace_id, idempotency_key, "
-           "deps, (SELECT body FROM task_results WHERE task_results.id = tasks.id), tasks.error, "
-           "(SELECT sources FROM task_sources WHERE task_sources.id = tasks.id)")
+_INPUT = "(SELECT body FROM task_inputs WHERE task_inputs.id = tasks.id)"
+_SOURCES = "(SELECT sources FROM task_sources WHERE task_sources.id = tasks.id)"
+
+
+def _record_columns(input_col: str, sources_col: str) -> str:
+    return (f"tasks.id, pipeline_id, step_id, capability, {input_col}, options, state, attempts, "
+            "max_attempts, priority, created, updated, deadline, not_before, trace_id, idempotency_key, "
+            f"deps, (SELECT body FROM task_results WHERE task_results.id = tasks.id), tasks.error, {sources_col}")
+
+
+_RECORD = _record_columns(_INPUT, _SOURCES)
+_RECORD_NO_INPUT = _record_columns("NULL", "NULL")  # ``Journal.get(with_input=False)``
 _INSERT_TASK = (f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES ({', '.join('?' * 17)}) "
                 "ON CONFLICT(idempotency_key) DO NOTHING")
 # a task's input; with an idempotency key, written only when its row was (a known key
@@ -963,8 +970,12 @@ class Journal:
             raise NotFound(f"no task {task_id!r} in the journal", hint="`agora tasks` lists the known ids")
         return _loads(text)
 
-    def get(self, task_id: str) -> TaskRecord:
-        row = self.conn.execute(f"SELECT {_RECORD} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+    def get(self, task_id: str, *, with_input: bool = True) -> TaskRecord:
+        """The task's record; ``with_input=False`` leaves its input unread (``None``): a
+        pipeline's result shows its steps without inputs, and a step's input by reference
+        costs a read and a decode of the results it references."""
+        row = self.conn.execute(f"SELECT {_RECORD if with_input else _RECORD_NO_INPUT} FROM tasks WHERE id = ?",
+                                (task_id,)).fetchone()
         if row is None:
             raise NotFound(f"no task {task_id!r} in the journal", hint="`agora tasks` lists the known ids")
         return TaskRecord.from_row(row, self.conn)

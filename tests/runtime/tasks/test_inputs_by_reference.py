@@ -81,3 +81,17 @@ def test_compaction_takes_the_sources_with_their_steps(journal):
     assert journal.conn.execute("SELECT count(*) FROM task_sources").fetchone()[0] == 2
     assert journal.compact(keep=0)["pipelines"] == 1
     assert journal.conn.execute("SELECT count(*) FROM task_sources").fetchone()[0] == 0
+
+
+def test_a_record_without_its_input_reads_neither_the_input_nor_its_sources(journal):
+    _, ids = journal.submit_pipeline(CHAIN)
+    _run(journal, ids["a"], BIG)
+    seen: list[str] = []
+    journal.conn.set_trace_callback(seen.append)
+    try:
+        rec = journal.get(ids["b"], with_input=False)
+    finally:
+        journal.conn.set_trace_callback(None)
+    assert rec.input is None and rec.state == "queued" and rec.step_id == "b"
+    assert len(seen) == 1 and "task_inputs" not in seen[0] and "task_sources" not in seen[0], seen
+    assert journal.get(ids["a"], with_input=False).result == BIG  # the result is read
