@@ -319,7 +319,7 @@ class TaskCommands:
     def tasks(self, args: dict[str, Any], trace: Any) -> Any:
         only(args, "state", "limit")
         rows = self.coord.journal.list(state=str_arg(args, "state", None, max_len=32),
-                                       limit=int_arg(args, "limit", 100, hi=100_000))
+                                       limit=int_arg(args, "limit", 100, hi=100_000), with_input=False)
         return [self._waiting(_public(r, brief=True)) for r in rows]
 
     def _waiting(self, out: dict[str, Any]) -> dict[str, Any]:

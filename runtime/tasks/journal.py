@@ -292,6 +292,8 @@ def _resolve_stored(conn: sqlite3.Connection, task_id: str, step_id: str, templa
                     sources: dict[str, str]) -> Any:
     """The input of a step stored by reference: its template resolved against the results
     of ``sources`` (step id -> task id), each recorded once and never changed."""
+    if not sources:
+        return resolve_refs(step_id, template, {})
     marks = ", ".join("?" * len(sources))
     bodies = dict(conn.execute(f"SELECT id, body FROM task_results WHERE id IN ({marks})",
                                list(sources.values())).fetchall())
@@ -929,7 +931,7 @@ class Journal:
             if d not in outputs:
                 outputs[d] = _loads(self._one("SELECT body FROM task_results WHERE id = ?", (ids[d],)))
         template = _loads(self._one("SELECT body FROM task_inputs WHERE id = ?", (task_id,)))
-        try:  # resolved now so that a reference that cannot be fails the step now
+        try:  # resolved here only to fail the step now if a reference cannot be
             resolve_refs(step_id, template, outputs)
         except InvalidInput as exc:
             return self._set_state(task_id, "failed", now, error={
@@ -994,12 +996,13 @@ class Journal:
             raise NotFound(f"no task {missing!r} in the journal", hint="`agora tasks` lists the known ids")
         return found
 
-    def list(self, state: str | None = None, limit: int = 100) -> list[TaskRecord]:
-        """Tasks, newest first, optionally in one state."""
+    def list(self, state: str | None = None, limit: int = 100, *, with_input: bool = True) -> list[TaskRecord]:
+        """Tasks, newest first, optionally in one state (``with_input``: as for ``get``)."""
         if state is not None and state not in STATES:
             raise InvalidInput(f"unknown task state {state!r}", hint=f"states are {', '.join(STATES)}")
         where, params = ("WHERE state = ?", [state]) if state else ("", [])
-        rows = self.conn.execute(f"SELECT {_RECORD} FROM tasks {where} ORDER BY id DESC LIMIT ?",
+        rows = self.conn.execute(f"SELECT {_RECORD if with_input else _RECORD_NO_INPUT} FROM tasks {where} "
+                                 "ORDER BY id DESC LIMIT ?",
                                  params + [limit]).fetchall()
         return [TaskRecord.from_row(r, self.conn) for r in rows]
 

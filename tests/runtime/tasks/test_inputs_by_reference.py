@@ -95,3 +95,5 @@ def test_a_record_without_its_input_reads_neither_the_input_nor_its_sources(jour
     assert rec.input is None and rec.state == "queued" and rec.step_id == "b"
     assert len(seen) == 1 and "task_inputs" not in seen[0] and "task_sources" not in seen[0], seen
     assert journal.get(ids["a"], with_input=False).result == BIG  # the result is read
+    listed = {r.step_id: r.input for r in journal.list(with_input=False)}
+    assert listed == {"a": None, "b": None, "c": None}
