@@ -298,6 +298,11 @@ def _resolve_stored(conn: sqlite3.Connection, task_id: str, step_id: str, templa
     bodies = dict(conn.execute(f"SELECT id, body FROM task_results WHERE id IN ({marks})",
                                list(sources.values())).fetchall())
     missing = [step for step, tid in sources.items() if tid not in bodies]
+    if missing and conn.execute("SELECT 1 FROM tasks WHERE id = ?", (task_id,)).fetchone() is None:
+        # another process's reader (the CLI): retention took the finished pipeline between
+        # this record's read and its sources' (the coordinator reads inside its turn)
+        raise NotFound(f"task {task_id!r} was removed by retention while it was read",
+                       hint="`agora tasks` lists the known ids")
     if missing:
         raise BrokenError(f"task {task_id!r}: the result of step {missing[0]!r} its input references "
                           "is not in the journal", hint="this is a bug in agora's journal (or the file "

@@ -97,3 +97,18 @@ def test_a_record_without_its_input_reads_neither_the_input_nor_its_sources(jour
     assert journal.get(ids["a"], with_input=False).result == BIG  # the result is read
     listed = {r.step_id: r.input for r in journal.list(with_input=False)}
     assert listed == {"a": None, "b": None, "c": None}
+
+
+def test_a_step_whose_sources_went_under_a_reader_is_not_found_not_broken(journal):
+    from runtime.errors import BrokenError, NotFound
+    from runtime.tasks.journal import TaskRecord, _RECORD
+    _, ids = journal.submit_pipeline(CHAIN)
+    _run(journal, ids["a"], {"v": 1})
+    row = journal.conn.execute(f"SELECT {_RECORD} FROM tasks WHERE id = ?", (ids["b"],)).fetchone()
+    journal.conn.execute("DELETE FROM task_results WHERE id = ?", (ids["a"],))
+    with pytest.raises(BrokenError, match="not in the journal"):  # the task is there: a broken journal
+        TaskRecord.from_row(row, journal.conn)
+    journal.conn.execute("PRAGMA foreign_keys=OFF")
+    journal.conn.execute("DELETE FROM tasks WHERE id = ?", (ids["b"],))  # what retention does meanwhile
+    with pytest.raises(NotFound, match="removed by retention"):
+        TaskRecord.from_row(row, journal.conn)
