@@ -178,6 +178,7 @@ from coordination.services._auction_drivers import (
     parse_bid,
     parse_stay,
 )
+from runtime.bounds import check_number
 from runtime.coordinator.command_kit import arg, only
 from runtime.coordinator.host import ServiceHost
 from runtime.errors import InvalidInput, NotFound
@@ -916,9 +917,8 @@ def _clock_changes(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def _bounded(value: float, name: str, low: float, high: float, low_open: bool = False) -> float:
-    if not (low < value if low_open else low <= value) or not value <= high:
-        interval = f"({low}, {high}]" if low_open else f"[{low}, {high}]"
-        raise InvalidInput(f"{name} must be in {interval}, got {value}")
+    """``value`` once ``check_number`` passed it (the market's settings)."""
+    check_number(name, value, low, high, low_open=low_open)
     return value
 
 
