@@ -77,8 +77,8 @@ Other decisions:
   pipeline was journaled twice per step).  The template is still resolved when the step is
   unblocked, so that a reference that cannot be resolved fails the step then, as before.
   A journal written before this keeps its resolved inputs (no sources row: read as is).
-  Measured in the next section's terms (perf/pipeline_cost.py ``--journal``): see
-  docs/DECISIONS.md "Inputs by reference".
+  Measured (perf/pipeline_cost.py, WAL -26% per pipeline of its workload): docs/DECISIONS.md
+  "Inputs by reference".
 * Pages of 1 KiB (``PAGE_SIZE``), set when the file is created (an existing journal keeps
   its own).  A task's two COMMITs write about eight pages to the WAL, and SQLite copies and
   checksums every byte of each: with 4 KiB pages the journal took 84 us of CPU per task,
