@@ -107,6 +107,34 @@ def test_pipeline_runs_steps_with_references(agora_env):
         assert len({s["trace_id"] for s in done["steps"]}) == 1  # one trace for the pipeline
 
 
+def test_a_pipeline_interrupted_by_kill_9_resumes_with_its_inputs_by_reference(agora_env, tmp_path):
+    """The steps after a kill -9 of the daemon read their inputs from the results they
+    reference (runtime.tasks.journal, "Inputs by reference"), a large one included."""
+    big = "x" * 100_000  # through the arena too
+    pid_file = tmp_path / "pids"
+    spec = {"name": "resume", "steps": [
+        {"id": "one", "capability": "echo", "input": {"blob": big}},
+        {"id": "two", "capability": "sleep", "input": {"s": 1.0, "pid_file": str(pid_file), "carry": {"$ref": "one"}}},
+        {"id": "three", "capability": "echo", "input": {"a": {"$ref": "one.echo.blob"}, "b": {"$ref": "two.slept"}}}]}
+    proc = spawn(agora_env, config(size=2))
+    try:
+        wait_up(agora_env, proc)
+        with Client(str(agora_env)) as c:
+            pid = c.call("pipeline", spec=spec)["id"]
+            eventually(lambda: pid_file.exists() and pid_file.read_text().strip(), "step two to start")
+        kill_tree(proc)  # step two running, three blocked on it
+        proc = spawn(agora_env, None)
+        wait_up(agora_env, proc)
+        with Client(str(agora_env)) as c:
+            done = c.call("pipeline_result", id=pid, wait=True, timeout_s=60)
+            assert done["state"] == "succeeded", done
+            by_step = {s["step_id"]: s for s in done["steps"]}
+            assert by_step["two"]["attempts"] == 2
+            assert by_step["three"]["result"]["echo"] == {"a": big, "b": 1.0}
+    finally:
+        stop(agora_env, proc)
+
+
 def test_full_mailbox_pushes_back_then_admits(agora_env):
     cfg = config(size=1).replace("max = 4", "max = 4\nmailbox_messages = 2")
     with running_daemon(agora_env, cfg) as (c, _):
