@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from runtime.tasks.journal import Journal
 
@@ -112,3 +114,69 @@ def test_a_step_whose_sources_went_under_a_reader_is_not_found_not_broken(journa
     journal.conn.execute("DELETE FROM tasks WHERE id = ?", (ids["b"],))  # what retention does meanwhile
     with pytest.raises(NotFound, match="removed by retention"):
         TaskRecord.from_row(row, journal.conn)
+
+
+# -- a property: whatever the shape, a step reads the input its template and the results give
+
+_LEAF = st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.text(max_size=4)
+# outputs may hold anything, ``$ref``-shaped dicts included: they are data
+_OUT = st.recursive(_LEAF, lambda c: st.lists(c, max_size=3) | st.dictionaries(
+    st.sampled_from(["$ref", "k", "a", "b"]), c, max_size=3), max_leaves=8)
+
+
+def _model(template, outputs):
+    """The expected input, computed apart from the journal: each reference replaced once."""
+    if isinstance(template, dict) and set(template) == {"$ref"}:
+        step, _, path = template["$ref"].partition(".")
+        value = outputs[step]
+        return value["k"] if path else value
+    if isinstance(template, dict):
+        return {key: _model(v, outputs) for key, v in template.items()}
+    if isinstance(template, list):
+        return [_model(v, outputs) for v in template]
+    return template
+
+
+@st.composite
+def _pipelines(draw):
+    n = draw(st.integers(2, 5))
+    steps = [{"id": "s0", "capability": "c", "input": draw(st.dictionaries(st.sampled_from("xyz"), _LEAF, max_size=2))}]
+    for i in range(1, n):
+        refs = draw(st.lists(st.sampled_from([f"s{j}" + tail for j in range(i) for tail in ("", ".k")]),
+                             min_size=1, max_size=3))
+        shape = draw(st.sampled_from(["bare", "dict", "list"]))
+        template = ({"$ref": refs[0]} if shape == "bare" else
+                    {f"r{m}": {"$ref": r} for m, r in enumerate(refs)} | {"lit": draw(_LEAF)} if shape == "dict" else
+                    [{"$ref": r} for r in refs] + [draw(_LEAF)])
+        steps.append({"id": f"s{i}", "capability": "c", "input": template})
+    return {"name": "prop", "steps": steps}
+
+
+@given(_pipelines(), st.data())
+@settings(max_examples=60, deadline=None)
+def test_every_step_reads_its_template_resolved_against_its_sources(spec, data):
+    import tempfile
+    templates = {s["id"]: s["input"] for s in spec["steps"]}
+    with tempfile.TemporaryDirectory() as home:
+        j = Journal(home, durability="normal")
+        try:
+            _, ids = j.submit_pipeline(spec)
+            outputs: dict[str, object] = {}
+            while len(outputs) < len(ids):
+                states = j.states(list(ids.values()))
+                queued = sorted(step for step, tid in ids.items() if states[tid] == "queued")
+                assert queued, states
+                for step in queued:  # every queued step reads its input resolved
+                    assert j.get(ids[step]).input == _model(templates[step], outputs)
+                if data.draw(st.booleans(), label="reopen"):  # a restart reads the same
+                    j.close()
+                    j = Journal(home, durability="normal")
+                    resumed = {r.step_id: r.input for r in j.unfinished() if r.state == "queued"}
+                    assert resumed == {step: _model(templates[step], outputs) for step in queued}
+                step = data.draw(st.sampled_from(queued), label="finish")
+                result = {"k": data.draw(_OUT, label="k"), "extra": data.draw(_OUT, label="extra")}
+                fin = _run(j, ids[step], result)
+                assert fin.recorded and fin.record.input == _model(templates[step], outputs)
+                outputs[step] = result
+        finally:
+            j.close()
