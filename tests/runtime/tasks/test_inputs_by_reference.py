@@ -175,7 +175,10 @@ def test_every_step_reads_its_template_resolved_against_its_sources(spec, data):
                     assert resumed == {step: _model(templates[step], outputs) for step in queued}
                 step = data.draw(st.sampled_from(queued), label="finish")
                 result = {"k": data.draw(_OUT, label="k"), "extra": data.draw(_OUT, label="extra")}
-                fin = _run(j, ids[step], result)
+                if data.draw(st.booleans(), label="batch"):  # the agents' prefetched batches' path
+                    [fin] = j.finish_successes([(ids[step], j.start_attempt(ids[step], "agent"), result)])
+                else:
+                    fin = _run(j, ids[step], result)
                 assert fin.recorded and fin.record.input == _model(templates[step], outputs)
                 outputs[step] = result
         finally:
