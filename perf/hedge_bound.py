@@ -1,0 +1,80 @@
+"""How low perf/pipelines.py's p95 can go by hedging: a bound, computed, not run.
+
+    python perf/hedge_bound.py [--seed N] [--json] [--n N] [--uncached F,F,...]
+
+perf/pipelines.py's p95 target (<= 0.5x naive) is set by its uncached pipelines: each makes
+three API calls in a row (embed, llm, the check's de-duplicated call), and the cached ones
+(~10 ms) are below any p95.  With a share ``f`` of the pipelines uncached, the p95 of all
+is the ``1 - 0.05 / f`` quantile of the uncached ones' latency.  This script draws the
+fake API's latency (runtime.demo.fake_api: lognormal, median 0.3 s, sigma 0.6, capped at
+20 medians; the same parameters perf/pipelines.py gives it) for three calls in a row,
+each guarded as agora's ``[services.api]`` in perf/pipelines.py guards it (a timeout of
+1 s: the call is abandoned and made again), and hedged after ``d`` seconds for a share of
+the slow calls (the hedge budget), for several ``d``: the p95 each would give, and the
+extra calls it costs.  No queueing, no coordination, no batching window: a lower bound for
+what hedging can do on this workload, to set beside half of naive's p95 in a full run
+(1.18-1.44 s in session 13's three runs).
+
+Keys of the JSON line: ``rows``, a list of ``{"hedge_after_s", "share", "uncached",
+"quantile", "p95_s", "extra_calls"}``, and ``seed``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+from _common import emit_json, parse_args  # noqa: E402
+
+MEDIAN_S, SIGMA, TAIL_CAP = 0.3, 0.6, 20.0  # perf/pipelines.py's FakeAPI
+TIMEOUT_S = 1.0  # perf/pipelines.py's [services.api] timeout_s
+CALLS = 3  # embed, llm, the check's one de-duplicated call
+# (hedge after s, share of the slow calls hedged): none, pipelines.py's (0.5 s; its budget
+# 0.1 of the calls is about half of the ~20% slower than 0.5 s), then every slow call
+SETTINGS = [(0.0, 0.0), (0.5, 0.5), (0.5, 1.0), (0.4, 1.0), (0.3, 1.0), (0.25, 1.0)]
+
+
+def draw(rng: np.random.Generator, n: int) -> np.ndarray:
+    return np.minimum(TAIL_CAP, np.exp(SIGMA * rng.standard_normal(n))) * MEDIAN_S
+
+
+def one_call(rng: np.random.Generator, n: int, after_s: float, share: float) -> tuple[np.ndarray, float]:
+    """Latency of one guarded call, and the share of calls that sent a twin."""
+    first = draw(rng, n)
+    hedged = np.zeros(n, dtype=bool)
+    if after_s > 0:
+        hedged = (first > after_s) & (rng.random(n) < share)
+        first = np.where(hedged, np.minimum(first, after_s + draw(rng, n)), first)
+    retried = TIMEOUT_S + draw(rng, n)  # abandoned at the timeout, made again
+    return np.where(first > TIMEOUT_S, retried, first), float(hedged.mean())
+
+
+def main() -> None:
+    args = parse_args(__doc__, **{"--n": {"type": int, "default": 400_000},
+                                  "--uncached": {"default": "0.3,0.35,0.4",
+                                                 "help": "shares of uncached pipelines"}})
+    rng = np.random.default_rng(args.seed)
+    n = 40_000 if args.quick else args.n
+    shares = [float(x) for x in args.uncached.split(",")]
+    rows = []
+    print(f"{'hedge after s':>13} {'share hedged':>12} {'uncached':>8} {'quantile':>8} {'p95 s':>7} "
+          f"{'extra calls':>11}")
+    for after_s, share in SETTINGS:
+        total, extra = np.zeros(n), 0.0
+        for _ in range(CALLS):
+            lat, twins = one_call(rng, n, after_s, share)
+            total, extra = total + lat, extra + twins / CALLS
+        for f in shares:
+            q = 100 * (1 - 0.05 / f)
+            p95 = float(np.percentile(total, q))
+            rows.append({"hedge_after_s": after_s, "share": share, "uncached": f, "quantile": q,
+                         "p95_s": p95, "extra_calls": extra})
+            print(f"{after_s:>13.2f} {share:>12.2f} {f:>8.2f} {q:>8.1f} {p95:>7.3f} {extra:>11.2f}")
+    emit_json(args, {"rows": rows, "seed": args.seed})
+
+
+if __name__ == "__main__":
+    main()
