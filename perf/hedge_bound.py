@@ -11,8 +11,9 @@ fake API's latency (runtime.demo.fake_api: lognormal, median 0.3 s, sigma 0.6, c
 each guarded as agora's ``[services.api]`` in perf/pipelines.py guards it (a timeout of
 1 s: the call is abandoned and made again), and hedged after ``d`` seconds for a share of
 the slow calls (the hedge budget), for several ``d``: the p95 each would give, and the
-extra calls it costs.  No queueing, no coordination, no batching window: a lower bound for
-what hedging can do on this workload, to set beside half of naive's p95 in a full run
+extra calls it costs.  No queueing, no coordination, no batching window: about the least
+that hedging can reach on this workload (the call made again after a timeout is not
+hedged here, a rare case), to set beside half of naive's p95 in a full run
 (1.18-1.44 s in session 13's three runs).
 
 Keys of the JSON line: ``rows``, a list of ``{"hedge_after_s", "share", "uncached",
