@@ -1,6 +1,6 @@
 """How low perf/pipelines.py's p95 can go by hedging: a bound, computed, not run.
 
-    python perf/hedge_bound.py [--seed N] [--json] [--n N] [--uncached F,F,...]
+    python perf/hedge_bound.py [--quick] [--seed N] [--json] [--n N] [--uncached F,F,...]
 
 perf/pipelines.py's p95 target (<= 0.5x naive) is set by its uncached pipelines: each makes
 three API calls in a row (embed, llm, the check's de-duplicated call), and the cached ones
@@ -59,7 +59,12 @@ def main() -> None:
                                                  "help": "shares of uncached pipelines"}})
     rng = np.random.default_rng(args.seed)
     n = 40_000 if args.quick else args.n
-    shares = [float(x) for x in args.uncached.split(",")]
+    try:
+        shares = [float(x) for x in args.uncached.split(",")]
+    except ValueError:
+        sys.exit(f"--uncached: comma-separated numbers, got {args.uncached!r}")
+    if n < 1000 or not all(0.05 < f <= 1 for f in shares):
+        sys.exit("--n: at least 1000; --uncached: shares above 0.05 (a p95 needs 5% of them) and at most 1")
     rows = []
     print(f"{'hedge after s':>13} {'share hedged':>12} {'uncached':>8} {'quantile':>8} {'p95 s':>7} "
           f"{'extra calls':>11}")
