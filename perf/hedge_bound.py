@@ -16,7 +16,7 @@ that hedging can reach on this workload (the call made again after a timeout is 
 hedged here, a rare case), to set beside half of naive's p95 in a full run
 (1.18-1.44 s in session 13's three runs).
 
-Keys of the JSON line: ``rows``, a list of ``{"hedge_after_s", "share", "uncached",
+Keys of the JSON line: ``rows``, a list of ``{"hedge_after_s", "budget", "uncached",
 "quantile", "p95_s", "extra_calls"}``, and ``seed``.
 """
 
@@ -29,25 +29,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 from _common import emit_json, parse_args  # noqa: E402
+from pipelines import API, SERVICE  # noqa: E402
 
-MEDIAN_S, SIGMA, TAIL_CAP = 0.3, 0.6, 20.0  # perf/pipelines.py's FakeAPI
-TIMEOUT_S = 1.0  # perf/pipelines.py's [services.api] timeout_s
+from runtime.guards.service import ServiceConfig  # noqa: E402
+
+TIMEOUT_S = float(SERVICE["timeout_s"])
+HEDGE_AFTER_S = float(SERVICE["hedge_after_s"])
 CALLS = 3  # embed, llm, the check's one de-duplicated call
-# (hedge after s, share of the slow calls hedged): none, pipelines.py's (0.5 s; its budget
-# 0.1 of the calls is about half of the ~20% slower than 0.5 s), then every slow call
-SETTINGS = [(0.0, 0.0), (0.5, 0.5), (0.5, 1.0), (0.4, 1.0), (0.3, 1.0), (0.25, 1.0)]
+# (hedge after s, hedge budget: None = every slow call): none, pipelines.py's (its hedge
+# after the default budget), then every slow call after shorter and shorter delays
+SETTINGS = [(0.0, None), (HEDGE_AFTER_S, ServiceConfig.hedge_budget), (0.5, None), (0.4, None),
+            (0.3, None), (0.25, None)]
 
 
 def draw(rng: np.random.Generator, n: int) -> np.ndarray:
-    return np.minimum(TAIL_CAP, np.exp(SIGMA * rng.standard_normal(n))) * MEDIAN_S
+    """``n`` latencies as FakeAPI.latency draws them (time_scale 1)."""
+    return np.minimum(API["tail_cap"], np.exp(API["sigma"] * rng.standard_normal(n))) * API["median_s"]
 
 
-def one_call(rng: np.random.Generator, n: int, after_s: float, share: float) -> tuple[np.ndarray, float]:
-    """Latency of one guarded call, and the share of calls that sent a twin."""
+def one_call(rng: np.random.Generator, n: int, after_s: float,
+             budget: float | None) -> tuple[np.ndarray, float]:
+    """Latency of one guarded call, and the share of calls that sent a twin: with a
+    ``budget``, a slow call is hedged while the twins stay under ``budget`` of the calls."""
     first = draw(rng, n)
     hedged = np.zeros(n, dtype=bool)
     if after_s > 0:
-        hedged = (first > after_s) & (rng.random(n) < share)
+        slow = first > after_s
+        share = 1.0 if budget is None else min(1.0, budget / max(float(slow.mean()), 1e-9))
+        hedged = slow & (rng.random(n) < share)
         first = np.where(hedged, np.minimum(first, after_s + draw(rng, n)), first)
     retried = TIMEOUT_S + draw(rng, n)  # abandoned at the timeout, made again
     return np.where(first > TIMEOUT_S, retried, first), float(hedged.mean())
@@ -66,19 +75,19 @@ def main() -> None:
     if n < 1000 or not all(0.05 < f <= 1 for f in shares):
         sys.exit("--n: at least 1000; --uncached: shares above 0.05 (a p95 needs 5% of them) and at most 1")
     rows = []
-    print(f"{'hedge after s':>13} {'share hedged':>12} {'uncached':>8} {'quantile':>8} {'p95 s':>7} "
+    print(f"{'hedge after s':>13} {'budget':>6} {'uncached':>8} {'quantile':>8} {'p95 s':>7} "
           f"{'extra calls':>11}")
-    for after_s, share in SETTINGS:
+    for after_s, budget in SETTINGS:
         total, extra = np.zeros(n), 0.0
         for _ in range(CALLS):
-            lat, twins = one_call(rng, n, after_s, share)
+            lat, twins = one_call(rng, n, after_s, budget)
             total, extra = total + lat, extra + twins / CALLS
         for f in shares:
             q = 100 * (1 - 0.05 / f)
             p95 = float(np.percentile(total, q))
-            rows.append({"hedge_after_s": after_s, "share": share, "uncached": f, "quantile": q,
+            rows.append({"hedge_after_s": after_s, "budget": budget, "uncached": f, "quantile": q,
                          "p95_s": p95, "extra_calls": extra})
-            print(f"{after_s:>13.2f} {share:>12.2f} {f:>8.2f} {q:>8.1f} {p95:>7.3f} {extra:>11.2f}")
+            print(f"{after_s:>13.2f} {'-' if budget is None else budget:>6} {f:>8.2f} {q:>8.1f} {p95:>7.3f} {extra:>11.2f}")
     emit_json(args, {"rows": rows, "seed": args.seed})
 
 

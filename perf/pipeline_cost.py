@@ -48,7 +48,7 @@ sys.path.insert(0, str(REPO / "perf"))
 
 import psutil  # noqa: E402
 from _common import emit_json, parse_args  # noqa: E402
-from pipelines import STEPS, Run, corpus_file  # noqa: E402
+from pipelines import API, STEPS, Run, corpus_file  # noqa: E402
 
 from runtime.demo.fake_api import FakeAPI  # noqa: E402
 
@@ -213,7 +213,7 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="agora-perf-cost-"))
     try:
         corpus = corpus_file(home, args.seed)
-        with FakeAPI(seed=args.seed, median_s=0.3, sigma=0.6, concurrency=32) as api:
+        with FakeAPI(seed=args.seed, **API) as api:
             run = Run(args.config, api, corpus, args)
             try:
                 run.results(run.submit(6))  # warm-up

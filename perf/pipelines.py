@@ -83,6 +83,7 @@ from runtime.demo.fake_api import FakeAPI  # noqa: E402
 AGENTS = 6
 PROMPTS = 1000
 ZIPF_S = 1.1
+API = {"median_s": 0.3, "sigma": 0.6, "tail_cap": 20.0, "concurrency": 32}  # the fake API both call
 
 CONFIG = """
 [daemon]
@@ -368,7 +369,7 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="agora-perf-pipelines-"))
     try:
         corpus = corpus_file(home, args.seed)
-        with FakeAPI(seed=args.seed, median_s=0.3, sigma=0.6, concurrency=32) as api:
+        with FakeAPI(seed=args.seed, **API) as api:
             results: dict[str, dict[str, Any]] = {}
             results["naive"] = measure("naive", api, corpus, args, None)
             results["agora"] = measure("agora", api, corpus, args, results["naive"]["rate"])
