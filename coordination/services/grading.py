@@ -224,7 +224,7 @@ class Grading:
         rec = fin.record if getattr(fin, "record", None) is not None else self.coord.journal.get(task.id)
         key = next(self._keys)
         self.out[key] = done
-        payload = grading_input(task.capability, task.id, rec.input, rec.result)
+        payload = grading_input(task.capability, task.id, task.input, rec.result)  # a finish's record has no input
         self.coord.call_later(spec.timeout_s + 1.0, partial(self._finish, key, None,
                                                             f"no grade within {spec.timeout_s + 1.0} s"))
         if spec.capability is not None:

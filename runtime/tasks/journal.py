@@ -149,14 +149,19 @@ _INPUT = "(SELECT body FROM task_inputs WHERE task_inputs.id = tasks.id)"
 _SOURCES = "(SELECT sources FROM task_sources WHERE task_sources.id = tasks.id)"
 
 
-def _record_columns(input_col: str, sources_col: str) -> str:
+_RESULT_BODY = "(SELECT body FROM task_results WHERE task_results.id = tasks.id)"
+
+
+def _record_columns(input_col: str, sources_col: str, result_col: str = _RESULT_BODY) -> str:
     return (f"tasks.id, pipeline_id, step_id, capability, {input_col}, options, state, attempts, "
             "max_attempts, priority, created, updated, deadline, not_before, trace_id, idempotency_key, "
-            f"deps, (SELECT body FROM task_results WHERE task_results.id = tasks.id), tasks.error, {sources_col}")
+            f"deps, {result_col}, tasks.error, {sources_col}")
 
 
 _RECORD = _record_columns(_INPUT, _SOURCES)
 _RECORD_NO_INPUT = _record_columns("NULL", "NULL")  # ``Journal.get(with_input=False)``
+# a success's RETURNING: no input, and no read of the result just written (``TaskRecord.finished``)
+_RECORD_FINISHED = _record_columns("NULL", "NULL", "NULL")
 _INSERT_TASK = (f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES ({', '.join('?' * 17)}) "
                 "ON CONFLICT(idempotency_key) DO NOTHING")
 # a task's input; with an idempotency key, written only when its row was (a known key
@@ -186,7 +191,7 @@ _RESULT = (f"INSERT INTO task_results (id, body) SELECT ?1, ?2 WHERE EXISTS (SEL
            f"WHERE id = ?1 AND state IN {_legal_from('succeed')}) ON CONFLICT(id) DO NOTHING")
 _SUCCEED = (f"UPDATE tasks SET error = NULL, state = 'succeeded', updated = ?, not_before = NULL "
             f"WHERE id = ? AND state IN {_legal_from('succeed')} "
-            f"RETURNING {_RECORD}")  # the record, with no read after the write
+            f"RETURNING {_RECORD_FINISHED}")  # the record, with no read after the write
 
 
 # ``finish_successes``: the same two for a batch, its results as a JSON array of
@@ -198,7 +203,7 @@ _RESULT_MANY = (f"INSERT INTO task_results (id, body) SELECT j.value ->> 0, j.va
 _SUCCEED_MANY = (f"UPDATE tasks SET error = NULL, state = 'succeeded', "
                  f"updated = ?, not_before = NULL FROM json_each(?) AS j "
                  f"WHERE tasks.id = j.value ->> 0 AND +tasks.state IN {_legal_from('succeed')} "
-                 f"RETURNING {_RECORD}")
+                 f"RETURNING {_RECORD_FINISHED}")
 
 
 def _split_blobs(conn: sqlite3.Connection) -> None:
@@ -287,6 +292,15 @@ class TaskRecord:
             r[4] = _resolve_stored(conn, r[0], r[2], r[4], _loads(row[19]))
         return cls(*r)
 
+    @classmethod
+    def finished(cls, row: Sequence[Any], result_text: str) -> TaskRecord:
+        """The record a success returns (a ``_RECORD_FINISHED`` row): its input unread
+        (``None``, as ``Journal.get(with_input=False)``; the scheduler's TaskRun holds it)
+        and its result decoded from the text just written, not read back."""
+        r = list(row[:19])
+        r[4], r[5], r[16], r[17], r[18] = None, _loads(r[5]), _loads(r[16]), _loads(result_text), _loads(r[18])
+        return cls(*r)
+
 
 def _resolve_stored(conn: sqlite3.Connection, task_id: str, step_id: str, template: Any,
                     sources: dict[str, str]) -> Any:
@@ -342,7 +356,8 @@ class Finish:
     attempt: int
     recorded: bool
     state: str
-    record: TaskRecord | None = None  # the task as this finish left it, when recorded
+    # the task as this finish left it, when recorded: its input unread (``TaskRecord.finished``)
+    record: TaskRecord | None = None
 
 
 def _classify(exc: sqlite3.Error, what: str) -> Exception:
@@ -704,13 +719,14 @@ class Journal:
                     [(now, t, a) for t, a, _ in items])
                 if cur.rowcount != len(items):
                     raise _NotUsual
-                batch = _dumps([[t, _dumps(r)] for t, _, r in items])
+                texts = {t: _dumps(r) for t, _, r in items}
+                batch = _dumps([[t, texts[t]] for t, _, _ in items])
                 if self.conn.execute(_RESULT_MANY, (batch,)).rowcount != len(items):
                     raise _NotUsual
                 rows = self.conn.execute(_SUCCEED_MANY, (now, batch)).fetchall()
                 if len(rows) != len(items):
                     raise _NotUsual
-                records = {rec.id: rec for rec in (TaskRecord.from_row(r, self.conn) for r in rows)}
+                records = {r[0]: TaskRecord.finished(r, texts[r[0]]) for r in rows}
                 for pid in dict.fromkeys(rec.pipeline_id for rec in records.values() if rec.pipeline_id):
                     self._advance_pipeline(pid, now)
         except _NotUsual:
@@ -738,13 +754,14 @@ class Journal:
     def _record_result(self, task_id: str, result: Any, now: float) -> TaskRecord | None:
         """The task with its result, or None when not recorded: the guarded UPDATE is the
         exactly-once point."""
-        if not self.conn.execute(_RESULT, (task_id, _dumps(result))).rowcount:
+        text = _dumps(result)
+        if not self.conn.execute(_RESULT, (task_id, text)).rowcount:
             return None
         row = self.conn.execute(_SUCCEED, (now, task_id)).fetchone()
         if row is None:  # the INSERT above saw the same state in the same transaction
             raise BrokenError(f"task {task_id!r}: its result was recorded but its state did not move",
                               hint="this is a bug in agora's journal")
-        return TaskRecord.from_row(row, self.conn)
+        return TaskRecord.finished(row, text)
 
     def _apply_failure(self, task_id: str, attempt: int, outcome: str, error: Any, now: float) -> None:
         row = self.conn.execute("SELECT state, attempts, max_attempts FROM tasks WHERE id = ?",

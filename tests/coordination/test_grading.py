@@ -172,7 +172,7 @@ def test_a_grader_pool_scores_the_result_and_a_poor_one_is_a_quality_breach(grad
     loop = graded({"capability": "grade", "min_quality": 0.5})
     loop.join_as("w.0", "w", "work")
     loop.join_as("j.0", "j", "grade", cost=0.1)
-    tid = loop.submit()
+    tid = loop.submit({"topic": "tides"})
     loop.answer("w.0", bid(2.0))
     loop.deliver("w.0", {"text": "poor"})
     assert loop.state(tid) == "succeeded"       # the result is the buyer's, graded or not
@@ -180,7 +180,7 @@ def test_a_grader_pool_scores_the_result_and_a_poor_one_is_a_quality_breach(grad
     [started] = loop.fields("market.grading")
     gid = started["grading_task"]
     rec = loop.journal.get(gid)                 # a real task of the grader's capability
-    assert rec.capability == "grade" and rec.input == {"input": {}, "output": {"text": "poor"},
+    assert rec.capability == "grade" and rec.input == {"input": {"topic": "tides"}, "output": {"text": "poor"},
                                                        "capability": "work", "task_id": tid}
     loop.answer("j.0", bid(0.1))                # auctioned to the grader pool like any task
     [sent] = loop.sent["j.0"]

@@ -135,8 +135,9 @@ class FakeHost:
                 listener.agent_died(agent_id)
         self.turn(dead)
 
-    def submit(self, **options: Any) -> str:
-        spec = parse_task({"capability": "work", "input": {}, "options": options}, now=time.time())
+    def submit(self, task_input: Any = None, **options: Any) -> str:
+        spec = parse_task({"capability": "work", "input": {} if task_input is None else task_input,
+                           "options": options}, now=time.time())
 
         def add() -> str:
             from runtime.observability.trace_context import TraceContext
@@ -144,7 +145,7 @@ class FakeHost:
             tid = self.journal.submit_many([spec])[0]
             rec = self.journal.get(tid)
             deadline = self.clock() + options["deadline"] if "deadline" in options else None
-            self.scheduler.enqueue(TaskRun(tid, "work", {}, TraceContext.new_trace(),
+            self.scheduler.enqueue(TaskRun(tid, "work", rec.input, TraceContext.new_trace(),
                                            max_attempts=rec.max_attempts, deadline=deadline))
             return tid
         return self.turn(add)

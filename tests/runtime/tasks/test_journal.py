@@ -239,7 +239,9 @@ def test_first_success_wins_and_later_success_is_only_an_attempt(journal):
     assert (late.recorded, late.state) == (False, "succeeded")
     rec = journal.get(task_id)
     assert rec.result == {"by": "b"} and rec.state == "succeeded" and rec.attempts == 2
-    assert first.record == rec and late.record is None  # the recorded finish carries the row
+    # the recorded finish carries the row (its input unread) with the result it wrote
+    assert first.record == journal.get(task_id, with_input=False) and late.record is None
+    assert first.record.result == {"by": "b"}
     a1, a2 = journal.attempts(task_id)
     assert (a1.outcome, a1.revised, a1.agent) == ("succeeded", True, "a")
     assert (a2.outcome, a2.revised, a2.agent) == ("succeeded", False, "b")
