@@ -127,7 +127,7 @@ class MicroBatcher:
 
 
 class AsyncMicroBatcher:
-    """Async callers on one event loop; ``run(items)`` is awaited by the sending caller."""
+    """Async callers on one event loop; ``run(items)`` runs in a task of its own (``_dispatch``)."""
 
     def __init__(self, name: str, run: Callable[[list], Awaitable[Sequence]], *, window_s: float, max_size: int,
                  on_event: OnEvent, result_wait_s: float = 600.0) -> None:
@@ -135,12 +135,12 @@ class AsyncMicroBatcher:
         self.name, self.run, self.window_s, self.max_size = name, run, window_s, max_size
         self.on_event, self.result_wait_s = on_event, result_wait_s
         self._open: _Batch | None = None
-        self._orphans: set[asyncio.Task] = set()  # sends started for cancelled leaders
+        self._sending: set[asyncio.Task] = set()  # batch calls under way (see _dispatch)
 
     async def submit(self, item: Any) -> Any:
         fut, batch, leader = self._join(item)
         if batch.taken and leader is None:
-            await self._send(batch, "full")
+            self._dispatch(batch, "full")
         elif leader:
             await self._lead(batch)
         try:
@@ -172,12 +172,18 @@ class AsyncMicroBatcher:
             pass  # the window closed: send what joined
         except asyncio.CancelledError:
             if self._take(batch):
-                task = asyncio.ensure_future(self._send(batch, "window"))
-                self._orphans.add(task)
-                task.add_done_callback(self._orphans.discard)
+                self._dispatch(batch, "window")  # the others still get their answers
             raise
         if self._take(batch):
-            await self._send(batch, "window")
+            self._dispatch(batch, "window")
+
+    def _dispatch(self, batch: _Batch, reason: str) -> None:
+        """The batch call runs in a task of its own, never in a caller's: cancelling the
+        caller that happened to send it cancels that caller only (each awaits its own
+        shielded future)."""
+        task = asyncio.ensure_future(self._send(batch, reason))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
 
     def _take(self, batch: _Batch) -> bool:
         if batch.taken:
@@ -191,7 +197,7 @@ class AsyncMicroBatcher:
         self.on_event("batch_flush", service=self.name, size=len(batch.items), reason=reason)
         try:
             results = await self.run(list(batch.items))
-        except BaseException as e:  # fanned back to every item; a CancelledError too
+        except BaseException as e:  # fanned back to every item; a CancelledError too (the loop is closing)
             cancelled = isinstance(e, asyncio.CancelledError)
             for fut in batch.futures:
                 if not fut.done():

@@ -141,6 +141,28 @@ def test_a_cancelled_async_leader_still_sends_the_batch():
     asyncio.run(main())
 
 
+def test_cancelling_the_caller_that_sends_a_batch_cancels_that_caller_only():
+    started = []
+
+    async def run(items):
+        started.append(items)
+        await asyncio.sleep(0.05)
+        return [x * 10 for x in items]
+
+    async def main():
+        ab = AsyncMicroBatcher("s", run, window_s=WAIT, max_size=3, on_event=lambda *a, **k: None)
+        first = [asyncio.ensure_future(ab.submit(i)) for i in (1, 2)]
+        await asyncio.sleep(0)
+        filler = asyncio.ensure_future(ab.submit(3))  # fills the batch: its call sends it
+        while not started:
+            await asyncio.sleep(0.001)
+        filler.cancel()
+        got = await asyncio.wait_for(asyncio.gather(*first, filler, return_exceptions=True), WAIT)
+        assert got[:2] == [10, 20] and isinstance(got[2], asyncio.CancelledError)
+    asyncio.run(main())
+    assert started == [[1, 2, 3]]
+
+
 def test_an_unhashable_cache_key_is_a_typed_error_naming_the_service():
     svc = Service("api", {"cache_ttl_s": 60, "batch_window_ms": 1, "batch_max": 2})
     calls = []
